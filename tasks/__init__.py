@@ -1,0 +1,1 @@
+"""Celery tasks of battle-scorer: ingest (`scorer.webhook[s]`) and control (tick, flush, reconcile)."""

@@ -1,0 +1,8 @@
+"""The Celery app; its configuration is read lazily from `worker.celeryconfig`."""
+
+from celery import Celery
+
+app = Celery("battle_scorer")
+# Lazy: the SCORER_* settings are validated when the worker, beat or a producer first needs
+# the configuration, not when a CLI command merely imports this package.
+app.config_from_object("worker.celeryconfig")

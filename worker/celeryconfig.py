@@ -1,0 +1,71 @@
+"""Celery configuration for a Redis broker, chosen for exactly-once scoring (read the why's)."""
+
+from datetime import timedelta
+
+from kombu import Queue
+
+from worker.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.redis_url
+# Keep retrying a lost broker forever, also at start-up: a worker must outlive a Redis restart.
+broker_connection_retry_on_startup = True
+broker_connection_max_retries = None
+broker_transport_options = {
+    # kombu re-delivers an unacknowledged message only after this many seconds (default one
+    # hour: far longer than a battle). Ingest tasks take milliseconds and are idempotent by
+    # event_id, so an early re-delivery is harmless while a late one would miss the battle.
+    # Flushes never depend on it: their state lives in Redis and the beat tick resumes them.
+    "visibility_timeout": 60,
+    "health_check_interval": 10,
+    "socket_keepalive": True,
+}
+
+# JSON only: producers in any language can send, and no pickle ever reaches a worker.
+task_serializer = "json"
+accept_content = ["json"]
+result_serializer = "json"
+task_protocol = 2
+
+# No result backend: producers fire and forget; outcomes live in the worker's Redis state.
+task_ignore_result = True
+result_backend = None
+
+# Acknowledge after the task ran, and put the message back if the child process died, so a
+# SIGKILL mid-task re-runs it instead of losing it (every task is idempotent).
+task_acks_late = True
+task_reject_on_worker_lost = True
+# One message at a time per process: nothing waits in a dead process's prefetch buffer.
+worker_prefetch_multiplier = 1
+worker_send_task_events = True
+task_send_sent_event = True
+worker_hijack_root_logger = False
+
+# Two queues: producers' events on `celery`; flush/reconcile on `scorer.control`, so the
+# control path never waits behind an ingest backlog. A worker with no -Q consumes both
+# (kombu rotates between them), so `celery -A worker worker` is all that scoring needs.
+task_default_queue = "celery"
+task_queues = (Queue("celery"), Queue("scorer.control"))
+task_routes = {
+    "scorer.flush": {"queue": "scorer.control"},
+    "scorer.reconcile": {"queue": "scorer.control"},
+    "scorer.tick": {"queue": "scorer.control"},
+}
+# A control task that waited longer than this is stale: the next tick sends a fresh one.
+task_time_limit = 120
+task_soft_time_limit = 100
+
+include = ["tasks.ingest", "tasks.control"]
+
+#: How often beat asks "which battles are due?" (flush and reconcile are due per battle).
+TICK_SECONDS = min(0.5, _settings.flush_interval / 2)
+
+beat_schedule = {
+    "scorer-tick": {
+        "task": "scorer.tick",
+        "schedule": timedelta(seconds=TICK_SECONDS),
+        "options": {"queue": "scorer.control", "expires": 5},
+    },
+}
+beat_max_loop_interval = 1

@@ -1,0 +1,171 @@
+"""The `battle-scorer` command: configuration check, sandbox, operator views, dead letters."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from worker.settings import load_settings
+
+
+def _rt():
+    from worker.runtime import build_runtime
+
+    return build_runtime(load_settings())
+
+
+def cmd_check_config(args) -> int:
+    """Print the effective settings (secret masked) and the resolved API base URL."""
+    s = load_settings()
+    width = max(len(k) for k in s.masked())
+    for name, value in s.masked().items():
+        print(f"{name:<{width}}  {value}")
+    print(f"{'API base URL':<{width}}  {s.api_base_url}")
+    if args.probe:
+        return _probe(s)
+    return 0
+
+
+def _probe(settings) -> int:
+    """One signed read call, to prove the credentials and region work."""
+    from worker.tencent import Outcome, TencentClient, TencentError
+
+    client = TencentClient(settings, max_attempts=1)
+    try:
+        client.get_gift_count("battle-scorer-probe", settings.admin_id)
+    except TencentError as err:
+        hints = {70001: "the UserSig expired: check the machine's clock",
+                 70003: "the UserSig is invalid: check SCORER_SDKAPPID",
+                 70009: "the signature does not verify: check SCORER_SECRET_KEY",
+                 70013: "the identifier does not match: check SCORER_ADMIN_ID"}
+        hint = hints.get(err.code or 0)
+        if hint is None and err.outcome is not Outcome.final:
+            hint = "could not reach Tencent: check SCORER_REGION / SCORER_API_URL and network"
+        print(f"probe failed: {err}" + (f" — {hint}" if hint else ""), file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print("probe ok: credentials and region work")
+    return 0
+
+
+def cmd_sandbox(args) -> int:
+    """Run the local Tencent sandbox."""
+    from worker import sandbox
+
+    return sandbox.main(args.rest)
+
+
+def cmd_stats(args) -> int:
+    """Print the event counters."""
+    from worker import stats
+
+    rt = _rt()
+    for k, v in stats.read(rt.redis).items():
+        print(f"{k:<24} {v}")
+    return 0
+
+
+def cmd_battles(args) -> int:
+    """List active battles: rooms, owners, confirmed and pending score, end time."""
+    from worker import keys
+    from worker.battles import Battle
+    from worker.keys import BattleKeys
+
+    rt = _rt()
+    ids = rt.redis.zrange(keys.ACTIVE, 0, -1)
+    if not ids:
+        print("no active battles")
+    for bid in ids:
+        b = Battle.load(rt, bid)
+        if b is None:
+            continue
+        bk = BattleKeys(bid)
+        applied = rt.redis.hgetall(bk.applied)
+        pending = rt.redis.hgetall(bk.pending)
+        last = rt.redis.lindex(bk.flushes, 0)
+        last_at = json.loads(last)["at"] if last else None
+        ends = time.strftime("%H:%M:%S", time.localtime(b.end)) if b.end else "?"
+        print(f"{bid}  status={b.status}  ends={ends}  last_flush="
+              f"{'-' if last_at is None else f'{time.time() - last_at:.1f}s ago'}")
+        for room, owner in b.rooms.items():
+            print(f"  {room:<20} owner={owner or '?':<16} confirmed={applied.get(room, 0):>8}"
+                  f"  pending={pending.get(room, 0)}")
+    return 0
+
+
+def cmd_battle(args) -> int:
+    """One battle: its ledger, flush history, and the score Tencent holds."""
+    from worker.keys import BattleKeys
+
+    rt = _rt()
+    bk = BattleKeys(args.battle_id)
+    meta = rt.redis.hgetall(bk.meta)
+    if not meta:
+        print(f"unknown battle {args.battle_id}", file=sys.stderr)
+        return 1
+    out = {"meta": meta}
+    for name in ("pending", "inflight", "applied", "ledger", "corr", "unapplied", "recon"):
+        out[name] = rt.redis.hgetall(getattr(bk, name))
+    out["flushes"] = [json.loads(x) for x in rt.redis.lrange(bk.flushes, 0, 19)]
+    try:
+        info = rt.client.get_battle_info(args.battle_id)
+        out["tencent"] = {r.RoomId: r.Score for r in info.rooms}
+    except Exception as err:  # the operator still gets our side
+        out["tencent"] = f"unavailable: {err}"
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def cmd_dead_letters(args) -> int:
+    """List or replay dead letters."""
+    from worker import deadletters
+
+    rt = _rt()
+    if args.action == "list":
+        for i, entry in enumerate(deadletters.list_entries(rt, args.limit)):
+            print(json.dumps({"index": i, **entry}))
+        return 0
+    counts = deadletters.replay(rt)
+    print(json.dumps(counts))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `battle-scorer`."""
+    p = argparse.ArgumentParser(prog="battle-scorer", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check-config", help="print the effective settings (secret masked)")
+    c.add_argument("--probe", action="store_true", help="make one signed read call to Tencent")
+    c.set_defaults(func=cmd_check_config)
+    c = sub.add_parser("sandbox", help="run the local Tencent sandbox (see --help)",
+                       add_help=False)
+    c.add_argument("rest", nargs=argparse.REMAINDER)
+    c.set_defaults(func=cmd_sandbox)
+    c = sub.add_parser("stats", help="event counters")
+    c.set_defaults(func=cmd_stats)
+    c = sub.add_parser("battles", help="active battles")
+    c.set_defaults(func=cmd_battles)
+    c = sub.add_parser("battle", help="one battle's ledger, flushes and Tencent score")
+    c.add_argument("battle_id")
+    c.set_defaults(func=cmd_battle)
+    c = sub.add_parser("dead-letters", help="list or replay dead letters")
+    c.add_argument("action", choices=["list", "replay"])
+    c.add_argument("--limit", type=int, default=100)
+    c.set_defaults(func=cmd_dead_letters)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

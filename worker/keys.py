@@ -1,0 +1,84 @@
+"""Every Redis key the worker uses, in one place (see docs/design.md for types and lifetimes).
+
+Keys of one battle share the hash tag `{b:<BattleId>}` and keys of one room `{r:<RoomId>}`, so
+each Lua script touches a single Redis Cluster slot. Ids are validated (printable ASCII, at
+most 128 characters) before they reach a key; braces are escaped so an id cannot forge a tag.
+"""
+
+from __future__ import annotations
+
+PREFIX = "bs"
+
+
+def _tag_safe(ident: str) -> str:
+    # A `}` inside an id would end the hash tag early and move the key to another slot.
+    return ident.replace("{", "%7B").replace("}", "%7D")
+
+
+class BattleKeys:
+    """The keys of one battle (all in the slot of `{b:<id>}`)."""
+
+    __slots__ = ("battle_id", "meta", "pending", "inflight", "applied", "ledger", "corr",
+                 "unapplied", "seen", "secs", "lock", "flushes", "recon")
+
+    def __init__(self, battle_id: str) -> None:
+        base = f"{PREFIX}:{{b:{_tag_safe(battle_id)}}}"
+        self.battle_id = battle_id
+        self.meta = f"{base}:meta"  # hash: start, end, duration_ms, rooms, owners, status...
+        self.pending = f"{base}:pending"  # hash room → value not yet claimed by a flush
+        self.inflight = f"{base}:inflight"  # hash: the claimed batch of one flush
+        self.applied = f"{base}:applied"  # hash room → score Tencent holds, by our account
+        self.ledger = f"{base}:ledger"  # hash room → value of the gifts ingested for it
+        self.corr = f"{base}:corr"  # hash room → reconcile corrections (+ lost, - uncounted)
+        self.unapplied = f"{base}:unapplied"  # hash room → value Tencent refused (1, 100006)
+        self.seen = f"{base}:seen"  # set of event ids: exactly-once ingest
+        self.secs = f"{base}:secs"  # hash "room|second" → value (judging reconcile reads)
+        self.lock = f"{base}:lock"  # string: owner token of flush/reconcile, heartbeat TTL
+        self.flushes = f"{base}:flushes"  # list: recent flush records (capped)
+        self.recon = f"{base}:recon"  # hash: baselines and observations per room
+
+    def all(self) -> list[str]:
+        """Every key of the battle (for expiry)."""
+        return [getattr(self, s) for s in self.__slots__ if s != "battle_id"]
+
+
+class RoomKeys:
+    """The keys of one room (all in the slot of `{r:<id>}`)."""
+
+    __slots__ = ("room_id", "battles", "held", "drain", "seen_outside")
+
+    def __init__(self, room_id: str) -> None:
+        base = f"{PREFIX}:{{r:{_tag_safe(room_id)}}}"
+        self.room_id = room_id
+        self.battles = f"{base}:battles"  # hash BattleId → "start end" (0 0: start unknown)
+        self.held = f"{base}:held"  # list of gifts waiting for their battle to be known
+        self.drain = f"{base}:drain"  # string: lock of the one process draining `held`
+        self.seen_outside = f"{base}:seen_outside"  # set: event ids counted outside a battle
+
+
+#: zset BattleId → time its next flush is due.
+FLUSH_DUE = f"{PREFIX}:due:flush"
+#: zset BattleId → time its next reconcile is due.
+RECONCILE_DUE = f"{PREFIX}:due:reconcile"
+#: zset BattleId → end time, for every battle not yet finalized.
+ACTIVE = f"{PREFIX}:active"
+#: zset BattleId → next try, battles known only by id (create webhook) awaiting get_battle_info.
+UNRESOLVED = f"{PREFIX}:unresolved"
+#: zset RoomId → deadline of its oldest held gift.
+HELD_ROOMS = f"{PREFIX}:held_rooms"
+#: list of dead letters (JSON: reason, body, event_id, at), newest last.
+DEAD_LETTERS = f"{PREFIX}:deadletters"
+#: hash of counters (ingested, duplicate, dead_lettered, ignored, outside, ...).
+STATS = f"{PREFIX}:stats"
+#: zset per API of recent call stamps: the shared sliding-window rate limiter.
+
+
+def rate_key(api: str) -> str:
+    """The sliding-window log of one Tencent API's calls."""
+    return f"{PREFIX}:{{rl:{api}}}:calls"
+
+
+#: string: the lock that keeps ticks from overlapping.
+TICK_LOCK = f"{PREFIX}:tick:lock"
+#: string: time of the last safety sweep.
+SAFETY_SWEEP = f"{PREFIX}:tick:sweep"

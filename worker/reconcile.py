@@ -1,0 +1,194 @@
+"""Reconcile: compare each room's authoritative total (get_gift_count) with the ledger; fix drift.
+
+The rule (docs/design.md has the argument):
+- An observation is one `get_gift_count` read R of (room, owner) taken between wall times t0
+  and t1. A gift's webhook may lead or trail Tencent's counting by up to SKEW seconds, so gifts
+  with Time in [t0 - SKEW, t1 + SKEW] may or may not be in R.
+- An observation is judged only once every webhook that could matter has been processed
+  (now > t1 + SKEW + 1 and the ingest queue is empty), and only if no ingested gift of that
+  room fell in its uncertain window: otherwise it is no evidence either way and is dropped.
+- Judged, K = R - (ingested value with Time < t0 - SKEW) is the room's total before the
+  battle plus every error so far (lost webhooks add, approved-but-never-counted gifts
+  subtract). The first K is the baseline; later drift = K - baseline - corrections so far.
+- A drift is corrected only when two judged observations in a row agree on it: in-flight
+  gifts never become a double count or a dip. The correction is an OpType 2 of the score
+  Tencent holds by our account plus the drift, under the battle lock, so no flush races it.
+- No drift, no write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+from worker import battles, keys
+from worker.battles import Battle
+from worker.flush import Flusher, LockLost
+from worker.keys import BattleKeys
+from worker.lock import BattleLock
+from worker.ratelimit import RateLimitTimeout
+from worker.runtime import Runtime
+from worker.stats import bump
+from worker.tencent.errors import TencentError
+
+log = logging.getLogger("scorer.reconcile")
+
+#: Webhooks lead or trail Tencent's counting by up to this many seconds (tencent-api.md §4).
+SKEW = 2
+#: Observations kept per room while waiting to be judged.
+MAX_OBSERVATIONS = 6
+#: In the last `FINAL_WINDOW` seconds plus one interval, reconcile runs every JUDGE_DELAY.
+FINAL_WINDOW = 12.0
+JUDGE_DELAY = SKEW + 1.5
+
+
+def _sum_secs(secs: dict[str, int], room: str, lo: float, hi: float) -> int:
+    """Ingested value of `room` with Time in [lo, hi]."""
+    total = 0
+    for field, value in secs.items():
+        r, _, sec = field.rpartition("|")
+        if r == room and lo <= int(sec) <= hi:
+            total += int(value)
+    return total
+
+
+class Reconciler:
+    """One reconcile pass over one battle, run while holding the battle's lock."""
+
+    def __init__(self, rt: Runtime, battle: Battle, lock: BattleLock) -> None:
+        self.rt = rt
+        self.battle = battle
+        self.bk = BattleKeys(battle.battle_id)
+        self.lock = lock
+
+    def run(self) -> dict[str, int]:
+        """Judge stored reads, correct confirmed drift, take new reads; returns drift fixed."""
+        rt, bk = self.rt, self.bk
+        # Settle any in-flight flush first: corrections need the exact score Tencent holds.
+        Flusher(rt, self.battle.battle_id, self.lock).run()
+        if rt.redis.exists(bk.inflight):
+            return {}
+        recon = rt.redis.hgetall(bk.recon)
+        secs = {k: int(v) for k, v in rt.redis.hgetall(bk.secs).items()}
+        corr = {k: int(v) for k, v in rt.redis.hgetall(bk.corr).items()}
+        applied = {k: int(v) for k, v in rt.redis.hgetall(bk.applied).items()}
+        backlog = rt.ingest_backlog()
+        now = rt.clock()
+        updates: dict[str, str] = {}
+        fixes: dict[str, int] = {}
+        for room, owner in self.battle.rooms.items():
+            if not owner:
+                continue
+            obs = json.loads(recon.get(f"obs:{room}", "[]"))
+            base = recon.get(f"base:{room}")
+            last = recon.get(f"last:{room}")
+            waiting = []
+            for o in obs:
+                if backlog or now <= o["t1"] + SKEW + 1:
+                    waiting.append(o)
+                    continue
+                lo, hi = math.floor(o["t0"]) - SKEW, math.ceil(o["t1"]) + SKEW
+                if _sum_secs(secs, room, lo, hi):
+                    continue  # a gift in the uncertain window: no evidence either way
+                k = o["R"] - _sum_secs(secs, room, 0, lo - 1)
+                if base is None:
+                    base = str(k)
+                    updates[f"base:{room}"] = base
+                    continue
+                drift = k - int(base) - corr.get(room, 0)
+                if drift and last is not None and int(last) == drift:
+                    fixes[room] = drift
+                    last = None
+                else:
+                    last = str(drift)
+                updates[f"last:{room}"] = "" if last is None else last
+            updates[f"obs:{room}"] = json.dumps(waiting)
+        if fixes:
+            self.correct(fixes, applied)
+        self.observe(updates, recon)
+        return fixes
+
+    def correct(self, fixes: dict[str, int], applied: dict[str, int]) -> None:
+        """Write confirmed drift with one OpType 2 (never below zero) and record it."""
+        target = {r: max(0, applied.get(r, 0) + d) for r, d in fixes.items()}
+        try:
+            res = self.rt.client.set_battle_score(self.battle.battle_id, 2, target)
+        except (TencentError, RateLimitTimeout) as err:
+            # Not recorded: the drift persists and the next pass confirms it again (OpType 2
+            # is idempotent, so an overwrite that did land is harmless to repeat).
+            log.warning("reconcile overwrite of %s failed: %s", self.battle.battle_id, err)
+            return
+        codes = res.codes()
+        args: list = []
+        n = 0
+        for room, value in target.items():
+            if codes.get(room, 0) == 0:
+                args += [room, value, fixes[room]]
+                n += 1
+        res2 = self.rt.script("SETTLE")(keys=[self.bk.applied, self.bk.corr, self.bk.lock],
+                                        args=[self.lock.token, n, *args])
+        if res2 == -1:
+            raise LockLost(self.battle.battle_id)
+        bump(self.rt.redis, "reconcile_corrections", n)
+        log.warning("reconcile corrected %s of %s", fixes, self.battle.battle_id,
+                    extra={"battle_id": self.battle.battle_id,
+                           "request_id": res.RequestId})
+
+    def observe(self, updates: dict[str, str], recon: dict[str, str]) -> None:
+        """Take a fresh read of every room (while the battle runs) and store the updates."""
+        rt = self.rt
+        if rt.clock() < self.battle.end:
+            for room, owner in self.battle.rooms.items():
+                if not owner:
+                    continue
+                t0 = rt.clock()
+                try:
+                    count = rt.client.get_gift_count(room, owner)
+                except (TencentError, RateLimitTimeout) as err:
+                    log.warning("gift count of %s failed: %s", room, err)
+                    continue
+                t1 = rt.clock()
+                obs = json.loads(updates.get(f"obs:{room}") or recon.get(f"obs:{room}", "[]"))
+                obs.append({"t0": t0, "t1": t1, "R": count.TotalCoins})
+                updates[f"obs:{room}"] = json.dumps(obs[-MAX_OBSERVATIONS:])
+        if updates:
+            rt.redis.hset(self.bk.recon, mapping=updates)
+
+
+def next_due(rt: Runtime, battle: Battle) -> float | None:
+    """When this battle should be reconciled next (None once it has ended)."""
+    now = rt.clock()
+    if now >= battle.end:
+        return None
+    interval = rt.settings.reconcile_interval
+    if battle.end - now <= interval + FINAL_WINDOW:
+        return now + min(interval, JUDGE_DELAY)
+    return now + interval
+
+
+def reconcile_battle(rt: Runtime, battle_id: str) -> str:
+    """Reconcile one battle (or learn it with get_battle_info first); returns an outcome."""
+    bk = BattleKeys(battle_id)
+    with BattleLock(rt.redis, bk.lock) as lock:
+        if not lock.held:
+            return "busy"
+        battle = Battle.load(rt, battle_id)
+        if battle is None or battle.status == "created" or not all(battle.rooms.values()):
+            try:
+                battle = battles.register_info(rt, rt.client.get_battle_info(battle_id))
+            except (TencentError, RateLimitTimeout) as err:
+                log.warning("get_battle_info of %s failed: %s", battle_id, err)
+                rt.redis.zadd(keys.UNRESOLVED, {battle_id: rt.clock() + 5})
+                return "unresolved"
+            return "resolved"
+        try:
+            fixes = Reconciler(rt, battle, lock).run()
+        except LockLost:
+            return "lock_lost"
+        due = next_due(rt, battle)
+        if due is None:
+            rt.redis.zrem(keys.RECONCILE_DUE, battle_id)
+        else:
+            rt.redis.zadd(keys.RECONCILE_DUE, {battle_id: due})
+        return "corrected" if fixes else "ok"

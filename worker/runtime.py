@@ -1,0 +1,83 @@
+"""Per-process runtime: settings, the state Redis, the Tencent client and the Lua scripts."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import redis
+
+from worker import scripts
+from worker.ratelimit import RedisRateLimiter
+from worker.settings import Settings, get_settings
+from worker.tencent import TencentClient
+
+
+def connect(url: str) -> redis.Redis:
+    """A Redis client (Redis Cluster for `redis+cluster://` URLs), replies decoded as str."""
+    if url.startswith("redis+cluster://"):
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url("redis://" + url[len("redis+cluster://"):],
+                                     decode_responses=True)
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=10,
+                                socket_keepalive=True, retry_on_timeout=True)
+
+
+@dataclass
+class Runtime:
+    """What the tasks of one process share."""
+
+    settings: Settings
+    redis: redis.Redis
+    client: TencentClient
+    clock: Callable[[], float] = time.time
+    scripts: dict = field(default_factory=dict)
+
+    _broker: redis.Redis | None = None
+
+    def ingest_backlog(self) -> int:
+        """Messages waiting in the ingest queue: reconcile reads are judged only at zero."""
+        if self._broker is None:
+            same = self.settings.redis_url == self.settings.state_url
+            self._broker = self.redis if same else connect(self.settings.redis_url)
+        try:
+            return int(self._broker.llen("celery"))
+        except redis.RedisError:
+            return 1  # unknown: judge nothing
+
+    def script(self, name: str):
+        """A registered Lua script by its name in worker.scripts (EVALSHA, loaded on demand)."""
+        s = self.scripts.get(name)
+        if s is None:
+            s = self.scripts[name] = self.redis.register_script(getattr(scripts, name))
+        return s
+
+
+def build_runtime(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
+    """A runtime for `settings`: state Redis, shared limiter, Tencent client."""
+    r = connect(settings.state_url)
+    limiter = RedisRateLimiter(r, settings.api_rate)
+    return Runtime(settings=settings, redis=r, client=TencentClient(settings, limiter),
+                   clock=clock)
+
+
+_runtime: Runtime | None = None
+_pid = 0
+
+
+def get_runtime() -> Runtime:
+    """The runtime of this process, built on first use and again after a fork."""
+    global _runtime, _pid
+    if _runtime is None or _pid != os.getpid():
+        _runtime = build_runtime(get_settings())
+        _pid = os.getpid()
+    return _runtime
+
+
+def set_runtime(rt: Runtime | None) -> None:
+    """Install a runtime (tests, in-process tools)."""
+    global _runtime, _pid
+    _runtime, _pid = rt, os.getpid()

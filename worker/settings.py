@@ -1,0 +1,153 @@
+"""Settings: the SCORER_* environment variables (and an optional .env file), validated once."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from functools import lru_cache
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Tencent REST domains by region (tencent-api.md §1).
+REGION_DOMAINS: dict[str, str] = {
+    "china": "console.tim.qq.com",
+    "singapore": "adminapisgp.im.qcloud.com",
+    "seoul": "adminapikr.im.qcloud.com",
+    "tokyo": "adminapijpn.im.qcloud.com",
+    "frankfurt": "adminapiger.im.qcloud.com",
+    "mumbai": "adminapiind.im.qcloud.com",
+    "usa": "adminapiusa.im.qcloud.com",
+    "jakarta": "adminapiidn.im.qcloud.com",
+}
+
+
+class Region(str, Enum):
+    """A Tencent IM data-centre region."""
+
+    china = "china"
+    singapore = "singapore"
+    seoul = "seoul"
+    tokyo = "tokyo"
+    frankfurt = "frankfurt"
+    mumbai = "mumbai"
+    usa = "usa"
+    jakarta = "jakarta"
+
+
+class GiftValue(str, Enum):
+    """How a GiftWater's value is computed: Coins alone, or Coins x Count."""
+
+    coins = "coins"
+    coins_x_count = "coins_x_count"
+
+
+class Settings(BaseSettings):
+    """Every setting of the worker; names are the public contract (SCORER_*)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SCORER_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    sdkappid: int = Field(gt=0)
+    secret_key: SecretStr
+    admin_id: str = Field(default="administrator", min_length=1, max_length=128)
+    region: Region = Region.china
+    api_url: str | None = None
+    redis_url: str = "redis://localhost:6379/0"
+    state_redis_url: str | None = None
+    flush_interval: float = Field(default=1.0, gt=0, le=60)
+    reconcile_interval: float = Field(default=15.0, gt=0, le=3600)
+    api_rate: int = Field(default=200, gt=0, le=100_000)
+    gift_value: GiftValue = GiftValue.coins
+
+    @field_validator("secret_key")
+    @classmethod
+    def _key_not_blank(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("api_url")
+    @classmethod
+    def _url_scheme(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    @field_validator("redis_url", "state_redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not v.startswith(("redis://", "rediss://", "unix://", "redis+cluster://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return v
+
+    @property
+    def api_base_url(self) -> str:
+        """The resolved Tencent base URL: SCORER_API_URL if set, else the region's domain."""
+        return self.api_url or f"https://{REGION_DOMAINS[self.region.value]}"
+
+    @property
+    def state_url(self) -> str:
+        """The Redis holding the worker's state (defaults to the broker's)."""
+        return self.state_redis_url or self.redis_url
+
+    def masked(self) -> dict[str, str]:
+        """The effective settings as printable strings, the secret masked."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                shown = "********"
+            elif isinstance(value, Enum):
+                shown = value.value
+            elif name.endswith("redis_url") and value:
+                shown = _mask_url_password(value)
+            else:
+                shown = "" if value is None else str(value)
+            out[f"SCORER_{name.upper()}"] = shown
+        return out
+
+
+def _mask_url_password(url: str) -> str:
+    """Hide a password embedded in a Redis URL."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:****@{host}"
+
+
+class SettingsError(SystemExit):
+    """Start-up stops: one line naming the bad variable (raised as SystemExit, no traceback)."""
+
+
+def describe_error(err: ValidationError) -> str:
+    """One line naming the first bad variable and why, never echoing its value."""
+    first = err.errors()[0]
+    loc = first.get("loc") or ("?",)
+    var = f"SCORER_{str(loc[0]).upper()}"
+    if first.get("type") == "missing":
+        return f"configuration error: {var} is required but not set"
+    msg = first.get("msg", "invalid value")
+    return f"configuration error: {var} is invalid: {msg}"
+
+
+def load_settings(**overrides) -> Settings:
+    """Build Settings from the environment; on error print one line to stderr and exit 2."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        print(describe_error(err), file=sys.stderr)
+        raise SettingsError(2) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, loaded on first use."""
+    return load_settings()
