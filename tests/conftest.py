@@ -3,79 +3,27 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import pytest
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
+from worker.stack import ROOT, RedisServer, celery_cmd, redis_server_bin, scorer_env
+
+__all__ = ["ROOT", "celery_cmd", "worker_env", "SDKAPPID", "SECRET"]
+
 SDKAPPID = 1400000001
 SECRET = "test-secret-key-0123456789abcdef"
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def redis_server_bin() -> str:
-    path = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not os.path.exists(path):
-        pytest.exit("redis-server is not installed (apt-get install redis-server)", 2)
-    return path
-
-
-class RedisServer:
-    """A redis-server process this test session owns."""
-
-    def __init__(self, port: int | None = None, appendonly: bool = False) -> None:
-        self.port = port or free_port()
-        self.dir = tempfile.mkdtemp(prefix="bs-redis-")
-        self.appendonly = appendonly
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> "RedisServer":
-        self.proc = subprocess.Popen(
-            [redis_server_bin(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        deadline = time.time() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+# The Celery app reads its configuration lazily from SCORER_*; give this test process a valid
+# one (its broker URL is never used in-process: tests that need a broker start real workers).
+os.environ.setdefault("SCORER_SDKAPPID", str(SDKAPPID))
+os.environ.setdefault("SCORER_SECRET_KEY", SECRET)
 
 
 @pytest.fixture(scope="session")
 def redis_server():
+    if redis_server_bin() is None:
+        pytest.exit("redis-server is not installed (apt-get install redis-server)", 2)
     server = RedisServer().start()
     yield server
     server.cleanup()
@@ -104,7 +52,7 @@ def settings(redis_url, sandbox, monkeypatch):
     from worker.settings import Settings
 
     for k in list(os.environ):
-        if k.startswith("SCORER_"):
+        if k.startswith("SCORER_") and k not in ("SCORER_SDKAPPID", "SCORER_SECRET_KEY"):
             monkeypatch.delenv(k)
     return Settings(_env_file=None, sdkappid=SDKAPPID, secret_key=SECRET, api_url=sandbox.url,
                     redis_url=redis_url, flush_interval=0.2, reconcile_interval=2)
@@ -123,20 +71,7 @@ def rt(settings):
 
 def worker_env(settings, **extra) -> dict[str, str]:
     """Environment for a worker/beat subprocess using `settings`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
-    env.update({
-        "SCORER_SDKAPPID": str(settings.sdkappid),
-        "SCORER_SECRET_KEY": settings.secret_key.get_secret_value(),
-        "SCORER_API_URL": settings.api_base_url,
-        "SCORER_REDIS_URL": settings.redis_url,
-        "SCORER_FLUSH_INTERVAL": str(settings.flush_interval),
-        "SCORER_RECONCILE_INTERVAL": str(settings.reconcile_interval),
-        "PYTHONPATH": str(ROOT),
-    })
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-def celery_cmd(*args: str) -> list[str]:
-    """`celery -A worker ...` with this interpreter."""
-    return [sys.executable, "-m", "celery", "-A", "worker", *args]
+    return scorer_env(settings.sdkappid, settings.secret_key.get_secret_value(),
+                      settings.api_base_url, settings.redis_url,
+                      flush_interval=settings.flush_interval,
+                      reconcile_interval=settings.reconcile_interval, **extra)

@@ -61,7 +61,7 @@ class Battle:
 
 
 def _index_value(start: float, end: float, owner: str | None) -> str:
-    return f"{start:g} {end:g} {owner or '-'}"
+    return f"{start!r} {end!r} {owner or '-'}"
 
 
 def register(rt: Runtime, battle_id: str, start: float, duration_ms: int,
@@ -150,7 +150,7 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
             plan.append(("not_to_owner", g, len(pipe)))
             _count_outside(pipe, g)
             continue
-        plan.append(("ingest", g, len(pipe)))
+        plan.append(("ingested", g, len(pipe)))
         bk = BattleKeys(battle_id)
         rt.script("INGEST")(keys=[bk.seen, bk.pending, bk.ledger, bk.secs],
                             args=[g.event_id, g.room, g.value, g.second,

@@ -58,6 +58,13 @@ def cmd_sandbox(args) -> int:
     return sandbox.main(args.rest)
 
 
+def cmd_demo(args) -> int:
+    """Run the demo."""
+    from worker import demo
+
+    return demo.main(args.rest)
+
+
 def cmd_stats(args) -> int:
     """Print the event counters."""
     from worker import stats
@@ -144,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     c.add_argument("rest", nargs=argparse.REMAINDER)
     c.set_defaults(func=cmd_sandbox)
+    c = sub.add_parser("demo", help="run everything locally and play a few battles",
+                       add_help=False)
+    c.add_argument("rest", nargs=argparse.REMAINDER)
+    c.set_defaults(func=cmd_demo)
     c = sub.add_parser("stats", help="event counters")
     c.set_defaults(func=cmd_stats)
     c = sub.add_parser("battles", help="active battles")

@@ -1,0 +1,161 @@
+"""The scoring pipeline in-process against real Redis and the sandbox: ingest, flush, resolve."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.helpers import end_body, gift_body, start_body
+from worker import keys, stats
+from worker.flush import flush_battle
+from worker.ingest import handle
+from worker.keys import BattleKeys
+from worker.sandbox_control import SandboxControl
+
+ROOMS = {"room_a": "owner_a", "room_b": "owner_b"}
+
+
+@pytest.fixture
+def ctl(sandbox):
+    c = SandboxControl(sandbox.url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def battle(ctl):
+    info = ctl.create_battle(ROOMS, duration_ms=120_000, start=time.time() - 1)
+    return info["BattleId"], float(info["StartTime"])
+
+
+def send(rt, ctl, room, coins, eid, t=None, counted=True):
+    owner = ROOMS[room]
+    body = gift_body(room, owner, coins, t)
+    if counted:
+        ctl.count_gifts([{"RoomId": room, "To_Account": [owner], "From_Account": "v",
+                          "Coins": coins, "Count": 1}])
+    return handle(rt, [(body, eid)])
+
+
+def test_gifts_flush_exactly_once_with_duplicates(rt, ctl, battle):
+    bid, start = battle
+    handle(rt, [(start_body(bid, start, 120_000, ROOMS), None)])
+    send(rt, ctl, "room_a", 10, "e1")
+    send(rt, ctl, "room_b", 7, "e2")
+    counts = handle(rt, [(gift_body("room_a", "owner_a", 10), "e1")])  # redelivery
+    assert counts["duplicate"] == 1
+    assert flush_battle(rt, bid) == "ok"
+    assert ctl.scores(bid) == {"room_a": 10, "room_b": 7}
+    assert flush_battle(rt, bid) == "idle"
+    calls = [c for c in ctl.state()["calls_by_api"].items() if c[0] == "set_battle_score"]
+    assert calls == [("set_battle_score", 1)]  # both rooms in one call, nothing re-sent
+
+
+def test_gift_before_start_webhook_is_held_then_assigned(rt, ctl, battle):
+    bid, start = battle
+    c = send(rt, ctl, "room_a", 5, "early")
+    assert c["held"] == 1
+    handle(rt, [(start_body(bid, start, 120_000, ROOMS), None)])
+    assert rt.redis.llen("bs:{r:room_a}:held") == 0
+    assert flush_battle(rt, bid) == "ok"
+    assert ctl.scores(bid)["room_a"] == 5
+
+
+def test_lost_response_is_resolved_by_read_back_without_double_count(rt, ctl, battle):
+    bid, start = battle
+    handle(rt, [(start_body(bid, start, 120_000, ROOMS), None)])
+    send(rt, ctl, "room_a", 30, "x1")
+    ctl.inject("lost_response", api="set_battle_score")
+    assert flush_battle(rt, bid) == "ok"
+    assert ctl.scores(bid)["room_a"] == 30
+    assert not rt.redis.exists(BattleKeys(bid).inflight)
+
+
+def test_retryable_faults_are_retried(rt, ctl, battle):
+    bid, start = battle
+    handle(rt, [(start_body(bid, start, 120_000, ROOMS), None)])
+    send(rt, ctl, "room_b", 4, "y1")
+    ctl.inject("http502", api="set_battle_score")
+    ctl.inject("error100001", api="set_battle_score")
+    assert flush_battle(rt, bid) == "ok"
+    assert ctl.scores(bid)["room_b"] == 4
+
+
+def test_crash_after_claim_is_resumed_by_next_owner(rt, ctl, battle):
+    """A flush that died after its call (applied, never committed) is settled by read-back."""
+    bid, start = battle
+    handle(rt, [(start_body(bid, start, 120_000, ROOMS), None)])
+    send(rt, ctl, "room_a", 9, "z1")
+    bk = BattleKeys(bid)
+    # Simulate the dead owner: claim under a lock that then vanishes, and apply the call.
+    rt.redis.set(bk.lock, "dead-owner")
+    rt.script("CLAIM")(keys=[bk.pending, bk.inflight, bk.lock], args=["old", 0, "dead-owner"])
+    rt.client.set_battle_score(bid, 1, {"room_a": 9})
+    rt.redis.delete(bk.lock)  # its heartbeat stopped; the TTL ran out
+    assert flush_battle(rt, bid) == "ok"
+    assert ctl.scores(bid)["room_a"] == 9
+
+
+def test_invalid_body_is_dead_lettered_and_replayable(rt, ctl, battle):
+    from worker import deadletters
+
+    bid, start = battle
+    handle(rt, [(start_body(bid, start, 120_000, ROOMS), None)])
+    bad = gift_body("room_a", "owner_a", 3)
+    bad["GiftWater"]["Count"] = -1
+    c = handle(rt, [(bad, "bad1"), (gift_body("room_b", "owner_b", 2), "good1")])
+    assert c["dead_lettered"] == 1 and c["ingested"] == 1
+    entries = deadletters.list_entries(rt)
+    assert len(entries) == 1 and "Count" in entries[0]["reason"]
+    assert entries[0]["body"] == bad and entries[0]["event_id"] == "bad1"
+    # Replaying unchanged keeps it (with its reason); nothing is lost.
+    deadletters.replay(rt)
+    assert len(deadletters.list_entries(rt)) == 1
+    assert stats.read(rt.redis)["dead_lettered"] == 2
+
+
+def test_gift_outside_battle_window_is_outside_after_hold(rt, ctl, battle, monkeypatch):
+    from worker import battles
+
+    bid, start = battle
+    handle(rt, [(start_body(bid, start, 120_000, ROOMS), None)])
+    c = handle(rt, [(gift_body("room_a", "owner_a", 3, t=start - 100), "before")])
+    assert c["held"] == 1
+    monkeypatch.setattr(battles, "HOLD_SECONDS", 0)
+    real = rt.clock
+    rt.clock = lambda: real() + 120
+    battles.drain_held(rt, "room_a", sweep=True)
+    rt.clock = real
+    assert stats.read(rt.redis)["outside"] == 1
+    assert rt.redis.llen("bs:{r:room_a}:held") == 0
+
+
+def test_gift_to_a_guest_is_not_a_battle_score(rt, ctl, battle):
+    bid, start = battle
+    handle(rt, [(start_body(bid, start, 120_000, ROOMS), None)])
+    body = gift_body("room_a", "someone_else", 50)
+    assert handle(rt, [(body, "guest")])["not_to_owner"] == 1
+    assert flush_battle(rt, bid) == "idle"
+
+
+def test_after_end_value_is_recorded_unapplied(rt, ctl, battle):
+    bid, start = battle
+    handle(rt, [(start_body(bid, start, 120_000, ROOMS), None)])
+    send(rt, ctl, "room_a", 8, "late1")
+    ctl.end_battle(bid)
+    assert flush_battle(rt, bid) == "refused"
+    assert rt.redis.hget(BattleKeys(bid).unapplied, "room_a") == "8"
+    handle(rt, [(end_body(bid, start, time.time(), {"room_a": 0, "room_b": 0}, ROOMS), None)])
+
+
+def test_unknown_room_gets_result_code_1_and_is_unapplied(rt, ctl):
+    bid = ctl.create_battle({"room_x": "ox"}, 60_000, start=time.time() - 1)["BattleId"]
+    handle(rt, [(start_body(bid, time.time() - 1, 60_000, {"room_x": "ox", "ghost": "og"}),
+                 None)])
+    handle(rt, [(gift_body("ghost", "og", 6), "g1"), (gift_body("room_x", "ox", 2), "g2")])
+    assert flush_battle(rt, bid) == "ok"
+    bk = BattleKeys(bid)
+    assert rt.redis.hget(bk.unapplied, "ghost") == "6"
+    assert rt.redis.hget(bk.applied, "room_x") == "2"
+    assert rt.redis.zscore(keys.FLUSH_DUE, bid) is not None

@@ -1,0 +1,143 @@
+"""Run a whole local stack (redis-server, worker and beat processes) for the demo, bench, tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_server_bin() -> str | None:
+    """The system redis-server, if installed."""
+    path = shutil.which("redis-server")
+    if path:
+        return path
+    return "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+
+
+class RedisServer:
+    """A redis-server process we own, on a loopback port, in a temporary directory."""
+
+    def __init__(self, port: int | None = None, appendonly: bool = False) -> None:
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="bs-redis-")
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10) -> "RedisServer":
+        binary = redis_server_bin()
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if self.appendonly else "no", "--dir", self.dir,
+             "--daemonize", "no", "--loglevel", "warning", "--maxmemory-policy", "noeviction"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        client = redis.Redis(port=self.port)
+        deadline = time.time() + timeout
+        while True:
+            try:
+                client.ping()
+                break
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}")
+                time.sleep(0.05)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def celery_cmd(*args: str) -> list[str]:
+    """`celery -A worker ...` with this interpreter."""
+    return [sys.executable, "-m", "celery", "-A", "worker", *args]
+
+
+def scorer_env(sdkappid: int, secret_key: str, api_url: str, redis_url: str,
+               **extra) -> dict[str, str]:
+    """Environment for worker and beat processes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
+    env.update({"SCORER_SDKAPPID": str(sdkappid), "SCORER_SECRET_KEY": secret_key,
+                "SCORER_API_URL": api_url, "SCORER_REDIS_URL": redis_url,
+                "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")})
+    env.update({f"SCORER_{k.upper()}": str(v) for k, v in extra.items()})
+    return env
+
+
+class Processes:
+    """Worker and beat processes started in their own sessions, stopped together."""
+
+    def __init__(self, env: dict[str, str], logdir: str | Path) -> None:
+        self.env = env
+        self.logdir = Path(logdir)
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, *celery_args: str) -> subprocess.Popen:
+        log = open(self.logdir / f"{name}.log", "ab")
+        proc = subprocess.Popen(celery_cmd(*celery_args), cwd=ROOT, env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def worker(self, name: str = "worker", concurrency: int = 2) -> subprocess.Popen:
+        return self.start(name, "worker", "--loglevel=INFO", f"--concurrency={concurrency}",
+                          "-n", f"{name}@%h", "-E")
+
+    def beat(self, name: str = "beat") -> subprocess.Popen:
+        return self.start(name, "beat", "--loglevel=INFO", "-s",
+                          str(self.logdir / f"{name}-schedule"))
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM every process group (warm shutdown), SIGKILL what is left after `timeout`."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.time() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(5)
