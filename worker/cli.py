@@ -171,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    # Commands with their own parsers get the rest of the line untouched.
+    passthrough = {"sandbox": cmd_sandbox, "demo": cmd_demo}
+    if argv and argv[0] in passthrough:
+        try:
+            return int(passthrough[argv[0]](argparse.Namespace(rest=argv[1:])) or 0)
+        except KeyboardInterrupt:
+            return 130
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
