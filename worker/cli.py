@@ -65,6 +65,24 @@ def cmd_demo(args) -> int:
     return demo.main(args.rest)
 
 
+def cmd_receive(args) -> int:
+    """Run the signed webhook receiver."""
+    from worker import receiver
+
+    return receiver.main(args.rest)
+
+
+def cmd_metrics(args) -> int:
+    """Serve the Prometheus metrics (cluster-wide, from Redis) until interrupted."""
+    from worker import metrics
+
+    rt = _rt()
+    metrics.serve(args.port, rt.redis, args.host)
+    print(f"metrics on http://{args.host}:{args.port}/metrics", flush=True)
+    while True:
+        time.sleep(3600)
+
+
 def cmd_stats(args) -> int:
     """Print the event counters."""
     from worker import stats
@@ -155,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     c.add_argument("rest", nargs=argparse.REMAINDER)
     c.set_defaults(func=cmd_demo)
+    c = sub.add_parser("receive", help="signed Tencent webhook receiver (see --help)",
+                       add_help=False)
+    c.add_argument("rest", nargs=argparse.REMAINDER)
+    c.set_defaults(func=cmd_receive)
+    c = sub.add_parser("metrics", help="serve Prometheus metrics")
+    c.add_argument("--port", type=int, default=9808)
+    c.add_argument("--host", default="127.0.0.1")
+    c.set_defaults(func=cmd_metrics)
     c = sub.add_parser("stats", help="event counters")
     c.set_defaults(func=cmd_stats)
     c = sub.add_parser("battles", help="active battles")
@@ -173,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     argv = sys.argv[1:] if argv is None else argv
     # Commands with their own parsers get the rest of the line untouched.
-    passthrough = {"sandbox": cmd_sandbox, "demo": cmd_demo}
+    passthrough = {"sandbox": cmd_sandbox, "demo": cmd_demo, "receive": cmd_receive}
     if argv and argv[0] in passthrough:
         try:
             return int(passthrough[argv[0]](argparse.Namespace(rest=argv[1:])) or 0)

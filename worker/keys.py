@@ -82,3 +82,10 @@ def rate_key(api: str) -> str:
 TICK_LOCK = f"{PREFIX}:tick:lock"
 #: string: time of the last safety sweep.
 SAFETY_SWEEP = f"{PREFIX}:tick:sweep"
+#: hash "api|outcome" → Tencent calls (metrics).
+METRICS_CALLS = f"{PREFIX}:metrics:calls"
+#: hash api → summed call seconds; hash "api|le" → calls in that latency bucket (metrics).
+METRICS_LATENCY_SUM = f"{PREFIX}:metrics:latency_sum"
+METRICS_LATENCY_BUCKETS = f"{PREFIX}:metrics:latency_buckets"
+#: hash api → seconds spent waiting for the rate limiter (metrics).
+METRICS_LIMITER_WAIT = f"{PREFIX}:metrics:limiter_wait"

@@ -58,10 +58,20 @@ class Runtime:
 
 def build_runtime(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
     """A runtime for `settings`: state Redis, shared limiter, Tencent client."""
+    from worker.metrics import record_call
+
     r = connect(settings.state_url)
     limiter = RedisRateLimiter(r, settings.api_rate)
-    return Runtime(settings=settings, redis=r, client=TencentClient(settings, limiter),
-                   clock=clock)
+    client = TencentClient(settings, limiter)
+
+    def on_call(api: str, outcome: str, seconds: float, waited: float) -> None:
+        try:
+            record_call(r, api, outcome, seconds, waited)
+        except redis.RedisError:  # metrics never fail a call
+            pass
+
+    client.on_call = on_call
+    return Runtime(settings=settings, redis=r, client=client, clock=clock)
 
 
 _runtime: Runtime | None = None

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(default=15.0, gt=0, le=3600)
     api_rate: int = Field(default=200, gt=0, le=100_000)
     gift_value: GiftValue = GiftValue.coins
+    # Extensions beyond the contract's table (optional):
+    callback_token: SecretStr | None = None  # Tencent callback token: the receiver checks Sign
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)  # Prometheus exporter
+    log_format: str = Field(default="text", pattern="^(text|json)$")
 
     @field_validator("secret_key")
     @classmethod
@@ -103,6 +107,8 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 shown = "********"
+            elif value is None:
+                shown = ""
             elif isinstance(value, Enum):
                 shown = value.value
             elif name.endswith("redis_url") and value:

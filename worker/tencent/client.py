@@ -75,7 +75,8 @@ class TencentClient:
         self._sleep = sleep
         self._http: httpx.Client | None = None
         self._pid = 0
-        self.on_call: Callable[[str, str, float], None] | None = None  # metrics hook
+        #: metrics hook: (api, outcome, seconds, seconds waited for the limiter)
+        self.on_call: Callable[[str, str, float, float], None] | None = None
 
     def __repr__(self) -> str:
         return f"TencentClient(base_url={self.base_url!r}, sdkappid={self.sdkappid})"
@@ -120,22 +121,22 @@ class TencentClient:
             resp = self.http.post(self.url(api), params=self.query(), json=body)
         except httpx.HTTPError as exc:
             outcome = classify_exception(exc)
-            self._observe(api, outcome.value, started)
+            self._observe(api, outcome.value, started, waited)
             raise TencentError(api, outcome, type(exc).__name__) from None
         outcome = classify_status(resp.status_code)
         if outcome is not Outcome.success:
-            self._observe(api, outcome.value, started)
+            self._observe(api, outcome.value, started, waited)
             raise TencentError(api, outcome, f"HTTP {resp.status_code}", status=resp.status_code)
         try:
             data = resp.json()
         except ValueError:
             # Tencent received it and answered garbage: we cannot tell whether it applied.
-            self._observe(api, Outcome.ambiguous.value, started)
+            self._observe(api, Outcome.ambiguous.value, started, waited)
             raise TencentError(api, Outcome.ambiguous, "unparseable answer", status=200) from None
         code = int(data.get("ErrorCode", 0) or 0)
         request_id = data.get("RequestId")
         outcome = classify_code(code)
-        self._observe(api, outcome.value, started)
+        self._observe(api, outcome.value, started, waited)
         if outcome is not Outcome.success:
             raise TencentError(api, outcome, str(data.get("ErrorInfo", ""))[:200], code=code,
                                request_id=request_id, status=200)
@@ -143,9 +144,9 @@ class TencentClient:
             log.info("rate limiter held %s for %.2fs", api, waited)
         return data
 
-    def _observe(self, api: str, outcome: str, started: float) -> None:
+    def _observe(self, api: str, outcome: str, started: float, waited: float) -> None:
         if self.on_call is not None:
-            self.on_call(api, outcome, time.monotonic() - started)
+            self.on_call(api, outcome, time.monotonic() - started, waited)
 
     # -- retries ---------------------------------------------------------------------------
 

@@ -1,0 +1,57 @@
+"""Logging: text or JSON lines with battle/room/flush/RequestId fields; secrets redacted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+#: Record attributes copied into JSON lines when a log call passes them in `extra`.
+CONTEXT_FIELDS = ("battle_id", "room_id", "flush_id", "request_id", "event_id", "source",
+                  "status", "api", "outcome")
+
+
+class RedactSecrets(logging.Filter):
+    """Replace any occurrence of the given secrets in a record's final message (defence in
+    depth: no code path logs the key, but a library error might echo a URL or header)."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s and len(s) >= 4]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        msg = record.getMessage()
+        redacted = msg
+        for s in self.secrets:
+            redacted = redacted.replace(s, "********")
+        if redacted != msg:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and context fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "time": time.strftime(
+                   "%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
+               "level": record.levelname, "logger": record.name,
+               "message": record.getMessage()}
+        for f in CONTEXT_FIELDS:
+            v = getattr(record, f, None)
+            if v is not None:
+                out[f] = v
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure(handlers: list[logging.Handler], fmt: str, secrets: list[str]) -> None:
+    """Apply the chosen format and the secret filter to these handlers."""
+    redact = RedactSecrets(secrets)
+    for h in handlers:
+        if fmt == "json":
+            h.setFormatter(JsonFormatter())
+        h.addFilter(redact)
