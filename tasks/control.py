@@ -6,7 +6,8 @@ import json
 import logging
 import time
 
-from worker import app, battles, keys
+from worker.batch import pipeline
+from worker import app, battles, keys, schedule
 from worker.battles import Battle
 from worker.flush import flush_battle
 from worker.keys import BattleKeys
@@ -54,21 +55,34 @@ def _due(rt: Runtime, zkey: str, now: float) -> list[str]:
     return rt.redis.zrangebyscore(zkey, "-inf", now, start=0, num=MAX_DISPATCH)
 
 
+def _pick(rt: Runtime, zkey: str, now: float, budget: int) -> list[str]:
+    """Due battles of `zkey` within `budget`, near-end first (see worker/schedule.py)."""
+    due = rt.redis.zrangebyscore(zkey, "-inf", now, start=0, num=MAX_DISPATCH,
+                                 withscores=True)
+    if not due:
+        return []
+    ends = dict(zip([b for b, _ in due], rt.redis.zmscore(keys.ACTIVE, [b for b, _ in due])))
+    return schedule.choose(due, ends, now, budget,
+                           schedule.urgent_window(rt.settings.flush_interval))
+
+
 def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
     """One tick; `dispatch(task, battle_id)` sends a control task (tests pass their own)."""
     dispatch = dispatch or (lambda task, bid: task.apply_async((bid,), expires=TASK_EXPIRES))
     now = rt.clock()
     out = {"flush": 0, "reconcile": 0, "resolve": 0, "held_rooms": 0, "finalized": 0}
-    interval = rt.settings.flush_interval
-    # Flushes: at most one per battle per SCORER_FLUSH_INTERVAL, the longest-waiting first.
-    due = _due(rt, keys.FLUSH_DUE, now)
+    s = rt.settings
+    # Flushes: at most one per battle per SCORER_FLUSH_INTERVAL, within the API budget.
+    due = _pick(rt, keys.FLUSH_DUE, now, schedule.per_tick_budget(s.api_rate, s.flush_interval))
     if due:
-        rt.redis.zadd(keys.FLUSH_DUE, {b: now + interval for b in due}, xx=True)
+        rt.redis.zadd(keys.FLUSH_DUE, {b: now + s.flush_interval for b in due}, xx=True)
         for bid in due:
             dispatch(flush, bid)
         out["flush"] = len(due)
+    # Reconciles read get_gift_count once per room (2 per battle): half that budget per tick.
+    recon_budget = schedule.per_tick_budget(s.api_rate, s.flush_interval, share=0.5)
     for zkey, name in ((keys.RECONCILE_DUE, "reconcile"), (keys.UNRESOLVED, "resolve")):
-        due = _due(rt, zkey, now)
+        due = _pick(rt, zkey, now, recon_budget)
         if due:
             # Provisional: the task itself sets the real next time when it runs.
             rt.redis.zadd(zkey, {b: now + 5 for b in due}, xx=True)
@@ -91,7 +105,7 @@ def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
 def safety_sweep(rt: Runtime) -> None:
     """Mark due every active battle that has pending or in-flight value."""
     active = rt.redis.zrange(keys.ACTIVE, 0, -1)
-    pipe = rt.redis.pipeline(transaction=False)
+    pipe = pipeline(rt.redis)
     for bid in active:
         bk = BattleKeys(bid)
         pipe.hlen(bk.pending)
@@ -122,7 +136,7 @@ def finalize(rt: Runtime, battle_id: str, dispatch) -> int:
             mapping["end_mismatch"] = json.dumps(diff)
             log.warning("battle %s ended with scores that differ from our ledger: %s",
                         battle_id, diff, extra={"battle_id": battle_id})
-    pipe = rt.redis.pipeline(transaction=False)
+    pipe = pipeline(rt.redis)
     pipe.hset(bk.meta, mapping=mapping)
     expire_at = int(rt.clock() + battles.KEEP_AFTER_END)
     for key in bk.all():

@@ -6,6 +6,7 @@ import json
 import logging
 from dataclasses import dataclass
 
+from worker.batch import pipeline
 from worker import keys
 from worker.keys import BattleKeys, RoomKeys
 from worker.runtime import Runtime
@@ -78,7 +79,7 @@ def register(rt: Runtime, battle_id: str, start: float, duration_ms: int,
         rooms = {r: rooms.get(r) or known.rooms.get(r) for r in {**known.rooms, **rooms}}
     status = "running" if start and all(rooms.values()) else "created"
     expire_at = int((end or rt.clock()) + KEEP_AFTER_END + duration_ms / 1000.0)
-    pipe = rt.redis.pipeline(transaction=False)
+    pipe = pipeline(rt.redis)
     pipe.hset(bk.meta, mapping={"start": start, "end": end, "duration_ms": duration_ms,
                                 "rooms": json.dumps(rooms), "status": status,
                                 "source": source, "registered_at": rt.clock()})
@@ -127,12 +128,12 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
     if not gifts:
         return counts
     rooms = sorted({g.room for g in gifts})
-    pipe = rt.redis.pipeline(transaction=False)
+    pipe = pipeline(rt.redis)
     for room in rooms:
         pipe.hgetall(RoomKeys(room).battles)
     index = dict(zip(rooms, pipe.execute()))
 
-    pipe = rt.redis.pipeline(transaction=False)
+    pipe = pipeline(rt.redis)
     plan: list[tuple[str, Gift, int]] = []  # (what, gift, position of its reply)
     now = rt.clock()
     for g in gifts:
@@ -208,14 +209,16 @@ def drain_held(rt: Runtime, room: str, sweep: bool = False) -> dict[str, int]:
         counts = route(rt, routable) if routable else {}
         counts["held"] = counts.get("held", 0) - len(routable)  # no longer held
         if expired:
-            pipe = rt.redis.pipeline(transaction=False)
+            pipe = pipeline(rt.redis)
             for g in expired:
                 _count_outside(pipe, g)
             added = pipe.execute()[::2]
             counts["outside"] = sum(1 for a in added if a == 1)
             counts["duplicate"] = counts.get("duplicate", 0) + len(expired) - counts["outside"]
             counts["held"] -= len(expired)
-        pipe = rt.redis.pipeline(transaction=True)
+        # Not MULTI: the keys live in different cluster slots, and the drain lock already
+        # keeps other drainers out (a concurrent hold only appends, which LTRIM preserves).
+        pipe = pipeline(rt.redis)
         pipe.ltrim(rk.held, len(raw), -1)
         if kept:
             pipe.rpush(rk.held, *[x for x, _ in kept])
@@ -241,7 +244,7 @@ def record_end(rt: Runtime, ev) -> None:
     if ev.EndTime and battle and battle.start and ev.EndTime < battle.end:
         # Ended early (owners left): the window closes at EndTime.
         mapping["end"] = float(ev.EndTime)
-        pipe = rt.redis.pipeline(transaction=False)
+        pipe = pipeline(rt.redis)
         for room, owner in battle.rooms.items():
             pipe.hset(RoomKeys(room).battles, ev.BattleId,
                       _index_value(battle.start, float(ev.EndTime), owner))

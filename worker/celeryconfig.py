@@ -4,6 +4,7 @@ from datetime import timedelta
 
 from kombu import Queue
 
+from worker.schedule import tick_seconds
 from worker.settings import get_settings
 
 _settings = get_settings()
@@ -59,7 +60,7 @@ task_soft_time_limit = 100
 include = ["tasks.ingest", "tasks.control"]
 
 #: How often beat asks "which battles are due?" (flush and reconcile are due per battle).
-TICK_SECONDS = min(0.5, _settings.flush_interval / 2)
+TICK_SECONDS = tick_seconds(_settings.flush_interval)
 
 beat_schedule = {
     "scorer-tick": {

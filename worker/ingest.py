@@ -6,6 +6,7 @@ import json
 import logging
 from typing import Any, Iterable
 
+from worker.batch import pipeline
 from worker import battles, events, keys
 from worker.battles import Gift
 from worker.runtime import Runtime
@@ -29,7 +30,7 @@ def dead_letter(rt: Runtime, body: Any, event_id: Any, reason: str, pipe=None) -
         raw = json.dumps({"truncated": raw[:MAX_DEAD_BODY]})
     entry = json.dumps({"reason": reason, "event_id": None if event_id is None else
                         str(event_id)[:200], "at": rt.clock(), "body": json.loads(raw)})
-    p = pipe or rt.redis.pipeline(transaction=False)
+    p = pipe or pipeline(rt.redis)
     p.rpush(keys.DEAD_LETTERS, entry)
     p.ltrim(keys.DEAD_LETTERS, -MAX_DEAD_LETTERS, -1)
     if pipe is None:
@@ -46,7 +47,7 @@ def handle(rt: Runtime, items: Iterable[tuple[Any, Any]]) -> dict[str, int]:
     counts = {"received": 0, "dead_lettered": 0, "ignored": 0, "lifecycle": 0}
     gifts: list[Gift] = []
     lifecycle: list[Any] = []
-    dead = rt.redis.pipeline(transaction=False)
+    dead = pipeline(rt.redis)
     mode = rt.settings.gift_value.value
     for body, event_id in items:
         counts["received"] += 1

@@ -16,6 +16,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+from worker.batch import pipeline
 from worker import keys, stats
 
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -24,7 +25,7 @@ BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 def record_call(redis, api: str, outcome: str, seconds: float, waited: float = 0.0) -> None:
     """Count one Tencent call, its latency bucket and any rate-limiter wait (one round trip)."""
     le = next((b for b in BUCKETS if seconds <= b), "+Inf")
-    pipe = redis.pipeline(transaction=False)
+    pipe = pipeline(redis)
     pipe.hincrby(keys.METRICS_CALLS, f"{api}|{outcome}", 1)
     pipe.hincrbyfloat(keys.METRICS_LATENCY_SUM, api, seconds)
     pipe.hincrby(keys.METRICS_LATENCY_BUCKETS, f"{api}|{le}", 1)
@@ -75,7 +76,7 @@ class ScorerCollector:
 
         now = time.time()
         active = r.zrange(keys.ACTIVE, 0, -1)
-        pipe = r.pipeline(transaction=False)
+        pipe = pipeline(r)
         for bid in active:
             pipe.hvals(keys.BattleKeys(bid).pending)
         pending = sum(int(v) for vals in (pipe.execute() if active else []) for v in vals)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,6 +23,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def redis_server_bin() -> str | None:
@@ -54,7 +64,7 @@ class RedisServer:
              "--appendonly", "yes" if self.appendonly else "no", "--dir", self.dir,
              "--daemonize", "no", "--loglevel", "warning", "--maxmemory-policy", "noeviction"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(host="127.0.0.1", port=self.port)
         deadline = time.time() + timeout
         while True:
             try:
@@ -141,3 +151,61 @@ class Processes:
                 except ProcessLookupError:
                     pass
                 proc.wait(5)
+
+
+class RedisCluster:
+    """A 3-master Redis Cluster on loopback ports (redis-server in cluster mode)."""
+
+    def __init__(self, masters: int = 3) -> None:
+        # A cluster node also listens on port + 10000 (the cluster bus): pick ports that
+        # leave room for it and are free on both.
+        ports: list[int] = []
+        rng = random.Random()
+        while len(ports) < masters:
+            p = rng.randint(20000, 30000)
+            if p not in ports and _is_free(p) and _is_free(p + 10000):
+                ports.append(p)
+        self.nodes = [RedisServer(port=p) for p in ports]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self, timeout: float = 30) -> "RedisCluster":
+        binary = redis_server_bin()
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        for node in self.nodes:
+            node.proc = subprocess.Popen(
+                [binary, "--port", str(node.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", node.dir, "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000",
+                 "--loglevel", "warning"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + timeout
+        for node in self.nodes:
+            client = redis.Redis(host="127.0.0.1", port=node.port)
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(0.05)
+        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        subprocess.run([cli, "--cluster", "create",
+                        *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        client = redis.Redis(host="127.0.0.1", port=self.nodes[0].port,
+                             decode_responses=True)
+        while client.cluster("info")["cluster_state"] != "ok":
+            if time.time() > deadline:
+                raise RuntimeError("the cluster did not become ok")
+            time.sleep(0.1)
+        return self
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from worker.batch import pipeline
 from worker import keys
 
 #: The counters `battle-scorer stats` and the metrics endpoint report.
@@ -21,7 +22,7 @@ def bump_many(redis, counts: dict[str, int]) -> None:
     counts = {k: v for k, v in counts.items() if v}
     if not counts:
         return
-    pipe = redis.pipeline(transaction=False)
+    pipe = pipeline(redis)
     for k, v in counts.items():
         pipe.hincrby(keys.STATS, k, v)
     pipe.execute()

@@ -1,0 +1,40 @@
+"""Flush scheduling under the API budget: near-end first, then oldest; nobody starves."""
+
+from __future__ import annotations
+
+import time
+
+from worker import keys, schedule
+
+
+def test_choose_prefers_near_end_then_oldest():
+    now = 1000.0
+    due = [("old", 900.0), ("new", 999.0), ("ending", 999.5), ("mid", 950.0)]
+    ends = {"old": 2000.0, "new": 2000.0, "ending": 1003.0, "mid": None}
+    assert schedule.choose(due, ends, now, budget=2, urgent=5) == ["ending", "old"]
+    assert schedule.choose(due, ends, now, budget=10, urgent=5) == ["ending", "old", "mid",
+                                                                    "new"]
+
+
+def test_budget_follows_rate_and_tick():
+    assert schedule.tick_seconds(1.0) == 0.5 and schedule.tick_seconds(0.2) == 0.1
+    assert schedule.per_tick_budget(200, 1.0) == 100
+    assert schedule.per_tick_budget(200, 1.0, share=0.5) == 50
+    assert schedule.per_tick_budget(1, 0.2) == 1
+
+
+def test_tick_dispatches_within_budget_and_starves_nobody(rt):
+    from tasks.control import flush, run_tick
+
+    rt.settings.api_rate, rt.settings.flush_interval = 10, 1.0  # 5 flushes per 0.5 s tick
+    now = time.time()
+    n = 23
+    rt.redis.zadd(keys.FLUSH_DUE, {f"b{i}": now - 100 + i for i in range(n)})
+    rt.redis.zadd(keys.ACTIVE, {f"b{i}": now + 3600 for i in range(n)})
+    rt.redis.zadd(keys.ACTIVE, {"b22": now + 1})  # the newest, but about to end
+    sent: list[str] = []
+    out = run_tick(rt, dispatch=lambda task, bid: sent.append(bid) if task is flush else None)
+    assert out["flush"] == 5 and sent[0] == "b22" and sent[1:] == ["b0", "b1", "b2", "b3"]
+    for _ in range(6):  # later ticks serve the rest, oldest first, each once per interval
+        run_tick(rt, dispatch=lambda task, bid: sent.append(bid) if task is flush else None)
+    assert set(sent) == {f"b{i}" for i in range(n)}
