@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import redis
+from celery.worker.request import Request
 
 from worker import app
 from worker.ingest import dead_letter, handle
@@ -19,13 +21,39 @@ _RETRY = dict(autoretry_for=(redis.ConnectionError, redis.TimeoutError, redis.Bu
               retry_backoff=True, retry_backoff_max=30, retry_jitter=True, max_retries=200)
 
 
-@app.task(name="scorer.webhook", ignore_result=True, **_RETRY)
+def summarize(kwargs: Any) -> str:
+    """What Flower and the worker's log show of an ingest task: ids, never the body."""
+    if not isinstance(kwargs, dict):
+        return "{}"
+    if "items" in kwargs:
+        items = kwargs["items"]
+        return json.dumps({"items": len(items) if isinstance(items, list) else "invalid"})
+    body = kwargs.get("body")
+    body = body if isinstance(body, dict) else {}
+    out = {"command": body.get("CallbackCommand"), "battle_id": body.get("BattleId"),
+           "room_id": body.get("RoomId"), "event_id": kwargs.get("event_id")}
+    return json.dumps({k: str(v)[:128] for k, v in out.items() if v is not None})
+
+
+class SummaryRequest(Request):
+    """A request whose argument reprs (sent in task events to Flower) are summaries."""
+
+    @property
+    def argsrepr(self) -> str:
+        return "()"
+
+    @property
+    def kwargsrepr(self) -> str:
+        return summarize(self.kwargs)
+
+
+@app.task(name="scorer.webhook", ignore_result=True, Request=SummaryRequest, **_RETRY)
 def webhook(body: dict, event_id: str | None = None) -> dict[str, int]:
     """One Tencent Live callback body (and the app's ledger id of the gift, if it has one)."""
     return handle(get_runtime(), [(body, event_id)])
 
 
-@app.task(name="scorer.webhooks", ignore_result=True, **_RETRY)
+@app.task(name="scorer.webhooks", ignore_result=True, Request=SummaryRequest, **_RETRY)
 def webhooks(items: list[dict[str, Any]]) -> dict[str, int]:
     """Many callbacks in one message: `[{"body": {...}, "event_id": "..."}]`, one Redis round trip
     for all their gifts."""

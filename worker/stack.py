@@ -92,7 +92,7 @@ class RedisServer:
 
 
 def celery_cmd(*args: str) -> list[str]:
-    """`celery -A worker ...` with this interpreter."""
+    """`celery -A worker ...` with this interpreter (tests)."""
     return [sys.executable, "-m", "celery", "-A", "worker", *args]
 
 
@@ -110,14 +110,16 @@ def scorer_env(sdkappid: int, secret_key: str, api_url: str, redis_url: str,
 class Processes:
     """Worker and beat processes started in their own sessions, stopped together."""
 
-    def __init__(self, env: dict[str, str], logdir: str | Path) -> None:
+    def __init__(self, env: dict[str, str], logdir: str | Path, app: str = "worker") -> None:
         self.env = env
         self.logdir = Path(logdir)
+        self.app = app
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, *celery_args: str) -> subprocess.Popen:
         log = open(self.logdir / f"{name}.log", "ab")
-        proc = subprocess.Popen(celery_cmd(*celery_args), cwd=ROOT, env=self.env, stdout=log,
+        cmd = [sys.executable, "-m", "celery", "-A", self.app, *celery_args]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
@@ -209,3 +211,26 @@ class RedisCluster:
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()
+
+
+def process_tree_rss(pid: int) -> int:
+    """Resident memory in bytes of a process and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total

@@ -1,0 +1,1 @@
+"""Benchmarks of battle-scorer (not tests): `python -m bench.run --help`."""

@@ -1,0 +1,364 @@
+"""`python -m bench.run`: the whole stack on this machine under load, beside the naive baseline.
+
+Everything runs on 127.0.0.1: a redis-server, the Tencent sandbox (its own process, with the
+real 200 calls/s limit per API), worker processes and a beat, and a bounded load generator.
+Each figure is printed beside the same figure for the naive integration (bench/naive.py) run
+in the same invocation. Not a test: figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import redis
+from celery import Celery
+
+from worker.sandbox_control import SandboxControl
+from worker.stack import ROOT, Processes, RedisServer, free_port, process_tree_rss, scorer_env
+
+SDKAPPID = 1400000000
+FLUSH_INTERVAL = 1.0
+
+
+@dataclass
+class Run:
+    """Figures of one scenario run."""
+
+    mode: str
+    battles: int
+    gifts: int = 0
+    exact: int = 0
+    calls: int = 0
+    max_calls_1s: int = 0
+    over: int = 0
+    under: int = 0
+    latencies: list[float] = field(default_factory=list)
+    peak_rss: int = 0
+    redis_per_battle: float = 0.0
+    refused_100012: int = 0
+
+
+class Bench:
+    """Owns the processes of one benchmark invocation."""
+
+    def __init__(self, workers: int, concurrency: int) -> None:
+        self.key = secrets.token_hex(16)
+        self.logdir = tempfile.mkdtemp(prefix="bs-bench-")
+        self.redis_server = RedisServer().start()
+        self.r = redis.Redis.from_url(self.redis_server.url, decode_responses=True)
+        port = free_port()
+        env = {**os.environ, "SCORER_SDKAPPID": str(SDKAPPID), "SCORER_SECRET_KEY": self.key,
+               "PYTHONPATH": str(ROOT)}
+        self.sandbox = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "sandbox", "--port", str(port)], env=env,
+            stdout=open(f"{self.logdir}/sandbox.log", "w"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        self.sandbox_url = f"http://127.0.0.1:{port}"
+        self.ctl = SandboxControl(self.sandbox_url)
+        for _ in range(100):
+            try:
+                self.ctl.state()
+                break
+            except Exception:
+                time.sleep(0.1)
+        self.procs = Processes(scorer_env(SDKAPPID, self.key, self.sandbox_url,
+                                          self.redis_server.url, flush_interval=FLUSH_INTERVAL,
+                                          reconcile_interval=15),
+                               self.logdir, app="bench.celery_bench")
+        for i in range(workers):
+            self.procs.worker(f"worker{i}", concurrency=concurrency)
+        self.procs.beat()
+        self.producer = Celery(broker=self.redis_server.url)
+        while not self.producer.control.ping(timeout=0.5):
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self.procs.stop()
+        self.sandbox.terminate()
+        self.sandbox.wait(10)
+        self.ctl.close()
+        self.redis_server.cleanup()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.wait_idle()
+        for key in self.r.scan_iter("bs:*"):
+            self.r.delete(key)
+        self.ctl.http.post("/sandbox/reset")
+
+    def wait_idle(self, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if not self.r.llen("celery") and not self.r.hlen("unacked"):
+                return
+            time.sleep(0.2)
+
+    def worker_rss(self) -> int:
+        return sum(process_tree_rss(p.pid) for n, p in self.procs.procs.items()
+                   if n.startswith("worker"))
+
+    # -- ingest drain ----------------------------------------------------------------------
+
+    def drain(self, kind: str, events: int, per_message: int) -> float:
+        """Events/s a worker drains from a pre-loaded queue."""
+        self.reset()
+        rooms = {f"ir{i}": f"io{i}" for i in range(100)}
+        now = time.time()
+        bid = self.ctl.create_battle(rooms, 600_000, start=now)["BattleId"]
+        start_body = _start_body(bid, now, 600_000, rooms)
+        self.producer.send_task("scorer.webhook", kwargs={"body": start_body})
+        self.wait_idle()
+        self.producer.control.cancel_consumer("celery", reply=True)
+        time.sleep(0.5)
+        room_list = list(rooms.items())
+        sent = 0
+        with self.producer.producer_or_acquire() as prod:
+            while sent < events:
+                if kind == "noop":
+                    self.producer.send_task("bench.noop", producer=prod)
+                    sent += 1
+                    continue
+                items = []
+                for _ in range(per_message):
+                    room, owner = room_list[sent % len(room_list)]
+                    items.append({"body": _gift_body(room, owner, 1, now + 1),
+                                  "event_id": f"d-{sent}"})
+                    sent += 1
+                if per_message == 1:
+                    self.producer.send_task("scorer.webhook", kwargs=items[0], producer=prod)
+                else:
+                    self.producer.send_task("scorer.webhooks", kwargs={"items": items},
+                                            producer=prod)
+        t0 = time.time()
+        self.producer.control.add_consumer("celery", reply=True)
+        while True:
+            if kind == "noop":
+                if not self.r.llen("celery") and not self.r.hlen("unacked"):
+                    break
+            elif int(self.r.hget("bs:stats", "received") or 0) >= events + 1:
+                break
+            if time.time() - t0 > 300:
+                break
+            time.sleep(0.01)
+        return events / (time.time() - t0)
+
+    # -- battles scenario ------------------------------------------------------------------
+
+    def scenario(self, mode: str, n: int, duration: float, seed: int = 1) -> Run:
+        """n battles of 2 rooms, gifts bursting in their last 10 s, through `mode`."""
+        self.reset()
+        rng = random.Random(seed)
+        start = time.time() + 3
+        end = start + duration
+        battles = []
+        for i in range(n):
+            rooms = {f"{mode}{i}a": f"o{i}a", f"{mode}{i}b": f"o{i}b"}
+            bid = self.ctl.create_battle(rooms, int(duration * 1000), start=start,
+                                         battle_id=f"{mode}-{n}-{i}")["BattleId"]
+            battles.append((bid, rooms))
+        if mode == "scorer":
+            items = [{"body": _start_body(b, start, int(duration * 1000), rooms),
+                      "event_id": None} for b, rooms in battles]
+            for k in range(0, len(items), 500):
+                self.producer.send_task("scorer.webhooks", kwargs={"items": items[k:k + 500]})
+        redis_base = int(self.r.info("memory")["used_memory"])
+        run = Run(mode, n)
+        truth: dict[tuple[str, str], int] = defaultdict(int)
+        delivered: list[tuple[float, str, str, int]] = []
+        peak = {"rss": 0, "redis": 0}
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak["rss"] = max(peak["rss"], self.worker_rss())
+                peak["redis"] = max(peak["redis"], int(self.r.info("memory")["used_memory"]))
+                stop.wait(0.5)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        time.sleep(max(0.0, start - time.time()))
+        last_gift = end - 2 * FLUSH_INTERVAL
+        seq = 0
+        with self.producer.producer_or_acquire() as prod:
+            while time.time() < last_gift:
+                tick = time.time()
+                burst = end - tick <= 10
+                rate = 2.0 if burst else 0.2  # gifts per second per battle
+                batch = []
+                for bid, rooms in battles:
+                    if rng.random() < rate * 0.1:
+                        room = rng.choice(list(rooms))
+                        batch.append((bid, room, rooms[room], rng.choice([1, 5, 10, 99])))
+                if batch:
+                    self.ctl.count_gifts([{"RoomId": room, "To_Account": [owner],
+                                           "From_Account": "v", "Coins": v, "Count": 1}
+                                          for _, room, owner, v in batch])
+                    now = time.time()
+                    items = []
+                    for bid, room, owner, v in batch:
+                        seq += 1
+                        truth[(bid, room)] += v
+                        delivered.append((now, bid, room, v))
+                        if mode == "naive":
+                            self.producer.send_task("bench.naive_gift", args=(bid, room, v),
+                                                    producer=prod)
+                        else:
+                            items.append({"body": _gift_body(room, owner, v, now),
+                                          "event_id": f"g{seq}"})
+                    for k in range(0, len(items), 100):
+                        self.producer.send_task("scorer.webhooks",
+                                                kwargs={"items": items[k:k + 100]},
+                                                producer=prod)
+                time.sleep(max(0.0, 0.1 - (time.time() - tick)))
+        time.sleep(max(0.0, end + 5 - time.time()))
+        stop.set()
+        sampler.join()
+        self.r.delete("celery")  # whatever the naive way has not drained by now is too late
+        state = self.ctl.state()
+        history = self.ctl.http.get("/sandbox/history").json()["history"]
+        calls = self.ctl.http.get("/sandbox/calls").json()["calls"]
+        run.gifts = len(delivered)
+        run.calls = sum(1 for c in calls if c["api"] == "set_battle_score"
+                        and c["error_code"] is None and c["fault"] is None)
+        run.refused_100012 = sum(1 for c in calls if c["error_code"] == 100012)
+        run.max_calls_1s = state["max_calls_per_second"].get("set_battle_score", 0)
+        for bid, rooms in battles:
+            scores = state["battles"][bid]["scores"]
+            ok = True
+            for room in rooms:
+                diff = int(scores.get(room, 0)) - truth[(bid, room)]
+                run.over += max(0, diff)
+                run.under += max(0, -diff)
+                ok &= diff == 0
+            run.exact += ok
+        run.latencies = _latencies(delivered, history)
+        run.peak_rss = peak["rss"]
+        run.redis_per_battle = max(0, peak["redis"] - redis_base) / max(1, n)
+        return run
+
+
+def _latencies(delivered, history) -> list[float]:
+    """Delivery → the moment the sandbox's score of the room first includes the gift."""
+    by_room: dict[tuple[str, str], list] = defaultdict(list)
+    for h in history:
+        by_room[(h["battle"], h["room"])].append((h["t"], h["score_after"]))
+    cum: dict[tuple[str, str], int] = defaultdict(int)
+    out = []
+    for t, bid, room, v in sorted(delivered):
+        cum[(bid, room)] += v
+        need = cum[(bid, room)]
+        for ht, score in by_room.get((bid, room), []):
+            if score >= need:
+                out.append(max(0.0, ht - t))
+                break
+    return out
+
+
+def _start_body(bid, start, duration_ms, rooms):
+    (first, owner), *rest = rooms.items()
+    return {"CallbackCommand": "Live.CallbackAfterStartBattle", "BattleId": bid,
+            "Duration": duration_ms, "StartTime": int(start),
+            "FromRoomInfo": {"RoomId": first, "Owner_Account": owner},
+            "ToRoomList": [{"RoomId": r, "Owner_Account": o} for r, o in rest]}
+
+
+def _gift_body(room, owner, coins, t):
+    return {"CallbackCommand": "Live.CallbackBeforeSendGift", "RoomId": room,
+            "GiftWater": {"From_Account": "v", "To_Account": [owner], "Time": int(t),
+                          "GiftId": "g", "Count": 1, "Coins": coins}}
+
+
+def _pct(xs: list[float], p: float) -> str:
+    if not xs:
+        return "-"
+    xs = sorted(xs)
+    return f"{xs[min(len(xs) - 1, int(p * len(xs)))]:.2f}s"
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.1f}x" if b else "-"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    p.add_argument("--sizes", default="10,200,2000",
+                   help="concurrent battles per scenario (e.g. 10,200,2000,10000)")
+    p.add_argument("--duration", type=float, default=20.0, help="battle length, seconds")
+    p.add_argument("--events", type=int, default=20_000, help="events per ingest drain")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--json", help="also write the figures here")
+    args = p.parse_args(argv)
+    bench = Bench(args.workers, args.concurrency)
+    out: dict = {"machine": f"{os.cpu_count()} cores", "ingest": {}, "scenarios": []}
+    try:
+        print(f"logs: {bench.logdir}", flush=True)
+        noop = bench.drain("noop", min(args.events, 5000), 1)
+        single = bench.drain("gift", min(args.events, 5000), 1)
+        bulk100 = bench.drain("gift", args.events, 100)
+        bulk1000 = bench.drain("gift", args.events * 2, 1000)
+        out["ingest"] = {"celery_noop_per_s": noop, "single_per_s": single,
+                         "bulk100_per_s": bulk100, "bulk1000_per_s": bulk1000}
+        print("\ningest, events/s per machine (worker concurrency "
+              f"{args.workers}x{args.concurrency})")
+        print(f"  Celery no-op drain (ceiling of one event per message): {noop:9.0f}")
+        print(f"  scorer.webhook, 1 event per message:                   {single:9.0f}"
+              f"  ({_ratio(single, noop)} of the no-op ceiling)")
+        print(f"  scorer.webhooks, 100 events per message:               {bulk100:9.0f}"
+              f"  ({_ratio(bulk100, single)} single)")
+        print(f"  scorer.webhooks, 1,000 events per message:             {bulk1000:9.0f}"
+              f"  ({_ratio(bulk1000, single)} single)")
+        for n in [int(x) for x in args.sizes.split(",")]:
+            runs = {m: bench.scenario(m, n, args.duration) for m in ("scorer", "naive")}
+            s, nv = runs["scorer"], runs["naive"]
+            out["scenarios"].append({m: {**r.__dict__, "latencies": None,
+                                         "p50": _pct(r.latencies, .5),
+                                         "p99": _pct(r.latencies, .99),
+                                         "max": _pct(r.latencies, 1)} for m, r in runs.items()})
+            print(f"\n{n} battles x 2 rooms, {args.duration:.0f} s, gifts bursting in the last "
+                  f"10 s ({s.gifts} gifts scorer / {nv.gifts} naive)")
+            rows = [
+                ("battles exact", f"{s.exact}/{n}", f"{nv.exact}/{n}"),
+                ("over-count (coins)", s.over, nv.over),
+                ("under-count (coins)", s.under, nv.under),
+                ("set_battle_score calls per 1,000 gifts",
+                 f"{1000 * s.calls / max(1, s.gifts):.0f}",
+                 f"{1000 * nv.calls / max(1, nv.gifts):.0f}"),
+                ("max set_battle_score calls in 1 s", s.max_calls_1s, nv.max_calls_1s),
+                ("100012 answers (frequency limit)", s.refused_100012, nv.refused_100012),
+                ("latency p50 / p99 / max",
+                 f"{_pct(s.latencies, .5)} / {_pct(s.latencies, .99)} / {_pct(s.latencies, 1)}",
+                 f"{_pct(nv.latencies, .5)} / {_pct(nv.latencies, .99)} / "
+                 f"{_pct(nv.latencies, 1)}"),
+                ("peak worker RSS", f"{s.peak_rss / 2**20:.0f} MiB",
+                 f"{nv.peak_rss / 2**20:.0f} MiB"),
+                ("Redis memory per active battle", f"{s.redis_per_battle / 1024:.1f} KiB",
+                 f"{nv.redis_per_battle / 1024:.1f} KiB"),
+            ]
+            print(f"  {'figure':<42} {'battle-scorer':>24} {'naive':>24}")
+            for name, a, b in rows:
+                print(f"  {name:<42} {str(a):>24} {str(b):>24}")
+            sys.stdout.flush()
+    finally:
+        bench.close()
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

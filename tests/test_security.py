@@ -1,0 +1,52 @@
+"""The secret key never shows: not in worker logs, not in Flower's task arguments, not in errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from celery import Celery
+
+from tests.conftest import SECRET, worker_env
+from tests.helpers import gift_body, wait_for
+from worker.stack import Processes
+
+
+def test_task_events_show_summaries_and_logs_hold_no_secret(settings, tmp_path, redis_url):
+    procs = Processes(worker_env(settings), tmp_path)
+    procs.worker("sec", concurrency=1)
+    app = Celery(broker=redis_url)
+    seen: list[dict] = []
+    stop = threading.Event()
+
+    def listen() -> None:
+        with app.connection() as conn:
+            recv = app.events.Receiver(conn, handlers={"task-received": seen.append})
+            while not stop.is_set():
+                try:
+                    recv.capture(limit=None, timeout=0.5, wakeup=True)
+                except Exception:  # capture's timeout ends each round
+                    pass
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    try:
+        wait_for(lambda: app.control.ping(timeout=0.5), timeout=30, what="worker up")
+        body = gift_body("sec-room", "sec-owner", 5)
+        body["Secret"] = "body-only-text"
+        app.send_task("scorer.webhook", kwargs={"body": body, "event_id": "sec-1"})
+        app.send_task("scorer.webhooks", kwargs={"items": [{"body": body, "event_id": "s2"}]})
+        app.send_task("scorer.webhook", kwargs={"body": {"CallbackCommand": 7}})  # invalid
+        wait_for(lambda: len(seen) >= 3, timeout=30, what="task events")
+    finally:
+        stop.set()
+        procs.stop()
+    by_name = {e["name"]: e for e in reversed(seen)}  # the first of each name
+    assert "sec-1" in by_name["scorer.webhook"]["kwargs"]
+    assert "sec-room" in by_name["scorer.webhook"]["kwargs"]
+    assert by_name["scorer.webhooks"]["kwargs"] == '{"items": 1}'
+    for e in seen:
+        assert "body-only-text" not in e["kwargs"] + e["args"]
+        assert SECRET not in str(e)
+    log = (tmp_path / "sec.log").read_text()
+    assert SECRET not in log and "body-only-text" not in log
