@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from worker.batch import pipeline
 from worker import app, battles, keys, schedule
@@ -29,16 +31,44 @@ SAFETY_SWEEP = 5.0
 TASK_EXPIRES = 30
 
 
+#: Battles per control message, and threads per process working through one message: one
+#: Celery message per battle would cost more than the flush itself at hundreds of battles.
+BATCH = 20
+THREADS = 8
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+
+
+def _run_many(fn, battle_ids: list[str]) -> dict[str, str]:
+    """Run `fn(rt, battle_id)` for each battle on this process's thread pool."""
+    global _pool, _pool_pid
+    rt = get_runtime()
+    if len(battle_ids) == 1:
+        return {battle_ids[0]: fn(rt, battle_ids[0])}
+    if _pool is None or _pool_pid != os.getpid():
+        _pool, _pool_pid = ThreadPoolExecutor(THREADS, thread_name_prefix="battle"), os.getpid()
+    results = _pool.map(lambda bid: _safe(fn, rt, bid), battle_ids)
+    return dict(zip(battle_ids, results))
+
+
+def _safe(fn, rt: Runtime, battle_id: str) -> str:
+    try:
+        return fn(rt, battle_id)
+    except Exception:  # one battle's failure must not stop the others; its state is in Redis
+        log.exception("control task failed", extra={"battle_id": battle_id})
+        return "error"
+
+
 @app.task(name="scorer.flush", ignore_result=True)
-def flush(battle_id: str) -> str:
-    """Send one battle's pending deltas with OpType 1 (one owner at a time)."""
-    return flush_battle(get_runtime(), battle_id)
+def flush(battle_ids: list[str]) -> dict[str, str]:
+    """Send the pending deltas of these battles with OpType 1 (one owner per battle)."""
+    return _run_many(flush_battle, list(battle_ids))
 
 
 @app.task(name="scorer.reconcile", ignore_result=True)
-def reconcile(battle_id: str) -> str:
-    """Compare one battle with get_gift_count and correct confirmed drift with OpType 2."""
-    return reconcile_battle(get_runtime(), battle_id)
+def reconcile(battle_ids: list[str]) -> dict[str, str]:
+    """Compare these battles with get_gift_count; correct confirmed drift with OpType 2."""
+    return _run_many(reconcile_battle, list(battle_ids))
 
 
 @app.task(name="scorer.tick", ignore_result=True)
@@ -67,8 +97,9 @@ def _pick(rt: Runtime, zkey: str, now: float, budget: int) -> list[str]:
 
 
 def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
-    """One tick; `dispatch(task, battle_id)` sends a control task (tests pass their own)."""
-    dispatch = dispatch or (lambda task, bid: task.apply_async((bid,), expires=TASK_EXPIRES))
+    """One tick; `dispatch(task, battle_ids)` sends a control task (tests pass their own)."""
+    dispatch = _batched(dispatch or (lambda task, ids: task.apply_async((ids,),
+                                                                         expires=TASK_EXPIRES)))
     now = rt.clock()
     out = {"flush": 0, "reconcile": 0, "resolve": 0, "held_rooms": 0, "finalized": 0}
     s = rt.settings
@@ -76,8 +107,7 @@ def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
     due = _pick(rt, keys.FLUSH_DUE, now, schedule.per_tick_budget(s.api_rate, s.flush_interval))
     if due:
         rt.redis.zadd(keys.FLUSH_DUE, {b: now + s.flush_interval for b in due}, xx=True)
-        for bid in due:
-            dispatch(flush, bid)
+        dispatch(flush, due)
         out["flush"] = len(due)
     # Reconciles read get_gift_count once per room (2 per battle): half that budget per tick.
     recon_budget = schedule.per_tick_budget(s.api_rate, s.flush_interval, share=0.5)
@@ -86,8 +116,7 @@ def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
         if due:
             # Provisional: the task itself sets the real next time when it runs.
             rt.redis.zadd(zkey, {b: now + 5 for b in due}, xx=True)
-            for bid in due:
-                dispatch(reconcile, bid)
+            dispatch(reconcile, due)
             out[name] = len(due)
     for room in _due(rt, keys.HELD_ROOMS, now)[:200]:
         battles.drain_held(rt, room, sweep=True)
@@ -100,6 +129,18 @@ def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
         rt.redis.set(keys.SAFETY_SWEEP, now)
         safety_sweep(rt)
     return out
+
+
+class _batched:
+    """Collects battle ids per task and sends them BATCH at a time."""
+
+    def __init__(self, send) -> None:
+        self.send = send
+
+    def __call__(self, task, battle_ids) -> None:
+        ids = [battle_ids] if isinstance(battle_ids, str) else list(battle_ids)
+        for i in range(0, len(ids), BATCH):
+            self.send(task, ids[i:i + BATCH])
 
 
 def safety_sweep(rt: Runtime) -> None:

@@ -43,7 +43,7 @@ def test_pipeline_runs_on_a_redis_cluster(cluster, redis_url, sandbox):
         handle(rt, [(gift_body(f"cr{i}b", f"co{i}b", 6), f"g-{i}"),
                     (gift_body(f"cr{i}b", f"co{i}b", 6), f"g-{i}")])
     sent = []
-    run_tick(rt, dispatch=lambda task, bid: sent.append((task.name, bid)))
+    run_tick(rt, dispatch=lambda task, ids: sent.extend((task.name, b) for b in ids))
     for name, bid in sent:
         if name == "scorer.flush":
             flush_battle(rt, bid)

@@ -33,8 +33,8 @@ def test_tick_dispatches_within_budget_and_starves_nobody(rt):
     rt.redis.zadd(keys.ACTIVE, {f"b{i}": now + 3600 for i in range(n)})
     rt.redis.zadd(keys.ACTIVE, {"b22": now + 1})  # the newest, but about to end
     sent: list[str] = []
-    out = run_tick(rt, dispatch=lambda task, bid: sent.append(bid) if task is flush else None)
+    out = run_tick(rt, dispatch=lambda task, ids: sent.extend(ids) if task is flush else None)
     assert out["flush"] == 5 and sent[0] == "b22" and sent[1:] == ["b0", "b1", "b2", "b3"]
     for _ in range(6):  # later ticks serve the rest, oldest first, each once per interval
-        run_tick(rt, dispatch=lambda task, bid: sent.append(bid) if task is flush else None)
+        run_tick(rt, dispatch=lambda task, ids: sent.extend(ids) if task is flush else None)
     assert set(sent) == {f"b{i}" for i in range(n)}
