@@ -12,7 +12,7 @@ from worker.ratelimit import RedisRateLimiter
 
 def _hammer(url: str, rate: int, n: int, out) -> None:
     limiter = RedisRateLimiter(redis.Redis.from_url(url, decode_responses=True), rate,
-                               margin_ms=0)
+                               margin_ms=0, headroom=1.0)
     stamps = []
     for _ in range(n):
         limiter.acquire("set_battle_score")
@@ -49,7 +49,13 @@ def test_four_processes_share_one_budget(redis_url):
 
 def test_separate_apis_have_separate_budgets(redis_url):
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    limiter = RedisRateLimiter(r, 2)
+    limiter = RedisRateLimiter(r, 2, headroom=1.0)
     assert limiter.try_acquire("a") == 0 and limiter.try_acquire("a") == 0
     assert limiter.try_acquire("a") > 0
     assert limiter.try_acquire("b") == 0
+
+
+def test_default_keeps_headroom_below_the_contract_rate(redis_url):
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    limiter = RedisRateLimiter(r, 200)
+    assert limiter.rate == 180 and limiter.window_ms == 1100
