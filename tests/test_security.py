@@ -50,3 +50,4 @@ def test_task_events_show_summaries_and_logs_hold_no_secret(settings, tmp_path, 
         assert SECRET not in str(e)
     log = (tmp_path / "sec.log").read_text()
     assert SECRET not in log and "body-only-text" not in log
+    assert "usersig=" not in log  # httpx's request lines would carry the UserSig

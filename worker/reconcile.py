@@ -82,7 +82,7 @@ class Reconciler:
                 continue
             obs = json.loads(recon.get(f"obs:{room}", "[]"))
             base = recon.get(f"base:{room}")
-            last = recon.get(f"last:{room}")
+            last = recon.get(f"last:{room}") or None  # "" once a correction consumed it
             waiting = []
             for o in obs:
                 if backlog or now <= o["t1"] + SKEW + 1:

@@ -31,6 +31,10 @@ from worker.tencent.models import (
 from worker.tencent.usersig import UserSigCache
 
 log = logging.getLogger("scorer.tencent")
+# httpx logs every request at INFO with its full URL, whose query holds the UserSig (a
+# credential for a day): keep those lines out of every log.
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 #: API name → REST service.
 SERVICES = {

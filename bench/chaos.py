@@ -1,0 +1,299 @@
+"""`python -m bench.chaos`: kill, restart and corrupt on purpose; then prove nothing was lost.
+
+Everything on 127.0.0.1: a redis-server with AOF, several worker processes, one beat, the
+sandbox with faults on (502, 100001, latency, applied-but-response-lost), and during the run:
+SIGKILL of worker processes and pool children at random moments, a Redis restart, a beat
+restart, duplicate / reordered / lost webhooks, gifts approved but never counted, and start
+webhooks that arrive late. At the end every battle's final score on the sandbox is checked
+against the truth. Bounded in time; prints a table and exits non-zero unless all is exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from celery import Celery
+
+from worker.sandbox import Sandbox
+from worker.sandbox_control import SandboxControl
+from worker.stack import Processes, RedisServer, scorer_env
+
+SDKAPPID = 1400000000
+FLUSH = 0.5
+RECONCILE = 2.0
+
+
+@dataclass
+class ChaosResult:
+    """What the run did and what it found."""
+
+    battles: int = 0
+    gifts: int = 0
+    exact: int = 0
+    over: int = 0
+    under: int = 0
+    dead_letters: int = 0
+    faults: dict = field(default_factory=dict)
+    actions: Counter = field(default_factory=Counter)
+    restarts: int = 0
+    unexpected_exits: list = field(default_factory=list)
+    mismatches: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (self.exact == self.battles and not self.unexpected_exits
+                and self.over == 0 and self.under == 0)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate: float = 0.03,
+        seed: int = 1, log=print) -> ChaosResult:
+    """One chaos run; returns its result (see ChaosResult.ok)."""
+    rng = random.Random(seed)
+    key = secrets.token_hex(16)
+    logdir = tempfile.mkdtemp(prefix="bs-chaos-")
+    rs = RedisServer(appendonly=True).start()
+    r = redis.Redis.from_url(rs.url, decode_responses=True)
+    sandbox = Sandbox(SDKAPPID, key).start()
+    ctl = SandboxControl(sandbox.url)
+    procs = Processes(scorer_env(SDKAPPID, key, sandbox.url, rs.url, flush_interval=FLUSH,
+                                 reconcile_interval=RECONCILE), logdir)
+    producer = Celery(broker=rs.url)
+    res = ChaosResult(battles=n_battles)
+    expected_dead: set[int] = set()
+    log(f"chaos: logs in {logdir}")
+    try:
+        for i in range(workers):
+            procs.worker(f"worker{i}", concurrency=2)
+        procs.beat()
+        while not producer.control.ping(timeout=0.5):
+            time.sleep(0.2)
+        ctl.fault_rates({k: fault_rate for k in
+                         ("http502", "error100001", "latency", "lost_response")},
+                        latency=0.3, seed=seed)
+
+        def send(body, eid=None):
+            for _ in range(50):  # the producer retries while Redis restarts
+                try:
+                    producer.send_task("scorer.webhook", kwargs={"body": body, "event_id": eid})
+                    return
+                except Exception:
+                    time.sleep(0.2)
+            raise RuntimeError("could not enqueue")
+
+        start = time.time() + 1
+        end = start + duration
+        battles = {}
+        late_start = set(rng.sample(range(n_battles), max(1, n_battles // 4)))
+        for i in range(n_battles):
+            rooms = {f"ch{i}a": f"own{i}a", f"ch{i}b": f"own{i}b"}
+            bid = ctl.create_battle(rooms, int(duration * 1000), start=start,
+                                    battle_id=f"chaos-{seed}-{i}")["BattleId"]
+            battles[i] = (bid, rooms)
+            if i not in late_start:
+                send(_start(bid, start, duration, rooms))
+        truth: dict[tuple[str, str], int] = defaultdict(int)
+        pending: list[tuple[float, dict, str]] = []  # delayed (reordered) deliveries
+        n = 0
+        # Bursts with quiet gaps between them, so reconcile can judge its reads and heal.
+        bursts = [6.0, 16.0, 26.0] + ([duration - 5.0] if duration >= 34 else [])
+        last_gift = end - 2 * FLUSH - 0.5
+        actions = _plan_actions(rng, start, end)
+        done_bursts: set[float] = set()
+        while time.time() < end + 6:
+            now = time.time()
+            for at, action in [a for a in actions if a[0] <= now]:
+                actions.remove((at, action))
+                _act(action, procs, rs, rng, res, expected_dead, log)
+            for b in bursts:
+                if b in done_bursts or now < start + b or now > last_gift:
+                    continue
+                done_bursts.add(b)
+                for i, (bid, rooms) in battles.items():
+                    for _ in range(rng.randint(3, 8)):
+                        room = rng.choice(list(rooms))
+                        coins = rng.choice([1, 2, 5, 10, 50])
+                        n += 1
+                        eid = f"c{n}"
+                        lost = b in (6.0, 16.0) and i not in late_start and rng.random() < 0.08
+                        uncounted = b == 16.0 and rng.random() < 0.05
+                        gift = {"RoomId": room, "To_Account": [rooms[room]],
+                                "From_Account": "v", "Coins": coins, "Count": 1}
+                        if not uncounted:
+                            ctl.count_gifts([gift])
+                            truth[(bid, room)] += coins
+                            res.gifts += 1
+                        if lost:
+                            res.actions["webhook lost"] += 1
+                            continue
+                        if uncounted:
+                            res.actions["approved, never counted"] += 1
+                        body = _gift(room, rooms[room], coins, now)
+                        if rng.random() < 0.2:  # reordered: delivered up to 1.5 s later
+                            pending.append((now + rng.uniform(0.2, 1.5), body, eid))
+                            res.actions["webhook reordered"] += 1
+                        else:
+                            send(body, eid)
+                        if rng.random() < 0.15:
+                            send(body, eid)
+                            res.actions["webhook duplicated"] += 1
+            for item in [p for p in pending if p[0] <= now]:
+                pending.remove(item)
+                send(item[1], item[2])
+            for i in late_start:
+                if now > start + 8 and f"late{i}" not in res.actions:
+                    res.actions[f"late{i}"] = 1
+                    bid, rooms = battles[i]
+                    send(_start(bid, start, duration, rooms))
+            for name, proc in procs.procs.items():
+                if proc.poll() is not None and proc.pid not in expected_dead:
+                    res.unexpected_exits.append(f"{name} (exit {proc.returncode})")
+                    expected_dead.add(proc.pid)
+            time.sleep(0.05)
+        res.actions = Counter({k: v for k, v in res.actions.items() if not k.startswith("late")}
+                              | {"start webhook late": len(late_start)})
+        state = ctl.state()
+        res.faults = state["faults_injected"]
+        for i, (bid, rooms) in battles.items():
+            scores = state["battles"][bid]["scores"]
+            exact = True
+            for room in rooms:
+                diff = int(scores.get(room, 0)) - truth[(bid, room)]
+                res.over += max(0, diff)
+                res.under += max(0, -diff)
+                if diff:
+                    exact = False
+                    res.mismatches.append((bid, room, scores.get(room), truth[(bid, room)]))
+                    if os.environ.get("CHAOS_DEBUG"):
+                        from worker.keys import BattleKeys
+                        bk = BattleKeys(bid)
+                        log(json.dumps({n: r.hgetall(getattr(bk, n)) for n in
+                                        ("meta", "ledger", "applied", "corr", "unapplied",
+                                         "recon", "pending", "inflight")}, indent=1))
+            res.exact += exact
+        res.dead_letters = r.llen("bs:deadletters")
+        return res
+    finally:
+        procs.stop()
+        ctl.close()
+        sandbox.stop()
+        rs.cleanup()
+
+
+def _plan_actions(rng: random.Random, start: float, end: float) -> list[tuple[float, str]]:
+    span = end - start
+    acts = [(start + span * 0.3, "restart_redis"), (start + span * 0.55, "restart_beat"),
+            (start + span * 0.4, "kill_worker")]
+    for k in range(6):
+        acts.append((start + span * (0.1 + 0.13 * k) + rng.uniform(0, 2),
+                     rng.choice(["kill_child", "kill_child", "kill_worker"])))
+    return sorted(acts)
+
+
+def _act(action: str, procs: Processes, rs: RedisServer, rng: random.Random,
+         res: ChaosResult, expected_dead: set[int], log) -> None:
+    workers = [n for n in procs.procs if n.startswith("worker")]
+    if action == "kill_child":
+        name = rng.choice(workers)
+        kids = _children(procs.procs[name].pid)
+        if kids:
+            os.kill(rng.choice(kids), signal.SIGKILL)
+            res.actions["SIGKILL pool child"] += 1
+            log(f"  SIGKILL a pool child of {name}")
+    elif action == "kill_worker":
+        name = rng.choice(workers)
+        proc = procs.procs[name]
+        expected_dead.add(proc.pid)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        procs.worker(name, concurrency=2)
+        res.actions["SIGKILL worker"] += 1
+        res.restarts += 1
+        log(f"  SIGKILL worker {name}, started it again")
+    elif action == "restart_redis":
+        rs.stop()  # SIGTERM: Redis writes its AOF and exits
+        time.sleep(1.0)
+        rs.start()
+        res.actions["Redis restart"] += 1
+        log("  Redis restarted (AOF)")
+    elif action == "restart_beat":
+        proc = procs.procs["beat"]
+        expected_dead.add(proc.pid)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        procs.beat()
+        res.actions["beat restart"] += 1
+        res.restarts += 1
+        log("  beat restarted")
+
+
+def _start(bid, start, duration, rooms):
+    (first, owner), *rest = rooms.items()
+    return {"CallbackCommand": "Live.CallbackAfterStartBattle", "BattleId": bid,
+            "Duration": int(duration * 1000), "StartTime": int(start),
+            "FromRoomInfo": {"RoomId": first, "Owner_Account": owner},
+            "ToRoomList": [{"RoomId": r, "Owner_Account": o} for r, o in rest]}
+
+
+def _gift(room, owner, coins, t):
+    return {"CallbackCommand": "Live.CallbackBeforeSendGift", "RoomId": room,
+            "GiftWater": {"From_Account": "v", "To_Account": [owner], "Time": int(t),
+                          "GiftId": "g", "Count": 1, "Coins": coins}}
+
+
+def report(res: ChaosResult) -> str:
+    """The table the run prints."""
+    lines = [f"battles                      {res.battles}",
+             f"gifts counted by Tencent     {res.gifts}",
+             f"battles exact                {res.exact}/{res.battles}",
+             f"over-count / under-count     {res.over} / {res.under} coins",
+             f"dead letters                 {res.dead_letters}",
+             f"faults injected              {json.dumps(res.faults, sort_keys=True)}",
+             f"chaos actions                {json.dumps(dict(res.actions), sort_keys=True)}",
+             f"process restarts (on purpose) {res.restarts}",
+             f"unexpected exits             {res.unexpected_exits or 'none'}"]
+    if res.mismatches:
+        lines.append(f"mismatches                   {res.mismatches}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
+    p.add_argument("--battles", type=int, default=8)
+    p.add_argument("--duration", type=float, default=40.0)
+    p.add_argument("--workers", type=int, default=3)
+    p.add_argument("--fault-rate", type=float, default=0.03)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    res = run(args.battles, args.duration, args.workers, args.fault_rate, args.seed)
+    print(report(res))
+    print("RESULT: " + ("every battle exact, nothing lost" if res.ok else "FAILED"))
+    return 0 if res.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
