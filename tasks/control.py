@@ -114,8 +114,10 @@ def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
     for zkey, name in ((keys.RECONCILE_DUE, "reconcile"), (keys.UNRESOLVED, "resolve")):
         due = _pick(rt, zkey, now, recon_budget)
         if due:
-            # Provisional: the task itself sets the real next time when it runs.
-            rt.redis.zadd(zkey, {b: now + 5 for b in due}, xx=True)
+            # Provisional: the task itself sets the real next time when it runs; if it dies,
+            # this retries soon (a late first read would make a late baseline).
+            retry = now + max(1.0, min(5.0, s.reconcile_interval))
+            rt.redis.zadd(zkey, {b: retry for b in due}, xx=True)
             dispatch(reconcile, due)
             out[name] = len(due)
     for room in _due(rt, keys.HELD_ROOMS, now)[:200]:

@@ -2,6 +2,10 @@
 
 from celery import Celery
 
+from worker import kombu_fix
+
+kombu_fix.install()
+
 app = Celery("battle_scorer")
 # Lazy: the SCORER_* settings are validated when the worker, beat or a producer first needs
 # the configuration, not when a CLI command merely imports this package.

@@ -57,6 +57,7 @@ class Reconciler:
     """One reconcile pass over one battle, run while holding the battle's lock."""
 
     def __init__(self, rt: Runtime, battle: Battle, lock: BattleLock) -> None:
+        self.sooner: float | None = None
         self.rt = rt
         self.battle = battle
         self.bk = BattleKeys(battle.battle_id)
@@ -77,6 +78,9 @@ class Reconciler:
         now = rt.clock()
         updates: dict[str, str] = {}
         fixes: dict[str, int] = {}
+        #: When a sooner pass pays off: an unconfirmed drift wants its second read, and a
+        #: waiting read can be judged as soon as its webhooks are surely in.
+        self.sooner: float | None = None
         for room, owner in self.battle.rooms.items():
             if not owner:
                 continue
@@ -87,6 +91,7 @@ class Reconciler:
             for o in obs:
                 if backlog or now <= o["t1"] + SKEW + 1:
                     waiting.append(o)
+                    self._soon(o["t1"] + SKEW + 1.05)
                     continue
                 lo, hi = math.floor(o["t0"]) - SKEW, math.ceil(o["t1"]) + SKEW
                 if _sum_secs(secs, room, lo, hi):
@@ -102,12 +107,17 @@ class Reconciler:
                     last = None
                 else:
                     last = str(drift)
+                    if drift:
+                        self._soon(now + 1.0)
                 updates[f"last:{room}"] = "" if last is None else last
             updates[f"obs:{room}"] = json.dumps(waiting)
         if fixes:
             self.correct(fixes, applied)
         self.observe(updates, recon)
         return fixes
+
+    def _soon(self, t: float) -> None:
+        self.sooner = t if self.sooner is None else min(self.sooner, t)
 
     def correct(self, fixes: dict[str, int], applied: dict[str, int]) -> None:
         """Write confirmed drift with one OpType 2 (never below zero) and record it."""
@@ -182,11 +192,14 @@ def reconcile_battle(rt: Runtime, battle_id: str) -> str:
                 rt.redis.zadd(keys.UNRESOLVED, {battle_id: rt.clock() + 5})
                 return "unresolved"
             return "resolved"
+        rec = Reconciler(rt, battle, lock)
         try:
-            fixes = Reconciler(rt, battle, lock).run()
+            fixes = rec.run()
         except LockLost:
             return "lock_lost"
         due = next_due(rt, battle)
+        if due is not None and rec.sooner is not None:
+            due = max(rt.clock() + 0.5, min(due, rec.sooner))
         if due is None:
             rt.redis.zrem(keys.RECONCILE_DUE, battle_id)
         else:
