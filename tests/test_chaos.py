@@ -1,0 +1,16 @@
+"""A short chaos run in CI: kills, a Redis restart, a beat restart, faults; every battle exact.
+
+The full-size run is `python -m bench.chaos` (docs/reliability.md has its figures).
+"""
+
+from bench import chaos
+
+
+def test_short_chaos_run_ends_exact_with_no_unexpected_exit():
+    res = chaos.run(n_battles=4, duration=36.0, workers=2, fault_rate=0.03, seed=3,
+                    log=lambda *_: None)
+    report = chaos.report(res)
+    assert res.unexpected_exits == [], report
+    assert res.exact == res.battles and res.over == 0 and res.under == 0, report
+    assert res.actions["Redis restart"] == 1 and res.actions["beat restart"] == 1, report
+    assert sum(res.faults.values()) > 0, report
