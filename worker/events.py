@@ -129,12 +129,14 @@ class InvalidEvent(ValueError):
         self.reason = reason[:500]
 
 
-def command_of(body: Any) -> str | None:
+def command_of(body: Any) -> str:
     """The callback command of a body (`CallbackCommand`, or `WebhookCommand` as some docs say)."""
     if not isinstance(body, dict):
         raise InvalidEvent(f"body must be a JSON object, not {type(body).__name__}")
     cmd = body.get("CallbackCommand", body.get("WebhookCommand"))
-    if cmd is not None and not isinstance(cmd, str):
+    if cmd is None:  # not a Tencent callback at all: a producer bug worth keeping
+        raise InvalidEvent("CallbackCommand is missing")
+    if not isinstance(cmd, str):
         raise InvalidEvent("CallbackCommand must be a string")
     return cmd
 
