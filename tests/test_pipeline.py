@@ -159,3 +159,26 @@ def test_unknown_room_gets_result_code_1_and_is_unapplied(rt, ctl):
     assert rt.redis.hget(bk.unapplied, "ghost") == "6"
     assert rt.redis.hget(bk.applied, "room_x") == "2"
     assert rt.redis.zscore(keys.FLUSH_DUE, bid) is not None
+
+
+def test_bulk_and_single_ingest_give_identical_ledgers(rt, ctl):
+    from tasks.ingest import webhook, webhooks
+
+    start = time.time() - 1
+    ledgers = []
+    for mode in ("single", "bulk"):
+        rooms = {f"{mode}_a": "oa", f"{mode}_b": "ob"}
+        bid = ctl.create_battle(rooms, 60_000, start=start)["BattleId"]
+        events = [(start_body(bid, start, 60_000, rooms), None)]
+        for i in range(30):
+            room = f"{mode}_a" if i % 3 else f"{mode}_b"
+            events.append((gift_body(room, rooms[room], i + 1, t=start + 1, sender=f"s{i}"),
+                           f"ev{i % 25}"))  # five duplicates
+        if mode == "single":
+            for body, eid in events:
+                webhook.run(body, eid)
+        else:
+            webhooks.run([{"body": b, "event_id": e} for b, e in events])
+        raw = rt.redis.hgetall(BattleKeys(bid).ledger)
+        ledgers.append({k.split("_", 1)[1]: int(v) for k, v in raw.items()})
+    assert ledgers[0] == ledgers[1] and sum(ledgers[0].values()) == sum(range(1, 26))

@@ -18,15 +18,15 @@ def test_choose_prefers_near_end_then_oldest():
 
 def test_budget_follows_rate_and_tick():
     assert schedule.tick_seconds(1.0) == 0.5 and schedule.tick_seconds(0.2) == 0.1
-    assert schedule.per_tick_budget(200, 1.0) == 100
-    assert schedule.per_tick_budget(200, 1.0, share=0.5) == 50
+    assert schedule.per_tick_budget(200, 1.0) == 90  # the limiter admits 90 % of the rate
+    assert schedule.per_tick_budget(200, 1.0, share=0.5) == 45
     assert schedule.per_tick_budget(1, 0.2) == 1
 
 
 def test_tick_dispatches_within_budget_and_starves_nobody(rt):
     from tasks.control import flush, run_tick
 
-    rt.settings.api_rate, rt.settings.flush_interval = 10, 1.0  # 5 flushes per 0.5 s tick
+    rt.settings.api_rate, rt.settings.flush_interval = 12, 1.0  # 5 flushes per 0.5 s tick
     now = time.time()
     n = 23
     rt.redis.zadd(keys.FLUSH_DUE, {f"b{i}": now - 100 + i for i in range(n)})

@@ -18,6 +18,10 @@ import uuid
 from worker import keys, scripts
 
 
+#: Share of SCORER_API_RATE the limiter admits (see the module docstring).
+HEADROOM = 0.9
+
+
 class RateLimitTimeout(RuntimeError):
     """The budget stayed full for longer than the caller was willing to wait."""
 
@@ -26,7 +30,8 @@ class RedisRateLimiter:
     """Blocks until a call of `api` fits in `rate` calls per sliding window, for all processes."""
 
     def __init__(self, redis, rate: int, window_ms: int = 1000, margin_ms: int = 100,
-                 headroom: float = 0.9, max_wait: float = 30.0, sleep=time.sleep) -> None:
+                 headroom: float = HEADROOM, max_wait: float = 5.0,
+                 sleep=time.sleep) -> None:
         self.redis = redis
         self.rate = max(1, int(rate * headroom))
         self.window_ms = window_ms + margin_ms

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import signal
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -68,6 +69,10 @@ class Receiver:
 
             def log_message(self, fmt, *args):  # the query holds Sign: keep it out of logs
                 pass
+
+            def setup(self):
+                super().setup()  # one answer per request: no Nagle delay behind its headers
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def _answer(self, status: int, payload: dict) -> None:
                 data = json.dumps(payload).encode()

@@ -1,7 +1,7 @@
 """Which due battles a tick dispatches when the API budget cannot serve them all.
 
 Policy: a tick may dispatch at most what the shared rate limit can carry until the next tick
-(SCORER_API_RATE x tick seconds set_battle_score calls). Battles whose end is near come first,
+(90 % of SCORER_API_RATE x tick seconds set_battle_score calls). Battles whose end is near come first,
 soonest end first; then the rest by how long they have been due, longest first. A battle left
 out keeps its old due time, so it is older than any newcomer at the next tick: nobody starves.
 Worst case: with N due battles and budget B per tick, a battle waits ceil(N / B) ticks, except
@@ -11,6 +11,8 @@ near its end, where it jumps the queue (and only the battles also near their end
 from __future__ import annotations
 
 import math
+
+from worker.ratelimit import HEADROOM
 
 
 def tick_seconds(flush_interval: float) -> float:
@@ -24,8 +26,9 @@ def urgent_window(flush_interval: float) -> float:
 
 
 def per_tick_budget(api_rate: int, flush_interval: float, share: float = 1.0) -> int:
-    """Calls of one API a tick may dispatch."""
-    return max(1, math.floor(api_rate * tick_seconds(flush_interval) * share))
+    """Calls of one API a tick may dispatch: what the limiter admits until the next tick, so
+    dispatched tasks do not sit in worker processes waiting for it (and starve ingest)."""
+    return max(1, math.floor(api_rate * HEADROOM * tick_seconds(flush_interval) * share))
 
 
 def choose(due: list[tuple[str, float]], ends: dict[str, float | None], now: float,
