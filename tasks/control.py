@@ -87,13 +87,20 @@ def _due(rt: Runtime, zkey: str, now: float) -> list[str]:
 
 def _pick(rt: Runtime, zkey: str, now: float, budget: int) -> list[str]:
     """Due battles of `zkey` within `budget`, near-end first (see worker/schedule.py)."""
-    due = rt.redis.zrangebyscore(zkey, "-inf", now, start=0, num=MAX_DISPATCH,
-                                 withscores=True)
+    due = dict(rt.redis.zrangebyscore(zkey, "-inf", now, start=0, num=MAX_DISPATCH,
+                                      withscores=True))
+    # The oldest MAX_DISPATCH may not include the battles about to end: add those that are due.
+    urgent = schedule.urgent_window(rt.settings.flush_interval)
+    ending = rt.redis.zrangebyscore(keys.ACTIVE, now - FINAL_GRACE, now + urgent, start=0,
+                                    num=MAX_DISPATCH)
+    if ending:
+        for bid, since in zip(ending, rt.redis.zmscore(zkey, ending)):
+            if since is not None and since <= now:
+                due[bid] = since
     if not due:
         return []
-    ends = dict(zip([b for b, _ in due], rt.redis.zmscore(keys.ACTIVE, [b for b, _ in due])))
-    return schedule.choose(due, ends, now, budget,
-                           schedule.urgent_window(rt.settings.flush_interval))
+    ends = dict(zip(due, rt.redis.zmscore(keys.ACTIVE, list(due))))
+    return schedule.choose(list(due.items()), ends, now, budget, urgent)
 
 
 def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:

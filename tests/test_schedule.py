@@ -38,3 +38,18 @@ def test_tick_dispatches_within_budget_and_starves_nobody(rt):
     for _ in range(6):  # later ticks serve the rest, oldest first, each once per interval
         run_tick(rt, dispatch=lambda task, ids: sent.extend(ids) if task is flush else None)
     assert set(sent) == {f"b{i}" for i in range(n)}
+
+
+def test_a_battle_about_to_end_is_served_even_behind_a_long_queue(rt, monkeypatch):
+    import tasks.control as control
+    from tasks.control import flush, run_tick
+
+    monkeypatch.setattr(control, "MAX_DISPATCH", 10)
+    rt.settings.api_rate, rt.settings.flush_interval = 12, 1.0
+    now = time.time()
+    rt.redis.zadd(keys.FLUSH_DUE, {f"b{i}": now - 100 + i for i in range(50)})
+    rt.redis.zadd(keys.ACTIVE, {f"b{i}": now + 3600 for i in range(50)})
+    rt.redis.zadd(keys.ACTIVE, {"b49": now + 2})  # newest due, 40 places past the window
+    sent: list[str] = []
+    run_tick(rt, dispatch=lambda task, ids: sent.extend(ids) if task is flush else None)
+    assert sent[0] == "b49"
