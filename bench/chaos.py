@@ -133,8 +133,9 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
                 if b in done_bursts or now < start + b or now > last_gift:
                     continue
                 done_bursts.add(b)
+                first_clean = min(set(battles) - late_start)
                 for i, (bid, rooms) in battles.items():
-                    for _ in range(rng.randint(3, 8)):
+                    for k in range(rng.randint(3, 8)):
                         room = rng.choice(list(rooms))
                         coins = rng.choice([1, 2, 5, 10, 50])
                         n += 1
@@ -142,8 +143,8 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
                         lost = b in (6.0, 16.0) and i not in late_start and rng.random() < 0.08
                         # Lost and never-counted gifts only where reconcile can see them: after
                         # the baseline (a late start webhook makes a late baseline; README).
-                        uncounted = (b == 16.0 and i not in late_start
-                                     and rng.random() < 0.05)
+                        uncounted = (b == 16.0 and i not in late_start and not lost
+                                     and (rng.random() < 0.05 or (i, k) == (first_clean, 0)))
                         gift = {"RoomId": room, "To_Account": [rooms[room]],
                                 "From_Account": "v", "Coins": coins, "Count": 1}
                         if not uncounted:
