@@ -21,14 +21,14 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import redis
 from celery import Celery
 
+from worker.bodies import gift_body, start_body
 from worker.sandbox import Sandbox
 from worker.sandbox_control import SandboxControl
-from worker.stack import Processes, RedisServer, scorer_env
+from worker.stack import Processes, RedisServer, children_map, scorer_env
 
 SDKAPPID = 1400000000
 FLUSH = 0.5
@@ -55,19 +55,6 @@ class ChaosResult:
     def ok(self) -> bool:
         return (self.exact == self.battles and not self.unexpected_exits
                 and self.over == 0 and self.under == 0)
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                out.append(int(entry.name))
-    return out
 
 
 def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate: float = 0.03,
@@ -115,7 +102,7 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
                                     battle_id=f"chaos-{seed}-{i}")["BattleId"]
             battles[i] = (bid, rooms)
             if i not in late_start:
-                send(_start(bid, start, duration, rooms))
+                send(start_body(bid, start, int(duration * 1000), rooms))
         truth: dict[tuple[str, str], int] = defaultdict(int)
         pending: list[tuple[float, dict, str]] = []  # delayed (reordered) deliveries
         n = 0
@@ -156,7 +143,7 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
                             continue
                         if uncounted:
                             res.actions["approved, never counted"] += 1
-                        body = _gift(room, rooms[room], coins, now)
+                        body = gift_body(room, rooms[room], coins, now)
                         if rng.random() < 0.2:  # reordered: delivered up to 1.5 s later
                             pending.append((now + rng.uniform(0.2, 1.5), body, eid))
                             res.actions["webhook reordered"] += 1
@@ -172,7 +159,7 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
                 if now > start + 8 and f"late{i}" not in res.actions:
                     res.actions[f"late{i}"] = 1
                     bid, rooms = battles[i]
-                    send(_start(bid, start, duration, rooms))
+                    send(start_body(bid, start, int(duration * 1000), rooms))
             for name, proc in procs.procs.items():
                 if proc.poll() is not None and proc.pid not in expected_dead:
                     res.unexpected_exits.append(f"{name} (exit {proc.returncode})")
@@ -223,7 +210,7 @@ def _act(action: str, procs: Processes, rs: RedisServer, rng: random.Random,
     workers = [n for n in procs.procs if n.startswith("worker")]
     if action == "kill_child":
         name = rng.choice(workers)
-        kids = _children(procs.procs[name].pid)
+        kids = children_map().get(procs.procs[name].pid, [])
         if kids:
             os.kill(rng.choice(kids), signal.SIGKILL)
             res.actions["SIGKILL pool child"] += 1
@@ -256,20 +243,6 @@ def _act(action: str, procs: Processes, rs: RedisServer, rng: random.Random,
         res.actions["beat restart"] += 1
         res.restarts += 1
         log("  beat restarted")
-
-
-def _start(bid, start, duration, rooms):
-    (first, owner), *rest = rooms.items()
-    return {"CallbackCommand": "Live.CallbackAfterStartBattle", "BattleId": bid,
-            "Duration": int(duration * 1000), "StartTime": int(start),
-            "FromRoomInfo": {"RoomId": first, "Owner_Account": owner},
-            "ToRoomList": [{"RoomId": r, "Owner_Account": o} for r, o in rest]}
-
-
-def _gift(room, owner, coins, t):
-    return {"CallbackCommand": "Live.CallbackBeforeSendGift", "RoomId": room,
-            "GiftWater": {"From_Account": "v", "To_Account": [owner], "Time": int(t),
-                          "GiftId": "g", "Count": 1, "Coins": coins}}
 
 
 def report(res: ChaosResult) -> str:

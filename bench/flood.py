@@ -15,7 +15,8 @@ import threading
 import time
 from collections import defaultdict
 
-from bench.run import Bench, _gift_body, _start_body
+from bench.run import Bench
+from worker.bodies import gift_body, start_body
 from worker import keys
 
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             rooms = {f"f{i}a": f"fo{i}a", f"f{i}b": f"fo{i}b"}
             bench.ctl.create_battle(rooms, int(dur * 1000), start=start, battle_id=f"flood-{i}")
             battles.append((f"flood-{i}", rooms, start + dur))
-        items = [{"body": _start_body(b, start, int((end - start) * 1000), rooms),
+        items = [{"body": start_body(b, start, int((end - start) * 1000), rooms),
                   "event_id": None} for b, rooms, end in battles]
         for k in range(0, len(items), 500):
             bench.producer.send_task("scorer.webhooks", kwargs={"items": items[k:k + 500]})
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 for _, bid, room, owner, c in batch:
                     seq += 1
                     truth[(bid, room)] += c
-                    items.append({"body": _gift_body(room, owner, c, now), "event_id": f"f{seq}"})
+                    items.append({"body": gift_body(room, owner, c, now), "event_id": f"f{seq}"})
                 for k in range(0, len(items), 100):
                     bench.producer.send_task("scorer.webhooks", kwargs={"items": items[k:k + 100]})
             time.sleep(0.05)

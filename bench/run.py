@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import redis
 from celery import Celery
 
+from worker.bodies import gift_body, start_body
 from worker.sandbox_control import SandboxControl
 from worker.stack import ROOT, Processes, RedisServer, free_port, process_tree_rss, scorer_env
 
@@ -118,8 +119,8 @@ class Bench:
         rooms = {f"ir{i}": f"io{i}" for i in range(100)}
         now = time.time()
         bid = self.ctl.create_battle(rooms, 600_000, start=now)["BattleId"]
-        start_body = _start_body(bid, now, 600_000, rooms)
-        self.producer.send_task("scorer.webhook", kwargs={"body": start_body})
+        self.producer.send_task("scorer.webhook",
+                                kwargs={"body": start_body(bid, now, 600_000, rooms)})
         self.wait_idle()
         self.producer.control.cancel_consumer("celery", reply=True)
         time.sleep(0.5)
@@ -134,7 +135,7 @@ class Bench:
                 items = []
                 for _ in range(per_message):
                     room, owner = room_list[sent % len(room_list)]
-                    items.append({"body": _gift_body(room, owner, 1, now + 1),
+                    items.append({"body": gift_body(room, owner, 1, now + 1),
                                   "event_id": f"d-{sent}"})
                     sent += 1
                 if per_message == 1:
@@ -170,7 +171,7 @@ class Bench:
                                          battle_id=f"{mode}-{n}-{i}")["BattleId"]
             battles.append((bid, rooms))
         if mode == "scorer":
-            items = [{"body": _start_body(b, start, int(duration * 1000), rooms),
+            items = [{"body": start_body(b, start, int(duration * 1000), rooms),
                       "event_id": None} for b, rooms in battles]
             for k in range(0, len(items), 500):
                 self.producer.send_task("scorer.webhooks", kwargs={"items": items[k:k + 500]})
@@ -216,7 +217,7 @@ class Bench:
                             self.producer.send_task("bench.naive_gift", args=(bid, room, v),
                                                     producer=prod)
                         else:
-                            items.append({"body": _gift_body(room, owner, v, now),
+                            items.append({"body": gift_body(room, owner, v, now),
                                           "event_id": f"g{seq}"})
                     for k in range(0, len(items), 100):
                         self.producer.send_task("scorer.webhooks",
@@ -265,20 +266,6 @@ def _latencies(delivered, history) -> list[float]:
                 out.append(max(0.0, ht - t))
                 break
     return out
-
-
-def _start_body(bid, start, duration_ms, rooms):
-    (first, owner), *rest = rooms.items()
-    return {"CallbackCommand": "Live.CallbackAfterStartBattle", "BattleId": bid,
-            "Duration": duration_ms, "StartTime": int(start),
-            "FromRoomInfo": {"RoomId": first, "Owner_Account": owner},
-            "ToRoomList": [{"RoomId": r, "Owner_Account": o} for r, o in rest]}
-
-
-def _gift_body(room, owner, coins, t):
-    return {"CallbackCommand": "Live.CallbackBeforeSendGift", "RoomId": room,
-            "GiftWater": {"From_Account": "v", "To_Account": [owner], "Time": int(t),
-                          "GiftId": "g", "Count": 1, "Coins": coins}}
 
 
 def _pct(xs: list[float], p: float) -> str:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from worker.bodies import gift_body, start_body
 from worker.stack import Processes, RedisServer, redis_server_bin, scorer_env
 
 SDKAPPID = 1400000000
@@ -28,22 +29,6 @@ class DemoBattle:
     start: float
     end: float
     truth: dict[str, int] = field(default_factory=dict)
-
-
-def _gift_body(room: str, owner: str, coins: int, t: float) -> dict:
-    return {"CallbackCommand": "Live.CallbackBeforeSendGift", "RoomId": room,
-            "Operator_Account": "viewer",
-            "GiftWater": {"From_Account": f"viewer{random.randint(1, 50)}",
-                          "To_Account": [owner], "Time": int(t), "GiftId": "rose",
-                          "Count": 1, "Coins": coins}}
-
-
-def _start_body(b: DemoBattle) -> dict:
-    (first, owner), *rest = b.rooms.items()
-    return {"CallbackCommand": "Live.CallbackAfterStartBattle", "BattleId": b.battle_id,
-            "Duration": int((b.end - b.start) * 1000), "StartTime": int(b.start),
-            "FromRoomInfo": {"RoomId": first, "Owner_Account": owner},
-            "ToRoomList": [{"RoomId": r, "Owner_Account": o} for r, o in rest]}
 
 
 def _table(battles: list[DemoBattle], scores: dict[str, dict[str, int]], now: float) -> Table:
@@ -98,7 +83,7 @@ def run(n_battles: int, duration: float, rate: float, live: bool, console: Conso
                            {r: 0 for r in rooms})
             battles.append(b)
             if i != n_battles - 1:  # the last battle's start webhook comes late, on purpose
-                send(_start_body(b))
+                send(start_body(b.battle_id, b.start, int((b.end - b.start) * 1000), b.rooms))
         late: list[tuple[float, dict, str]] = []  # webhooks delivered a second late
         n = 0
         stop_gifts = start + duration - 2.5  # gifts stop in time to be in the final score
@@ -115,7 +100,7 @@ def run(n_battles: int, duration: float, rate: float, live: bool, console: Conso
                 ctl.count_gifts([{"RoomId": room, "To_Account": [b.rooms[room]],
                                   "From_Account": "viewer", "Coins": coins, "Count": 1}])
                 b.truth[room] += coins
-                body = _gift_body(room, b.rooms[room], coins, now)
+                body = gift_body(room, b.rooms[room], coins, now)
                 if rng.random() < 0.15:
                     late.append((now + 1.0, body, eid))
                 else:
@@ -128,7 +113,8 @@ def run(n_battles: int, duration: float, rate: float, live: bool, console: Conso
                 late.remove(item)
                 send(item[1], item[2])
             if now > start + 3 and battles[-1].battle_id not in started_late:
-                send(_start_body(battles[-1]))
+                send(start_body(battles[-1].battle_id, battles[-1].start,
+                                      int(duration * 1000), battles[-1].rooms))
                 started_late.add(battles[-1].battle_id)
 
         started_late: set[str] = set()

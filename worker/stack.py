@@ -42,6 +42,22 @@ def redis_server_bin() -> str | None:
     return "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
 
 
+def wait_for_redis(port: int, deadline: float, proc: subprocess.Popen | None = None) -> None:
+    """Block until the redis-server on `port` answers PING (or fail at `deadline`)."""
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                if time.time() > deadline or (proc is not None and proc.poll() is not None):
+                    raise RuntimeError(f"redis-server did not start on port {port}") from None
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
 class RedisServer:
     """A redis-server process we own, on a loopback port, in a temporary directory."""
 
@@ -64,17 +80,7 @@ class RedisServer:
              "--appendonly", "yes" if self.appendonly else "no", "--dir", self.dir,
              "--daemonize", "no", "--loglevel", "warning", "--maxmemory-policy", "noeviction"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        client = redis.Redis(host="127.0.0.1", port=self.port)
-        deadline = time.time() + timeout
-        while True:
-            try:
-                client.ping()
-                break
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                if time.time() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}")
-                time.sleep(0.05)
-        client.close()
+        wait_for_redis(self.port, time.time() + timeout, self.proc)
         return self
 
     def stop(self) -> None:
@@ -186,15 +192,7 @@ class RedisCluster:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + timeout
         for node in self.nodes:
-            client = redis.Redis(host="127.0.0.1", port=node.port)
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.time() > deadline:
-                        raise
-                    time.sleep(0.05)
+            wait_for_redis(node.port, deadline, node.proc)
         cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
         subprocess.run([cli, "--cluster", "create",
                         *[f"127.0.0.1:{n.port}" for n in self.nodes],
@@ -213,8 +211,8 @@ class RedisCluster:
             node.cleanup()
 
 
-def process_tree_rss(pid: int) -> int:
-    """Resident memory in bytes of a process and all its descendants (Linux /proc)."""
+def children_map() -> dict[int, list[int]]:
+    """Parent pid → child pids, for every process (Linux /proc)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -223,6 +221,12 @@ def process_tree_rss(pid: int) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def process_tree_rss(pid: int) -> int:
+    """Resident memory in bytes of a process and all its descendants (Linux /proc)."""
+    children = children_map()
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
