@@ -182,3 +182,12 @@ def test_bulk_and_single_ingest_give_identical_ledgers(rt, ctl):
         raw = rt.redis.hgetall(BattleKeys(bid).ledger)
         ledgers.append({k.split("_", 1)[1]: int(v) for k, v in raw.items()})
     assert ledgers[0] == ledgers[1] and sum(ledgers[0].values()) == sum(range(1, 26))
+
+
+def test_end_of_an_unknown_battle_is_kept_with_an_expiry(rt):
+    body = {"CallbackCommand": "Live.CallbackAfterEndBattle", "BattleId": "never-seen",
+            "FromRoomInfo": {"RoomId": "z1", "Owner_Account": "oz", "Score": 5}}
+    assert handle(rt, [(body, None)])["lifecycle"] == 1
+    meta = BattleKeys("never-seen").meta
+    assert rt.redis.hget(meta, "end_scores") == '{"z1": 5}'
+    assert 0 < rt.redis.ttl(meta) <= 24 * 3600

@@ -250,4 +250,8 @@ def record_end(rt: Runtime, ev) -> None:
                       _index_value(battle.start, float(ev.EndTime), owner))
         pipe.zadd(keys.ACTIVE, {ev.BattleId: float(ev.EndTime)})
         pipe.execute()
-    rt.redis.hset(bk.meta, mapping=mapping)
+    pipe = pipeline(rt.redis)
+    pipe.hset(bk.meta, mapping=mapping)
+    if battle is None:  # an end we cannot place in any battle: keep it, but not forever
+        pipe.expire(bk.meta, KEEP_AFTER_END)
+    pipe.execute()
