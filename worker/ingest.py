@@ -35,7 +35,8 @@ def dead_letter(rt: Runtime, body: Any, event_id: Any, reason: str, pipe=None) -
     p.ltrim(keys.DEAD_LETTERS, -MAX_DEAD_LETTERS, -1)
     if pipe is None:
         p.execute()
-    log.warning("dead-lettered event: %s", reason, extra={"event_id": entry and event_id})
+    log.warning("dead-lettered event: %s", reason,
+                extra={"event_id": None if event_id is None else str(event_id)[:200]})
 
 
 def handle(rt: Runtime, items: Iterable[tuple[Any, Any]]) -> dict[str, int]:
