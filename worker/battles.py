@@ -100,8 +100,14 @@ def register(rt: Runtime, battle_id: str, start: float, duration_ms: int,
                                          "status": status})
     battle = Battle(battle_id, start, end, rooms, status)
     if status == "running":
+        # Drain only rooms that hold gifts (one round trip to know): registering thousands
+        # of battles must not cost a lock per room.
+        pipe = pipeline(rt.redis)
         for room in rooms:
-            drain_held(rt, room)
+            pipe.llen(RoomKeys(room).held)
+        for room, n in zip(rooms, pipe.execute()):
+            if n:
+                drain_held(rt, room)
     return battle
 
 
