@@ -116,7 +116,7 @@ class Bench:
     def drain(self, kind: str, events: int, per_message: int) -> float:
         """Events/s a worker drains from a pre-loaded queue."""
         self.reset()
-        rooms = {f"ir{i}": f"io{i}" for i in range(100)}
+        rooms = {f"ir{i}": f"io{i}" for i in range(32)}  # Tencent allows 32 rooms a battle
         now = time.time()
         bid = self.ctl.create_battle(rooms, 600_000, start=now)["BattleId"]
         self.producer.send_task("scorer.webhook",
@@ -158,21 +158,25 @@ class Bench:
 
     # -- battles scenario ------------------------------------------------------------------
 
-    def scenario(self, mode: str, n: int, duration: float, seed: int = 1) -> Run:
-        """n battles of 2 rooms, gifts bursting in their last 10 s, through `mode`."""
+    def scenario(self, mode: str, n: int, duration: float, spread: float = 0.0,
+                 seed: int = 1) -> Run:
+        """n battles of 2 rooms through `mode`, all running at once from the same start; the
+        first lasts `duration` s and the ends spread evenly over the next `spread` s. Each
+        battle gets gifts at 0.2/s, bursting to 2/s in its last 10 s, until 2 s before its end."""
         self.reset()
         rng = random.Random(seed)
-        start = time.time() + 3
-        end = start + duration
-        battles = []
+        start = time.time() + 3 + n / 1000  # time to register every battle before it starts
+        battles = []  # (battle id, rooms, end)
         for i in range(n):
             rooms = {f"{mode}{i}a": f"o{i}a", f"{mode}{i}b": f"o{i}b"}
-            bid = self.ctl.create_battle(rooms, int(duration * 1000), start=start,
+            length = duration + spread * i / n
+            bid = self.ctl.create_battle(rooms, int(length * 1000), start=start,
                                          battle_id=f"{mode}-{n}-{i}")["BattleId"]
-            battles.append((bid, rooms))
+            battles.append((bid, rooms, start + int(length * 1000) / 1000))
+        end = max(e for _, _, e in battles)
         if mode == "scorer":
-            items = [{"body": start_body(b, start, int(duration * 1000), rooms),
-                      "event_id": None} for b, rooms in battles]
+            items = [{"body": start_body(b, start, int((e - start) * 1000), rooms),
+                      "event_id": None} for b, rooms, e in battles]
             for k in range(0, len(items), 500):
                 self.producer.send_task("scorer.webhooks", kwargs={"items": items[k:k + 500]})
         redis_base = int(self.r.info("memory")["used_memory"])
@@ -196,10 +200,12 @@ class Bench:
         with self.producer.producer_or_acquire() as prod:
             while time.time() < last_gift:
                 tick = time.time()
-                burst = end - tick <= 10
-                rate = 2.0 if burst else 0.2  # gifts per second per battle
                 batch = []
-                for bid, rooms in battles:
+                for bid, rooms, b_end in battles:
+                    left = b_end - tick
+                    if left < 2 * FLUSH_INTERVAL:
+                        continue  # gifts stop 2 s before the end: those must all count
+                    rate = 2.0 if left <= 10 else 0.2  # gifts per second per battle
                     if rng.random() < rate * 0.1:
                         room = rng.choice(list(rooms))
                         batch.append((bid, room, rooms[room], rng.choice([1, 5, 10, 99])))
@@ -236,7 +242,7 @@ class Bench:
                         and c["error_code"] is None and c["fault"] is None)
         run.refused_100012 = sum(1 for c in calls if c["error_code"] == 100012)
         run.max_calls_1s = state["max_calls_per_second"].get("set_battle_score", 0)
-        for bid, rooms in battles:
+        for bid, rooms, _ in battles:
             scores = state["battles"][bid]["scores"]
             ok = True
             for room in rooms:
@@ -283,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     p.add_argument("--sizes", default="10,200,2000",
                    help="concurrent battles per scenario (e.g. 10,200,2000,10000)")
-    p.add_argument("--duration", type=float, default=20.0, help="battle length, seconds")
+    p.add_argument("--duration", type=float, default=20.0,
+                   help="length of the shortest battle, seconds")
+    p.add_argument("--ends-per-second", type=float, default=40.0,
+                   help="battle ends per second once the first ends (0: all end together)")
     p.add_argument("--events", type=int, default=20_000, help="events per ingest drain")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=4)
@@ -309,14 +318,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  scorer.webhooks, 1,000 events per message:             {bulk1000:9.0f}"
               f"  ({_ratio(bulk1000, single)} single)")
         for n in [int(x) for x in args.sizes.split(",")]:
-            runs = {m: bench.scenario(m, n, args.duration) for m in ("scorer", "naive")}
+            spread = n / args.ends_per_second if args.ends_per_second > 0 else 0.0
+            runs = {m: bench.scenario(m, n, args.duration, spread) for m in ("scorer", "naive")}
             s, nv = runs["scorer"], runs["naive"]
             out["scenarios"].append({m: {**r.__dict__, "latencies": None,
                                          "p50": _pct(r.latencies, .5),
                                          "p99": _pct(r.latencies, .99),
                                          "max": _pct(r.latencies, 1)} for m, r in runs.items()})
-            print(f"\n{n} battles x 2 rooms, {args.duration:.0f} s, gifts bursting in the last "
-                  f"10 s ({s.gifts} gifts scorer / {nv.gifts} naive)")
+            print(f"\n{n} battles x 2 rooms at once, ending from {args.duration:.0f} s over "
+                  f"{spread:.0f} s, gifts bursting in each battle's last 10 s "
+                  f"({s.gifts} gifts scorer / {nv.gifts} naive)")
             rows = [
                 ("battles exact", f"{s.exact}/{n}", f"{nv.exact}/{n}"),
                 ("over-count (coins)", s.over, nv.over),

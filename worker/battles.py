@@ -141,6 +141,7 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
 
     pipe = pipeline(rt.redis)
     plan: list[tuple[str, Gift, int]] = []  # (what, gift, position of its reply)
+    by_battle: dict[str, list[Gift]] = {}
     now = rt.clock()
     for g in gifts:
         hit = find_battle(index[g.room], g.second)
@@ -157,11 +158,16 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
             plan.append(("not_to_owner", g, len(pipe)))
             _count_outside(pipe, g)
             continue
-        plan.append(("ingested", g, len(pipe)))
+        by_battle.setdefault(battle_id, []).append(g)
+    scored: list[tuple[list[Gift], int]] = []  # (a battle's gifts, position of its flags)
+    for battle_id, bgifts in by_battle.items():
         bk = BattleKeys(battle_id)
-        rt.script("INGEST")(keys=[bk.seen, bk.pending, bk.ledger, bk.secs],
-                            args=[g.event_id, g.room, g.value, g.second,
-                                  int(now + KEEP_AFTER_END * 2)], client=pipe)
+        args: list = [int(now + KEEP_AFTER_END * 2)]
+        for g in bgifts:
+            args += [g.event_id, g.room, g.value, g.second]
+        scored.append((bgifts, len(pipe)))
+        rt.script("INGEST")(keys=[bk.seen, bk.pending, bk.ledger, bk.secs], args=args,
+                            client=pipe)
         pipe.zadd(keys.FLUSH_DUE, {battle_id: now}, nx=True)
     results = pipe.execute()
     late_routed: list[Gift] = []
@@ -174,6 +180,9 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
                 counts["held"] += 1
         else:
             counts[kind if res == 1 else "duplicate"] += 1
+    for bgifts, pos in scored:
+        for new in results[pos]:
+            counts["ingested" if new == 1 else "duplicate"] += 1
     if late_routed:
         for k, v in route(rt, late_routed).items():
             counts[k] = counts.get(k, 0) + v

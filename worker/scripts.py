@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-# Ingest one gift into its battle: de-duplicate by event id, then add its value to the room's
-# pending delta, ledger and per-second sums. Returns 1 if new, 0 if a duplicate.
-# KEYS: seen, pending, ledger, secs   ARGV: event_id, room, value, second, expire_at
+# Ingest gifts of one battle: de-duplicate each by event id, then add its value to the room's
+# pending delta, ledger and per-second sums. One call per battle per batch, so a bulk message
+# costs one command per battle rather than one per gift.
+# KEYS: seen, pending, ledger, secs   ARGV: expire_at, then event_id, room, value, second per gift
+# Returns one flag per gift: 1 if new, 0 if a duplicate.
 INGEST = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
-local v = tonumber(ARGV[3])
-if v > 0 then
-  redis.call('HINCRBY', KEYS[2], ARGV[2], v)
-  redis.call('HINCRBY', KEYS[3], ARGV[2], v)
-  redis.call('HINCRBY', KEYS[4], ARGV[2] .. '|' .. ARGV[4], v)
+local out = {}
+for j = 2, #ARGV, 4 do
+  if redis.call('SADD', KEYS[1], ARGV[j]) == 0 then
+    out[#out + 1] = 0
+  else
+    local v = tonumber(ARGV[j + 2])
+    if v > 0 then
+      redis.call('HINCRBY', KEYS[2], ARGV[j + 1], v)
+      redis.call('HINCRBY', KEYS[3], ARGV[j + 1], v)
+      redis.call('HINCRBY', KEYS[4], ARGV[j + 1] .. '|' .. ARGV[j + 3], v)
+    end
+    out[#out + 1] = 1
+  end
 end
-for i = 1, 4 do redis.call('EXPIREAT', KEYS[i], ARGV[5]) end
-return 1
+for i = 1, 4 do redis.call('EXPIREAT', KEYS[i], ARGV[1]) end
+return out
 """
 
 # Route a gift by its room and second, or hold it until its battle is known. Atomic with the
