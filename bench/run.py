@@ -285,6 +285,51 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.1f}x" if b else "-"
 
 
+NOTES = "Reading it:"
+
+
+def _write_results(path: str, command: str, table: str) -> None:
+    """bench/RESULTS.md: command, machine, versions and the table; notes already below kept."""
+    import platform
+    from importlib.metadata import version
+
+    notes = ""
+    if os.path.exists(path):
+        old = open(path).read()
+        if NOTES in old:
+            notes = "\n" + old[old.index(NOTES):]
+    redis_v = subprocess.run(["redis-server", "--version"], capture_output=True,
+                             text=True).stdout.split()[2].removeprefix("v=")
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    versions = ", ".join(f"{p} {version(p)}" for p in ("celery", "redis", "httpx"))
+    with open(path, "w") as fh:
+        fh.write(f"""# Benchmark results
+
+Command (the whole stack on this machine: redis-server, the sandbox as its own process with
+Tencent's 200 calls/s per API, worker processes, one beat, a bounded load generator; each
+figure beside the naive baseline of bench/naive.py, run in the same invocation):
+
+```sh
+.venv/bin/{command}
+```
+
+Machine: {os.cpu_count()} cores, {mem:.0f} GiB, {platform.platform(terse=True)}, Python
+{platform.python_version()}, Redis {redis_v}, {versions}; {time.strftime("%Y-%m-%d")}. The load
+generator, the sandbox and Redis share the machine with the worker.
+
+The scenario: N battles of 2 rooms run at once from the same start. The first ends after
+`--duration` s, the rest end evenly after it at `--ends-per-second` (0: all in the same
+second), as battles do in a real app. Every battle gets gifts at 0.2/s, 2/s in its last 10 s,
+until 2 s before its end; every gift is also counted in the sandbox's gift counters, as
+Tencent would. A battle is exact when its final score on the sandbox equals the value of its
+gifts.
+
+```
+{table}
+```
+{notes}""")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     p.add_argument("--sizes", default="10,200,2000",
@@ -297,8 +342,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"),
+                   help="write the table here, keeping the notes below its table ('' : don't)")
     args = p.parse_args(argv)
     bench = Bench(args.workers, args.concurrency)
+    table: list[str] = []
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+        table.append(line)
+
     out: dict = {"machine": f"{os.cpu_count()} cores", "ingest": {}, "scenarios": []}
     try:
         print(f"logs: {bench.logdir}", flush=True)
@@ -308,14 +361,14 @@ def main(argv: list[str] | None = None) -> int:
         bulk1000 = bench.drain("gift", args.events * 2, 1000)
         out["ingest"] = {"celery_noop_per_s": noop, "single_per_s": single,
                          "bulk100_per_s": bulk100, "bulk1000_per_s": bulk1000}
-        print("\ningest, events/s per machine (worker concurrency "
+        emit("\ningest, events/s per machine (worker concurrency "
               f"{args.workers}x{args.concurrency})")
-        print(f"  Celery no-op drain (ceiling of one event per message): {noop:9.0f}")
-        print(f"  scorer.webhook, 1 event per message:                   {single:9.0f}"
+        emit(f"  Celery no-op drain (ceiling of one event per message): {noop:9.0f}")
+        emit(f"  scorer.webhook, 1 event per message:                   {single:9.0f}"
               f"  ({_ratio(single, noop)} of the no-op ceiling)")
-        print(f"  scorer.webhooks, 100 events per message:               {bulk100:9.0f}"
+        emit(f"  scorer.webhooks, 100 events per message:               {bulk100:9.0f}"
               f"  ({_ratio(bulk100, single)} single)")
-        print(f"  scorer.webhooks, 1,000 events per message:             {bulk1000:9.0f}"
+        emit(f"  scorer.webhooks, 1,000 events per message:             {bulk1000:9.0f}"
               f"  ({_ratio(bulk1000, single)} single)")
         for n in [int(x) for x in args.sizes.split(",")]:
             spread = n / args.ends_per_second if args.ends_per_second > 0 else 0.0
@@ -325,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "p50": _pct(r.latencies, .5),
                                          "p99": _pct(r.latencies, .99),
                                          "max": _pct(r.latencies, 1)} for m, r in runs.items()})
-            print(f"\n{n} battles x 2 rooms at once, ending from {args.duration:.0f} s over "
+            emit(f"\n{n} battles x 2 rooms at once, ending from {args.duration:.0f} s over "
                   f"{spread:.0f} s, gifts bursting in each battle's last 10 s "
                   f"({s.gifts} gifts scorer / {nv.gifts} naive)")
             rows = [
@@ -346,12 +399,15 @@ def main(argv: list[str] | None = None) -> int:
                 ("Redis memory per active battle", f"{s.redis_per_battle / 1024:.1f} KiB",
                  f"{nv.redis_per_battle / 1024:.1f} KiB"),
             ]
-            print(f"  {'figure':<42} {'battle-scorer':>24} {'naive':>24}")
+            emit(f"  {'figure':<42} {'battle-scorer':>24} {'naive':>24}")
             for name, a, b in rows:
-                print(f"  {name:<42} {str(a):>24} {str(b):>24}")
+                emit(f"  {name:<42} {str(a):>24} {str(b):>24}")
             sys.stdout.flush()
     finally:
         bench.close()
+    if args.results:
+        _write_results(args.results, " ".join(["python -m bench.run", *(argv or sys.argv[1:])]),
+                       "\n".join(table).strip("\n"))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=2, default=str)
