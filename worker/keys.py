@@ -79,6 +79,10 @@ def rate_key(api: str) -> str:
 
 
 #: string: the lock that keeps ticks from overlapping.
+#: The broker's queues (Redis lists of the same names): producers' events, and the control
+#: tasks (tick, flush, reconcile).
+INGEST_QUEUE = "celery"
+CONTROL_QUEUE = "scorer.control"
 TICK_LOCK = f"{PREFIX}:tick:lock"
 #: string: time of the last safety sweep.
 SAFETY_SWEEP = f"{PREFIX}:tick:sweep"
