@@ -264,6 +264,8 @@ class Bench:
             if not ok:
                 run.inexact.append(i)
         run.latencies = _latencies(delivered, history)
+        if run.inexact and os.environ.get("BENCH_DIAGNOSE"):
+            _diagnose(battles, run.inexact[:8], delivered, calls)
         run.peak_rss = peak["rss"]
         run.peak_ingest_queue, run.peak_control_queue = peak["ingest_q"], peak["control_q"]
         run.redis_per_battle = max(0, peak["redis"] - redis_base) / max(1, n)
@@ -285,6 +287,19 @@ def _latencies(delivered, history) -> list[float]:
                 out.append(max(0.0, ht - t))
                 break
     return out
+
+
+def _diagnose(battles, indexes, delivered, calls) -> None:
+    """For a few inexact battles: when their last gift came and when they were flushed,
+    relative to their end (BENCH_DIAGNOSE=1)."""
+    for i in indexes:
+        bid, _, end = battles[i]
+        last_gift = max((t for t, b, _, _ in delivered if b == bid), default=None)
+        times = [(round(c["t"] - end, 2), c["error_code"]) for c in calls
+                 if c["api"] == "set_battle_score" and (c["body"] or {}).get("BattleId") == bid]
+        gift = "-" if last_gift is None else f"{last_gift - end:.2f}"
+        print(f"  diagnose {i}: last gift at end{gift}s; calls (s from end, error): "
+              f"{times[-6:]}", flush=True)
 
 
 def _ranges(xs: list[int]) -> str:

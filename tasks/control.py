@@ -99,8 +99,9 @@ def _due(rt: Runtime, zkey: str, now: float) -> list[str]:
 
 
 def _pick(rt: Runtime, zkey: str, now: float, budget: int, urgent_only: bool = False
-          ) -> list[str]:
-    """Due battles of `zkey` within `budget`, near-end first (see worker/schedule.py).
+          ) -> tuple[list[str], dict[str, float | None]]:
+    """Due battles of `zkey` within `budget`, near-end first (see worker/schedule.py), and the
+    ends of the due battles read.
 
     Reads only what can win: the longest due (a few times the budget, as ended battles among
     them rank last), and the due battles about to end. Reading every due battle cost the tick
@@ -115,9 +116,10 @@ def _pick(rt: Runtime, zkey: str, now: float, budget: int, urgent_only: bool = F
             if since is not None and since <= now:
                 due[bid] = since
     if not due:
-        return []
+        return [], {}
     ends = dict(zip(due, rt.redis.zmscore(keys.ACTIVE, list(due))))
-    return schedule.choose(list(due.items()), ends, now, budget, urgent, urgent_only)
+    return schedule.choose(list(due.items()), ends, now, budget, urgent, urgent_only,
+                           ending_soon=bool(ending)), ends
 
 
 def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
@@ -132,10 +134,12 @@ def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
     # Flushes: at most one per battle per SCORER_FLUSH_INTERVAL, within the API budget; while
     # earlier control messages still wait, only near-end ones (they would queue behind).
     queued = rt.control_backlog() > SHED_CONTROL
-    due = _pick(rt, keys.FLUSH_DUE, now, schedule.per_tick_budget(s.api_rate, s.flush_interval),
-                urgent_only=shed or queued)
+    due, ends = _pick(rt, keys.FLUSH_DUE, now,
+                      schedule.per_tick_budget(s.api_rate, s.flush_interval),
+                      urgent_only=shed or queued)
     if due:
-        rt.redis.zadd(keys.FLUSH_DUE, {b: now + s.flush_interval for b in due}, xx=True)
+        rt.redis.zadd(keys.FLUSH_DUE, {b: schedule.next_flush(now, ends.get(b), s.flush_interval)
+                                       for b in due}, xx=True)
         dispatch(flush, due)
         out["flush"] = len(due)
     # Reconciles read get_gift_count once per room (2 per battle): half that budget per tick.
@@ -143,7 +147,7 @@ def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
     for zkey, name in ((keys.RECONCILE_DUE, "reconcile"), (keys.UNRESOLVED, "resolve")):
         if name == "reconcile" and (shed or queued):
             continue  # flushes first; and reads taken during a backlog cannot be judged
-        due = _pick(rt, zkey, now, recon_budget)
+        due, _ = _pick(rt, zkey, now, recon_budget)
         if due:
             # Provisional: the task itself sets the real next time when it runs; if it dies,
             # this retries soon (a late first read would make a late baseline).
