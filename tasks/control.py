@@ -31,11 +31,8 @@ SAFETY_SWEEP = 5.0
 TASK_EXPIRES = 30
 #: Ingest messages waiting beyond which a tick sheds work (see worker/schedule.py): only the
 #: flushes of battles near their end and the resolution of ambiguous calls are sent.
-#: (Both thresholds are counts of messages; a bulk message holds up to 1,000 events.)
+#: (A count of messages; a bulk message holds up to 1,000 events.)
 SHED_BACKLOG = 20
-#: Control messages waiting beyond which a tick adds only near-end flushes: the worker is not
-#: keeping up with what was dispatched, and new messages queue behind the old ones.
-SHED_CONTROL = 4
 
 
 #: Battles per control message, and threads per process working through one message: one
@@ -99,9 +96,8 @@ def _due(rt: Runtime, zkey: str, now: float) -> list[str]:
 
 
 def _pick(rt: Runtime, zkey: str, now: float, budget: int, urgent_only: bool = False
-          ) -> tuple[list[str], dict[str, float | None]]:
-    """Due battles of `zkey` within `budget`, near-end first (see worker/schedule.py), and the
-    ends of the due battles read.
+          ) -> list[str]:
+    """Due battles of `zkey` within `budget`, near-end first (see worker/schedule.py).
 
     Reads only what can win: the longest due (a few times the budget, as ended battles among
     them rank last), and the due battles about to end. Reading every due battle cost the tick
@@ -116,10 +112,9 @@ def _pick(rt: Runtime, zkey: str, now: float, budget: int, urgent_only: bool = F
             if since is not None and since <= now:
                 due[bid] = since
     if not due:
-        return [], {}
+        return []
     ends = dict(zip(due, rt.redis.zmscore(keys.ACTIVE, list(due))))
-    return schedule.choose(list(due.items()), ends, now, budget, urgent, urgent_only,
-                           ending_soon=bool(ending)), ends
+    return schedule.choose(list(due.items()), ends, now, budget, urgent, urgent_only)
 
 
 def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
@@ -131,23 +126,19 @@ def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
     s = rt.settings
     shed = rt.ingest_backlog() > SHED_BACKLOG
     out["shed"] = int(shed)
-    # Flushes: at most one per battle per SCORER_FLUSH_INTERVAL, within the API budget; while
-    # earlier control messages still wait, only near-end ones (they would queue behind).
-    queued = rt.control_backlog() > SHED_CONTROL
-    due, ends = _pick(rt, keys.FLUSH_DUE, now,
-                      schedule.per_tick_budget(s.api_rate, s.flush_interval),
-                      urgent_only=shed or queued)
+    # Flushes: at most one per battle per SCORER_FLUSH_INTERVAL, within the API budget.
+    due = _pick(rt, keys.FLUSH_DUE, now, schedule.per_tick_budget(s.api_rate, s.flush_interval),
+                urgent_only=shed)
     if due:
-        rt.redis.zadd(keys.FLUSH_DUE, {b: schedule.next_flush(now, ends.get(b), s.flush_interval)
-                                       for b in due}, xx=True)
+        rt.redis.zadd(keys.FLUSH_DUE, {b: now + s.flush_interval for b in due}, xx=True)
         dispatch(flush, due)
         out["flush"] = len(due)
     # Reconciles read get_gift_count once per room (2 per battle): half that budget per tick.
     recon_budget = schedule.per_tick_budget(s.api_rate, s.flush_interval, share=0.5)
     for zkey, name in ((keys.RECONCILE_DUE, "reconcile"), (keys.UNRESOLVED, "resolve")):
-        if name == "reconcile" and (shed or queued):
-            continue  # flushes first; and reads taken during a backlog cannot be judged
-        due, _ = _pick(rt, zkey, now, recon_budget)
+        if name == "reconcile" and shed:
+            continue  # scoring gifts first; and reads taken during a backlog cannot be judged
+        due = _pick(rt, zkey, now, recon_budget)
         if due:
             # Provisional: the task itself sets the real next time when it runs; if it dies,
             # this retries soon (a late first read would make a late baseline).

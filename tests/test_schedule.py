@@ -82,11 +82,10 @@ def test_safety_sweep_marks_only_unmarked_battles_with_value(rt):
     assert due["s1"] <= time.time()
 
 
-def test_a_tick_sheds_work_while_a_queue_is_backlogged(rt):
+def test_a_tick_sheds_work_while_ingest_is_backlogged(rt):
     """With gifts waiting in the ingest queue, a tick sends only near-end flushes and no
-    reconcile: those gifts would be lost to the score at the end, late flushes would not. With
-    control messages waiting, new ones would queue behind them: the same."""
-    from tasks.control import SHED_BACKLOG, SHED_CONTROL, flush, reconcile, run_tick
+    reconcile: those gifts would be lost to the score at the end, late flushes would not."""
+    from tasks.control import SHED_BACKLOG, flush, reconcile, run_tick
 
     now = time.time()
     rt.redis.zadd(keys.FLUSH_DUE, {"far": now - 50, "near": now - 1})
@@ -97,32 +96,6 @@ def test_a_tick_sheds_work_while_a_queue_is_backlogged(rt):
     out = run_tick(rt, dispatch=lambda task, ids: sent[task].extend(ids))
     assert out["shed"] == 1 and sent == {flush: ["near"], reconcile: []}
     rt.redis.delete("celery")
-    rt.redis.rpush(keys.CONTROL_QUEUE, *["{}"] * (SHED_CONTROL + 1))  # the worker lags behind
-    rt.redis.zadd(keys.FLUSH_DUE, {"far": now - 50, "near": now - 1})
-    sent = {flush: [], reconcile: []}
-    run_tick(rt, dispatch=lambda task, ids: sent[task].extend(ids))
-    assert sent == {flush: ["near"], reconcile: []}
-    rt.redis.delete(keys.CONTROL_QUEUE)
     rt.redis.zadd(keys.FLUSH_DUE, {"far": now - 50})
     out = run_tick(rt, dispatch=lambda task, ids: sent[task].extend(ids))
     assert out["shed"] == 0 and "far" in sent[flush] and sent[reconcile]
-
-
-def test_far_battles_leave_a_reserve_while_others_near_their_end():
-    now = 1000.0
-    due = [(f"far{i}", 900.0 + i) for i in range(10)] + [("near", 999.0)]
-    ends = {**{f"far{i}": 5000.0 for i in range(10)}, "near": 1002.0}
-    picked = schedule.choose(due, ends, now, budget=10, urgent=5, ending_soon=True)
-    assert picked[0] == "near" and len(picked) == 9  # 1 near + at most 8 far (80 %)
-    calm = schedule.choose(due[:10], ends, now, budget=10, urgent=5, ending_soon=False)
-    assert len(calm) == 10
-
-
-def test_near_its_end_a_battle_may_be_flushed_every_tick():
-    """Far from the end, one flush per interval; near it, the interval would hold a gift
-    ingested just after a flush back past the end, so the battle is due at the next tick."""
-    now = 1000.0
-    assert schedule.next_flush(now, now + 600, 1.0) == now + 1.0
-    assert schedule.next_flush(now, None, 1.0) == now + 1.0
-    assert schedule.next_flush(now, now + 2, 1.0) == now + 0.5
-    assert schedule.next_flush(now, now - 1, 1.0) == now + 1.0  # ended: no hurry

@@ -42,10 +42,6 @@ class Runtime:
         """Messages waiting in the ingest queue: reconcile reads are judged only at zero."""
         return self._queue_length(keys.INGEST_QUEUE, unknown=1)  # unknown: judge nothing
 
-    def control_backlog(self) -> int:
-        """Messages waiting in the control queue (flush, reconcile, tick)."""
-        return self._queue_length(keys.CONTROL_QUEUE, unknown=0)
-
     def _queue_length(self, queue: str, unknown: int) -> int:
         if self._broker is None:
             same = self.settings.redis_url == self.settings.state_url

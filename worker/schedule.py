@@ -5,10 +5,7 @@ Policy: a tick may dispatch at most what the shared rate limit can carry until t
 first, soonest end first; then the rest by how long they have been due, longest first; battles
 already ended come last (a write after the end is refused: it can only record the value as
 unapplied). A battle left out keeps its old due time, so it is older than any newcomer at the
-next tick: nobody starves. A battle is flushed at most once per SCORER_FLUSH_INTERVAL, but near
-its end it may be flushed every tick (a battle with nothing pending costs no call). While some
-battles are near their end, the others take at most 80 %
-of a tick's budget, so the next near-end flushes find the limiter free.
+next tick: nobody starves.
 Worst case: with N due battles and budget B per tick, a battle waits ceil(N / B) ticks, except
 near its end, where it jumps the queue (and only the battles also near their end compete).
 When battles end faster than B per tick, the near-end battles take the whole budget and the
@@ -35,32 +32,16 @@ def urgent_window(flush_interval: float) -> float:
     return 3 * flush_interval + 2.0
 
 
-def next_flush(now: float, end: float | None, flush_interval: float) -> float:
-    """When a battle flushed now may be flushed again: one interval later, but near its end at
-    the next tick. A gift that reached Redis just after a flush (ingest under load takes up to
-    a second) would otherwise wait out the interval past the end."""
-    if end is not None and 0 < end - now <= urgent_window(flush_interval):
-        return now + tick_seconds(flush_interval)
-    return now + flush_interval
-
-
 def per_tick_budget(api_rate: int, flush_interval: float, share: float = 1.0) -> int:
     """Calls of one API a tick may dispatch: what the limiter admits until the next tick, so
     dispatched tasks do not sit in worker processes waiting for it (and starve ingest)."""
     return max(1, math.floor(api_rate * HEADROOM * tick_seconds(flush_interval) * share))
 
 
-#: Share of a tick's budget that battles far from their end may not take while others are
-#: near theirs: the limiter then has room for the near-end flushes of the next ticks at once,
-#: instead of making them wait behind calls dispatched earlier. Near-end battles may take all.
-RESERVE = 0.2
-
-
 def choose(due: list[tuple[str, float]], ends: dict[str, float | None], now: float,
-           budget: int, urgent: float, urgent_only: bool = False,
-           ending_soon: bool = False) -> list[str]:
+           budget: int, urgent: float, urgent_only: bool = False) -> list[str]:
     """Pick at most `budget` battle ids from `due` [(id, due since)], urgent ones first (only
-    those with `urgent_only`; with `ending_soon`, the others leave RESERVE of it unused)."""
+    those with `urgent_only`)."""
     def key(item: tuple[str, float]) -> tuple[int, float]:
         bid, since = item
         end = ends.get(bid)
@@ -73,11 +54,6 @@ def choose(due: list[tuple[str, float]], ends: dict[str, float | None], now: flo
         return (1, since)
 
     ranked = sorted(due, key=key)
-    first = [bid for bid, since in ranked if key((bid, since))[0] == 0][:budget]
     if urgent_only:
-        return first
-    rest_budget = budget - len(first)
-    if ending_soon:
-        rest_budget = min(rest_budget, math.floor(budget * (1 - RESERVE)))
-    rest = [bid for bid, since in ranked if key((bid, since))[0] != 0]
-    return first + rest[:max(0, rest_budget)]
+        ranked = [item for item in ranked if key(item)[0] == 0]
+    return [bid for bid, _ in ranked[:budget]]
