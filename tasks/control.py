@@ -29,10 +29,6 @@ FINAL_GRACE = 10.0
 SAFETY_SWEEP = 5.0
 #: A dispatched control task older than this is dropped; the next tick sends a fresh one.
 TASK_EXPIRES = 30
-#: Ingest messages waiting beyond which a tick sheds work (see worker/schedule.py): only the
-#: flushes of battles near their end and the resolution of ambiguous calls are sent.
-#: (A count of messages; a bulk message holds up to 1,000 events.)
-SHED_BACKLOG = 20
 
 
 #: Battles per control message, and threads per process working through one message: one
@@ -82,31 +78,21 @@ def tick() -> dict[str, int]:
     with BattleLock(rt.redis, keys.TICK_LOCK, ttl_ms=5000) as lock:
         if not lock.held:
             return {}
-        t0 = time.perf_counter()
-        out = run_tick(rt)
-        took = time.perf_counter() - t0
-        if took > schedule.tick_seconds(rt.settings.flush_interval):
-            # A slow tick delays every flush it should dispatch, final ones included.
-            log.warning("slow tick: %.2fs %s", took, out)
-        return out
+        return run_tick(rt)
 
 
 def _due(rt: Runtime, zkey: str, now: float) -> list[str]:
     return rt.redis.zrangebyscore(zkey, "-inf", now, start=0, num=MAX_DISPATCH)
 
 
-def _pick(rt: Runtime, zkey: str, now: float, budget: int, urgent_only: bool = False
-          ) -> list[str]:
-    """Due battles of `zkey` within `budget`, near-end first (see worker/schedule.py).
-
-    Reads only what can win: the longest due (a few times the budget, as ended battles among
-    them rank last), and the due battles about to end. Reading every due battle cost the tick
-    more than it dispatched at 10,000 battles."""
-    due = {} if urgent_only else dict(
-        rt.redis.zrangebyscore(zkey, "-inf", now, start=0, num=min(MAX_DISPATCH, 4 * budget),
-                               withscores=True))
+def _pick(rt: Runtime, zkey: str, now: float, budget: int) -> list[str]:
+    """Due battles of `zkey` within `budget`, near-end first (see worker/schedule.py)."""
+    due = dict(rt.redis.zrangebyscore(zkey, "-inf", now, start=0, num=MAX_DISPATCH,
+                                      withscores=True))
+    # The oldest MAX_DISPATCH may not include the battles about to end: add those that are due.
     urgent = schedule.urgent_window(rt.settings.flush_interval)
-    ending = rt.redis.zrangebyscore(keys.ACTIVE, now, now + urgent, start=0, num=MAX_DISPATCH)
+    ending = rt.redis.zrangebyscore(keys.ACTIVE, now - FINAL_GRACE, now + urgent, start=0,
+                                    num=MAX_DISPATCH)
     if ending:
         for bid, since in zip(ending, rt.redis.zmscore(zkey, ending)):
             if since is not None and since <= now:
@@ -114,7 +100,7 @@ def _pick(rt: Runtime, zkey: str, now: float, budget: int, urgent_only: bool = F
     if not due:
         return []
     ends = dict(zip(due, rt.redis.zmscore(keys.ACTIVE, list(due))))
-    return schedule.choose(list(due.items()), ends, now, budget, urgent, urgent_only)
+    return schedule.choose(list(due.items()), ends, now, budget, urgent)
 
 
 def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
@@ -124,11 +110,8 @@ def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
     now = rt.clock()
     out = {"flush": 0, "reconcile": 0, "resolve": 0, "held_rooms": 0, "finalized": 0}
     s = rt.settings
-    shed = rt.ingest_backlog() > SHED_BACKLOG
-    out["shed"] = int(shed)
     # Flushes: at most one per battle per SCORER_FLUSH_INTERVAL, within the API budget.
-    due = _pick(rt, keys.FLUSH_DUE, now, schedule.per_tick_budget(s.api_rate, s.flush_interval),
-                urgent_only=shed)
+    due = _pick(rt, keys.FLUSH_DUE, now, schedule.per_tick_budget(s.api_rate, s.flush_interval))
     if due:
         rt.redis.zadd(keys.FLUSH_DUE, {b: now + s.flush_interval for b in due}, xx=True)
         dispatch(flush, due)
@@ -136,8 +119,6 @@ def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
     # Reconciles read get_gift_count once per room (2 per battle): half that budget per tick.
     recon_budget = schedule.per_tick_budget(s.api_rate, s.flush_interval, share=0.5)
     for zkey, name in ((keys.RECONCILE_DUE, "reconcile"), (keys.UNRESOLVED, "resolve")):
-        if name == "reconcile" and shed:
-            continue  # scoring gifts first; and reads taken during a backlog cannot be judged
         due = _pick(rt, zkey, now, recon_budget)
         if due:
             # Provisional: the task itself sets the real next time when it runs; if it dies,
@@ -172,27 +153,17 @@ class _batched:
 
 
 def safety_sweep(rt: Runtime) -> None:
-    """Mark due every active battle that has pending or in-flight value and is not due yet.
-
-    A few pipelined commands however many battles are active: a round trip per battle would
-    hold the tick for a second or more at 10,000 battles, and final flushes with it."""
+    """Mark due every active battle that has pending or in-flight value."""
     active = rt.redis.zrange(keys.ACTIVE, 0, -1)
-    if not active:
-        return
-    unmarked = [b for b, due in zip(active, rt.redis.zmscore(keys.FLUSH_DUE, active))
-                if due is None]
-    if not unmarked:
-        return
     pipe = pipeline(rt.redis)
-    for bid in unmarked:
+    for bid in active:
         bk = BattleKeys(bid)
         pipe.hlen(bk.pending)
         pipe.exists(bk.inflight)
     res = pipe.execute()
-    now = rt.clock()
-    marks = {bid: now for i, bid in enumerate(unmarked) if res[2 * i] or res[2 * i + 1]}
-    if marks:
-        rt.redis.zadd(keys.FLUSH_DUE, marks, nx=True)
+    for i, bid in enumerate(active):
+        if res[2 * i] or res[2 * i + 1]:
+            rt.redis.zadd(keys.FLUSH_DUE, {bid: rt.clock()}, nx=True)
 
 
 def finalize(rt: Runtime, battle_id: str, dispatch) -> int:

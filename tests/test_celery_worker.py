@@ -32,6 +32,6 @@ def test_worker_consumes_both_queues_without_q(settings):
     from worker import app
 
     names = {q.name for q in app.conf.task_queues}
-    assert names == {"celery", "scorer.control", "scorer.tick"}
+    assert names == {"celery", "scorer.control"}
     assert app.conf.task_default_queue == "celery"
     assert app.conf.accept_content == ["json"] and app.conf.task_serializer == "json"

@@ -4,7 +4,6 @@ from datetime import timedelta
 
 from kombu import Queue
 
-from worker.keys import CONTROL_QUEUE, INGEST_QUEUE, TICK_QUEUE
 from worker.schedule import tick_seconds
 from worker.settings import get_settings
 
@@ -44,16 +43,15 @@ worker_send_task_events = True
 task_send_sent_event = True
 worker_hijack_root_logger = False
 
-# Three queues: producers' events on `celery`; flush/reconcile on `scorer.control`, so the
-# control path never waits behind an ingest backlog; the tick on `scorer.tick`, so it never
-# waits behind control work. A worker with no -Q consumes all three (kombu rotates between
-# them), so `celery -A worker worker` is all that scoring needs.
-task_default_queue = INGEST_QUEUE
-task_queues = (Queue(INGEST_QUEUE), Queue(CONTROL_QUEUE), Queue(TICK_QUEUE))
+# Two queues: producers' events on `celery`; flush/reconcile on `scorer.control`, so the
+# control path never waits behind an ingest backlog. A worker with no -Q consumes both
+# (kombu rotates between them), so `celery -A worker worker` is all that scoring needs.
+task_default_queue = "celery"
+task_queues = (Queue("celery"), Queue("scorer.control"))
 task_routes = {
-    "scorer.flush": {"queue": CONTROL_QUEUE},
-    "scorer.reconcile": {"queue": CONTROL_QUEUE},
-    "scorer.tick": {"queue": TICK_QUEUE},
+    "scorer.flush": {"queue": "scorer.control"},
+    "scorer.reconcile": {"queue": "scorer.control"},
+    "scorer.tick": {"queue": "scorer.control"},
 }
 # A control task that waited longer than this is stale: the next tick sends a fresh one.
 task_time_limit = 120
@@ -68,7 +66,7 @@ beat_schedule = {
     "scorer-tick": {
         "task": "scorer.tick",
         "schedule": timedelta(seconds=TICK_SECONDS),
-        "options": {"queue": TICK_QUEUE, "expires": 5},
+        "options": {"queue": "scorer.control", "expires": 5},
     },
 }
 beat_max_loop_interval = 1

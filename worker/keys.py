@@ -79,11 +79,6 @@ def rate_key(api: str) -> str:
 
 
 #: string: the lock that keeps ticks from overlapping.
-#: The broker's queues (Redis lists of the same names): producers' events, the control tasks
-#: (flush, reconcile), and the beat tick on its own, so it never waits behind control work.
-INGEST_QUEUE = "celery"
-CONTROL_QUEUE = "scorer.control"
-TICK_QUEUE = "scorer.tick"
 TICK_LOCK = f"{PREFIX}:tick:lock"
 #: string: time of the last safety sweep.
 SAFETY_SWEEP = f"{PREFIX}:tick:sweep"

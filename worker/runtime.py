@@ -9,7 +9,7 @@ from typing import Callable
 
 import redis
 
-from worker import keys, scripts
+from worker import scripts
 from worker.ratelimit import RedisRateLimiter
 from worker.settings import Settings, get_settings
 from worker.tencent import TencentClient
@@ -40,16 +40,13 @@ class Runtime:
 
     def ingest_backlog(self) -> int:
         """Messages waiting in the ingest queue: reconcile reads are judged only at zero."""
-        return self._queue_length(keys.INGEST_QUEUE, unknown=1)  # unknown: judge nothing
-
-    def _queue_length(self, queue: str, unknown: int) -> int:
         if self._broker is None:
             same = self.settings.redis_url == self.settings.state_url
             self._broker = self.redis if same else connect(self.settings.redis_url)
         try:
-            return int(self._broker.llen(queue))
+            return int(self._broker.llen("celery"))
         except redis.RedisError:
-            return unknown
+            return 1  # unknown: judge nothing
 
     def script(self, name: str):
         """A registered Lua script by its name in worker.scripts (EVALSHA, loaded on demand)."""

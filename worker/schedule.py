@@ -1,18 +1,11 @@
 """Which due battles a tick dispatches when the API budget cannot serve them all.
 
 Policy: a tick may dispatch at most what the shared rate limit can carry until the next tick
-(90 % of SCORER_API_RATE x tick seconds set_battle_score calls). Battles whose end is near come
-first, soonest end first; then the rest by how long they have been due, longest first; battles
-already ended come last (a write after the end is refused: it can only record the value as
-unapplied). A battle left out keeps its old due time, so it is older than any newcomer at the
-next tick: nobody starves.
+(90 % of SCORER_API_RATE x tick seconds set_battle_score calls). Battles whose end is near come first,
+soonest end first; then the rest by how long they have been due, longest first. A battle left
+out keeps its old due time, so it is older than any newcomer at the next tick: nobody starves.
 Worst case: with N due battles and budget B per tick, a battle waits ceil(N / B) ticks, except
 near its end, where it jumps the queue (and only the battles also near their end compete).
-When battles end faster than B per tick, the near-end battles take the whole budget and the
-others wait until they are near their end themselves: their value is late, never lost.
-Shedding: while the ingest queue holds a backlog, a tick sends only the flushes of battles near
-their end and no reconcile (tasks/control.py): the worker's processes go to scoring gifts first,
-since a gift still in the queue at its battle's end is lost to the score whatever else runs.
 """
 
 from __future__ import annotations
@@ -39,21 +32,13 @@ def per_tick_budget(api_rate: int, flush_interval: float, share: float = 1.0) ->
 
 
 def choose(due: list[tuple[str, float]], ends: dict[str, float | None], now: float,
-           budget: int, urgent: float, urgent_only: bool = False) -> list[str]:
-    """Pick at most `budget` battle ids from `due` [(id, due since)], urgent ones first (only
-    those with `urgent_only`)."""
+           budget: int, urgent: float) -> list[str]:
+    """Pick at most `budget` battle ids from `due` [(id, due since)], urgent ones first."""
     def key(item: tuple[str, float]) -> tuple[int, float]:
         bid, since = item
         end = ends.get(bid)
-        if end is not None and end <= now:
-            # Ended: Tencent refuses the write (100006); flushing it only records the value as
-            # unapplied. Served first, such flushes would make the next battles late too.
-            return (2, since)
         if end is not None and end - now <= urgent:
             return (0, end)
         return (1, since)
 
-    ranked = sorted(due, key=key)
-    if urgent_only:
-        ranked = [item for item in ranked if key(item)[0] == 0]
-    return [bid for bid, _ in ranked[:budget]]
+    return [bid for bid, _ in sorted(due, key=key)[:budget]]
