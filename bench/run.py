@@ -44,8 +44,8 @@ class Run:
     calls: int = 0
     max_calls_1s: int = 0
     over: int = 0
-    inexact: list[int] = field(default_factory=list)  # battle indexes, for a diagnosis
     under: int = 0
+    inexact: list[int] = field(default_factory=list)  # battle indexes, for a diagnosis
     latencies: list[float] = field(default_factory=list)
     peak_rss: int = 0
     redis_per_battle: float = 0.0
@@ -335,7 +335,8 @@ def _write_results(path: str, command: str, table: str) -> None:
 
     notes = ""
     if os.path.exists(path):
-        old = open(path).read()
+        with open(path) as fh:
+            old = fh.read()
         if NOTES in old:
             notes = "\n" + old[old.index(NOTES):]
     redis_v = subprocess.run(["redis-server", "--version"], capture_output=True,
@@ -384,9 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="scorer,naive", help="which integrations to run")
     p.add_argument("--no-ingest", action="store_true", help="skip the ingest drains")
     p.add_argument("--json", help="also write the figures here")
-    p.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"),
-                   help="write the table here, keeping the notes below its table ('' : don't)")
+    p.add_argument("--results", help="write the table here, keeping the notes below it "
+                   "(default: bench/RESULTS.md, for a full run only: ingest and both modes)")
     args = p.parse_args(argv)
+    if args.results is None and not args.no_ingest and set(args.modes.split(",")) == {
+            "scorer", "naive"}:
+        args.results = str(ROOT / "bench" / "RESULTS.md")
     bench = Bench(args.workers, args.concurrency)
     table: list[str] = []
 
