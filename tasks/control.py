@@ -8,8 +8,10 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import redis
+
 from worker.batch import pipeline
-from worker import app, battles, keys, schedule
+from worker import app, battles, drain, keys, schedule, watermark
 from worker.battles import Battle
 from worker.flush import flush_battle
 from worker.keys import BattleKeys
@@ -107,8 +109,13 @@ def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
     """One tick; `dispatch(task, battle_ids)` sends a control task (tests pass their own)."""
     dispatch = _batched(dispatch or (lambda task, ids: task.apply_async((ids,),
                                                                          expires=TASK_EXPIRES)))
-    now = rt.clock()
     out = {"flush": 0, "reconcile": 0, "resolve": 0, "held_rooms": 0, "finalized": 0}
+    try:  # the ingest side: what reconcile may judge, and batches of dead drains
+        out["ingest_lag_ms"] = int(watermark.advance(rt).lag * 1000)
+        out["drain_recovered"] = drain.recover(rt)
+    except redis.RedisError as err:
+        log.warning("ingest watermark not advanced: %s", type(err).__name__)
+    now = rt.clock()
     s = rt.settings
     # Flushes: at most one per battle per SCORER_FLUSH_INTERVAL, within the API budget.
     due = _pick(rt, keys.FLUSH_DUE, now, schedule.per_tick_budget(s.api_rate, s.flush_interval))

@@ -1,4 +1,4 @@
-"""Ingest tasks, the public input of the worker: `scorer.webhook` and `scorer.webhooks`."""
+"""Ingest tasks, the public input of the worker: `scorer.webhook[s]`, and `scorer.drain`."""
 
 from __future__ import annotations
 
@@ -6,19 +6,14 @@ import json
 import logging
 from typing import Any
 
-import redis
+from celery.exceptions import Reject
 from celery.worker.request import Request
 
-from worker import app
-from worker.ingest import dead_letter, handle
-from worker.runtime import get_runtime
+from worker import app, drain, keys
+from worker.ingest import REDIS_OUTAGE, bulk_pairs, handle_durably
+from worker.runtime import Runtime, get_runtime
 
 log = logging.getLogger("scorer.tasks")
-
-#: Redis outages are retried (the events are not lost: acks_late keeps the message); bad
-#: bodies never are (they go to the dead-letter store at once).
-_RETRY = dict(autoretry_for=(redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError),
-              retry_backoff=True, retry_backoff_max=30, retry_jitter=True, max_retries=200)
 
 
 def summarize(kwargs: Any) -> str:
@@ -47,29 +42,62 @@ class SummaryRequest(Request):
         return summarize(self.kwargs)
 
 
-@app.task(name="scorer.webhook", ignore_result=True, Request=SummaryRequest, **_RETRY)
+def _ingest(rt: Runtime, pairs: list[tuple[Any, Any]]) -> dict[str, int]:
+    """Store the events, or give the message back to the queue: never ack what is not stored.
+
+    (Celery's autoretry would publish a retry message, and when the broker is down too, it
+    rejects the task without requeue: the events would be gone.)
+    """
+    try:
+        counts = handle_durably(rt, pairs)
+    except REDIS_OUTAGE as err:
+        raise Reject(f"state Redis unavailable: {type(err).__name__}", requeue=True) from None
+    _maybe_drain(rt)
+    return counts
+
+
+def _maybe_drain(rt: Runtime) -> None:
+    """Start a drain when the ingest queue has backed up (see worker/drain.py)."""
+    try:
+        token = drain.request(rt)
+    except Exception as err:  # a drain is an optimization: ingest has already stored the events
+        log.warning("could not ask for a drain: %s", type(err).__name__)
+        return
+    if token:
+        _send_drain(token)
+
+
+def _send_drain(token: str) -> None:
+    drain_task.apply_async((token,), queue=keys.DRAIN_QUEUE, expires=drain.SLOT_LEASE)
+
+
+@app.task(name="scorer.webhook", ignore_result=True, Request=SummaryRequest)
 def webhook(body: dict, event_id: str | None = None) -> dict[str, int]:
     """One Tencent Live callback body (and the app's ledger id of the gift, if it has one)."""
-    return handle(get_runtime(), [(body, event_id)])
+    return _ingest(get_runtime(), [(body, event_id)])
 
 
-@app.task(name="scorer.webhooks", ignore_result=True, Request=SummaryRequest, **_RETRY)
+@app.task(name="scorer.webhooks", ignore_result=True, Request=SummaryRequest)
 def webhooks(items: list[dict[str, Any]]) -> dict[str, int]:
     """Many callbacks in one message: `[{"body": {...}, "event_id": "..."}]`, one Redis round trip
     for all their gifts."""
     rt = get_runtime()
-    if not isinstance(items, list):
-        dead_letter(rt, items, None, "scorer.webhooks: items must be a list")
-        return {"dead_lettered": 1}
-    pairs: list[tuple[Any, Any]] = []
-    bad = 0
-    for item in items:
-        if isinstance(item, dict) and "body" in item:
-            pairs.append((item["body"], item.get("event_id")))
-        else:
-            bad += 1
-            dead_letter(rt, item, None, "scorer.webhooks: item must be {body, event_id}")
-    counts = handle(rt, pairs)
+    try:
+        pairs, bad = bulk_pairs(rt, items)
+    except REDIS_OUTAGE as err:
+        raise Reject(f"state Redis unavailable: {type(err).__name__}", requeue=True) from None
+    counts = _ingest(rt, pairs) if pairs else {}
     if bad:
         counts["dead_lettered"] = counts.get("dead_lettered", 0) + bad
+    return counts
+
+
+@app.task(name="scorer.drain", ignore_result=True)
+def drain_task(token: str) -> dict[str, int]:
+    """Ingest queued webhook messages in batches while the ingest queue is backed up; returns
+    the counts (messages, batches, ingested, duplicate, ...) that Flower shows."""
+    rt = get_runtime()
+    counts = drain.drain(rt, token, known=lambda name: name in app.tasks)
+    if counts.pop("more", 0):
+        _send_drain(drain.take_slot(rt))
     return counts

@@ -8,7 +8,7 @@ import pytest
 
 from tests.helpers import end_body, gift_body, start_body
 from worker import keys, stats
-from worker.flush import flush_battle
+from worker.flush import LANDING_WINDOW, flush_battle
 from worker.ingest import handle
 from worker.keys import BattleKeys
 from worker.sandbox_control import SandboxControl
@@ -67,7 +67,12 @@ def test_lost_response_is_resolved_by_read_back_without_double_count(rt, ctl, ba
     handle(rt, [(start_body(bid, start, 120_000, ROOMS), None)])
     send(rt, ctl, "room_a", 30, "x1")
     ctl.inject("lost_response", api="set_battle_score")
+    # The request may still land: no read-back (and no re-send) until it cannot.
+    assert flush_battle(rt, bid) == "unresolved"
+    real = rt.clock
+    rt.clock = lambda: real() + LANDING_WINDOW
     assert flush_battle(rt, bid) == "ok"
+    rt.clock = real
     assert ctl.scores(bid)["room_a"] == 30
     assert not rt.redis.exists(BattleKeys(bid).inflight)
 

@@ -51,6 +51,7 @@ class Battle:
     end: float
     rooms: dict[str, str | None]  # RoomId → owner (None while unknown)
     status: str = "running"
+    ended_at: float = 0.0  # when Tencent told us it has ended (end webhook, 100006), else 0
 
     @classmethod
     def load(cls, rt: Runtime, battle_id: str) -> "Battle | None":
@@ -58,7 +59,13 @@ class Battle:
         if not m:
             return None
         return cls(battle_id, float(m.get("start", 0)), float(m.get("end", 0)),
-                   json.loads(m.get("rooms", "{}")), m.get("status", "running"))
+                   json.loads(m.get("rooms", "{}")), m.get("status", "running"),
+                   float(m.get("ended_at") or m.get("ended_by_webhook") or 0.0))
+
+    def has_ended(self, now: float, margin: float) -> bool:
+        """True once no write can land: Tencent said so, or `margin` s past its known end."""
+        return bool(self.ended_at) or (self.start > 0 and self.end > 0
+                                       and now >= self.end + margin)
 
 
 def _index_value(start: float, end: float, owner: str | None) -> str:

@@ -3,6 +3,7 @@
 from celery import Celery
 
 from worker import kombu_fix
+from worker.control_pool import ControlPool
 
 kombu_fix.install()
 
@@ -10,5 +11,7 @@ app = Celery("battle_scorer")
 # Lazy: the SCORER_* settings are validated when the worker, beat or a producer first needs
 # the configuration, not when a CLI command merely imports this package.
 app.config_from_object("worker.celeryconfig")
+# Control tasks run in a thread-pool worker beside the ingest processes (see the module).
+app.steps["worker"].add(ControlPool)
 
 import worker.signals  # noqa: E402,F401  (connects logging and metrics hooks)

@@ -4,6 +4,7 @@ from datetime import timedelta
 
 from kombu import Queue
 
+from worker import keys
 from worker.schedule import tick_seconds
 from worker.settings import get_settings
 
@@ -43,15 +44,21 @@ worker_send_task_events = True
 task_send_sent_event = True
 worker_hijack_root_logger = False
 
-# Two queues: producers' events on `celery`; flush/reconcile on `scorer.control`, so the
-# control path never waits behind an ingest backlog. A worker with no -Q consumes both
-# (kombu rotates between them), so `celery -A worker worker` is all that scoring needs.
-task_default_queue = "celery"
-task_queues = (Queue("celery"), Queue("scorer.control"))
+# Three queues. Producers' events on SCORER_QUEUE (default `celery`); drains of that queue on
+# `scorer.drain`; flush/reconcile/tick on `scorer.control`, so the control path never waits
+# behind an ingest backlog. A worker with no -Q consumes all three: its prefork processes take
+# ingest and drains (kombu rotates between the queues), and the control queue goes to a thread
+# pool worker it starts beside them (worker/control_pool.py), so nothing that waits on Tencent
+# or the rate limiter holds a process that ingest needs.
+task_default_queue = _settings.queue
+task_queues = (Queue(_settings.queue), Queue(keys.DRAIN_QUEUE), Queue(keys.CONTROL_QUEUE))
 task_routes = {
-    "scorer.flush": {"queue": "scorer.control"},
-    "scorer.reconcile": {"queue": "scorer.control"},
-    "scorer.tick": {"queue": "scorer.control"},
+    "scorer.webhook": {"queue": _settings.queue},
+    "scorer.webhooks": {"queue": _settings.queue},
+    "scorer.drain": {"queue": keys.DRAIN_QUEUE},
+    "scorer.flush": {"queue": keys.CONTROL_QUEUE},
+    "scorer.reconcile": {"queue": keys.CONTROL_QUEUE},
+    "scorer.tick": {"queue": keys.CONTROL_QUEUE},
 }
 # A control task that waited longer than this is stale: the next tick sends a fresh one.
 task_time_limit = 120
@@ -66,7 +73,7 @@ beat_schedule = {
     "scorer-tick": {
         "task": "scorer.tick",
         "schedule": timedelta(seconds=TICK_SECONDS),
-        "options": {"queue": "scorer.control", "expires": 5},
+        "options": {"queue": keys.CONTROL_QUEUE, "expires": 5},
     },
 }
 beat_max_loop_interval = 1

@@ -20,6 +20,14 @@ log = logging.getLogger("scorer.flush")
 
 #: Send → resolve rounds within one flush task before leaving the batch to the next tick.
 MAX_ROUNDS = 3
+#: A request whose answer we never got (timeout, reset, its sender SIGKILLed) may still be
+#: applied this long after it was sent: Tencent may be holding it (the client reads for up to
+#: 5 s). A read-back taken sooner could see "not applied" and a re-send would then count the
+#: batch twice, so a batch is judged only once this window has passed (or the battle ended).
+LANDING_WINDOW = 6.0
+#: A battle is known to have ended (no call can land) this long after its end by our clock;
+#: the margin covers a clock running a little ahead of Tencent's.
+END_MARGIN = 0.25
 
 
 class LockLost(RuntimeError):
@@ -33,12 +41,14 @@ class Inflight:
     id: str
     state: str  # sending | unsent | ambiguous
     scores: dict[str, int]
+    sent_at: float = 0.0  # when the last request of the batch may have left (0: never sent)
 
     @classmethod
     def parse(cls, flat: list[str]) -> "Inflight":
         d = dict(zip(flat[::2], flat[1::2]))
         scores = {k[2:]: int(v) for k, v in d.items() if k.startswith("r:")}
-        return cls(d["id"], d.get("state", "sending"), scores)
+        return cls(d["id"], d.get("state", "sending"), scores,
+                   float(d.get("sent_at") or d.get("at") or 0.0))
 
 
 class Flusher:
@@ -55,10 +65,11 @@ class Flusher:
         if res == -1:
             raise LockLost(self.battle_id)
 
-    def _mark(self, state: str) -> None:
-        self._check(self.rt.script("MARK")(keys=[self.bk.inflight, self.bk.lock],
-                                           args=[self.flush_id, self.lock.token, "state",
-                                                 state]))
+    def _mark(self, state: str, **fields: object) -> None:
+        args: list = [self.flush_id, self.lock.token, "state", state]
+        for name, value in fields.items():
+            args += [name, value]
+        self._check(self.rt.script("MARK")(keys=[self.bk.inflight, self.bk.lock], args=args))
 
     def _commit(self, inf: Inflight, applied: dict[str, int], unapplied: dict[str, int],
                 outcome: str, request_id: str | None = None) -> None:
@@ -87,9 +98,15 @@ class Flusher:
         if not res:
             return "idle"
         inf = Inflight.parse(res)
+        battle = Battle.load(rt, self.battle_id)
+        if inf.state == "unsent" or inf.id == self.flush_id:
+            if battle is not None and battle.has_ended(rt.clock(), END_MARGIN):
+                # No call can land any more: keep the value as unapplied, make none.
+                self._adopt(inf)
+                self._commit(inf, {}, dict(inf.scores), "after_end")
+                return "after_end"
         if inf.id != self.flush_id:  # left by an owner that died or gave up: adopt it
-            self._check(rt.script("ADOPT")(keys=[self.bk.inflight, self.bk.lock],
-                                           args=[inf.id, self.flush_id, self.lock.token]))
+            self._adopt(inf)
             log.info("resuming flush of %s left in state %s", self.battle_id, inf.state)
             if inf.state in ("sending", "ambiguous"):
                 state = self.resolve(inf)
@@ -103,9 +120,17 @@ class Flusher:
                 return state
         return "retry_later"
 
+    def _adopt(self, inf: Inflight) -> None:
+        """Make a batch claimed under another flush id ours."""
+        if inf.id != self.flush_id:
+            self._check(self.rt.script("ADOPT")(keys=[self.bk.inflight, self.bk.lock],
+                                                args=[inf.id, self.flush_id, self.lock.token]))
+            inf.id = self.flush_id
+
     def send(self, inf: Inflight) -> str:
         """OpType 1 of the batch; returns the settled outcome, or unsent/ambiguous."""
-        self._mark("sending")
+        inf.sent_at = self.rt.clock()
+        self._mark("sending", sent_at=inf.sent_at)
         try:
             res = self.rt.client.set_battle_score(self.battle_id, 1, inf.scores)
         except RateLimitTimeout:
@@ -130,6 +155,9 @@ class Flusher:
         if err.code == BATTLE_NOT_RUNNING and battle and self.rt.clock() < battle.start:
             self._mark("unsent")  # our clock runs ahead of Tencent's: not started yet there
             return "retry_later"
+        if err.code == BATTLE_NOT_RUNNING and battle:
+            # Tencent says it has ended: no later flush of this battle makes a call.
+            self.rt.redis.hset(self.bk.meta, "ended_at", self.rt.clock())
         # Final: 100006 after the end, 100002, a configuration error... keep the value as
         # unapplied with the reason so an operator can see it; never retry forever.
         self._commit(inf, {}, dict(inf.scores), f"refused:{err.code}", err.request_id)
@@ -140,8 +168,14 @@ class Flusher:
 
         We hold the battle's only write lock, so Tencent's score of each room is either
         applied (what we know we wrote) or applied + delta. Anything else means someone else
-        wrote: settle with an idempotent OpType 2 of what the room must hold.
+        wrote: settle with an idempotent OpType 2 of what the room must hold. The read is
+        taken only once the request can no longer land (LANDING_WINDOW), or after the end.
         """
+        battle = Battle.load(self.rt, self.battle_id)
+        ended = battle is not None and battle.has_ended(self.rt.clock(), END_MARGIN)
+        if self.rt.clock() < inf.sent_at + LANDING_WINDOW and not ended:
+            self._mark("ambiguous")
+            return "unresolved"  # the tick brings it back; no call until it can be judged
         try:
             info = self.rt.client.get_battle_info(self.battle_id)
         except (TencentError, RateLimitTimeout) as err:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Iterable
+import time
+from typing import Any, Callable, Iterable
+
+import redis
 
 from worker.batch import pipeline
 from worker import battles, events, keys
@@ -18,6 +21,11 @@ log = logging.getLogger("scorer.ingest")
 MAX_DEAD_BODY = 64 * 1024
 #: Dead letters kept; past this the oldest go and `dead_letters_dropped` counts them.
 MAX_DEAD_LETTERS = 100_000
+#: Redis errors that mean "not stored, try again": ingest waits them out rather than drop.
+REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+#: How long one ingest keeps retrying a Redis outage before it gives the events back to the
+#: queue (the task layer requeues them); shorter than the task time limit.
+OUTAGE_RETRY_SECONDS = 60.0
 
 
 def dead_letter(rt: Runtime, body: Any, event_id: Any, reason: str, pipe=None) -> None:
@@ -87,3 +95,45 @@ def apply_lifecycle(rt: Runtime, ev) -> None:
         battles.register(rt, ev.BattleId, 0.0, ev.Duration, rooms, "create_webhook")
     elif isinstance(ev, events.EndEvent):
         battles.record_end(rt, ev)
+
+
+def bulk_pairs(rt: Runtime, items: Any) -> tuple[list[tuple[Any, Any]], int]:
+    """The (body, event_id) pairs of a `scorer.webhooks` items list; bad items dead-lettered.
+
+    Returns the pairs and the number of items dead-lettered.
+    """
+    if not isinstance(items, list):
+        dead_letter(rt, items, None, "scorer.webhooks: items must be a list")
+        return [], 1
+    pairs: list[tuple[Any, Any]] = []
+    bad = 0
+    for item in items:
+        if isinstance(item, dict) and "body" in item:
+            pairs.append((item["body"], item.get("event_id")))
+        else:
+            bad += 1
+            dead_letter(rt, item, None, "scorer.webhooks: item must be {body, event_id}")
+    return pairs, bad
+
+
+def handle_durably(rt: Runtime, items: list[tuple[Any, Any]],
+                   retry_for: float = OUTAGE_RETRY_SECONDS,
+                   sleep: Callable[[float], None] = time.sleep) -> dict[str, int]:
+    """`handle`, waiting out a Redis outage: the events are stored, or this raises the outage
+    after `retry_for` seconds and the caller puts them back on the queue. Never drops them.
+
+    A retry after a partial failure is safe: gifts are de-duplicated by event id (a dead
+    letter of the same bad body may be kept twice).
+    """
+    deadline = time.monotonic() + retry_for
+    delay = 0.05
+    while True:
+        try:
+            return handle(rt, items)
+        except REDIS_OUTAGE as err:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("state Redis unavailable (%s); ingest retries in %.2fs",
+                        type(err).__name__, delay)
+            sleep(delay)
+            delay = min(2.0, delay * 2)

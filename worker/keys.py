@@ -89,3 +89,27 @@ METRICS_LATENCY_SUM = f"{PREFIX}:metrics:latency_sum"
 METRICS_LATENCY_BUCKETS = f"{PREFIX}:metrics:latency_buckets"
 #: hash api → seconds spent waiting for the rate limiter (metrics).
 METRICS_LIMITER_WAIT = f"{PREFIX}:metrics:limiter_wait"
+
+
+# -- Queues besides the ingest queue (SCORER_QUEUE) ------------------------------------------
+#: Control tasks (tick, flush, reconcile): run by the worker's own thread pool, never by the
+#: processes that ingest needs (worker/control_pool.py).
+CONTROL_QUEUE = "scorer.control"
+#: Drain tasks: an ingest process that takes one empties the ingest queue in batches.
+DRAIN_QUEUE = "scorer.drain"
+
+# -- Keys in the broker's Redis, beside kombu's own (they describe its ingest queue) ---------
+#: zset claim key → lease expiry (Redis time): batches of ingest messages a drain holds.
+DRAIN_CLAIMS = f"{PREFIX}:drain:claims"
+#: zset drain token → lease expiry: drains requested or running, so they stay bounded.
+DRAIN_SLOTS = f"{PREFIX}:drain:slots"
+#: hash: the ingest watermark and its checkpoint (worker/watermark.py).
+INGEST_WATERMARK = f"{PREFIX}:ingest:watermark"
+#: kombu's Redis transport: delivered, unacknowledged messages (hash) and their times (zset).
+KOMBU_UNACKED = "unacked"
+KOMBU_UNACKED_INDEX = "unacked_index"
+
+
+def drain_claim_key(token: str) -> str:
+    """The list holding one drain batch while it is being ingested."""
+    return f"{PREFIX}:drain:claim:{token}"

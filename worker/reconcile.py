@@ -4,9 +4,12 @@ The rule (docs/design.md has the argument):
 - An observation is one `get_gift_count` read R of (room, owner) taken between wall times t0
   and t1. A gift's webhook may lead or trail Tencent's counting by up to SKEW seconds, so gifts
   with Time in [t0 - SKEW, t1 + SKEW] may or may not be in R.
-- An observation is judged only once every webhook that could matter has been processed
-  (now > t1 + SKEW + 1 and the ingest queue is empty), and only if no ingested gift of that
-  room fell in its uncertain window: otherwise it is no evidence either way and is dropped.
+- An observation is judged only once every webhook that could matter has been ingested (the
+  ingest watermark, worker/watermark.py, has passed t1 + SKEW + 1), and only if no ingested
+  gift of that room fell in its uncertain window: otherwise it is no evidence and is dropped.
+- So a read is taken only when it can be judged: not while the watermark lags (a backlog),
+  not while an earlier read of the room waits to be judged, and not when a gift of the room
+  already lies in the new read's uncertain window. Reads stay bounded whatever the load.
 - Judged, K = R - (ingested value with Time < t0 - SKEW) is the room's total before the
   battle plus every error so far (lost webhooks add, approved-but-never-counted gifts
   subtract). The first K is the baseline; later drift = K - baseline - corrections so far.
@@ -22,9 +25,9 @@ import json
 import logging
 import math
 
-from worker import battles, keys
+from worker import battles, keys, watermark
 from worker.battles import Battle
-from worker.flush import Flusher, LockLost
+from worker.flush import LockLost
 from worker.keys import BattleKeys
 from worker.lock import BattleLock
 from worker.ratelimit import RateLimitTimeout
@@ -41,6 +44,19 @@ MAX_OBSERVATIONS = 6
 #: In the last `FINAL_WINDOW` seconds plus one interval, reconcile runs every JUDGE_DELAY.
 FINAL_WINDOW = 12.0
 JUDGE_DELAY = SKEW + 1.5
+#: No new read while the ingest watermark trails the present by more than this: the read
+#: could not be judged until the backlog is gone, and a read then tells the same.
+READ_LAG = SKEW + 3.0
+
+
+def _last_second(secs: dict[str, int], room: str) -> int:
+    """The latest second in which a gift of `room` was ingested (0 if none)."""
+    last = 0
+    for field_ in secs:
+        r, _, sec = field_.rpartition("|")
+        if r == room:
+            last = max(last, int(sec))
+    return last
 
 
 def _sum_secs(secs: dict[str, int], room: str, lo: float, hi: float) -> int:
@@ -66,15 +82,15 @@ class Reconciler:
     def run(self) -> dict[str, int]:
         """Judge stored reads, correct confirmed drift, take new reads; returns drift fixed."""
         rt, bk = self.rt, self.bk
-        # Settle any in-flight flush first: corrections need the exact score Tencent holds.
-        Flusher(rt, self.battle.battle_id, self.lock).run()
+        # Corrections need the exact score Tencent holds: with a batch in flight, the flush
+        # path settles it first (reconcile makes no set_battle_score call of its own for it).
         if rt.redis.exists(bk.inflight):
             return {}
         recon = rt.redis.hgetall(bk.recon)
         secs = {k: int(v) for k, v in rt.redis.hgetall(bk.secs).items()}
         corr = {k: int(v) for k, v in rt.redis.hgetall(bk.corr).items()}
         applied = {k: int(v) for k, v in rt.redis.hgetall(bk.applied).items()}
-        backlog = rt.ingest_backlog()
+        mark = watermark.current(rt)
         now = rt.clock()
         updates: dict[str, str] = {}
         fixes: dict[str, int] = {}
@@ -89,9 +105,9 @@ class Reconciler:
             last = recon.get(f"last:{room}") or None  # "" once a correction consumed it
             waiting = []
             for o in obs:
-                if backlog or now <= o["t1"] + SKEW + 1:
+                if mark <= o["t1"] + SKEW + 1:
                     waiting.append(o)
-                    self._soon(o["t1"] + SKEW + 1.05)
+                    self._soon(o["t1"] + SKEW + 2.5)  # the watermark trails by 1-2 ticks
                     continue
                 lo, hi = math.floor(o["t0"]) - SKEW, math.ceil(o["t1"]) + SKEW
                 if _sum_secs(secs, room, lo, hi):
@@ -113,8 +129,20 @@ class Reconciler:
             updates[f"obs:{room}"] = json.dumps(waiting)
         if fixes:
             self.correct(fixes, applied)
-        self.observe(updates, recon)
+        self.observe(updates, recon, self._readable(updates, recon, secs, mark, now))
         return fixes
+
+    def _readable(self, updates: dict[str, str], recon: dict[str, str],
+                  secs: dict[str, int], mark: float, now: float) -> list[str]:
+        """Rooms whose fresh read could be judged (see the module docstring)."""
+        if now - mark > READ_LAG:
+            return []
+        rooms = []
+        for room, owner in self.battle.rooms.items():
+            waiting = json.loads(updates.get(f"obs:{room}") or recon.get(f"obs:{room}", "[]"))
+            if owner and not waiting and _last_second(secs, room) < math.floor(now) - SKEW:
+                rooms.append(room)
+        return rooms
 
     def _soon(self, t: float) -> None:
         self.sooner = t if self.sooner is None else min(self.sooner, t)
@@ -145,13 +173,13 @@ class Reconciler:
                     extra={"battle_id": self.battle.battle_id,
                            "request_id": res.RequestId})
 
-    def observe(self, updates: dict[str, str], recon: dict[str, str]) -> None:
-        """Take a fresh read of every room (while the battle runs) and store the updates."""
+    def observe(self, updates: dict[str, str], recon: dict[str, str],
+                rooms: list[str]) -> None:
+        """Take a fresh read of `rooms` (while the battle runs) and store the updates."""
         rt = self.rt
         if rt.clock() < self.battle.end:
-            for room, owner in self.battle.rooms.items():
-                if not owner:
-                    continue
+            for room in rooms:
+                owner = self.battle.rooms[room]
                 t0 = rt.clock()
                 try:
                     count = rt.client.get_gift_count(room, owner)

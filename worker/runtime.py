@@ -38,21 +38,22 @@ class Runtime:
 
     _broker: redis.Redis | None = None
 
-    def ingest_backlog(self) -> int:
-        """Messages waiting in the ingest queue: reconcile reads are judged only at zero."""
+    @property
+    def broker(self) -> redis.Redis:
+        """The broker's Redis (kombu's queues live there): the state Redis when they are one."""
         if self._broker is None:
             same = self.settings.redis_url == self.settings.state_url
             self._broker = self.redis if same else connect(self.settings.redis_url)
-        try:
-            return int(self._broker.llen("celery"))
-        except redis.RedisError:
-            return 1  # unknown: judge nothing
+        return self._broker
 
-    def script(self, name: str):
-        """A registered Lua script by its name in worker.scripts (EVALSHA, loaded on demand)."""
-        s = self.scripts.get(name)
+    def script(self, name: str, broker: bool = False):
+        """A registered Lua script by its name in worker.scripts (EVALSHA, loaded on demand),
+        on the state Redis, or on the broker's for the scripts about its queues."""
+        key = f"broker:{name}" if broker else name
+        s = self.scripts.get(key)
         if s is None:
-            s = self.scripts[name] = self.redis.register_script(getattr(scripts, name))
+            client = self.broker if broker else self.redis
+            s = self.scripts[key] = client.register_script(getattr(scripts, name))
         return s
 
 

@@ -82,12 +82,12 @@ redis.call('LTRIM', KEYS[4], 0, 99)
 return 1
 """
 
-# Change a field of the in-flight record only while we hold the lock and it is still ours.
-# KEYS: inflight, lock   ARGV: flush_id, lock token, field, value
+# Change fields of the in-flight record only while we hold the lock and it is still ours.
+# KEYS: inflight, lock   ARGV: flush_id, lock token, then field, value pairs
 MARK = """
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return -1 end
 if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 return 1
 """
 
@@ -143,4 +143,116 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + window - now + 1)
+"""
+
+# -- The ingest queue's drain and watermark (broker Redis; never a Cluster: kombu needs one) --
+
+# Ask for a drain when the ingest queue is long and fewer than `max` drains hold a slot.
+# KEYS: queue, slots   ARGV: threshold, max slots, lease s, token
+# Returns the queue length if a slot was taken for `token`, else 0.
+DRAIN_REQUEST = """
+local n = redis.call('LLEN', KEYS[1])
+if n < tonumber(ARGV[1]) then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
+return n
+"""
+
+# Move up to `n` of the oldest messages of the ingest queue into a claim list, stamped with
+# the time it was taken, in one step: a message is always in the queue or in exactly one
+# claim, never only in a process's memory. KEYS: queue, claims, claim   ARGV: n
+# Returns the claimed messages, oldest first.
+DRAIN_CLAIM = """
+local msgs = redis.call('RPOP', KEYS[1], tonumber(ARGV[1]))
+if not msgs then return {} end
+for i = 1, #msgs, 100 do
+  redis.call('RPUSH', KEYS[3], unpack(msgs, i, math.min(i + 99, #msgs)))
+end
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[2], tonumber(t[1]) + tonumber(t[2]) / 1e6, KEYS[3])
+return msgs
+"""
+
+# Give the messages of claims older than the lease (their drain died or stalled) back to the
+# queue, at its consuming end and oldest first, so they are taken next.
+# KEYS: queue, claims   ARGV: max claims, lease s
+# Claim list keys come from the zset: fine on the broker, which is one Redis, never a Cluster.
+DRAIN_RECOVER = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]), 'LIMIT', 0,
+                         tonumber(ARGV[1]))
+local moved = 0
+for _, key in ipairs(dead) do
+  local msgs = redis.call('LRANGE', key, 0, -1)
+  for i = #msgs, 1, -1 do redis.call('RPUSH', KEYS[1], msgs[i]) end
+  moved = moved + #msgs
+  redis.call('DEL', key)
+  redis.call('ZREM', KEYS[2], key)
+end
+return moved
+"""
+
+# Advance the ingest watermark W: every message enqueued before W has been fully ingested.
+# A checkpoint remembers the newest queued message at time cp_at; once that message has left
+# the queue (FIFO: so has everything older), everything enqueued before cp_at has been taken
+# (at `popped_at`). Once no ingest message delivered before popped_at is still unacknowledged
+# and no drain claim taken before it is still held, W = cp_at. Then a new checkpoint.
+# KEYS: queue, unacked_index, unacked, claims, watermark   ARGV: ingest queue name
+# Returns {W, now, queue length} as strings (Redis time, seconds).
+WATERMARK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local wm = {}
+local flat = redis.call('HGETALL', KEYS[5])
+for i = 1, #flat, 2 do wm[flat[i]] = flat[i + 1] end
+local w = tonumber(wm.w or '0')
+local cp_at = tonumber(wm.cp_at or '')
+local popped_through = tonumber(wm.popped_through or '')
+local popped_at = tonumber(wm.popped_at or '')
+-- 2. (first: needs a tick between) promote what was taken to what was processed
+if popped_at and now - popped_at > 0.05 then
+  local busy = false
+  local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', popped_at, 'LIMIT', 0, 200)
+  for _, tag in ipairs(old) do
+    local raw = redis.call('HGET', KEYS[3], tag)
+    if raw then
+      local ok, v = pcall(cjson.decode, raw)
+      if not ok or v[3] == ARGV[1] then busy = true; break end
+    end
+  end
+  if not busy and #redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', popped_at, 'LIMIT', 0, 1) > 0 then
+    busy = true  -- a drain batch taken before popped_at is still being ingested
+  end
+  if not busy then
+    w = math.max(w, popped_through)
+    popped_at = nil
+    popped_through = nil
+  end
+end
+-- 1. resolve the checkpoint
+if cp_at and not popped_at then
+  if wm.cp_msg == '' or not redis.call('LPOS', KEYS[1], wm.cp_msg, 'RANK', -1) then
+    popped_through = cp_at
+    popped_at = now
+    cp_at = nil
+  end
+end
+-- 3. a new checkpoint
+local n = redis.call('LLEN', KEYS[1])
+if not cp_at then
+  cp_at = now
+  wm.cp_msg = n > 0 and redis.call('LINDEX', KEYS[1], 0) or ''
+end
+redis.call('DEL', KEYS[5])
+local out = {'w', tostring(w), 'cp_at', tostring(cp_at), 'cp_msg', wm.cp_msg}
+if popped_at then
+  table.insert(out, 'popped_at'); table.insert(out, tostring(popped_at))
+  table.insert(out, 'popped_through'); table.insert(out, tostring(popped_through))
+end
+redis.call('HSET', KEYS[5], unpack(out))
+return {tostring(w), tostring(now), tostring(n)}
 """

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(default=15.0, gt=0, le=3600)
     api_rate: int = Field(default=200, gt=0, le=100_000)
     gift_value: GiftValue = GiftValue.coins
+    # The queue producers send events to; kombu keeps it as a Redis list of that name.
+    queue: str = Field(default="celery", min_length=1, max_length=128,
+                       pattern=r"^[A-Za-z0-9_.:-]+$")
     # Extensions beyond the contract's table (optional):
     callback_token: SecretStr | None = None  # Tencent callback token: the receiver checks Sign
     metrics_port: int | None = Field(default=None, ge=1, le=65535)  # Prometheus exporter

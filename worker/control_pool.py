@@ -1,0 +1,135 @@
+"""The control pool: control tasks run in a supervised thread-pool worker beside ingest's processes.
+
+Control tasks (tick, flush, reconcile, read-backs) wait: on the shared rate limiter, and on
+Tencent for a round trip, sometimes for seconds. In the prefork processes that ingest needs,
+every second of that waiting is a second of ingest lost, and a backlog then feeds itself. So
+when a worker would consume both the ingest queue and the control queue, this bootstep takes
+the control queue away from its prefork pool and starts, beside it, a second Celery worker
+with a thread pool that consumes only the control queue: `<name>-control@<host>` in Flower.
+Threads are the right pool for that work (it waits on I/O) and cost ingest no process.
+
+The control worker is the parent's child: it is stopped with it (SIGTERM, warm shutdown), is
+sent SIGTERM by the kernel if the parent dies (PR_SET_PDEATHSIG), and is started again if it
+exits on its own. `celery -A worker worker` stays the one command a deployment needs; a worker
+started with `-Q scorer.control` (and any pool) is a dedicated control worker and starts none.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from celery import bootsteps
+
+from worker import keys
+
+log = logging.getLogger("scorer.control_pool")
+
+#: Threads of the control worker: control tasks carry batches of battles and run them on
+#: their own small thread pool, so a few concurrent tasks keep the API budget busy.
+THREADS = 8
+#: A control worker that exits on its own is started again after this delay (doubling, capped).
+RESTART_DELAY = (1.0, 30.0)
+#: On shutdown, the control worker gets this long to finish its tasks before SIGKILL.
+STOP_GRACE = 20.0
+#: Set in the control worker's environment (it must not start one of its own).
+CHILD_ENV = "SCORER_CONTROL_POOL_CHILD"
+
+
+def app_spec(argv: list[str]) -> str:
+    """The `-A/--app` the worker was started with (the control worker loads the same app)."""
+    for i, arg in enumerate(argv):
+        if arg in ("-A", "--app") and i + 1 < len(argv):
+            return argv[i + 1]
+        for flag in ("-A", "--app="):
+            if arg.startswith(flag) and len(arg) > len(flag):
+                return arg[len(flag):].lstrip("=")
+    return "worker"
+
+
+def _level_name(level: int | str | None) -> str:
+    """The worker's log level as `celery worker -l` takes it (a name, not a number)."""
+    if isinstance(level, int):
+        return logging.getLevelName(level)
+    return str(level or "INFO").upper()
+
+
+def _die_with_parent() -> None:  # pragma: no cover (runs in the child before exec)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class ControlPool(bootsteps.StartStopStep):
+    """Worker bootstep: serve the control queue from a supervised thread-pool worker."""
+
+    label = "scorer control pool"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.proc: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        queues = worker.app.amqp.queues
+        consuming = set(queues.consume_from)
+        ingest = worker.app.conf.task_default_queue
+        self.enabled = (keys.CONTROL_QUEUE in consuming and ingest in consuming
+                        and os.environ.get(CHILD_ENV) != "1")
+        if self.enabled:
+            queues.deselect([keys.CONTROL_QUEUE])
+            name, _, host = worker.hostname.partition("@")
+            self.cmd = [sys.executable, "-m", "celery", "-A", app_spec(sys.argv), "worker",
+                        "-P", "threads", "-c", str(THREADS), "-Q", keys.CONTROL_QUEUE,
+                        "-n", f"{name}-control@{host}", "--without-mingle", "--without-gossip",
+                        "-l", _level_name(getattr(worker, "loglevel", None))]
+            if getattr(worker, "logfile", None):
+                self.cmd += ["-f", worker.logfile]
+
+    def start(self, worker: Any) -> None:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._supervise, daemon=True,
+                                            name="control-pool")
+            self._thread.start()
+
+    def _supervise(self) -> None:
+        # Started from this long-lived thread: PR_SET_PDEATHSIG fires when the thread that
+        # forked the child ends, so it must live as long as the worker.
+        delay = RESTART_DELAY[0]
+        env = {**os.environ, CHILD_ENV: "1"}
+        while not self._stopping.is_set():
+            self.proc = subprocess.Popen(self.cmd, env=env, preexec_fn=_die_with_parent)
+            log.info("control worker started (pid %d)", self.proc.pid)
+            while self.proc.poll() is None and not self._stopping.wait(0.5):
+                pass
+            if self._stopping.is_set():
+                return
+            log.warning("control worker exited with %s; starting it again in %.0fs",
+                        self.proc.returncode, delay)
+            if self._stopping.wait(delay):
+                return
+            delay = min(RESTART_DELAY[1], delay * 2)
+
+    def stop(self, worker: Any) -> None:
+        self._stopping.set()
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def shutdown(self, worker: Any) -> None:
+        self.stop(worker)
+
+    def terminate(self, worker: Any) -> None:
+        self.stop(worker)

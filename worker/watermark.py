@@ -1,0 +1,63 @@
+"""The ingest watermark: a time W such that every webhook queued before W has been ingested.
+
+Reconcile judges a `get_gift_count` read only when every webhook that could be in it has been
+ingested, so it needs more than "the queue is empty now": messages also sit in kombu's unacked
+set while a process works on them, in drain claims, and in retries. The tick advances W
+(WATERMARK, one Lua call on the broker):
+
+1. A checkpoint notes the newest queued message at time cp. The queue is FIFO, so once that
+   message has left it, every message queued before cp has been taken (noticed at time p).
+2. Once no ingest message delivered before p is unacknowledged and no drain claim taken before
+   p is held, everything queued before cp has been ingested: W = cp. Then a new checkpoint.
+
+Under a steady flow W trails the present by one to two ticks; under a backlog it stops, so
+reconcile reads nothing it could not judge. Times are Redis's clock (kombu stamps unacked
+messages with the worker host's clock: keep hosts in NTP sync, as for the rest).
+
+Limits: a message requeued at the queue's newest end (kombu's visibility-timeout restore of
+a process dead for 60 s, a rejected task) is newer than its gift; reconcile's second agreeing
+read is what keeps such a rare straggler from becoming a correction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis
+
+from worker import keys
+from worker.runtime import Runtime
+
+log = logging.getLogger("scorer.watermark")
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """W, the Redis time it was computed at, and the ingest queue's length then."""
+
+    w: float
+    now: float
+    queue: int
+
+    @property
+    def lag(self) -> float:
+        """How far W trails the present, in seconds."""
+        return self.now - self.w
+
+
+def advance(rt: Runtime) -> Watermark:
+    """Move the watermark forward as far as the queue, unacked messages and claims allow."""
+    w, now, n = rt.script("WATERMARK", broker=True)(
+        keys=[rt.settings.queue, keys.KOMBU_UNACKED_INDEX, keys.KOMBU_UNACKED,
+              keys.DRAIN_CLAIMS, keys.INGEST_WATERMARK],
+        args=[rt.settings.queue])
+    return Watermark(float(w), float(now), int(n))
+
+
+def current(rt: Runtime) -> float:
+    """W as last advanced (0 when unknown: then nothing is judged)."""
+    try:
+        return float(rt.broker.hget(keys.INGEST_WATERMARK, "w") or 0.0)
+    except (redis.RedisError, ValueError):
+        return 0.0
