@@ -111,8 +111,8 @@ def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
                                                                          expires=TASK_EXPIRES)))
     out = {"flush": 0, "reconcile": 0, "resolve": 0, "held_rooms": 0, "finalized": 0}
     try:  # the ingest side: what reconcile may judge, and batches of dead drains
+        out["given_back"] = watermark.give_back_stuck(rt) + drain.recover(rt)
         out["ingest_lag_ms"] = int(watermark.advance(rt).lag * 1000)
-        out["drain_recovered"] = drain.recover(rt)
     except redis.RedisError as err:
         log.warning("ingest watermark not advanced: %s", type(err).__name__)
     now = rt.clock()

@@ -1,8 +1,15 @@
-"""A real `celery -A worker worker` process starts against a test Redis and answers ping."""
+"""A real `celery -A worker worker` process: it answers ping, and control runs beside ingest."""
 
+import json
+import os
+import signal
 import subprocess
+import time
 
 from tests.conftest import ROOT, celery_cmd
+from tests.helpers import wait_for
+from worker.control_pool import app_spec
+from worker.stack import children_map
 
 
 def test_worker_starts_and_answers_ping(settings):
@@ -28,10 +35,78 @@ def test_worker_starts_and_answers_ping(settings):
     assert settings.secret_key.get_secret_value() not in log
 
 
-def test_worker_consumes_both_queues_without_q(settings):
+def test_worker_consumes_every_queue_without_q(settings):
     from worker import app
 
     names = {q.name for q in app.conf.task_queues}
-    assert names == {"celery", "scorer.control"}
+    assert names == {"celery", "scorer.drain", "scorer.control"}
     assert app.conf.task_default_queue == "celery"
     assert app.conf.accept_content == ["json"] and app.conf.task_serializer == "json"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline") as fh:
+            return fh.read().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+def _control_child(worker_pid: int) -> int | None:
+    for pid in children_map().get(worker_pid, []):
+        if "-Q scorer.control" in _cmdline(pid):
+            return pid
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_control_queue_is_served_by_a_thread_pool_beside_the_ingest_processes(settings):
+    """No -Q: prefork takes ingest and drains; a supervised thread-pool worker takes control,
+    is started again if it dies, and goes when its parent is SIGKILLed."""
+    from tests.conftest import worker_env
+
+    env = worker_env(settings)
+    worker = subprocess.Popen(celery_cmd("worker", "--loglevel=INFO", "-n", "iso@%h"),
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        first = wait_for(lambda: _control_child(worker.pid), 30, what="control worker")
+        assert "-P threads" in _cmdline(first)
+
+        def queues() -> dict[str, set[str]]:
+            proc = subprocess.run(celery_cmd("inspect", "active_queues", "--json",
+                                             "--timeout", "2"),
+                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+            try:
+                answer = json.loads(proc.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                return {}
+            return {node.split("@")[0]: {q["name"] for q in qs} for node, qs in answer.items()}
+
+        seen = wait_for(lambda: (q := queues()) and len(q) == 2 and q, 60, what="both nodes")
+        assert seen == {"iso": {"celery", "scorer.drain"}, "iso-control": {"scorer.control"}}
+        os.kill(first, signal.SIGKILL)
+        second = wait_for(lambda: (c := _control_child(worker.pid)) and c != first and c,
+                          30, what="control worker restarted")
+        os.kill(worker.pid, signal.SIGKILL)
+        wait_for(lambda: not _alive(second), 30, what="control worker gone with its parent")
+    finally:
+        try:
+            os.killpg(worker.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        worker.wait(10)
+
+
+def test_app_spec_is_read_from_the_worker_command_line():
+    assert app_spec(["celery", "-A", "bench.celery_bench", "worker"]) == "bench.celery_bench"
+    assert app_spec(["celery", "--app=worker", "worker"]) == "worker"
+    assert app_spec(["celery", "worker"]) == "worker"

@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import pytest
+import redis
 from celery import Celery
 
 from tests.conftest import ROOT, celery_cmd, worker_env
@@ -34,6 +35,11 @@ def stack(settings, tmp_path):
     ]
     producer = Celery(broker=settings.redis_url)
     producer.conf.task_serializer = "json"
+    # Ready: the control worker ticks (the ingest watermark moves), so reconcile can read.
+    r = redis.Redis.from_url(settings.redis_url)
+    wait_for(lambda: float(r.hget("bs:ingest:watermark", "w") or 0) > 0, timeout=60,
+             what="the control worker's first ticks")
+    r.close()
     yield producer, tmp_path
     for p in procs:
         p.terminate()

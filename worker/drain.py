@@ -50,7 +50,7 @@ MAX_SLOTS = 4
 #: A slot whose drain task never ran (lost, expired) is freed after this many seconds.
 SLOT_LEASE = 30.0
 #: A claim held longer than this is given back to the queue (its drain died or stalled).
-CLAIM_LEASE = 15.0
+CLAIM_LEASE = 10.0
 #: One drain task runs this long at most, then hands over to a successor (Flower shows each).
 RUN_SECONDS = 5.0
 
@@ -204,7 +204,9 @@ def drain(rt: Runtime, token: str, known: Callable[[str], bool],
     try:
         recover(rt)
         while True:
-            claim = keys.drain_claim_key(f"{token}:{totals['batches']}")
+            # A fresh key per claim: a drain task redelivered after its process died runs
+            # again with the same token, and must never reuse (and release) a dead claim.
+            claim = keys.drain_claim_key(uuid.uuid4().hex)
             raws = rt.script("DRAIN_CLAIM", broker=True)(
                 keys=[rt.settings.queue, keys.DRAIN_CLAIMS, claim], args=[BATCH])
             if not raws:

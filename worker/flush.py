@@ -107,7 +107,8 @@ class Flusher:
                 return "after_end"
         if inf.id != self.flush_id:  # left by an owner that died or gave up: adopt it
             self._adopt(inf)
-            log.info("resuming flush of %s left in state %s", self.battle_id, inf.state)
+            # DEBUG: an ambiguous batch is looked at every tick until its landing window ends.
+            log.debug("resuming flush of %s left in state %s", self.battle_id, inf.state)
             if inf.state in ("sending", "ambiguous"):
                 state = self.resolve(inf)
                 if state != "unsent":

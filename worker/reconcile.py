@@ -74,6 +74,8 @@ class Reconciler:
 
     def __init__(self, rt: Runtime, battle: Battle, lock: BattleLock) -> None:
         self.sooner: float | None = None
+        self.lag = 0.3
+        self.all_waiting = False
         self.rt = rt
         self.battle = battle
         self.bk = BattleKeys(battle.battle_id)
@@ -82,16 +84,18 @@ class Reconciler:
     def run(self) -> dict[str, int]:
         """Judge stored reads, correct confirmed drift, take new reads; returns drift fixed."""
         rt, bk = self.rt, self.bk
-        # Corrections need the exact score Tencent holds: with a batch in flight, the flush
-        # path settles it first (reconcile makes no set_battle_score call of its own for it).
-        if rt.redis.exists(bk.inflight):
-            return {}
+        # A correction needs the exact score Tencent holds: with a batch in flight, a confirmed
+        # drift waits for the flush path to settle it (reads and judging need no such thing).
+        inflight = bool(rt.redis.exists(bk.inflight))
         recon = rt.redis.hgetall(bk.recon)
         secs = {k: int(v) for k, v in rt.redis.hgetall(bk.secs).items()}
         corr = {k: int(v) for k, v in rt.redis.hgetall(bk.corr).items()}
         applied = {k: int(v) for k, v in rt.redis.hgetall(bk.applied).items()}
         mark = watermark.current(rt)
         now = rt.clock()
+        #: A waiting read is judged once the watermark passes t1 + SKEW + 1; it trails the
+        #: present by a few ticks, or by the whole backlog (then passes back off with it).
+        self.lag = max(0.3, now - mark)
         updates: dict[str, str] = {}
         fixes: dict[str, int] = {}
         #: When a sooner pass pays off: an unconfirmed drift wants its second read, and a
@@ -107,7 +111,7 @@ class Reconciler:
             for o in obs:
                 if mark <= o["t1"] + SKEW + 1:
                     waiting.append(o)
-                    self._soon(o["t1"] + SKEW + 2.5)  # the watermark trails by 1-2 ticks
+                    self._soon(o["t1"] + SKEW + 1 + self.lag)
                     continue
                 lo, hi = math.floor(o["t0"]) - SKEW, math.ceil(o["t1"]) + SKEW
                 if _sum_secs(secs, room, lo, hi):
@@ -118,7 +122,9 @@ class Reconciler:
                     updates[f"base:{room}"] = base
                     continue
                 drift = k - int(base) - corr.get(room, 0)
-                if drift and last is not None and int(last) == drift:
+                if drift and last is not None and int(last) == drift and inflight:
+                    self._soon(now + 1.0)  # confirmed; corrected once the batch settles
+                elif drift and last is not None and int(last) == drift:
                     fixes[room] = drift
                     last = None
                 else:
@@ -128,8 +134,16 @@ class Reconciler:
                 updates[f"last:{room}"] = "" if last is None else last
             updates[f"obs:{room}"] = json.dumps(waiting)
         if fixes:
-            self.correct(fixes, applied)
-        self.observe(updates, recon, self._readable(updates, recon, secs, mark, now))
+            settled = self.correct(fixes, applied)
+            for room in set(fixes) - settled:  # still confirmed: the next agreeing read retries
+                updates[f"last:{room}"] = str(fixes.pop(room))
+                self._soon(now + 1.0)
+        readable = self._readable(updates, recon, secs, mark, now)
+        self.observe(updates, recon, readable)
+        # Every room waits on a read: a pass before the first can be judged is wasted.
+        self.all_waiting = all(
+            json.loads(updates.get(f"obs:{r}") or recon.get(f"obs:{r}", "[]"))
+            for r, owner in self.battle.rooms.items() if owner)
         return fixes
 
     def _readable(self, updates: dict[str, str], recon: dict[str, str],
@@ -147,8 +161,9 @@ class Reconciler:
     def _soon(self, t: float) -> None:
         self.sooner = t if self.sooner is None else min(self.sooner, t)
 
-    def correct(self, fixes: dict[str, int], applied: dict[str, int]) -> None:
-        """Write confirmed drift with one OpType 2 (never below zero) and record it."""
+    def correct(self, fixes: dict[str, int], applied: dict[str, int]) -> set[str]:
+        """Write confirmed drift with one OpType 2 (never below zero) and record it; returns
+        the rooms Tencent took."""
         target = {r: max(0, applied.get(r, 0) + d) for r, d in fixes.items()}
         try:
             res = self.rt.client.set_battle_score(self.battle.battle_id, 2, target)
@@ -156,7 +171,7 @@ class Reconciler:
             # Not recorded: the drift persists and the next pass confirms it again (OpType 2
             # is idempotent, so an overwrite that did land is harmless to repeat).
             log.warning("reconcile overwrite of %s failed: %s", self.battle.battle_id, err)
-            return
+            return set()
         codes = res.codes()
         args: list = []
         n = 0
@@ -172,6 +187,7 @@ class Reconciler:
         log.warning("reconcile corrected %s of %s", fixes, self.battle.battle_id,
                     extra={"battle_id": self.battle.battle_id,
                            "request_id": res.RequestId})
+        return {room for room in target if codes.get(room, 0) == 0}
 
     def observe(self, updates: dict[str, str], recon: dict[str, str],
                 rooms: list[str]) -> None:
@@ -189,6 +205,7 @@ class Reconciler:
                 t1 = rt.clock()
                 obs = json.loads(updates.get(f"obs:{room}") or recon.get(f"obs:{room}", "[]"))
                 obs.append({"t0": t0, "t1": t1, "R": count.TotalCoins})
+                self._soon(t1 + SKEW + 1 + self.lag)
                 updates[f"obs:{room}"] = json.dumps(obs[-MAX_OBSERVATIONS:])
         if updates:
             rt.redis.hset(self.bk.recon, mapping=updates)
@@ -227,7 +244,7 @@ def reconcile_battle(rt: Runtime, battle_id: str) -> str:
             return "lock_lost"
         due = next_due(rt, battle)
         if due is not None and rec.sooner is not None:
-            due = max(rt.clock() + 0.5, min(due, rec.sooner))
+            due = max(rt.clock() + 0.5, rec.sooner if rec.all_waiting else min(due, rec.sooner))
         if due is None:
             rt.redis.zrem(keys.RECONCILE_DUE, battle_id)
         else:

@@ -166,6 +166,7 @@ return n
 # claim, never only in a process's memory. KEYS: queue, claims, claim   ARGV: n
 # Returns the claimed messages, oldest first.
 DRAIN_CLAIM = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return redis.error_reply('claim key in use') end
 local msgs = redis.call('RPOP', KEYS[1], tonumber(ARGV[1]))
 if not msgs then return {} end
 for i = 1, #msgs, 100 do

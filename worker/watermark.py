@@ -14,13 +14,22 @@ Under a steady flow W trails the present by one to two ticks; under a backlog it
 reconcile reads nothing it could not judge. Times are Redis's clock (kombu stamps unacked
 messages with the worker host's clock: keep hosts in NTP sync, as for the rest).
 
-Limits: a message requeued at the queue's newest end (kombu's visibility-timeout restore of
-a process dead for 60 s, a rejected task) is newer than its gift; reconcile's second agreeing
-read is what keeps such a rare straggler from becoming a correction.
+A worker process that dies (SIGKILL, OOM) leaves the messages it had taken in kombu's unacked
+set, and kombu gives them back only after its visibility timeout, by a sweep that runs about
+every 100 s: a gift could come back minutes late, after its battle, and the watermark would
+stand still all that time. Ingest tasks take milliseconds, so an ingest message unacknowledged
+for STUCK_SECONDS has lost its consumer: the tick gives it back to the queue's consuming end
+(`give_back_stuck`), where it is taken next. If its consumer was only slow, it runs twice:
+harmless, ingest is idempotent by event id.
+
+Limits: a message requeued at the queue's newest end (kombu's own visibility-timeout restore,
+a rejected task) is newer than its gift; reconcile's second agreeing read is what keeps such
+a rare straggler from becoming a correction.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -30,6 +39,9 @@ from worker import keys
 from worker.runtime import Runtime
 
 log = logging.getLogger("scorer.watermark")
+
+#: An ingest message unacknowledged this long has lost its consumer (see the module docstring).
+STUCK_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -61,3 +73,32 @@ def current(rt: Runtime) -> float:
         return float(rt.broker.hget(keys.INGEST_WATERMARK, "w") or 0.0)
     except (redis.RedisError, ValueError):
         return 0.0
+
+
+def give_back_stuck(rt: Runtime, limit: int = 100) -> int:
+    """Put ingest messages held past STUCK_SECONDS back at the queue's consuming end."""
+    broker = rt.broker
+    secs, usecs = broker.time()
+    tags = broker.zrangebyscore(keys.KOMBU_UNACKED_INDEX, "-inf",
+                                secs + usecs / 1e6 - STUCK_SECONDS, start=0, num=limit)
+    moved = 0
+    for tag in tags:
+        raw = broker.hget(keys.KOMBU_UNACKED, tag)
+        if raw is None:
+            continue
+        try:
+            message, _exchange, routing_key = json.loads(raw)
+        except (ValueError, TypeError):
+            continue
+        if routing_key != rt.settings.queue:
+            continue  # control and drain tasks run long: kombu's own timeout is theirs
+        # Queue first, then forget: a crash in between leaves a duplicate, never a loss.
+        broker.rpush(rt.settings.queue, json.dumps(message))
+        pipe = broker.pipeline(transaction=False)
+        pipe.hdel(keys.KOMBU_UNACKED, tag)
+        pipe.zrem(keys.KOMBU_UNACKED_INDEX, tag)
+        pipe.execute()
+        moved += 1
+    if moved:
+        log.warning("gave %d ingest messages of a lost consumer back to the queue", moved)
+    return moved

@@ -1,0 +1,97 @@
+"""Reconcile against real Redis and the sandbox: it reads only what it can judge, and heals."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.helpers import gift_body, start_body
+from worker import keys, watermark
+from worker.ingest import handle
+from worker.reconcile import reconcile_battle
+from worker.sandbox_control import SandboxControl
+
+ROOMS = {"room_a": "owner_a", "room_b": "owner_b"}
+
+
+@pytest.fixture
+def ctl(sandbox):
+    c = SandboxControl(sandbox.url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def battle(rt, ctl):
+    info = ctl.create_battle(ROOMS, duration_ms=600_000, start=time.time() - 1)
+    bid = info["BattleId"]
+    handle(rt, [(start_body(bid, info["StartTime"], 600_000, ROOMS), None)])
+    return bid
+
+
+def _reads(ctl) -> int:
+    return ctl.state()["calls_by_api"].get("get_gift_count", 0)
+
+
+def _ingest_caught_up(rt, ahead: float = 100.0) -> None:
+    """Every webhook is ingested (as the watermark would say after a quiet spell)."""
+    rt.broker.hset(keys.INGEST_WATERMARK, "w", time.time() + ahead)
+
+
+def test_no_read_while_ingest_lags(rt, ctl, battle):
+    assert watermark.current(rt) == 0.0  # never advanced: nothing can be judged
+    assert reconcile_battle(rt, battle) == "ok"
+    assert _reads(ctl) == 0
+    rt.broker.hset(keys.INGEST_WATERMARK, "w", time.time() - 30)  # a 30 s backlog
+    reconcile_battle(rt, battle)
+    assert _reads(ctl) == 0
+
+
+def test_one_read_per_room_until_it_is_judged(rt, ctl, battle):
+    rt.broker.hset(keys.INGEST_WATERMARK, "w", time.time())  # fresh, but not past the reads
+    reconcile_battle(rt, battle)
+    assert _reads(ctl) == 2
+    for _ in range(3):
+        reconcile_battle(rt, battle)
+    assert _reads(ctl) == 2  # both reads wait for the watermark: no more
+
+
+def test_no_read_of_a_room_with_a_gift_in_the_uncertain_window(rt, ctl, battle):
+    handle(rt, [(gift_body("room_a", "owner_a", 5), "busy1")])
+    _ingest_caught_up(rt)
+    reconcile_battle(rt, battle)
+    calls = ctl.http.get("/sandbox/calls").json()["calls"]
+    assert [c["body"]["RoomId"] for c in calls if c["api"] == "get_gift_count"] == ["room_b"]
+
+
+def test_a_lost_webhook_is_corrected_after_two_agreeing_reads(rt, ctl, battle):
+    _ingest_caught_up(rt)
+    reconcile_battle(rt, battle)  # reads
+    reconcile_battle(rt, battle)  # judges: baselines; reads again
+    ctl.count_gifts([{"RoomId": "room_a", "To_Account": ["owner_a"], "From_Account": "v",
+                      "Coins": 50, "Count": 1}])  # Tencent counted it; its webhook is lost
+    assert reconcile_battle(rt, battle) == "ok"  # judges the read taken before it
+    assert reconcile_battle(rt, battle) == "ok"  # the first read of the drift: not yet
+    assert ctl.scores(battle).get("room_a", 0) == 0
+    assert reconcile_battle(rt, battle) == "corrected"  # the second agrees: OpType 2
+    assert ctl.scores(battle)["room_a"] == 50
+    reconcile_battle(rt, battle)
+    reconcile_battle(rt, battle)
+    assert ctl.scores(battle)["room_a"] == 50  # corrected once
+
+
+def test_a_failed_correction_keeps_its_confirmation(rt, ctl, battle):
+    """The OpType 2 fails (502): the next agreeing read corrects, not two more reads."""
+    _ingest_caught_up(rt)
+    reconcile_battle(rt, battle)
+    reconcile_battle(rt, battle)
+    ctl.count_gifts([{"RoomId": "room_b", "To_Account": ["owner_b"], "From_Account": "v",
+                      "Coins": 20, "Count": 1}])
+    reconcile_battle(rt, battle)
+    reconcile_battle(rt, battle)
+    ctl.inject("http502", api="set_battle_score", count=4)  # every attempt of the client
+    assert reconcile_battle(rt, battle) == "ok"  # confirmed, but the write failed
+    assert ctl.scores(battle).get("room_b", 0) == 0
+    assert reconcile_battle(rt, battle) == "corrected"  # the next agreeing read
+    assert ctl.scores(battle)["room_b"] == 20
