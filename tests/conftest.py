@@ -48,6 +48,16 @@ def sandbox():
 
 
 @pytest.fixture
+def ctl(sandbox):
+    """A client of the sandbox's control endpoints."""
+    from worker.sandbox_control import SandboxControl
+
+    c = SandboxControl(sandbox.url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
 def settings(redis_url, sandbox, monkeypatch):
     from worker.settings import Settings
 

@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 from tests.conftest import ROOT, celery_cmd
 from tests.helpers import wait_for

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 from tests.helpers import start_body
 from worker.flush import LANDING_WINDOW, flush_battle
 from worker.ingest import handle
 from worker.keys import BattleKeys
-from worker.sandbox_control import SandboxControl
 from tests.test_pipeline import ROOMS, send
 
-
-@pytest.fixture
-def ctl(sandbox):
-    c = SandboxControl(sandbox.url)
-    yield c
-    c.close()
 
 
 def _calls(ctl, api="set_battle_score") -> int:

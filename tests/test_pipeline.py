@@ -11,16 +11,9 @@ from worker import keys, stats
 from worker.flush import LANDING_WINDOW, flush_battle
 from worker.ingest import handle
 from worker.keys import BattleKeys
-from worker.sandbox_control import SandboxControl
 
 ROOMS = {"room_a": "owner_a", "room_b": "owner_b"}
 
-
-@pytest.fixture
-def ctl(sandbox):
-    c = SandboxControl(sandbox.url)
-    yield c
-    c.close()
 
 
 @pytest.fixture

@@ -10,16 +10,9 @@ from tests.helpers import gift_body, start_body
 from worker import keys, watermark
 from worker.ingest import handle
 from worker.reconcile import reconcile_battle
-from worker.sandbox_control import SandboxControl
 
 ROOMS = {"room_a": "owner_a", "room_b": "owner_b"}
 
-
-@pytest.fixture
-def ctl(sandbox):
-    c = SandboxControl(sandbox.url)
-    yield c
-    c.close()
 
 
 @pytest.fixture
