@@ -41,13 +41,16 @@ def test_no_read_while_ingest_lags(rt, ctl, battle):
     assert _reads(ctl) == 0
 
 
-def test_one_read_per_room_until_it_is_judged(rt, ctl, battle):
+def test_two_reads_per_room_until_they_are_judged(rt, ctl, battle):
+    """A read and its confirming read PAIR_GAP later; then nothing until they are judged."""
     rt.broker.hset(keys.INGEST_WATERMARK, "w", time.time())  # fresh, but not past the reads
     reconcile_battle(rt, battle)
-    assert _reads(ctl) == 2
+    reconcile_battle(rt, battle)
+    assert _reads(ctl) == 2  # one per room; the confirming read waits PAIR_GAP
+    time.sleep(1.05)
     for _ in range(3):
         reconcile_battle(rt, battle)
-    assert _reads(ctl) == 2  # both reads wait for the watermark: no more
+    assert _reads(ctl) == 4  # two per room, never more, until they are judged
 
 
 def test_no_read_of_a_room_with_a_gift_in_the_uncertain_window(rt, ctl, battle):

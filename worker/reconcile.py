@@ -5,11 +5,14 @@ The rule (docs/design.md has the argument):
   and t1. A gift's webhook may lead or trail Tencent's counting by up to SKEW seconds, so gifts
   with Time in [t0 - SKEW, t1 + SKEW] may or may not be in R.
 - An observation is judged only once every webhook that could matter has been ingested (the
-  ingest watermark, worker/watermark.py, has passed t1 + SKEW + 1), and only if no ingested
-  gift of that room fell in its uncertain window: otherwise it is no evidence and is dropped.
+  ingest watermark, worker/watermark.py, has passed t1 + SKEW: it counts a webhook only once
+  it is stored), and only if no ingested gift of that room fell in its uncertain window:
+  otherwise it is no evidence and is dropped.
 - So a read is taken only when it can be judged: not while the watermark lags (a backlog),
-  not while an earlier read of the room waits to be judged, and not when a gift of the room
-  already lies in the new read's uncertain window. Reads stay bounded whatever the load.
+  not while two reads of the room wait to be judged (the second, the confirming one, is taken
+  PAIR_GAP after the first), and not when a gift of the room already lies in the new read's
+  uncertain window; a pass comes back the moment such a room can be read. Reads stay bounded
+  (two per room per judging cycle) whatever the load.
 - Judged, K = R - (ingested value with Time < t0 - SKEW) is the room's total before the
   battle plus every error so far (lost webhooks add, approved-but-never-counted gifts
   subtract). The first K is the baseline; later drift = K - baseline - corrections so far.
@@ -47,6 +50,12 @@ JUDGE_DELAY = SKEW + 1.5
 #: No new read while the ingest watermark trails the present by more than this: the read
 #: could not be judged until the backlog is gone, and a read then tells the same.
 READ_LAG = SKEW + 3.0
+#: How far the watermark trails the present when ingest keeps up (a tick or two).
+TYPICAL_LAG = 0.6
+#: A room's confirming read is taken this long after the first, not a judging cycle later:
+#: the two are judged together, so a drift is confirmed in one cycle (a quiet window between
+#: two bursts of gifts is often only a few seconds long).
+PAIR_GAP = 1.0
 
 
 def _last_second(secs: dict[str, int], room: str) -> int:
@@ -109,9 +118,9 @@ class Reconciler:
             last = recon.get(f"last:{room}") or None  # "" once a correction consumed it
             waiting = []
             for o in obs:
-                if mark <= o["t1"] + SKEW + 1:
+                if mark <= o["t1"] + SKEW:
                     waiting.append(o)
-                    self._soon(o["t1"] + SKEW + 1 + self.lag)
+                    self._soon(self._judgeable_at(o["t1"], now))
                     continue
                 lo, hi = math.floor(o["t0"]) - SKEW, math.ceil(o["t1"]) + SKEW
                 if _sum_secs(secs, room, lo, hi):
@@ -154,9 +163,24 @@ class Reconciler:
         rooms = []
         for room, owner in self.battle.rooms.items():
             waiting = json.loads(updates.get(f"obs:{room}") or recon.get(f"obs:{room}", "[]"))
-            if owner and not waiting and _last_second(secs, room) < math.floor(now) - SKEW:
+            last = _last_second(secs, room)
+            if not owner:
+                continue
+            if last >= math.floor(now) - SKEW:
+                self._soon(last + SKEW + 1.05)  # the first moment a read could be judged
+            elif not waiting:
                 rooms.append(room)
+            elif len(waiting) == 1 and now - waiting[0]["t1"] >= PAIR_GAP:
+                rooms.append(room)  # the confirming read of the pair
+            elif len(waiting) == 1:
+                self._soon(waiting[0]["t1"] + PAIR_GAP)
         return rooms
+
+    def _judgeable_at(self, t1: float, now: float) -> float:
+        """When a read that ended at `t1` should be judgeable; past that, back off with the
+        watermark's lag (a backlog), so waiting passes do not poll."""
+        expected = t1 + SKEW + TYPICAL_LAG
+        return expected if expected > now else now + min(max(0.5, self.lag), READ_LAG)
 
     def _soon(self, t: float) -> None:
         self.sooner = t if self.sooner is None else min(self.sooner, t)
@@ -205,7 +229,9 @@ class Reconciler:
                 t1 = rt.clock()
                 obs = json.loads(updates.get(f"obs:{room}") or recon.get(f"obs:{room}", "[]"))
                 obs.append({"t0": t0, "t1": t1, "R": count.TotalCoins})
-                self._soon(t1 + SKEW + 1 + self.lag)
+                self._soon(self._judgeable_at(t1, t1))
+                if len(obs) == 1:
+                    self._soon(t1 + PAIR_GAP)
                 updates[f"obs:{room}"] = json.dumps(obs[-MAX_OBSERVATIONS:])
         if updates:
             rt.redis.hset(self.bk.recon, mapping=updates)
