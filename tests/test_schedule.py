@@ -17,16 +17,17 @@ def test_choose_prefers_near_end_then_oldest():
 
 
 def test_budget_follows_rate_and_tick():
-    assert schedule.tick_seconds(1.0) == 0.5 and schedule.tick_seconds(0.2) == 0.1
-    assert schedule.per_tick_budget(200, 1.0) == 90  # the limiter admits 90 % of the rate
-    assert schedule.per_tick_budget(200, 1.0, share=0.5) == 45
+    assert schedule.tick_seconds(1.0) == 0.25 and schedule.tick_seconds(0.2) == 0.05
+    # The limiter admits 90 % of the rate per 1.1 s window: 180 / 1.1 s, 40 a 0.25 s tick.
+    assert schedule.per_tick_budget(200, 1.0) == 40
+    assert schedule.per_tick_budget(200, 1.0, share=0.5) == 20
     assert schedule.per_tick_budget(1, 0.2) == 1
 
 
 def test_tick_dispatches_within_budget_and_starves_nobody(rt):
     from tasks.control import flush, run_tick
 
-    rt.settings.api_rate, rt.settings.flush_interval = 12, 1.0  # 5 flushes per 0.5 s tick
+    rt.settings.api_rate, rt.settings.flush_interval = 24, 1.0  # 4 flushes per 0.25 s tick
     now = time.time()
     n = 23
     rt.redis.zadd(keys.FLUSH_DUE, {f"b{i}": now - 100 + i for i in range(n)})
@@ -34,7 +35,7 @@ def test_tick_dispatches_within_budget_and_starves_nobody(rt):
     rt.redis.zadd(keys.ACTIVE, {"b22": now + 1})  # the newest, but about to end
     sent: list[str] = []
     out = run_tick(rt, dispatch=lambda task, ids: sent.extend(ids) if task is flush else None)
-    assert out["flush"] == 5 and sent[0] == "b22" and sent[1:] == ["b0", "b1", "b2", "b3"]
+    assert out["flush"] == 4 and sent[0] == "b22" and sent[1:] == ["b0", "b1", "b2"]
     for _ in range(6):  # later ticks serve the rest, oldest first, each once per interval
         run_tick(rt, dispatch=lambda task, ids: sent.extend(ids) if task is flush else None)
     assert set(sent) == {f"b{i}" for i in range(n)}

@@ -38,7 +38,7 @@ WEBHOOK = "scorer.webhook"
 WEBHOOKS = "scorer.webhooks"
 
 #: Queue length at which an ingest task asks for a drain.
-THRESHOLD = 32
+THRESHOLD = 8
 #: Messages per claim: big enough to amortize, small enough to settle in tens of ms.
 BATCH = 500
 #: A drain keeps going while claims bring at least this many messages (the flood goes on).

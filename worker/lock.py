@@ -2,8 +2,9 @@
 
 A bare TTL would let a second worker take a battle while the first still has a request in
 flight (a slow Tencent answer), and the read-back that resolves an ambiguous call is only
-sound with a single writer. So the holder renews the lock from a thread every ttl/3; the lock
-expires only when the holder is dead or frozen for a whole ttl. Scripts that change a battle
+sound with a single writer. So the holder renews the lock every ttl/3 (one heartbeat thread
+per process renews every lock it holds); the lock expires only when the holder is dead or
+frozen for a whole ttl. Scripts that change a battle
 also check the token (fencing), so a holder that lost its lock cannot commit.
 
 A holder SIGKILLed on this host is noticed at once: the token names its host and pid, and a
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
 
 from worker import scripts
@@ -38,6 +40,51 @@ def _holder_is_dead_here(token: str) -> bool:
     return False
 
 
+class _Heartbeat:
+    """One thread per process renews every lock the process holds. (A thread per lock cost a
+    start and a join per flush: about a fifth of the control pool's time at 180 flushes/s.)"""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._locks: dict[int, BattleLock] = {}
+        self._mu = threading.Lock()
+        self._pid = 0
+
+    def add(self, lock: "BattleLock") -> None:
+        with self._mu:
+            self._locks[id(lock)] = lock
+            if self._pid != os.getpid():  # first use in this process (threads die in a fork)
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, daemon=True, name="lock-heartbeat").start()
+
+    def remove(self, lock: "BattleLock") -> None:
+        with self._mu:
+            self._locks.pop(id(lock), None)
+
+    def _run(self) -> None:
+        while True:
+            with self._mu:
+                locks = list(self._locks.values())
+            for lock in locks:
+                if time.monotonic() - lock.renewed < lock.ttl_ms / 3000:
+                    continue
+                try:
+                    if lock._renew(keys=[lock.key], args=[lock.token, lock.ttl_ms]):
+                        lock.renewed = time.monotonic()
+                    else:
+                        lock.lost = True
+                        self.remove(lock)
+                except Exception:  # a Redis blip: try again next beat; the ttl covers two misses
+                    continue
+            time.sleep(0.1)
+
+
+_HEARTBEAT = _Heartbeat()
+os.register_at_fork(after_in_child=_HEARTBEAT._reset)
+
+
 class BattleLock:
     """Context manager: `with BattleLock(r, key) as lock:` — `lock.held` says if we got it."""
 
@@ -48,8 +95,7 @@ class BattleLock:
         self.token = f"{HOST}|{os.getpid()}|{uuid.uuid4().hex}"
         self.held = False
         self.lost = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.renewed = 0.0  # monotonic time of the last renewal (or of taking it)
         self._renew = redis.register_script(scripts.LOCK_RENEW)
         self._release = redis.register_script(scripts.LOCK_RELEASE)
 
@@ -63,24 +109,12 @@ class BattleLock:
                 self.held = bool(self.redis.set(self.key, self.token, nx=True,
                                                 px=self.ttl_ms))
         if self.held:
-            self._thread = threading.Thread(target=self._beat, daemon=True,
-                                            name=f"heartbeat:{self.key}")
-            self._thread.start()
+            self.renewed = time.monotonic()
+            _HEARTBEAT.add(self)
         return self
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.ttl_ms / 3000):
-            try:
-                if not self._renew(keys=[self.key], args=[self.token, self.ttl_ms]):
-                    self.lost = True
-                    return
-            except Exception:  # a Redis blip: try again next beat; the ttl covers two misses
-                continue
-
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
+        _HEARTBEAT.remove(self)
         if self.held:
             try:
                 self._release(keys=[self.key], args=[self.token])

@@ -20,6 +20,14 @@ from worker import keys, scripts
 
 #: Share of SCORER_API_RATE the limiter admits (see the module docstring).
 HEADROOM = 0.9
+#: The sliding window, and the margin it is widened by (see the module docstring).
+WINDOW_MS = 1000
+MARGIN_MS = 100
+
+
+def admitted_per_second(rate: int) -> float:
+    """The most calls per second the limiter admits over time: what schedules may plan on."""
+    return max(1, int(rate * HEADROOM)) * 1000 / (WINDOW_MS + MARGIN_MS)
 
 
 class RateLimitTimeout(RuntimeError):
@@ -29,7 +37,7 @@ class RateLimitTimeout(RuntimeError):
 class RedisRateLimiter:
     """Blocks until a call of `api` fits in `rate` calls per sliding window, for all processes."""
 
-    def __init__(self, redis, rate: int, window_ms: int = 1000, margin_ms: int = 100,
+    def __init__(self, redis, rate: int, window_ms: int = WINDOW_MS, margin_ms: int = MARGIN_MS,
                  headroom: float = HEADROOM, max_wait: float = 5.0,
                  sleep=time.sleep) -> None:
         self.redis = redis

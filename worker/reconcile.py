@@ -167,7 +167,9 @@ class Reconciler:
             if not owner:
                 continue
             if last >= math.floor(now) - SKEW:
-                self._soon(last + SKEW + 1.05)  # the first moment a read could be judged
+                if last < math.floor(now) - 1:  # its burst is over: read when it can be judged
+                    self._soon(last + SKEW + 1.05)
+                # (a room in a steady stream of gifts waits for the schedule: no polling)
             elif not waiting:
                 rooms.append(room)
             elif len(waiting) == 1 and now - waiting[0]["t1"] >= PAIR_GAP:
