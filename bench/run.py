@@ -13,7 +13,6 @@ import json
 import os
 import random
 import secrets
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,8 +25,8 @@ import redis
 from celery import Celery
 
 from worker.bodies import gift_body, start_body
-from worker.sandbox_control import SandboxControl
-from worker.stack import ROOT, Processes, RedisServer, free_port, process_tree_rss, scorer_env
+from worker.stack import (ROOT, Processes, RedisServer, SandboxProcess, process_tree_rss,
+                          scorer_env)
 
 SDKAPPID = 1400000000
 FLUSH_INTERVAL = 1.0
@@ -62,21 +61,9 @@ class Bench:
         self.logdir = tempfile.mkdtemp(prefix="bs-bench-")
         self.redis_server = RedisServer().start()
         self.r = redis.Redis.from_url(self.redis_server.url, decode_responses=True)
-        port = free_port()
-        env = {**os.environ, "SCORER_SDKAPPID": str(SDKAPPID), "SCORER_SECRET_KEY": self.key,
-               "PYTHONPATH": str(ROOT)}
-        self.sandbox = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "sandbox", "--port", str(port)], env=env,
-            stdout=open(f"{self.logdir}/sandbox.log", "w"), stderr=subprocess.STDOUT,
-            start_new_session=True)
-        self.sandbox_url = f"http://127.0.0.1:{port}"
-        self.ctl = SandboxControl(self.sandbox_url)
-        for _ in range(100):
-            try:
-                self.ctl.state()
-                break
-            except Exception:
-                time.sleep(0.1)
+        self.sandbox_process = SandboxProcess(SDKAPPID, self.key, self.logdir)
+        self.sandbox, self.sandbox_url = self.sandbox_process.proc, self.sandbox_process.url
+        self.ctl = self.sandbox_process.ctl
         self.procs = Processes(scorer_env(SDKAPPID, self.key, self.sandbox_url,
                                           self.redis_server.url, flush_interval=FLUSH_INTERVAL,
                                           reconcile_interval=15),
@@ -90,9 +77,7 @@ class Bench:
 
     def close(self) -> None:
         self.procs.stop()
-        self.sandbox.terminate()
-        self.sandbox.wait(10)
-        self.ctl.close()
+        self.sandbox_process.stop()
         self.redis_server.cleanup()
 
     # -- helpers ---------------------------------------------------------------------------

@@ -175,7 +175,8 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
         scored.append((bgifts, len(pipe)))
         rt.script("INGEST")(keys=[bk.seen, bk.pending, bk.ledger, bk.secs], args=args,
                             client=pipe)
-        pipe.zadd(keys.FLUSH_DUE, {battle_id: now}, nx=True)
+    if by_battle:  # one command for every battle of the batch (after their INGEST, as before)
+        pipe.zadd(keys.FLUSH_DUE, {battle_id: now for battle_id in by_battle}, nx=True)
     results = pipe.execute()
     late_routed: list[Gift] = []
     for kind, g, pos in plan:

@@ -241,7 +241,8 @@ def process_tree_rss(pid: int) -> int:
 
 
 def process_tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used so far by a process and its live descendants."""
+    """CPU seconds (user + system) used so far by a process and its descendants, the reaped
+    ones included (a prefork child replaced during a run still counts)."""
     children = children_map()
     tick = os.sysconf("SC_CLK_TCK")
     total, todo = 0.0, [pid]
@@ -250,7 +251,35 @@ def process_tree_cpu(pid: int) -> float:
         todo.extend(children.get(p, []))
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
         except (OSError, IndexError, ValueError):
             pass
     return total
+
+
+class SandboxProcess:
+    """The Tencent sandbox as its own process on a free loopback port (benchmarks)."""
+
+    def __init__(self, sdkappid: int, secret_key: str, logdir: str | Path) -> None:
+        from worker.sandbox_control import SandboxControl
+
+        port = free_port()
+        env = {**os.environ, "SCORER_SDKAPPID": str(sdkappid), "SCORER_SECRET_KEY": secret_key,
+               "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "sandbox", "--port", str(port)], env=env,
+            stdout=open(Path(logdir) / "sandbox.log", "w"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        self.url = f"http://127.0.0.1:{port}"
+        self.ctl = SandboxControl(self.url)
+        for _ in range(100):
+            try:
+                self.ctl.state()
+                break
+            except Exception:
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.ctl.close()
