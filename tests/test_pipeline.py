@@ -8,7 +8,7 @@ import pytest
 
 from tests.helpers import end_body, gift_body, start_body
 from worker import keys, stats
-from worker.flush import LANDING_WINDOW, flush_battle
+from worker.flush import AFTER_ERROR, flush_battle
 from worker.ingest import handle
 from worker.keys import BattleKeys
 
@@ -63,7 +63,7 @@ def test_lost_response_is_resolved_by_read_back_without_double_count(rt, ctl, ba
     # The request may still land: no read-back (and no re-send) until it cannot.
     assert flush_battle(rt, bid) == "unresolved"
     real = rt.clock
-    rt.clock = lambda: real() + LANDING_WINDOW
+    rt.clock = lambda: real() + AFTER_ERROR  # the reset ended the request: 1 s, not 6
     assert flush_battle(rt, bid) == "ok"
     rt.clock = real
     assert ctl.scores(bid)["room_a"] == 30

@@ -20,11 +20,14 @@ log = logging.getLogger("scorer.flush")
 
 #: Send → resolve rounds within one flush task before leaving the batch to the next tick.
 MAX_ROUNDS = 3
-#: A request whose answer we never got (timeout, reset, its sender SIGKILLed) may still be
-#: applied this long after it was sent: Tencent may be holding it (the client reads for up to
-#: 5 s). A read-back taken sooner could see "not applied" and a re-send would then count the
-#: batch twice, so a batch is judged only once this window has passed (or the battle ended).
+#: A request whose answer we never got may still be applied for a while: Tencent may be
+#: holding it. A read-back taken sooner could see "not applied", and a re-send would then count
+#: the batch twice, so a batch is judged only once it cannot land any more (or after the end):
+#: - its sender died (SIGKILL, lock taken over): LANDING_WINDOW after it was sent (the client
+#:   reads for up to 5 s, so nothing is known to have ended the request sooner);
+#: - its sender saw the request end (a reset, a timeout): AFTER_ERROR after that moment.
 LANDING_WINDOW = 6.0
+AFTER_ERROR = 1.0
 #: A battle is known to have ended (no call can land) this long after its end by our clock;
 #: the margin covers a clock running a little ahead of Tencent's.
 END_MARGIN = 0.25
@@ -42,13 +45,15 @@ class Inflight:
     state: str  # sending | unsent | ambiguous
     scores: dict[str, int]
     sent_at: float = 0.0  # when the last request of the batch may have left (0: never sent)
+    settle_at: float = 0.0  # when that request can no longer land (see LANDING_WINDOW)
 
     @classmethod
     def parse(cls, flat: list[str]) -> "Inflight":
         d = dict(zip(flat[::2], flat[1::2]))
         scores = {k[2:]: int(v) for k, v in d.items() if k.startswith("r:")}
-        return cls(d["id"], d.get("state", "sending"), scores,
-                   float(d.get("sent_at") or d.get("at") or 0.0))
+        sent_at = float(d.get("sent_at") or d.get("at") or 0.0)
+        return cls(d["id"], d.get("state", "sending"), scores, sent_at,
+                   float(d.get("settle_at") or sent_at + LANDING_WINDOW))
 
 
 class Flusher:
@@ -131,7 +136,8 @@ class Flusher:
     def send(self, inf: Inflight) -> str:
         """OpType 1 of the batch; returns the settled outcome, or unsent/ambiguous."""
         inf.sent_at = self.rt.clock()
-        self._mark("sending", sent_at=inf.sent_at)
+        inf.settle_at = inf.sent_at + LANDING_WINDOW
+        self._mark("sending", sent_at=inf.sent_at, settle_at=inf.settle_at)
         try:
             res = self.rt.client.set_battle_score(self.battle_id, 1, inf.scores)
         except RateLimitTimeout:
@@ -147,7 +153,8 @@ class Flusher:
 
     def _failed(self, inf: Inflight, err: TencentError) -> str:
         if err.outcome is Outcome.ambiguous:
-            self._mark("ambiguous")
+            inf.settle_at = min(inf.settle_at, self.rt.clock() + AFTER_ERROR)
+            self._mark("ambiguous", settle_at=inf.settle_at)
             return "ambiguous"
         if err.outcome is Outcome.retryable:  # certainly not applied: same batch, next tick
             self._mark("unsent")
@@ -174,7 +181,7 @@ class Flusher:
         """
         battle = Battle.load(self.rt, self.battle_id)
         ended = battle is not None and battle.has_ended(self.rt.clock(), END_MARGIN)
-        if self.rt.clock() < inf.sent_at + LANDING_WINDOW and not ended:
+        if self.rt.clock() < inf.settle_at and not ended:
             self._mark("ambiguous")
             return "unresolved"  # the tick brings it back; no call until it can be judged
         try:
