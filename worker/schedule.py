@@ -1,7 +1,7 @@
 """Which due battles a tick dispatches when the API budget cannot serve them all.
 
 Policy: a tick may dispatch at most what the shared rate limit can carry until the next tick
-(90 % of SCORER_API_RATE x tick seconds set_battle_score calls). Battles whose end is near come first,
+(what the limiter admits per second, `ratelimit.admitted_per_second`, x tick seconds). Battles whose end is near come first,
 soonest end first; then the rest by how long they have been due, longest first. A battle left
 out keeps its old due time, so it is older than any newcomer at the next tick: nobody starves.
 Worst case: with N due battles and budget B per tick, a battle waits ceil(N / B) ticks, except
