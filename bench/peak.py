@@ -11,11 +11,9 @@ import os
 import platform
 import queue
 import random
-import secrets
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -26,11 +24,11 @@ from pathlib import Path
 import redis
 from celery import Celery
 
-from bench.run import FLUSH_INTERVAL, SDKAPPID, Bench, _latencies, _pct
+from bench.run import Bench, _latencies, _pct
 from worker.bodies import end_body, gift_body, start_body
 from worker.sandbox_control import SandboxControl
-from worker.stack import (Processes, RedisServer, SandboxProcess, children_map,
-                          process_tree_cpu, scorer_env)
+from worker.stack import (children_map,
+                          process_tree_cpu)
 
 MODES = ("single", "bulk", "naive")
 APIS = ("set_battle_score", "get_gift_count", "get_battle_info")
@@ -144,30 +142,7 @@ class PeakBench(Bench):
     one beat (bench.run.Bench's close() stops them)."""
 
     def __init__(self) -> None:
-        # Not super().__init__(): it would start its workers with --concurrency.
-        self.key = secrets.token_hex(16)
-        self.logdir = tempfile.mkdtemp(prefix="bs-peak-")
-        self.redis_server = RedisServer().start()
-        self.r = redis.Redis.from_url(self.redis_server.url, decode_responses=True)
-        self.sandbox_process = SandboxProcess(SDKAPPID, self.key, self.logdir)
-        self.sandbox, self.sandbox_url = self.sandbox_process.proc, self.sandbox_process.url
-        self.ctl = self.sandbox_process.ctl
-        self.procs = Processes(scorer_env(SDKAPPID, self.key, self.sandbox_url,
-                                          self.redis_server.url, flush_interval=FLUSH_INTERVAL,
-                                          reconcile_interval=15),
-                               self.logdir, app="bench.celery_bench")
-        try:
-            self.procs.start("worker", "worker", "--loglevel=INFO", "-n", "worker@%h", "-E")
-            self.procs.beat()
-            self.producer = Celery(broker=self.redis_server.url)
-            deadline = time.time() + 60
-            while not self.producer.control.ping(timeout=0.5):
-                if time.time() > deadline:
-                    raise RuntimeError(f"the worker did not answer; see {self.logdir}")
-            self.ctl.state()  # the sandbox is up long before the worker answers
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(1, None, prefix="bs-peak-")
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far per component (the generator is this process, all threads), and

@@ -56,9 +56,11 @@ class Run:
 class Bench:
     """Owns the processes of one benchmark invocation."""
 
-    def __init__(self, workers: int, concurrency: int) -> None:
+    def __init__(self, workers: int, concurrency: int | None, prefix: str = "bs-bench-") -> None:
+        """`concurrency` None: one worker named `worker`, started as the README says (Celery's
+        default concurrency)."""
         self.key = secrets.token_hex(16)
-        self.logdir = tempfile.mkdtemp(prefix="bs-bench-")
+        self.logdir = tempfile.mkdtemp(prefix=prefix)
         self.redis_server = RedisServer().start()
         self.r = redis.Redis.from_url(self.redis_server.url, decode_responses=True)
         self.sandbox_process = SandboxProcess(SDKAPPID, self.key, self.logdir)
@@ -68,12 +70,20 @@ class Bench:
                                           self.redis_server.url, flush_interval=FLUSH_INTERVAL,
                                           reconcile_interval=15),
                                self.logdir, app="bench.celery_bench")
-        for i in range(workers):
-            self.procs.worker(f"worker{i}", concurrency=concurrency)
-        self.procs.beat()
-        self.producer = Celery(broker=self.redis_server.url)
-        while not self.producer.control.ping(timeout=0.5):
-            time.sleep(0.2)
+        try:
+            if concurrency is None:
+                self.procs.start("worker", "worker", "--loglevel=INFO", "-n", "worker@%h", "-E")
+            for i in range(workers if concurrency is not None else 0):
+                self.procs.worker(f"worker{i}", concurrency=concurrency)
+            self.procs.beat()
+            self.producer = Celery(broker=self.redis_server.url)
+            deadline = time.time() + 60
+            while not self.producer.control.ping(timeout=0.5):
+                if time.time() > deadline:
+                    raise RuntimeError(f"the worker did not answer; see {self.logdir}")
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         self.procs.stop()
