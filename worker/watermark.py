@@ -76,7 +76,12 @@ def current(rt: Runtime) -> float:
 
 
 def give_back_stuck(rt: Runtime, limit: int = 100) -> int:
-    """Put ingest messages held past STUCK_SECONDS back at the queue's consuming end."""
+    """Put ingest messages held past STUCK_SECONDS back at the queue's consuming end.
+
+    Warning: an ingest message sent with an ETA (producers have no reason to) is held by Celery
+    until then, and would be given back every STUCK_SECONDS meanwhile: harmless, ingest is
+    idempotent, but wasteful.
+    """
     broker = rt.broker
     secs, usecs = broker.time()
     tags = broker.zrangebyscore(keys.KOMBU_UNACKED_INDEX, "-inf",
