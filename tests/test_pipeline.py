@@ -137,7 +137,10 @@ def test_gift_to_a_guest_is_not_a_battle_score(rt, ctl, battle):
     assert flush_battle(rt, bid) == "idle"
 
 
-def test_after_end_value_is_recorded_unapplied(rt, ctl, battle):
+def test_after_end_value_is_recorded_unapplied(rt, ctl, battle, monkeypatch):
+    from worker import flush
+
+    monkeypatch.setattr(flush, "START_SKEW", 0.0)  # it started 1 s ago: not clock skew here
     bid, start = battle
     handle(rt, [(start_body(bid, start, 120_000, ROOMS), None)])
     send(rt, ctl, "room_a", 8, "late1")

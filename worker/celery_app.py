@@ -3,9 +3,10 @@
 from celery import Celery
 
 from worker import kombu_fix
-from worker.control_pool import ControlPool
+from worker.control_pool import ControlPool, die_with_parent
 
 kombu_fix.install()
+die_with_parent()  # a no-op unless this process is a worker's control pool
 
 app = Celery("battle_scorer")
 # Lazy: the SCORER_* settings are validated when the worker, beat or a producer first needs

@@ -38,8 +38,10 @@ THREADS = 8
 RESTART_DELAY = (1.0, 30.0)
 #: On shutdown, the control worker gets this long to finish its tasks before SIGKILL.
 STOP_GRACE = 20.0
-#: Set in the control worker's environment (it must not start one of its own).
+#: Set in the control worker's environment (it must not start one of its own), with the pid
+#: of the worker that started it.
 CHILD_ENV = "SCORER_CONTROL_POOL_CHILD"
+PARENT_ENV = "SCORER_CONTROL_POOL_PARENT"
 
 
 def app_spec(argv: list[str]) -> str:
@@ -60,11 +62,19 @@ def _level_name(level: int | str | None) -> str:
     return str(level or "INFO").upper()
 
 
-def _die_with_parent() -> None:  # pragma: no cover (runs in the child before exec)
+def die_with_parent() -> None:
+    """In a control worker: be sent SIGTERM when the worker that started it dies, and leave at
+    once if it is already gone. (Done here, at import, rather than in a preexec_fn: forking a
+    threaded process and running Python before exec can deadlock.)"""
+    parent = os.environ.get(PARENT_ENV)
+    if os.environ.get(CHILD_ENV) != "1" or not parent or not parent.isdigit():
+        return
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):
+        raise SystemExit(0)
 
 
 class ControlPool(bootsteps.StartStopStep):
@@ -102,9 +112,17 @@ class ControlPool(bootsteps.StartStopStep):
         # Started from this long-lived thread: PR_SET_PDEATHSIG fires when the thread that
         # forked the child ends, so it must live as long as the worker.
         delay = RESTART_DELAY[0]
-        env = {**os.environ, CHILD_ENV: "1"}
+        env = {**os.environ, CHILD_ENV: "1", PARENT_ENV: str(os.getpid())}
         while not self._stopping.is_set():
-            self.proc = subprocess.Popen(self.cmd, env=env, preexec_fn=_die_with_parent)
+            try:
+                self.proc = subprocess.Popen(self.cmd, env=env)
+            except OSError as err:
+                log.error("could not start the control worker (%s); trying again in %.0fs",
+                          err, delay)
+                if self._stopping.wait(delay):
+                    return
+                delay = min(RESTART_DELAY[1], delay * 2)
+                continue
             log.info("control worker started (pid %d)", self.proc.pid)
             while self.proc.poll() is None and not self._stopping.wait(0.5):
                 pass

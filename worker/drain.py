@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from worker import keys
+from worker import keys, watermark
 from worker.ingest import bulk_pairs, dead_letter, handle_durably
 from worker.runtime import Runtime
 
@@ -80,7 +80,9 @@ def decode(raw: str | bytes) -> Message:
         raise BadMessage("envelope is not an object")
     headers = env.get("headers") or {}
     props = env.get("properties") or {}
-    task = headers.get("task") if isinstance(headers, dict) else None
+    if not isinstance(headers, dict) or not isinstance(props, dict):
+        raise BadMessage("headers and properties must be objects")
+    task = headers.get("task")
     if env.get("content-type") != "application/json" or headers.get("compression"):
         return Message(task, readable=False)
     body = env.get("body")
@@ -181,6 +183,7 @@ def recover(rt: Runtime, max_claims: int = 20) -> int:
     moved = int(rt.script("DRAIN_RECOVER", broker=True)(
         keys=[rt.settings.queue, keys.DRAIN_CLAIMS], args=[max_claims, CLAIM_LEASE]))
     if moved:
+        watermark.restart(rt)  # they are older than the checkpoint's message
         log.warning("gave %d messages of stale drain claims back to the ingest queue", moved)
     return moved
 

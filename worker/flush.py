@@ -28,6 +28,8 @@ MAX_ROUNDS = 3
 #: - its sender saw the request end (a reset, a timeout): AFTER_ERROR after that moment.
 LANDING_WINDOW = 6.0
 AFTER_ERROR = 1.0
+#: A 100006 this close to the start may be our clock running ahead: retried, not final.
+START_SKEW = 5.0
 #: A battle is known to have ended (no call can land) this long after its end by our clock;
 #: the margin covers a clock running a little ahead of Tencent's.
 END_MARGIN = 0.25
@@ -135,11 +137,16 @@ class Flusher:
 
     def send(self, inf: Inflight) -> str:
         """OpType 1 of the batch; returns the settled outcome, or unsent/ambiguous."""
-        inf.sent_at = self.rt.clock()
-        inf.settle_at = inf.sent_at + LANDING_WINDOW
-        self._mark("sending", sent_at=inf.sent_at, settle_at=inf.settle_at)
+        # "sending" from the moment an attempt may leave (a fresh claim already says it; an
+        # `unsent` batch whose sender dies while the limiter holds it is rightly sent again).
+        def leaving() -> None:  # each attempt, once the limiter admitted it: it may land now
+            inf.sent_at = self.rt.clock()
+            inf.settle_at = inf.sent_at + LANDING_WINDOW
+            self._mark("sending", sent_at=inf.sent_at, settle_at=inf.settle_at)
+
         try:
-            res = self.rt.client.set_battle_score(self.battle_id, 1, inf.scores)
+            res = self.rt.client.set_battle_score(self.battle_id, 1, inf.scores,
+                                                  on_send=leaving)
         except RateLimitTimeout:
             self._mark("unsent")
             return "rate_limited"
@@ -153,15 +160,16 @@ class Flusher:
 
     def _failed(self, inf: Inflight, err: TencentError) -> str:
         if err.outcome is Outcome.ambiguous:
-            inf.settle_at = min(inf.settle_at, self.rt.clock() + AFTER_ERROR)
+            inf.settle_at = self.rt.clock() + AFTER_ERROR
             self._mark("ambiguous", settle_at=inf.settle_at)
             return "ambiguous"
         if err.outcome is Outcome.retryable:  # certainly not applied: same batch, next tick
             self._mark("unsent")
             return "retry_later"
         battle = Battle.load(self.rt, self.battle_id)
-        if err.code == BATTLE_NOT_RUNNING and battle and self.rt.clock() < battle.start:
-            self._mark("unsent")  # our clock runs ahead of Tencent's: not started yet there
+        if (err.code == BATTLE_NOT_RUNNING and battle
+                and self.rt.clock() < battle.start + START_SKEW):
+            self._mark("unsent")  # our clock may run ahead of Tencent's: not started there
             return "retry_later"
         if err.code == BATTLE_NOT_RUNNING and battle:
             # Tencent says it has ended: no later flush of this battle makes a call.

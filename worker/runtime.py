@@ -22,8 +22,11 @@ def connect(url: str) -> redis.Redis:
 
         return RedisCluster.from_url("redis://" + url[len("redis+cluster://"):],
                                      decode_responses=True)
+    # A timeout on every command: a half-open connection must not hang a lock's heartbeat or
+    # a flush forever (no command of ours blocks on purpose).
     return redis.Redis.from_url(url, decode_responses=True, health_check_interval=10,
-                                socket_keepalive=True, retry_on_timeout=True)
+                                socket_keepalive=True, retry_on_timeout=True,
+                                socket_timeout=10, socket_connect_timeout=5)
 
 
 @dataclass

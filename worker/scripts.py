@@ -218,6 +218,7 @@ local popped_at = tonumber(wm.popped_at or '')
 if popped_at and now - popped_at > 0.05 then
   local busy = false
   local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', popped_at, 'LIMIT', 0, 200)
+  if #old == 200 then busy = true end  -- more than we look at: assume an ingest one among them
   for _, tag in ipairs(old) do
     local raw = redis.call('HGET', KEYS[3], tag)
     if raw then

@@ -75,7 +75,13 @@ def current(rt: Runtime) -> float:
         return 0.0
 
 
-def give_back_stuck(rt: Runtime, limit: int = 100) -> int:
+def restart(rt: Runtime) -> None:
+    """Drop the checkpoint: after messages went back to the queue's consuming end (ahead of the
+    checkpoint's message), W may move only past a checkpoint taken after them."""
+    rt.broker.hdel(keys.INGEST_WATERMARK, "cp_at", "cp_msg", "popped_at", "popped_through")
+
+
+def give_back_stuck(rt: Runtime, limit: int = 1000) -> int:
     """Put ingest messages held past STUCK_SECONDS back at the queue's consuming end.
 
     Warning: an ingest message sent with an ETA (producers have no reason to) is held by Celery
@@ -105,5 +111,6 @@ def give_back_stuck(rt: Runtime, limit: int = 100) -> int:
         pipe.execute()
         moved += 1
     if moved:
+        restart(rt)
         log.warning("gave %d ingest messages of a lost consumer back to the queue", moved)
     return moved

@@ -117,9 +117,13 @@ class TencentClient:
             "contenttype": "json",
         }
 
-    def _send_once(self, api: str, body: dict[str, Any]) -> dict[str, Any]:
-        """One HTTP exchange; returns Tencent's JSON or raises a classified TencentError."""
+    def _send_once(self, api: str, body: dict[str, Any],
+                   on_send: Callable[[], None] | None = None) -> dict[str, Any]:
+        """One HTTP exchange; returns Tencent's JSON or raises a classified TencentError.
+        `on_send` runs once the limiter has admitted the call, just before it leaves."""
         waited = self.limiter.acquire(api)
+        if on_send is not None:
+            on_send()
         started = time.monotonic()
         try:
             resp = self.http.post(self.url(api), params=self.query(), json=body)
@@ -154,8 +158,8 @@ class TencentClient:
 
     # -- retries ---------------------------------------------------------------------------
 
-    def call(self, api: str, body: dict[str, Any], *, max_attempts: int | None = None
-             ) -> dict[str, Any]:
+    def call(self, api: str, body: dict[str, Any], *, max_attempts: int | None = None,
+             on_send: Callable[[], None] | None = None) -> dict[str, Any]:
         """Call `api`, retrying only what is certainly not applied; raise TencentError else.
 
         A 70001 (UserSig expired) is retried once with a fresh sig; retryable outcomes back
@@ -166,7 +170,7 @@ class TencentClient:
         renewed = False
         for attempt in range(1, attempts + 1):
             try:
-                return self._send_once(api, body)
+                return self._send_once(api, body, on_send)
             except TencentError as err:
                 log.warning("tencent call failed: %s (attempt %d/%d)", err, attempt, attempts)
                 if err.code == SIG_EXPIRED:
@@ -185,12 +189,14 @@ class TencentClient:
     # -- typed APIs ------------------------------------------------------------------------
 
     def set_battle_score(self, battle_id: str, op_type: int, scores: dict[str, int], *,
-                         max_attempts: int | None = None) -> SetBattleScoreResult:
+                         max_attempts: int | None = None,
+                         on_send: Callable[[], None] | None = None) -> SetBattleScoreResult:
         """OpType 1 adds `scores` to each room, 2 overwrites; returns per-room ResultCodes."""
         req = SetBattleScoreRequest(
             BattleId=battle_id, OpType=op_type,
             ScoreList=[ScoreItem(RoomId=r, Score=s) for r, s in scores.items()])
-        data = self.call("set_battle_score", req.model_dump(), max_attempts=max_attempts)
+        data = self.call("set_battle_score", req.model_dump(), max_attempts=max_attempts,
+                         on_send=on_send)
         resp = SetBattleScoreResult.model_validate(data.get("Response") or {})
         resp.RequestId = data.get("RequestId")
         return resp
