@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from celery.exceptions import Reject
 from celery.worker.request import Request
@@ -42,16 +43,23 @@ class SummaryRequest(Request):
         return summarize(self.kwargs)
 
 
-def _ingest(rt: Runtime, pairs: list[tuple[Any, Any]]) -> dict[str, int]:
-    """Store the events, or give the message back to the queue: never ack what is not stored.
+@contextmanager
+def _requeue_on_outage() -> Iterator[None]:
+    """Give the message back to the queue when Redis stays down: never ack what is not stored.
 
     (Celery's autoretry would publish a retry message, and when the broker is down too, it
     rejects the task without requeue: the events would be gone.)
     """
     try:
-        counts = handle_durably(rt, pairs)
+        yield
     except REDIS_OUTAGE as err:
         raise Reject(f"state Redis unavailable: {type(err).__name__}", requeue=True) from None
+
+
+def _ingest(rt: Runtime, pairs: list[tuple[Any, Any]]) -> dict[str, int]:
+    """Store the events (waiting out an outage), then start a drain if the queue backed up."""
+    with _requeue_on_outage():
+        counts = handle_durably(rt, pairs)
     _maybe_drain(rt)
     return counts
 
@@ -82,10 +90,8 @@ def webhooks(items: list[dict[str, Any]]) -> dict[str, int]:
     """Many callbacks in one message: `[{"body": {...}, "event_id": "..."}]`, one Redis round trip
     for all their gifts."""
     rt = get_runtime()
-    try:
+    with _requeue_on_outage():
         pairs, bad = bulk_pairs(rt, items)
-    except REDIS_OUTAGE as err:
-        raise Reject(f"state Redis unavailable: {type(err).__name__}", requeue=True) from None
     counts = _ingest(rt, pairs) if pairs else {}
     if bad:
         counts["dead_lettered"] = counts.get("dead_lettered", 0) + bad

@@ -9,7 +9,7 @@ import pytest
 from tests.helpers import gift_body, start_body
 from worker import keys, watermark
 from worker.ingest import handle
-from worker.reconcile import reconcile_battle
+from worker.reconcile import PAIR_GAP, reconcile_battle
 
 ROOMS = {"room_a": "owner_a", "room_b": "owner_b"}
 
@@ -47,7 +47,8 @@ def test_two_reads_per_room_until_they_are_judged(rt, ctl, battle):
     reconcile_battle(rt, battle)
     reconcile_battle(rt, battle)
     assert _reads(ctl) == 2  # one per room; the confirming read waits PAIR_GAP
-    time.sleep(1.05)
+    real = rt.clock
+    rt.clock = lambda: real() + PAIR_GAP
     for _ in range(3):
         reconcile_battle(rt, battle)
     assert _reads(ctl) == 4  # two per room, never more, until they are judged
