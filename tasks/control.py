@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import redis
 
 from worker.batch import pipeline
-from worker import app, battles, drain, keys, schedule, watermark
+from worker import app, battles, drain, endgame, keys, schedule, watermark
 from worker.battles import Battle
-from worker.flush import flush_battle
+from worker.flush import END_MARGIN, forget_if_idle, flush_battle
 from worker.keys import BattleKeys
 from worker.lock import BattleLock
 from worker.reconcile import reconcile_battle
@@ -77,18 +77,26 @@ def reconcile(battle_ids: list[str]) -> dict[str, str]:
 def tick() -> dict[str, int]:
     """Dispatch due flushes and reconciles, sweep held gifts, finalize ended battles."""
     rt = get_runtime()
+    started = time.monotonic()
     with BattleLock(rt.redis, keys.TICK_LOCK, ttl_ms=5000) as lock:
         if not lock.held:
             return {}
-        return run_tick(rt)
+        out = run_tick(rt)
+        # Until the next tick, the end game: value of battles about to end goes at once. Stop
+        # a little early so the next tick finds the lock free.
+        until = started + schedule.tick_seconds(rt.settings.flush_interval) - 0.03
+        out["endgame"] = endgame.run_until(rt, until, flush_battle)
+        return out
 
 
 def _due(rt: Runtime, zkey: str, now: float) -> list[str]:
     return rt.redis.zrangebyscore(zkey, "-inf", now, start=0, num=MAX_DISPATCH)
 
 
-def _pick(rt: Runtime, zkey: str, now: float, budget: int) -> list[str]:
-    """Due battles of `zkey` within `budget`, near-end first (see worker/schedule.py)."""
+def _pick(rt: Runtime, zkey: str, now: float, budget: int,
+          keep=lambda ids: ids) -> list[str]:
+    """Due battles of `zkey` within `budget`, near-end first (see worker/schedule.py);
+    `keep(ids)` drops candidates that need no call."""
     due = dict(rt.redis.zrangebyscore(zkey, "-inf", now, start=0, num=MAX_DISPATCH,
                                       withscores=True))
     # The oldest MAX_DISPATCH may not include the battles about to end: add those that are due.
@@ -102,7 +110,64 @@ def _pick(rt: Runtime, zkey: str, now: float, budget: int) -> list[str]:
     if not due:
         return []
     ends = dict(zip(due, rt.redis.zmscore(keys.ACTIVE, list(due))))
-    return schedule.choose(list(due.items()), ends, now, budget, urgent)
+    chosen: list[str] = []
+    order = schedule.choose(list(due.items()), ends, now, len(due), urgent)
+    for i in range(0, len(order), max(budget, 1)):
+        chosen += keep(order[i:i + budget])[:budget - len(chosen)]
+        if len(chosen) >= budget:
+            break
+    return chosen
+
+
+def _with_value(rt: Runtime, battle_ids: list[str]) -> list[str]:
+    """The battles a flush would send something for now: no idle flush, none in the end game
+    (worker/endgame.py has those), none while a batch must settle first."""
+    if not battle_ids:
+        return []
+    pipe = pipeline(rt.redis)
+    for bid in battle_ids:
+        bk = BattleKeys(bid)
+        pipe.hlen(bk.pending)
+        pipe.hget(bk.inflight, "state")
+        pipe.zscore(keys.ENDGAME_DUE, bid)
+    res = pipe.execute()
+    out, idle = [], []
+    for i, bid in enumerate(battle_ids):
+        pending, state, endgame_due = res[3 * i:3 * i + 3]
+        if endgame_due is not None:
+            continue
+        if pending or state:
+            out.append(bid)
+        else:
+            idle.append(bid)
+    for bid in idle:  # checked again against a concurrent ingest (flush.forget_if_idle)
+        forget_if_idle(rt, BattleKeys(bid))
+    return out
+
+
+def _end_game(rt: Runtime, now: float) -> int:
+    """Promote battles entering their final window with value waiting, and keep the limiter's
+    reserve for the end game's calls; returns that reserve."""
+    latest = rt.tclock.latest()
+    horizon = endgame.FINAL_WINDOW + 1.0
+    ending = rt.redis.zrangebyscore(keys.ACTIVE, rt.tclock.earliest() - END_MARGIN,
+                                    latest + horizon, start=0, num=MAX_DISPATCH,
+                                    withscores=True)
+    in_window = [b for b, end in ending if end - latest <= endgame.FINAL_WINDOW]
+    endgame.promote(rt, [b for b, s in zip(in_window, rt.redis.zmscore(
+        keys.FLUSH_DUE, in_window) if in_window else []) if s is not None and s <= now])
+    ids = [b for b, _ in ending]
+    with_value = 0
+    if ids:
+        pipe = pipeline(rt.redis)
+        pipe.zmscore(keys.FLUSH_DUE, ids)
+        pipe.zmscore(keys.ENDGAME_DUE, ids)
+        due, eg = pipe.execute()
+        with_value = sum(1 for a, b in zip(due, eg) if a is not None or b is not None)
+    limiter = rt.client.limiter
+    calls = endgame.reserve(rt, with_value, limiter.window_ms / 1000.0)
+    limiter.set_reserve("set_battle_score", calls)
+    return calls
 
 
 def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
@@ -117,8 +182,12 @@ def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
         log.warning("ingest watermark not advanced: %s", type(err).__name__)
     now = rt.clock()
     s = rt.settings
-    # Flushes: at most one per battle per SCORER_FLUSH_INTERVAL, within the API budget.
-    due = _pick(rt, keys.FLUSH_DUE, now, schedule.per_tick_budget(s.api_rate, s.flush_interval))
+    # The end game first: its battles and the share of the budget it keeps.
+    out["reserve"] = reserved = _end_game(rt, now)
+    # Flushes: at most one per battle per SCORER_FLUSH_INTERVAL, within what the budget has
+    # left after the end game's reserve, deadline-first then oldest first (fair share).
+    budget = schedule.per_tick_budget(s.api_rate, s.flush_interval, reserved=reserved)
+    due = _pick(rt, keys.FLUSH_DUE, now, budget, keep=lambda ids: _with_value(rt, ids))
     if due:
         rt.redis.zadd(keys.FLUSH_DUE, {b: now + s.flush_interval for b in due}, xx=True)
         dispatch(flush, due)
@@ -197,9 +266,10 @@ def finalize(rt: Runtime, battle_id: str, dispatch) -> int:
     pipe.hset(bk.meta, mapping=mapping)
     expire_at = int(rt.clock() + battles.KEEP_AFTER_END)
     for key in bk.all():
-        if key != bk.lock:
+        if key not in (bk.lock, bk.rlock):
             pipe.expireat(key, expire_at)
-    for zkey in (keys.ACTIVE, keys.FLUSH_DUE, keys.RECONCILE_DUE, keys.UNRESOLVED):
+    for zkey in (keys.ACTIVE, keys.FLUSH_DUE, keys.ENDGAME_DUE, keys.RECONCILE_DUE,
+                 keys.UNRESOLVED):
         pipe.zrem(zkey, battle_id)
     pipe.execute()
     return 1

@@ -37,7 +37,7 @@ def test_a_takeover_does_not_resend_a_request_that_may_still_land(rt, ctl):
                       args=["old", "dead-owner", "state", "sending", "sent_at", rt.clock()])
     rt.redis.delete(bk.lock)
     before = _calls(ctl) + _calls(ctl, "get_battle_info")
-    assert flush_battle(rt, bid) == "unresolved"
+    assert flush_battle(rt, bid) == "unsettled"  # no lock, no slot, no call
     assert _calls(ctl) + _calls(ctl, "get_battle_info") == before  # no read, no re-send
     rt.client.set_battle_score(bid, 1, {"room_a": 9})  # ...and now it lands
     _later(rt, LANDING_WINDOW)

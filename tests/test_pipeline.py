@@ -76,6 +76,11 @@ def test_retryable_faults_are_retried(rt, ctl, battle):
     send(rt, ctl, "room_b", 4, "y1")
     ctl.inject("http502", api="set_battle_score")
     ctl.inject("error100001", api="set_battle_score")
+    # Each answer that was certainly not applied sends the battle back to the schedule, due
+    # again soon: nothing sleeps on a backoff while holding the battle's lock.
+    for _ in range(2):
+        assert flush_battle(rt, bid) == "retry_later"
+        assert rt.redis.zscore(keys.FLUSH_DUE, bid) <= rt.clock() + 0.2
     assert flush_battle(rt, bid) == "ok"
     assert ctl.scores(bid)["room_b"] == 4
 

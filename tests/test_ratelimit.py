@@ -5,9 +5,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 
+import pytest
 import redis
 
-from worker.ratelimit import RedisRateLimiter
+from worker import keys
+from worker.ratelimit import HIGH, LOW, RateLimitTimeout, RedisRateLimiter
 
 
 def _hammer(url: str, rate: int, n: int, out) -> None:
@@ -58,4 +60,27 @@ def test_separate_apis_have_separate_budgets(redis_url):
 def test_default_keeps_headroom_below_the_contract_rate(redis_url):
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     limiter = RedisRateLimiter(r, 200)
-    assert limiter.rate == 180 and limiter.window_ms == 1100
+    assert limiter.rate == 180 and limiter.window_ms == 1000
+
+
+def test_the_low_lane_leaves_the_reserve_to_calls_with_a_deadline(redis_url):
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    limiter = RedisRateLimiter(r, 10, headroom=1.0)
+    limiter.set_reserve("a", 4)
+    for _ in range(6):
+        assert limiter.try_acquire("a", LOW) == 0
+    assert limiter.try_acquire("a", LOW) > 0  # 6 of 10 taken: the rest is reserved
+    for _ in range(4):
+        assert limiter.try_acquire("a", HIGH) == 0
+    assert limiter.try_acquire("a", HIGH) > 0  # the whole budget, never more
+    with pytest.raises(RateLimitTimeout):
+        limiter.acquire("a", max_wait=0.0)  # 0: admit now or say so, without waiting
+    limiter.set_reserve("a", 0)
+    assert not r.exists(keys.rate_reserve_key("a"))
+
+
+def test_a_reserve_lapses_when_the_tick_stops_renewing_it(redis_url):
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    limiter = RedisRateLimiter(r, 10, headroom=1.0)
+    limiter.set_reserve("a", 9)
+    assert 0 < r.pttl(keys.rate_reserve_key("a")) <= 2000

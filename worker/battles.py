@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from worker.batch import pipeline
-from worker import keys
+from worker import endgame, keys
 from worker.keys import BattleKeys, RoomKeys
 from worker.runtime import Runtime
 from worker.lock import BattleLock
@@ -125,13 +125,14 @@ def register_info(rt: Runtime, info) -> Battle:
                     "get_battle_info")
 
 
-def find_battle(index: dict[str, str], second: int) -> tuple[str, str] | None:
-    """(BattleId, owner) of the battle whose window holds `second` and whose owner is known."""
+def find_battle(index: dict[str, str], second: int) -> tuple[str, str, float] | None:
+    """(BattleId, owner, end) of the battle whose window holds `second` and whose owner is
+    known."""
     for battle_id, value in index.items():
         start_s, end_s, owner = value.split(" ", 2)
         start, end = float(start_s), float(end_s)
         if start > 0 and owner != "-" and start <= second < end:
-            return battle_id, owner
+            return battle_id, owner, end
     return None
 
 
@@ -149,6 +150,7 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
     pipe = pipeline(rt.redis)
     plan: list[tuple[str, Gift, int]] = []  # (what, gift, position of its reply)
     by_battle: dict[str, list[Gift]] = {}
+    ending: set[str] = set()  # battles in their end game: flushed at once (worker/endgame.py)
     now = rt.clock()
     for g in gifts:
         hit = find_battle(index[g.room], g.second)
@@ -160,12 +162,14 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
                                        client=pipe)
             pipe.zadd(keys.HELD_ROOMS, {g.room: now + HOLD_SECONDS}, nx=True)
             continue
-        battle_id, owner = hit
+        battle_id, owner, end = hit
         if owner not in g.to:  # a gift to a guest, not the room owner: not a battle score
             plan.append(("not_to_owner", g, len(pipe)))
             _count_outside(pipe, g)
             continue
         by_battle.setdefault(battle_id, []).append(g)
+        if endgame.in_window(rt, end):
+            ending.add(battle_id)
     scored: list[tuple[list[Gift], int]] = []  # (a battle's gifts, position of its flags)
     for battle_id, bgifts in by_battle.items():
         bk = BattleKeys(battle_id)
@@ -177,6 +181,7 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
                             client=pipe)
     if by_battle:  # one command for every battle of the batch (after their INGEST, as before)
         pipe.zadd(keys.FLUSH_DUE, {battle_id: now for battle_id in by_battle}, nx=True)
+        endgame.mark(pipe, sorted(ending), now)
     results = pipe.execute()
     late_routed: list[Gift] = []
     for kind, g, pos in plan:

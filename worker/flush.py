@@ -4,22 +4,35 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 
 from worker import keys
+from worker.batch import pipeline
 from worker.battles import Battle
 from worker.keys import BattleKeys
 from worker.lock import BattleLock
-from worker.ratelimit import RateLimitTimeout
+from worker.ratelimit import LOW, RateLimitTimeout
 from worker.runtime import Runtime
 from worker.stats import bump
+from worker.tencent.client import ADMITTED
 from worker.tencent.errors import BATTLE_NOT_RUNNING, Outcome, TencentError
 
 log = logging.getLogger("scorer.flush")
 
-#: Send → resolve rounds within one flush task before leaving the batch to the next tick.
-MAX_ROUNDS = 3
+#: Send → resolve rounds within one flush (a read-back that finds the batch not applied sends
+#: it again) before leaving the batch to the schedule. Only the first send may wait for the
+#: limiter, and not under the lock (see `flush_battle`); later calls go only if a slot is free
+#: at once. A retryable answer ends the flush: the battle is due again RETRY_SOON.
+MAX_ROUNDS = 2
+#: A flush waits this long for a battle lock another flush holds (its batch is about to settle)
+#: before giving the battle back to the schedule.
+LOCK_WAIT = 0.3
+#: A freshness flush (LOW lane) waits this long for a call slot, holding no lock.
+SLOT_WAIT = 2.0
+#: A battle whose flush could not run (busy, no slot, a retryable answer) is due again this soon.
+RETRY_SOON = 0.2
 #: A request whose answer we never got may still be applied for a while: Tencent may be
 #: holding it. A read-back taken sooner could see "not applied", and a re-send would then count
 #: the batch twice, so a batch is judged only once it cannot land any more (or after the end):
@@ -30,9 +43,9 @@ LANDING_WINDOW = 6.0
 AFTER_ERROR = 1.0
 #: A 100006 this close to the start may be our clock running ahead: retried, not final.
 START_SKEW = 5.0
-#: A battle is known to have ended (no call can land) this long after its end by our clock;
-#: the margin covers a clock running a little ahead of Tencent's.
-END_MARGIN = 0.25
+#: A battle is known to have ended (no call can land) this long after its end by the earliest
+#: Tencent's clock may read (worker/tclock.py).
+END_MARGIN = 0.05
 
 
 class LockLost(RuntimeError):
@@ -61,12 +74,25 @@ class Inflight:
 class Flusher:
     """One flush of one battle, run while holding the battle's lock."""
 
-    def __init__(self, rt: Runtime, battle_id: str, lock: BattleLock) -> None:
+    def __init__(self, rt: Runtime, battle_id: str, lock: BattleLock,
+                 admitted: bool = False) -> None:
         self.rt = rt
         self.bk = BattleKeys(battle_id)
         self.battle_id = battle_id
         self.lock = lock
         self.flush_id = uuid.uuid4().hex[:16]
+        #: a set_battle_score slot taken before the lock: the first send uses it; any other
+        #: call under the lock goes only if the limiter admits it at once (max_wait 0)
+        self._slot = admitted
+
+    def _wait(self) -> float:
+        if self._slot:
+            self._slot = False
+            return ADMITTED
+        return 0.0
+
+    def _ended(self, battle: Battle | None) -> bool:
+        return battle is not None and battle.has_ended(self.rt.tclock.earliest(), END_MARGIN)
 
     def _check(self, res) -> None:
         if res == -1:
@@ -107,7 +133,7 @@ class Flusher:
         inf = Inflight.parse(res)
         battle = Battle.load(rt, self.battle_id)
         if inf.state == "unsent" or inf.id == self.flush_id:
-            if battle is not None and battle.has_ended(rt.clock(), END_MARGIN):
+            if self._ended(battle):
                 # No call can land any more: keep the value as unapplied, make none.
                 self._adopt(inf)
                 self._commit(inf, {}, dict(inf.scores), "after_end")
@@ -145,8 +171,11 @@ class Flusher:
             self._mark("sending", sent_at=inf.sent_at, settle_at=inf.settle_at)
 
         try:
+            # One attempt: a retryable answer comes back through the schedule, not by sleeping
+            # here with the lock held.
             res = self.rt.client.set_battle_score(self.battle_id, 1, inf.scores,
-                                                  on_send=leaving)
+                                                  on_send=leaving, max_wait=self._wait(),
+                                                  max_attempts=1)
         except RateLimitTimeout:
             self._mark("unsent")
             return "rate_limited"
@@ -187,13 +216,12 @@ class Flusher:
         wrote: settle with an idempotent OpType 2 of what the room must hold. The read is
         taken only once the request can no longer land (LANDING_WINDOW), or after the end.
         """
-        battle = Battle.load(self.rt, self.battle_id)
-        ended = battle is not None and battle.has_ended(self.rt.clock(), END_MARGIN)
+        ended = self._ended(Battle.load(self.rt, self.battle_id))
         if self.rt.clock() < inf.settle_at and not ended:
             self._mark("ambiguous")
             return "unresolved"  # the tick brings it back; no call until it can be judged
         try:
-            info = self.rt.client.get_battle_info(self.battle_id)
+            info = self.rt.client.get_battle_info(self.battle_id, max_wait=0.0, max_attempts=1)
         except (TencentError, RateLimitTimeout) as err:
             log.warning("read-back of %s failed: %s", self.battle_id, err)
             self._mark("ambiguous")
@@ -206,7 +234,7 @@ class Flusher:
             s = held.get(room)
             verdicts[room] = ("absent" if s is None else "applied" if s == a + d
                               else "unsent" if s == a else "other")
-        ended = self.rt.clock() >= info.EndTime > 0 or info.Status == 2
+        ended = self.rt.tclock.earliest() >= info.EndTime > 0 or info.Status == 2
         if all(v in ("applied", "absent") for v in verdicts.values()) or ended:
             ok = {r: d for r, d in inf.scores.items() if verdicts[r] == "applied"}
             rest = {r: d for r, d in inf.scores.items() if verdicts[r] != "applied"}
@@ -221,7 +249,8 @@ class Flusher:
         """Set each room to applied + delta with OpType 2 (idempotent), then commit."""
         target = {r: applied.get(r, 0) + d for r, d in inf.scores.items()}
         try:
-            res = self.rt.client.set_battle_score(self.battle_id, 2, target)
+            res = self.rt.client.set_battle_score(self.battle_id, 2, target,
+                                                  max_wait=self._wait(), max_attempts=1)
         except (TencentError, RateLimitTimeout) as err:
             log.warning("settling overwrite of %s failed: %s", self.battle_id, err)
             self._mark("ambiguous")
@@ -233,23 +262,87 @@ class Flusher:
         return "ok"
 
 
-def flush_battle(rt: Runtime, battle_id: str) -> str:
-    """Flush one battle if no other process owns it right now; returns an outcome name."""
+def needs(rt: Runtime, battle_id: str) -> str:
+    """What a flush of this battle would do now, read without the lock: `idle` (nothing to
+    send), `unsettled` (a batch must settle first: no call yet), `free` (settle or record
+    without a set_battle_score call: the battle has ended) or `call`."""
     bk = BattleKeys(battle_id)
-    with BattleLock(rt.redis, bk.lock) as lock:
-        if not lock.held:
-            return "busy"
+    pipe = pipeline(rt.redis)
+    pipe.hlen(bk.pending)
+    pipe.hmget(bk.inflight, "state", "settle_at", "sent_at", "at")
+    pending, (state, settle_at, sent_at, at) = pipe.execute()
+    battle = Battle.load(rt, battle_id)
+    if battle is not None and battle.has_ended(rt.tclock.earliest(), END_MARGIN):
+        return "free" if pending or state else "idle"
+    if state in ("sending", "ambiguous"):
+        settle = float(settle_at or float(sent_at or at or 0) + LANDING_WINDOW)
+        if rt.clock() < settle:
+            return "unsettled"
+        return "call"
+    return "call" if pending or state else "idle"
+
+
+def settle_time(rt: Runtime, battle_id: str) -> float:
+    """When the battle's in-flight batch can be judged (now if there is none)."""
+    bk = BattleKeys(battle_id)
+    settle_at, sent_at, at = rt.redis.hmget(bk.inflight, "settle_at", "sent_at", "at")
+    if settle_at is None and sent_at is None and at is None:
+        return rt.clock()
+    return float(settle_at or float(sent_at or at or 0) + LANDING_WINDOW)
+
+
+def flush_battle(rt: Runtime, battle_id: str, lane: str = LOW, admitted: bool = False,
+                 slot_wait: float = SLOT_WAIT) -> str:
+    """Flush one battle; returns an outcome name.
+
+    Nothing waits while holding the battle's lock: the call slot is taken first (`admitted`:
+    the caller already holds one), and a lock held by another flush is waited for a moment
+    (`LOCK_WAIT`), the time its batch takes to settle, before the battle goes back to the
+    schedule. A battle with nothing to send, or whose batch must settle first, takes no slot.
+    """
+    bk = BattleKeys(battle_id)
+    need = needs(rt, battle_id)
+    if need == "idle":
+        forget_if_idle(rt, bk)
+        return "idle"
+    if need == "unsettled":
+        rt.redis.zadd(keys.FLUSH_DUE, {battle_id: settle_time(rt, battle_id)}, xx=True)
+        return "unsettled"
+    if need == "call" and not admitted:
         try:
-            outcome = Flusher(rt, battle_id, lock).run()
-        except LockLost:
-            log.error("lost the lock of %s mid-flush; its next owner resumes", battle_id)
-            return "lock_lost"
-        if outcome == "idle":
-            _forget_if_idle(rt, bk)
-        return outcome
+            rt.client.limiter.acquire("set_battle_score", slot_wait, lane)
+        except RateLimitTimeout:
+            _due_soon(rt, battle_id)
+            return "rate_limited"
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        with BattleLock(rt.redis, bk.lock) as lock:
+            if lock.held:
+                try:
+                    outcome = Flusher(rt, battle_id, lock, admitted=need == "call").run()
+                except LockLost:
+                    log.error("lost the lock of %s mid-flush; its next owner resumes",
+                              battle_id)
+                    return "lock_lost"
+                break
+        if time.monotonic() >= deadline:
+            _due_soon(rt, battle_id)
+            return "busy"
+        time.sleep(0.01)
+    if outcome == "idle":
+        forget_if_idle(rt, bk)
+    elif outcome in ("retry_later", "rate_limited"):
+        _due_soon(rt, battle_id)
+    elif outcome == "unresolved":
+        rt.redis.zadd(keys.FLUSH_DUE, {battle_id: settle_time(rt, battle_id)}, xx=True)
+    return outcome
 
 
-def _forget_if_idle(rt: Runtime, bk: BattleKeys) -> None:
+def _due_soon(rt: Runtime, battle_id: str) -> None:
+    rt.redis.zadd(keys.FLUSH_DUE, {battle_id: rt.clock() + RETRY_SOON})
+
+
+def forget_if_idle(rt: Runtime, bk: BattleKeys) -> None:
     """Take an idle battle off the due list without racing a concurrent ingest."""
     rt.redis.zrem(keys.FLUSH_DUE, bk.battle_id)
     # An ingest that added pending before our ZREM also ran its ZADD NX before it: re-add.

@@ -19,7 +19,7 @@ class BattleKeys:
     """The keys of one battle (all in the slot of `{b:<id>}`)."""
 
     __slots__ = ("battle_id", "meta", "pending", "inflight", "applied", "ledger", "corr",
-                 "unapplied", "seen", "secs", "lock", "flushes", "recon")
+                 "unapplied", "seen", "secs", "lock", "rlock", "flushes", "recon")
 
     def __init__(self, battle_id: str) -> None:
         base = f"{PREFIX}:{{b:{_tag_safe(battle_id)}}}"
@@ -33,7 +33,8 @@ class BattleKeys:
         self.unapplied = f"{base}:unapplied"  # hash room → value Tencent refused (1, 100006)
         self.seen = f"{base}:seen"  # set of event ids: exactly-once ingest
         self.secs = f"{base}:secs"  # hash "room|second" → value (judging reconcile reads)
-        self.lock = f"{base}:lock"  # string: owner token of flush/reconcile, heartbeat TTL
+        self.lock = f"{base}:lock"  # string: owner token of the battle's writer, heartbeat TTL
+        self.rlock = f"{base}:rlock"  # string: owner token of its reconcile pass (reads)
         self.flushes = f"{base}:flushes"  # list: recent flush records (capped)
         self.recon = f"{base}:recon"  # hash: baselines and observations per room
 
@@ -70,12 +71,21 @@ HELD_ROOMS = f"{PREFIX}:held_rooms"
 DEAD_LETTERS = f"{PREFIX}:deadletters"
 #: hash of counters (ingested, duplicate, dead_lettered, ignored, outside, ...).
 STATS = f"{PREFIX}:stats"
+#: hash lo, hi, at: bounds on Tencent's clock minus ours (worker/tclock.py).
+CLOCK = f"{PREFIX}:clock"
+#: zset BattleId → when value first waited: battles in their end game with value to flush.
+ENDGAME_DUE = f"{PREFIX}:due:endgame"
 #: zset per API of recent call stamps: the shared sliding-window rate limiter.
 
 
 def rate_key(api: str) -> str:
     """The sliding-window log of one Tencent API's calls."""
     return f"{PREFIX}:{{rl:{api}}}:calls"
+
+
+def rate_reserve_key(api: str) -> str:
+    """Calls per window of one API kept for flushes with a deadline (set by the tick)."""
+    return f"{PREFIX}:{{rl:{api}}}:reserve"
 
 
 #: string: the lock that keeps ticks from overlapping.

@@ -6,8 +6,14 @@ last window's admissions enforces exactly that (a bucket may burst to twice the 
 window edge). It costs one Lua call per admission and at most RATE entries per API in Redis.
 Tencent counts arrival times, which trail our admission stamps by a jittery delay (process
 scheduling, the network): so the limiter keeps headroom, admitting at most 90 % of the rate
-per window widened by 100 ms. Measured on 2 loaded cores, a 50 ms margin at 100 % still let
-a handful of calls in 3,000 arrive bunched and answer 100012 (bench/RESULTS.md).
+per sliding second. The 10 % left (20 calls at 200/s, 110 ms of calls) absorbs arrivals bunched
+by that delay. (Measured on 2 loaded cores: a 50 ms margin at 100 % still let a handful of calls
+in 3,000 arrive bunched and answer 100012; the 90 % rule answers none, bench/RESULTS.md.)
+
+Two lanes: a call with a deadline (a battle near its end) may use the whole budget; a call
+without one (a freshness flush, a reconcile correction) only what is left after the reserve
+the tick keeps for deadlines (`set_reserve`). So calls that can wait never crowd out the ones
+that cannot, and when no deadline is near the reserve is 0 and nothing is wasted.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from worker import keys, scripts
 HEADROOM = 0.9
 #: The sliding window, and the margin it is widened by (see the module docstring).
 WINDOW_MS = 1000
-MARGIN_MS = 100
+MARGIN_MS = 0
+#: Lanes: `HIGH` calls have a deadline, `LOW` ones yield the reserve to them.
+HIGH, LOW = "high", "low"
 
 
 def admitted_per_second(rate: int) -> float:
@@ -48,21 +56,32 @@ class RedisRateLimiter:
         self._sleep = sleep
         self.waited_total = 0.0  # seconds spent waiting (metrics)
 
-    def try_acquire(self, api: str) -> float:
+    def try_acquire(self, api: str, lane: str = HIGH) -> float:
         """Admit one call now (returns 0) or say how many seconds until one may fit."""
-        wait_ms = self._script(keys=[keys.rate_key(api)],
-                               args=[self.rate, self.window_ms, uuid.uuid4().hex])
+        wait_ms = self._script(keys=[keys.rate_key(api), keys.rate_reserve_key(api)],
+                               args=[self.rate, self.window_ms, uuid.uuid4().hex, lane])
         return int(wait_ms) / 1000.0
 
-    def acquire(self, api: str) -> float:
-        """Wait for a slot; returns the seconds waited; RateLimitTimeout past `max_wait`."""
+    def acquire(self, api: str, max_wait: float | None = None, lane: str = HIGH) -> float:
+        """Wait for a slot; returns the seconds waited; RateLimitTimeout past `max_wait`
+        (the limiter's own by default; 0: admit now or raise)."""
+        limit = self.max_wait if max_wait is None else max_wait
         waited = 0.0
         while True:
-            wait = self.try_acquire(api)
+            wait = self.try_acquire(api, lane)
             if wait == 0:
                 self.waited_total += waited
                 return waited
-            if waited + wait > self.max_wait:
-                raise RateLimitTimeout(f"{api}: no call slot within {self.max_wait:.0f}s")
+            if waited + wait > limit:
+                raise RateLimitTimeout(f"{api}: no call slot within {limit:.1f}s")
             self._sleep(wait)
             waited += wait
+
+    def set_reserve(self, api: str, calls: int) -> None:
+        """Keep `calls` per window for HIGH calls for the next two seconds (the tick renews
+        it; if the tick stops, the reserve lapses rather than starving the LOW lane)."""
+        key = keys.rate_reserve_key(api)
+        if calls > 0:
+            self.redis.set(key, min(calls, self.rate - 1), px=2000)
+        else:
+            self.redis.delete(key)

@@ -33,7 +33,8 @@ from worker.battles import Battle
 from worker.flush import LockLost
 from worker.keys import BattleKeys
 from worker.lock import BattleLock
-from worker.ratelimit import RateLimitTimeout
+from worker.ratelimit import LOW, RateLimitTimeout
+from worker.tencent.client import ADMITTED
 from worker.runtime import Runtime
 from worker.stats import bump
 from worker.tencent.errors import TencentError
@@ -56,6 +57,8 @@ TYPICAL_LAG = 0.6
 #: the two are judged together, so a drift is confirmed in one cycle (a quiet window between
 #: two bursts of gifts is often only a few seconds long).
 PAIR_GAP = 1.0
+#: A correction waits this long for a call slot (on the LOW lane, holding no battle lock).
+CORRECT_SLOT_WAIT = 2.0
 
 
 def _last_second(secs: dict[str, int], room: str) -> int:
@@ -79,7 +82,8 @@ def _sum_secs(secs: dict[str, int], room: str, lo: float, hi: float) -> int:
 
 
 class Reconciler:
-    """One reconcile pass over one battle, run while holding the battle's lock."""
+    """One reconcile pass over one battle, run while holding its reconcile lock (not the
+    battle's: reads and their waits never hold what a flush needs)."""
 
     def __init__(self, rt: Runtime, battle: Battle, lock: BattleLock) -> None:
         self.sooner: float | None = None
@@ -189,10 +193,25 @@ class Reconciler:
 
     def correct(self, fixes: dict[str, int], applied: dict[str, int]) -> set[str]:
         """Write confirmed drift with one OpType 2 (never below zero) and record it; returns
-        the rooms Tencent took."""
+        the rooms Tencent took. The call slot is taken first; then, under the battle's lock
+        with no batch in flight, the score Tencent holds is exactly `applied`."""
+        rt = self.rt
+        try:
+            rt.client.limiter.acquire("set_battle_score", CORRECT_SLOT_WAIT, LOW)
+        except RateLimitTimeout:
+            return set()
+        with BattleLock(rt.redis, self.bk.lock) as lock:
+            if not lock.held or rt.redis.exists(self.bk.inflight):
+                return set()  # a flush owns it: still confirmed, the next pass retries
+            applied = {k: int(v) for k, v in rt.redis.hgetall(self.bk.applied).items()}
+            return self._overwrite(fixes, applied, lock)
+
+    def _overwrite(self, fixes: dict[str, int], applied: dict[str, int],
+                   lock: BattleLock) -> set[str]:
         target = {r: max(0, applied.get(r, 0) + d) for r, d in fixes.items()}
         try:
-            res = self.rt.client.set_battle_score(self.battle.battle_id, 2, target)
+            res = self.rt.client.set_battle_score(self.battle.battle_id, 2, target,
+                                                  max_wait=ADMITTED, max_attempts=1)
         except (TencentError, RateLimitTimeout) as err:
             # Not recorded: the drift persists and the next pass confirms it again (OpType 2
             # is idempotent, so an overwrite that did land is harmless to repeat).
@@ -206,7 +225,7 @@ class Reconciler:
                 args += [room, value, fixes[room]]
                 n += 1
         res2 = self.rt.script("SETTLE")(keys=[self.bk.applied, self.bk.corr, self.bk.lock],
-                                        args=[self.lock.token, n, *args])
+                                        args=[lock.token, n, *args])
         if res2 == -1:
             raise LockLost(self.battle.battle_id)
         bump(self.rt.redis, "reconcile_corrections", n)
@@ -253,7 +272,7 @@ def next_due(rt: Runtime, battle: Battle) -> float | None:
 def reconcile_battle(rt: Runtime, battle_id: str) -> str:
     """Reconcile one battle (or learn it with get_battle_info first); returns an outcome."""
     bk = BattleKeys(battle_id)
-    with BattleLock(rt.redis, bk.lock) as lock:
+    with BattleLock(rt.redis, bk.rlock) as lock:
         if not lock.held:
             return "busy"
         battle = Battle.load(rt, battle_id)

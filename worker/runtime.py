@@ -12,6 +12,7 @@ import redis
 from worker import scripts
 from worker.ratelimit import RedisRateLimiter
 from worker.settings import Settings, get_settings
+from worker.tclock import TencentClock
 from worker.tencent import TencentClient
 
 
@@ -38,6 +39,12 @@ class Runtime:
     client: TencentClient
     clock: Callable[[], float] = time.time
     scripts: dict = field(default_factory=dict)
+    tclock: TencentClock | None = None
+
+    def __post_init__(self) -> None:
+        if self.tclock is None:
+            # through `self.clock` at each call: tests move a runtime's clock by replacing it
+            self.tclock = TencentClock(self.redis, lambda: self.clock())
 
     _broker: redis.Redis | None = None
 
@@ -75,7 +82,9 @@ def build_runtime(settings: Settings, clock: Callable[[], float] = time.time) ->
             pass
 
     client.on_call = on_call
-    return Runtime(settings=settings, redis=r, client=client, clock=clock)
+    rt = Runtime(settings=settings, redis=r, client=client, clock=clock)
+    client.on_answer = rt.tclock.observe_date
+    return rt
 
 
 _runtime: Runtime | None = None

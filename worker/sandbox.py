@@ -69,7 +69,13 @@ class SandboxState:
                  rate: int = 200) -> None:
         self.sdkappid, self._key, self.admin_id, self.rate = sdkappid, secret_key, admin_id, rate
         self.lock = threading.Lock()
+        #: Tencent's clock minus ours: battle times, 100006 and the Date header follow it.
+        self.clock_offset = 0.0
         self.reset()
+
+    def now(self) -> float:
+        """Tencent's clock (ours + `clock_offset`)."""
+        return time.time() + self.clock_offset
 
     def __repr__(self) -> str:
         return f"SandboxState(sdkappid={self.sdkappid})"
@@ -99,9 +105,10 @@ class SandboxState:
 
     def create_battle(self, rooms: list[dict], duration_ms: int, start: float | None = None,
                       battle_id: str | None = None) -> dict:
-        """A battle of rooms [{RoomId, Owner_Account}] starting at `start` (default now)."""
+        """A battle of rooms [{RoomId, Owner_Account}] starting at `start` (Tencent's clock,
+        default now)."""
         bid = battle_id or "battle_" + uuid.uuid4().hex[:12]
-        start = time.time() if start is None else float(start)
+        start = self.now() if start is None else float(start)
         with self.lock:
             for r in rooms:
                 self.rooms[str(r["RoomId"])] = str(r["Owner_Account"])
@@ -114,7 +121,7 @@ class SandboxState:
     def end_battle(self, battle_id: str) -> dict:
         with self.lock:
             b = self.battles[battle_id]
-            b["end"] = min(b["end"], time.time())
+            b["end"] = min(b["end"], self.now())
             return {"BattleId": battle_id, "EndTime": b["end"]}
 
     def count_gifts(self, gifts: list[dict]) -> int:
@@ -168,6 +175,7 @@ class SandboxState:
                 "faults_injected": dict(self.faults_injected),
                 "calls_by_api": dict(by_api),
                 "max_calls_per_second": dict(self.max_per_second),
+                "clock_offset": self.clock_offset,
             }
 
     # -- the Tencent side ------------------------------------------------------------------
@@ -246,8 +254,8 @@ class SandboxState:
             if (not isinstance(it, dict) or not isinstance(it.get("Score"), int)
                     or it["Score"] < 0 or "RoomId" not in it):
                 raise Reject(100002, "ScoreList items need RoomId and a non-negative Score")
-        now = time.time()
-        if now < b["start"] or now >= b["end"]:
+        now, tnow = time.time(), self.now()
+        if tnow < b["start"] or tnow >= b["end"]:
             raise Reject(100006, "battle has not started or has already ended")
         result = []
         for it in items:
@@ -264,7 +272,7 @@ class SandboxState:
 
     def _api_get_battle_info(self, body: dict) -> dict:
         bid, b = self._battle(body)
-        now = time.time()
+        now = self.now()
         rooms = [{"RoomId": r, "Score": b["scores"][r], "Owner_Account": self.rooms.get(r)}
                  for r in b["rooms"]]
         return {"BattleId": bid, "Duration": b["duration_ms"], "StartTime": int(b["start"]),
@@ -276,7 +284,7 @@ class SandboxState:
         ids = [body.get("FromRoomId"), *(body.get("ToRoomIdList") or [])]
         known = [r for r in ids if r in self.rooms]
         bid = "battle_" + uuid.uuid4().hex[:12]
-        now = time.time()
+        now = self.now()
         self.battles[bid] = {"rooms": known, "start": now,
                              "duration_ms": int(body.get("Duration") or 0),
                              "end": now + int(body.get("Duration") or 0) / 1000.0,
@@ -308,6 +316,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet: tests read the call log
         pass
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header on Tencent's clock (the worker estimates the offset from it)."""
+        return super().date_time_string(self.server.state.now() if timestamp is None
+                                        else timestamp)
 
     def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -420,6 +433,9 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/sandbox/faults/clear":
                 st.clear_faults()
                 return self._send(200, {"ok": True})
+            if path == "/sandbox/clock":
+                st.clock_offset = float(body["offset"])
+                return self._send(200, {"ok": True, "offset": st.clock_offset})
             if path == "/sandbox/reset":
                 st.reset()
                 return self._send(200, {"ok": True})
@@ -470,12 +486,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sdkappid", type=int, default=int(os.environ.get("SCORER_SDKAPPID") or 0))
     p.add_argument("--admin-id", default=os.environ.get("SCORER_ADMIN_ID", "administrator"))
     p.add_argument("--rate", type=int, default=200, help="calls per second per API")
+    p.add_argument("--clock-offset", type=float, default=0.0,
+                   help="seconds the sandbox's clock (Tencent's) runs ahead of this machine's")
     args = p.parse_args(argv)
     key = os.environ.get("SCORER_SECRET_KEY", "")
     if not args.sdkappid or not key:
         p.error("set SCORER_SDKAPPID and SCORER_SECRET_KEY (the sandbox verifies signatures "
                 "with the same key as the worker)")
     sb = Sandbox(args.sdkappid, key, args.admin_id, args.rate, args.host, args.port)
+    sb.state.clock_offset = args.clock_offset
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -50,6 +50,10 @@ class SandboxControl:
         """Inject faults at random with these probabilities per call."""
         return self._post("/sandbox/faults", {"rates": rates, "latency": latency, "seed": seed})
 
+    def set_clock_offset(self, offset: float) -> dict:
+        """Run Tencent's clock `offset` s ahead of ours (negative: behind)."""
+        return self._post("/sandbox/clock", {"offset": offset})
+
     def clear_faults(self) -> dict:
         return self._post("/sandbox/faults/clear")
 

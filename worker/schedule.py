@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from worker.ratelimit import admitted_per_second
+from worker.ratelimit import WINDOW_MS, admitted_per_second
 
 
 def tick_seconds(flush_interval: float) -> float:
@@ -26,11 +26,13 @@ def urgent_window(flush_interval: float) -> float:
     return 3 * flush_interval + 2.0
 
 
-def per_tick_budget(api_rate: int, flush_interval: float, share: float = 1.0) -> int:
-    """Calls of one API a tick may dispatch: what the limiter admits until the next tick, so
-    dispatched tasks do not wait for it (holding control threads that near-end flushes need)."""
-    return max(1, math.floor(admitted_per_second(api_rate) * tick_seconds(flush_interval)
-                             * share))
+def per_tick_budget(api_rate: int, flush_interval: float, share: float = 1.0,
+                    reserved: int = 0) -> int:
+    """Calls of one API a tick may dispatch: what the limiter admits until the next tick, less
+    the `reserved` calls per limiter window kept for the end game, so dispatched tasks do not
+    wait for it (holding control threads)."""
+    per_second = max(0.0, admitted_per_second(api_rate) - reserved / (WINDOW_MS / 1000))
+    return max(1, math.floor(per_second * tick_seconds(flush_interval) * share))
 
 
 def choose(due: list[tuple[str, float]], ends: dict[str, float | None], now: float,

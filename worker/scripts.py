@@ -128,20 +128,47 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# Tencent's clock offset: intersect a sample [lo, hi] with the stored bounds widened by their
+# age x drift; a sample that contradicts them widens them to cover both (see worker/tclock.py).
+# KEYS: clock hash   ARGV: lo, hi, now, drift   Returns {lo, hi}.
+CLOCK_OBSERVE = """
+local lo, hi = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now, drift = tonumber(ARGV[3]), tonumber(ARGV[4])
+local c = redis.call('HMGET', KEYS[1], 'lo', 'hi', 'at')
+if c[1] then
+  local age = math.max(0, now - tonumber(c[3])) * drift
+  local olo, ohi = tonumber(c[1]) - age, tonumber(c[2]) + age
+  if lo <= ohi and hi >= olo then
+    lo, hi = math.max(lo, olo), math.min(hi, ohi)
+  else
+    lo, hi = math.min(lo, olo), math.max(hi, ohi)
+  end
+end
+redis.call('HSET', KEYS[1], 'lo', tostring(lo), 'hi', tostring(hi), 'at', tostring(now))
+return {tostring(lo), tostring(hi)}
+"""
+
 # Sliding-window log rate limiter: admit a call if fewer than `rate` were admitted in the last
-# `window` ms (Redis's own clock, so every host agrees). KEYS: log   ARGV: rate, window ms, id
-# Returns 0 if admitted, else the ms to wait until the oldest call leaves the window.
+# `window` ms (Redis's own clock, so every host agrees). A 'low' call (one with no deadline)
+# is admitted only below `rate` minus the reserve the tick keeps for deadlines.
+# KEYS: log, reserve   ARGV: rate, window ms, id, lane ('low' | 'high')
+# Returns 0 if admitted, else the ms to wait until enough calls leave the window.
 RATE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[2])
+local limit = tonumber(ARGV[1])
+if ARGV[4] == 'low' then  -- a call without a deadline leaves the reserve to those with one
+  limit = limit - math.min(limit - 1, tonumber(redis.call('GET', KEYS[2]) or '0'))
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+local n = redis.call('ZCARD', KEYS[1])
+if n < limit then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window * 2)
   return 0
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local oldest = redis.call('ZRANGE', KEYS[1], n - limit, n - limit, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + window - now + 1)
 """
 

@@ -51,14 +51,32 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=2.0, read=5.0, write=5.0, pool=5.0)
 class Limiter(Protocol):
     """Anything that blocks until one more call of `api` fits the shared budget."""
 
-    def acquire(self, api: str) -> float: ...
+    window_ms: int
+
+    def acquire(self, api: str, max_wait: float | None = None, lane: str = "high") -> float: ...
+
+    def try_acquire(self, api: str, lane: str = "high") -> float: ...
+
+    def set_reserve(self, api: str, calls: int) -> None: ...
 
 
 class NoLimiter:
     """A limiter that never waits (tests and one-off CLI probes)."""
 
-    def acquire(self, api: str) -> float:
+    window_ms = 1000
+
+    def acquire(self, api: str, max_wait: float | None = None, lane: str = "high") -> float:
         return 0.0
+
+    def try_acquire(self, api: str, lane: str = "high") -> float:
+        return 0.0
+
+    def set_reserve(self, api: str, calls: int) -> None:
+        pass
+
+
+#: `admitted=ADMITTED`: the caller already holds the limiter's slot for the first attempt.
+ADMITTED = -1.0
 
 
 class TencentClient:
@@ -81,6 +99,8 @@ class TencentClient:
         self._pid = 0
         #: metrics hook: (api, outcome, seconds, seconds waited for the limiter)
         self.on_call: Callable[[str, str, float, float], None] | None = None
+        #: clock hook: (the answer's Date header, wall time sent, wall time answered)
+        self.on_answer: Callable[[str, float, float], None] | None = None
 
     def __repr__(self) -> str:
         return f"TencentClient(base_url={self.base_url!r}, sdkappid={self.sdkappid})"
@@ -118,19 +138,28 @@ class TencentClient:
         }
 
     def _send_once(self, api: str, body: dict[str, Any],
-                   on_send: Callable[[], None] | None = None) -> dict[str, Any]:
+                   on_send: Callable[[], None] | None = None,
+                   max_wait: float | None = None, lane: str = "high") -> dict[str, Any]:
         """One HTTP exchange; returns Tencent's JSON or raises a classified TencentError.
-        `on_send` runs once the limiter has admitted the call, just before it leaves."""
-        waited = self.limiter.acquire(api)
+        `on_send` runs once the limiter has admitted the call, just before it leaves;
+        `max_wait` ADMITTED: the caller holds the slot; else how long to wait for one."""
+        waited = 0.0 if max_wait == ADMITTED else self.limiter.acquire(api, max_wait, lane)
         if on_send is not None:
             on_send()
         started = time.monotonic()
+        sent_at = time.time()
         try:
             resp = self.http.post(self.url(api), params=self.query(), json=body)
         except httpx.HTTPError as exc:
             outcome = classify_exception(exc)
             self._observe(api, outcome.value, started, waited)
             raise TencentError(api, outcome, type(exc).__name__) from None
+        date = resp.headers.get("date")
+        if date and self.on_answer is not None:
+            try:
+                self.on_answer(date, sent_at, time.time())
+            except Exception:  # the clock estimate never fails a call
+                log.debug("clock sample dropped", exc_info=True)
         outcome = classify_status(resp.status_code)
         if outcome is not Outcome.success:
             self._observe(api, outcome.value, started, waited)
@@ -159,18 +188,21 @@ class TencentClient:
     # -- retries ---------------------------------------------------------------------------
 
     def call(self, api: str, body: dict[str, Any], *, max_attempts: int | None = None,
-             on_send: Callable[[], None] | None = None) -> dict[str, Any]:
+             on_send: Callable[[], None] | None = None, max_wait: float | None = None,
+             lane: str = "high") -> dict[str, Any]:
         """Call `api`, retrying only what is certainly not applied; raise TencentError else.
 
         A 70001 (UserSig expired) is retried once with a fresh sig; retryable outcomes back
         off exponentially with jitter. Ambiguous and final outcomes raise at once: only the
-        caller knows a path that cannot double-count.
+        caller knows a path that cannot double-count. `max_wait` bounds each wait for the
+        limiter (ADMITTED: the first attempt's slot is already held; later ones do not wait).
         """
         attempts = max_attempts or self.max_attempts
         renewed = False
         for attempt in range(1, attempts + 1):
             try:
-                return self._send_once(api, body, on_send)
+                wait = max_wait if attempt == 1 or max_wait != ADMITTED else 0.0
+                return self._send_once(api, body, on_send, wait, lane)
             except TencentError as err:
                 log.warning("tencent call failed: %s (attempt %d/%d)", err, attempt, attempts)
                 if err.code == SIG_EXPIRED:
@@ -190,28 +222,33 @@ class TencentClient:
 
     def set_battle_score(self, battle_id: str, op_type: int, scores: dict[str, int], *,
                          max_attempts: int | None = None,
-                         on_send: Callable[[], None] | None = None) -> SetBattleScoreResult:
+                         on_send: Callable[[], None] | None = None,
+                         max_wait: float | None = None,
+                         lane: str = "high") -> SetBattleScoreResult:
         """OpType 1 adds `scores` to each room, 2 overwrites; returns per-room ResultCodes."""
         req = SetBattleScoreRequest(
             BattleId=battle_id, OpType=op_type,
             ScoreList=[ScoreItem(RoomId=r, Score=s) for r, s in scores.items()])
         data = self.call("set_battle_score", req.model_dump(), max_attempts=max_attempts,
-                         on_send=on_send)
+                         on_send=on_send, max_wait=max_wait, lane=lane)
         resp = SetBattleScoreResult.model_validate(data.get("Response") or {})
         resp.RequestId = data.get("RequestId")
         return resp
 
-    def get_gift_count(self, room_id: str, owner: str) -> GiftCount:
+    def get_gift_count(self, room_id: str, owner: str, *,
+                       max_wait: float | None = None) -> GiftCount:
         """Cumulative totals of gifts to `owner` in `room_id` since the room was created."""
         req = GiftCountRequest(RoomId=room_id, From_Account=owner)
-        data = self.call("get_gift_count", req.model_dump())
+        data = self.call("get_gift_count", req.model_dump(), max_wait=max_wait)
         out = GiftCount.model_validate(data.get("Response") or {})
         out.RequestId = data.get("RequestId")
         return out
 
-    def get_battle_info(self, battle_id: str) -> BattleInfo:
+    def get_battle_info(self, battle_id: str, *, max_wait: float | None = None,
+                        max_attempts: int | None = None) -> BattleInfo:
         """Membership, timing and current scores of a battle."""
-        data = self.call("get_battle_info", {"BattleId": battle_id})
+        data = self.call("get_battle_info", {"BattleId": battle_id}, max_wait=max_wait,
+                         max_attempts=max_attempts)
         out = BattleInfo.model_validate(data.get("Response") or {})
         out.RequestId = data.get("RequestId")
         return out
