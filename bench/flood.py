@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-duration", type=float, default=30.0)
     p.add_argument("--spread", type=float, default=50.0, help="seconds over which battles end")
     args = p.parse_args(argv)
-    bench = Bench(workers=1, concurrency=4)
+    bench = Bench(workers=1, concurrency=None)  # one worker, as the README starts it
     rng = random.Random(5)
     try:
         n = args.battles

@@ -267,6 +267,11 @@ class Bench:
         return run
 
 
+def fair_share(n: int, rate: int = 200) -> float:
+    """The freshness bound: every battle with value flushed once per N / (0.9 x rate) s."""
+    return max(FLUSH_INTERVAL, n / (0.9 * rate)) + 1.0
+
+
 def _latencies(delivered, history) -> list[float]:
     """Delivery → the moment the sandbox's score of the room first includes the gift."""
     by_room: dict[tuple[str, str], list] = defaultdict(list)
@@ -376,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="battle ends per second once the first ends (0: all end together)")
     p.add_argument("--events", type=int, default=20_000, help="events per ingest drain")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="worker processes per worker (default: Celery's, as the README starts it)")
     p.add_argument("--modes", default="scorer,naive", help="which integrations to run")
     p.add_argument("--no-ingest", action="store_true", help="skip the ingest drains")
     p.add_argument("--json", help="also write the figures here")
@@ -404,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             out["ingest"] = {"celery_noop_per_s": noop, "single_per_s": single,
                              "bulk100_per_s": bulk100, "bulk1000_per_s": bulk1000}
             emit("\ningest, events/s per machine (worker concurrency "
-                  f"{args.workers}x{args.concurrency})")
+                  f"{args.workers}x{args.concurrency or os.cpu_count()})")
             emit(f"  Celery no-op drain (ceiling of one event per message): {noop:9.0f}")
             emit(f"  scorer.webhook, 1 event per message:                   {single:9.0f}"
                   f"  ({_ratio(single, noop)} of the no-op ceiling)")
@@ -437,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{_pct(s.latencies, .5)} / {_pct(s.latencies, .99)} / {_pct(s.latencies, 1)}",
                  f"{_pct(nv.latencies, .5)} / {_pct(nv.latencies, .99)} / "
                  f"{_pct(nv.latencies, 1)}"),
+                ("fair-share bound N / (0.9 x rate) + 1 s", f"{fair_share(n):.1f}s", ""),
                 ("peak queue, messages (ingest / control)",
                  f"{s.peak_ingest_queue} / {s.peak_control_queue}",
                  f"{nv.peak_ingest_queue} / {nv.peak_control_queue}"),

@@ -13,7 +13,7 @@ import redis
 from worker.batch import pipeline
 from worker import app, battles, drain, endgame, keys, schedule, watermark
 from worker.battles import Battle
-from worker.flush import END_MARGIN, forget_if_idle, flush_battle
+from worker.flush import forget_if_idle, flush_battle
 from worker.keys import BattleKeys
 from worker.lock import BattleLock
 from worker.reconcile import reconcile_battle
@@ -77,16 +77,11 @@ def reconcile(battle_ids: list[str]) -> dict[str, str]:
 def tick() -> dict[str, int]:
     """Dispatch due flushes and reconciles, sweep held gifts, finalize ended battles."""
     rt = get_runtime()
-    started = time.monotonic()
+    endgame.ensure_runner(rt, flush_battle)  # the end game runs beside the tick, not in it
     with BattleLock(rt.redis, keys.TICK_LOCK, ttl_ms=5000) as lock:
         if not lock.held:
             return {}
-        out = run_tick(rt)
-        # Until the next tick, the end game: value of battles about to end goes at once. Stop
-        # a little early so the next tick finds the lock free.
-        until = started + schedule.tick_seconds(rt.settings.flush_interval) - 0.03
-        out["endgame"] = endgame.run_until(rt, until, flush_battle)
-        return out
+        return run_tick(rt)
 
 
 def _due(rt: Runtime, zkey: str, now: float) -> list[str]:
@@ -145,31 +140,6 @@ def _with_value(rt: Runtime, battle_ids: list[str]) -> list[str]:
     return out
 
 
-def _end_game(rt: Runtime, now: float) -> int:
-    """Promote battles entering their final window with value waiting, and keep the limiter's
-    reserve for the end game's calls; returns that reserve."""
-    latest = rt.tclock.latest()
-    horizon = endgame.FINAL_WINDOW + 1.0
-    ending = rt.redis.zrangebyscore(keys.ACTIVE, rt.tclock.earliest() - END_MARGIN,
-                                    latest + horizon, start=0, num=MAX_DISPATCH,
-                                    withscores=True)
-    in_window = [b for b, end in ending if end - latest <= endgame.FINAL_WINDOW]
-    endgame.promote(rt, [b for b, s in zip(in_window, rt.redis.zmscore(
-        keys.FLUSH_DUE, in_window) if in_window else []) if s is not None and s <= now])
-    ids = [b for b, _ in ending]
-    with_value = 0
-    if ids:
-        pipe = pipeline(rt.redis)
-        pipe.zmscore(keys.FLUSH_DUE, ids)
-        pipe.zmscore(keys.ENDGAME_DUE, ids)
-        due, eg = pipe.execute()
-        with_value = sum(1 for a, b in zip(due, eg) if a is not None or b is not None)
-    limiter = rt.client.limiter
-    calls = endgame.reserve(rt, with_value, limiter.window_ms / 1000.0)
-    limiter.set_reserve("set_battle_score", calls)
-    return calls
-
-
 def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
     """One tick; `dispatch(task, battle_ids)` sends a control task (tests pass their own)."""
     dispatch = _batched(dispatch or (lambda task, ids: task.apply_async((ids,),
@@ -183,7 +153,7 @@ def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
     now = rt.clock()
     s = rt.settings
     # The end game first: its battles and the share of the budget it keeps.
-    out["reserve"] = reserved = _end_game(rt, now)
+    out["reserve"] = reserved = endgame.plan(rt, now)
     # Flushes: at most one per battle per SCORER_FLUSH_INTERVAL, within what the budget has
     # left after the end game's reserve, deadline-first then oldest first (fair share).
     budget = schedule.per_tick_budget(s.api_rate, s.flush_interval, reserved=reserved)

@@ -4,11 +4,13 @@ A battle is decided in its last seconds, and after its end nothing can be correc
 battle is within FINAL_WINDOW of its end (on Tencent's clock, worker/tclock.py), value that
 lands is not left for the next tick:
 - ingest marks the battle in ENDGAME_DUE the moment it stores the value (`mark`), and the tick
-  promotes battles that entered the window with value already waiting (`promote`);
-- the tick's holder runs rounds every POLL seconds between ticks (`run_until`): value that has
-  waited COALESCE (more gifts of the same moment ride along) is flushed on the HIGH lane of the
-  limiter, soonest end first (deadline-first: when deadlines compete for the budget, the battle
-  that ends first goes first, and the others coalesce meanwhile);
+  promotes battles that entered the window with value already waiting (`plan`);
+- one runner thread (`ensure_runner`: started in every process that runs ticks, one of them
+  holding `bs:endgame:lock`) runs a round every POLL seconds: value that has waited COALESCE
+  (more gifts of the same moment ride along) is flushed on the HIGH lane of the limiter,
+  soonest end first (deadline-first: when deadlines compete for the budget, the battle that
+  ends first goes first, and the others coalesce meanwhile). It is a thread of its own, not a
+  task: the end game never waits for a free worker thread, nor for beat's next tick;
 - a battle's last flush goes as late as its value lands, up to the moment Tencent's clock is
   surely past the end; no flush goes after that (`flush.needs` records the rest unapplied).
 
@@ -29,6 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from worker import keys
+from worker.batch import pipeline
+from worker.keys import BattleKeys
+from worker.lock import BattleLock
 from worker.ratelimit import HIGH
 from worker.runtime import Runtime
 
@@ -44,6 +49,12 @@ POLL = 0.02
 THREADS = 16
 #: End-game battles looked at per round, soonest end first.
 ROUND_MAX = 200
+#: The runner re-plans (promotes battles entering the window, renews the reserve) this often.
+PLAN_EVERY = 0.25
+#: Battles ending within this many seconds past the window count toward the reserve.
+HORIZON = 1.0
+#: A battle is past any call this long after its end by the earliest Tencent's clock may read.
+END_MARGIN = 0.05
 
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0
@@ -62,15 +73,29 @@ def mark(pipe, battle_ids: list[str], now: float) -> None:
         pipe.zadd(keys.ENDGAME_DUE, {b: now for b in battle_ids}, nx=True)
 
 
-def promote(rt: Runtime, ending: list[str]) -> int:
-    """Mark end-game battles among `ending` whose value was waiting before they entered it."""
-    if not ending:
-        return 0
-    since = rt.redis.zmscore(keys.FLUSH_DUE, ending)
-    waiting = [b for b, s in zip(ending, since) if s is not None]
-    if not waiting:
-        return 0
-    return int(rt.redis.zadd(keys.ENDGAME_DUE, {b: rt.clock() for b in waiting}, nx=True))
+def plan(rt: Runtime, now: float) -> int:
+    """Promote battles entering their final window with value waiting, and keep the limiter's
+    reserve for the end game's calls; returns that reserve (calls per limiter window)."""
+    latest = rt.tclock.latest()
+    ending = rt.redis.zrangebyscore(keys.ACTIVE, rt.tclock.earliest() - END_MARGIN,
+                                    latest + FINAL_WINDOW + HORIZON, start=0, num=2000,
+                                    withscores=True)
+    ids = [b for b, _ in ending]
+    with_value = 0
+    if ids:
+        pipe = pipeline(rt.redis)
+        pipe.zmscore(keys.FLUSH_DUE, ids)
+        pipe.zmscore(keys.ENDGAME_DUE, ids)
+        due, marked = pipe.execute()
+        promote = [b for (b, end), d in zip(ending, due)
+                   if d is not None and d <= now and end - latest <= FINAL_WINDOW]
+        if promote:
+            rt.redis.zadd(keys.ENDGAME_DUE, {b: now for b in promote}, nx=True)
+        with_value = sum(1 for d, m in zip(due, marked) if d is not None or m is not None)
+    limiter = rt.client.limiter
+    calls = reserve(rt, with_value, limiter.window_ms / 1000.0)
+    limiter.set_reserve("set_battle_score", calls)
+    return calls
 
 
 def reserve(rt: Runtime, ending_with_value: int, window: float) -> int:
@@ -78,7 +103,7 @@ def reserve(rt: Runtime, ending_with_value: int, window: float) -> int:
     next FINAL_WINDOW + 1 s with value (its last flushes), spread over that time."""
     if not ending_with_value:
         return 0
-    return math.ceil(2 * ending_with_value * window / (FINAL_WINDOW + 1.0))
+    return math.ceil(2 * ending_with_value * window / (FINAL_WINDOW + HORIZON))
 
 
 def _executor() -> ThreadPoolExecutor:
@@ -102,8 +127,18 @@ def run_round(rt: Runtime, flush: Flush) -> int:
                                  num=ROUND_MAX)
     if not due:
         return 0
-    ends = rt.redis.zmscore(keys.ACTIVE, due)
-    order = sorted((e if e is not None else 0.0, b) for b, e in zip(due, ends))
+    pipe = pipeline(rt.redis)
+    pipe.zmscore(keys.ACTIVE, due)
+    for bid in due:
+        pipe.hlen(BattleKeys(bid).pending)
+        pipe.exists(BattleKeys(bid).inflight)
+    res = pipe.execute()
+    ends, value = res[0], res[1:]
+    idle = [b for k, b in enumerate(due) if not value[2 * k] and not value[2 * k + 1]]
+    if idle:  # flushed meanwhile by the tick's flushes: no slot for them
+        rt.redis.zrem(keys.ENDGAME_DUE, *idle)
+    order = sorted((e if e is not None else 0.0, b) for b, e in zip(due, ends)
+                   if b not in idle)
     started = 0
     pool = _executor()
     for _, bid in order:
@@ -132,12 +167,39 @@ def _flush(rt: Runtime, battle_id: str, flush: Flush) -> None:
             _running.discard(battle_id)
 
 
-def run_until(rt: Runtime, until: float, flush: Flush) -> int:
-    """Run rounds every POLL seconds until `until` (monotonic); returns flushes started."""
-    started = 0
+_runner_pid = 0
+
+
+def ensure_runner(rt: Runtime, flush: Flush) -> None:
+    """Start this process's end-game runner thread once (again after a fork)."""
+    global _runner_pid
+    with _mu:
+        if _runner_pid == os.getpid():
+            return
+        _runner_pid = os.getpid()
+    threading.Thread(target=_run, args=(rt, flush), daemon=True, name="endgame").start()
+
+
+def _run(rt: Runtime, flush: Flush) -> None:
+    """Hold `bs:endgame:lock` (one runner at a time), then plan and run rounds until it is
+    lost; a runner without the lock looks again every half second."""
     while True:
+        try:
+            with BattleLock(rt.redis, keys.ENDGAME_LOCK, ttl_ms=3000) as lock:
+                if lock.held:
+                    run_while(rt, flush, lambda: not lock.lost)
+        except Exception:  # Redis away: try again; the tick keeps flushing meanwhile
+            log.exception("end-game runner failed")
+        time.sleep(0.5)
+
+
+def run_while(rt: Runtime, flush: Flush, go: Callable[[], bool]) -> int:
+    """Plan every PLAN_EVERY s and run a round every POLL s while `go()`; returns flushes."""
+    started, planned = 0, 0.0
+    while go():
+        if time.monotonic() - planned >= PLAN_EVERY:
+            plan(rt, rt.clock())
+            planned = time.monotonic()
         started += run_round(rt, flush)
-        left = until - time.monotonic()
-        if left <= 0:
-            return started
-        time.sleep(min(POLL, left))
+        time.sleep(POLL)
+    return started

@@ -29,8 +29,9 @@ MAX_ROUNDS = 2
 #: A flush waits this long for a battle lock another flush holds (its batch is about to settle)
 #: before giving the battle back to the schedule.
 LOCK_WAIT = 0.3
-#: A freshness flush (LOW lane) waits this long for a call slot, holding no lock.
-SLOT_WAIT = 2.0
+#: A freshness flush (LOW lane) waits this long for a call slot, holding no lock (a control
+#: thread, though: the tick dispatched no more than the lane carries, so waits are short).
+SLOT_WAIT = 0.5
 #: A battle whose flush could not run (busy, no slot, a retryable answer) is due again this soon.
 RETRY_SOON = 0.2
 #: A request whose answer we never got may still be applied for a while: Tencent may be

@@ -73,6 +73,8 @@ DEAD_LETTERS = f"{PREFIX}:deadletters"
 STATS = f"{PREFIX}:stats"
 #: hash lo, hi, at: bounds on Tencent's clock minus ours (worker/tclock.py).
 CLOCK = f"{PREFIX}:clock"
+#: string: lock of the one end-game runner (worker/endgame.py).
+ENDGAME_LOCK = f"{PREFIX}:endgame:lock"
 #: zset BattleId → when value first waited: battles in their end game with value to flush.
 ENDGAME_DUE = f"{PREFIX}:due:endgame"
 #: zset per API of recent call stamps: the shared sliding-window rate limiter.

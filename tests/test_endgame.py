@@ -1,0 +1,69 @@
+"""The end game: the last second counts, on Tencent's clock, whatever its offset from ours."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from worker import endgame, keys
+from worker.keys import BattleKeys
+from worker.ratelimit import RedisRateLimiter
+
+
+def test_deadlines_compete_soonest_end_first(rt):
+    """Three battles with value in their end game, a budget of two calls: the two that end
+    first get them; the third keeps its place for the next round."""
+    now = rt.clock()
+    rt.client.limiter = RedisRateLimiter(rt.redis, 2, headroom=1.0)
+    rt.redis.zadd(keys.ACTIVE, {"late": now + 1.4, "first": now + 0.6, "second": now + 0.9})
+    rt.redis.zadd(keys.ENDGAME_DUE, {b: now - 1 for b in ("late", "first", "second", "idle")})
+    for b in ("late", "first", "second"):
+        rt.redis.hset(BattleKeys(b).pending, "room", 5)
+    flushed, done = [], threading.Event()
+
+    def flush(rt_, bid, lane, admitted):
+        assert lane == "high" and admitted
+        flushed.append(bid)
+        if len(flushed) == 2:
+            done.set()
+        return "ok"
+
+    assert endgame.run_round(rt, flush) == 2
+    assert done.wait(5)
+    assert sorted(flushed) == ["first", "second"]
+    assert rt.redis.zrange(keys.ENDGAME_DUE, 0, -1) == ["late"]  # "idle" took no slot
+
+
+def test_value_waits_to_coalesce_then_goes_at_once(rt):
+    now = rt.clock()
+    rt.redis.zadd(keys.ACTIVE, {"b": now + 1.0})
+    rt.redis.zadd(keys.ENDGAME_DUE, {"b": now})  # just landed: a few ms for its neighbours
+    rt.redis.hset(BattleKeys("b").pending, "room", 5)
+    calls = []
+    assert endgame.run_round(rt, lambda *a, **k: calls.append(a) or "ok") == 0
+    time.sleep(endgame.COALESCE)
+    assert endgame.run_round(rt, lambda *a, **k: calls.append(a) or "ok") == 1
+
+
+def test_the_reserve_follows_the_endings_and_scales_with_the_window():
+    assert endgame.reserve(None, 0, 1.0) == 0
+    assert endgame.reserve(None, 100, 1.0) == 80  # 100 endings with value in 2.5 s: 2 calls
+    assert endgame.reserve(None, 10, 1.0) == 8
+
+
+@pytest.mark.parametrize("offset", [-0.5, 0.5])
+def test_every_gift_a_second_before_the_end_counts_whatever_tencents_clock(offset):
+    """The README's "In time" guarantee, with the stack as a user starts it (one worker at
+    the default concurrency, beat), gifts at 10/s per battle, marks at end-1.0 s and -0.5 s."""
+    from bench.edge import run_edge
+    from bench.run import Bench
+
+    bench = Bench(workers=1, concurrency=None, prefix="bs-test-edge-")
+    try:
+        run = run_edge(bench, "scorer", 4, duration=8.0, rate=10.0, offset=offset)
+    finally:
+        bench.close()
+    assert run.right == 4, run.wrong
+    assert run.counted_1s == 4 and run.over == 0
