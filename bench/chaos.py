@@ -185,6 +185,9 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
                         log(json.dumps({n: r.hgetall(getattr(bk, n)) for n in
                                         ("meta", "ledger", "applied", "corr", "unapplied",
                                          "recon", "pending", "inflight")}, indent=1))
+                        log(json.dumps([h for h in sandbox.state.history
+                                        if h["battle"] == bid and h["room"] == room]))
+                        log(json.dumps(r.lrange(bk.flushes, 0, -1)))
             res.exact += exact
         res.dead_letters = r.llen("bs:deadletters")
         return res

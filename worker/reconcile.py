@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 
 from worker import battles, keys, watermark
 from worker.battles import Battle
@@ -59,6 +60,8 @@ TYPICAL_LAG = 0.6
 PAIR_GAP = 1.0
 #: A correction waits this long for a call slot (on the LOW lane, holding no battle lock).
 CORRECT_SLOT_WAIT = 2.0
+#: ... and this long for the battle's lock and a batch in flight to settle (flush.LOCK_WAIT+).
+CORRECT_LOCK_WAIT = 1.0
 
 
 def _last_second(secs: dict[str, int], room: str) -> int:
@@ -200,11 +203,17 @@ class Reconciler:
             rt.client.limiter.acquire("set_battle_score", CORRECT_SLOT_WAIT, LOW)
         except RateLimitTimeout:
             return set()
-        with BattleLock(rt.redis, self.bk.lock) as lock:
-            if not lock.held or rt.redis.exists(self.bk.inflight):
-                return set()  # a flush owns it: still confirmed, the next pass retries
-            applied = {k: int(v) for k, v in rt.redis.hgetall(self.bk.applied).items()}
-            return self._overwrite(fixes, applied, lock)
+        # A flush holds the lock for one round trip, and its batch settles with it: wait that
+        # long rather than lose the confirmation near the end (two more reads may not come).
+        deadline = time.monotonic() + CORRECT_LOCK_WAIT
+        while True:
+            with BattleLock(rt.redis, self.bk.lock) as lock:
+                if lock.held and not rt.redis.exists(self.bk.inflight):
+                    applied = {k: int(v) for k, v in rt.redis.hgetall(self.bk.applied).items()}
+                    return self._overwrite(fixes, applied, lock)
+            if time.monotonic() >= deadline:
+                return set()  # still confirmed: the next agreeing read retries
+            time.sleep(0.02)
 
     def _overwrite(self, fixes: dict[str, int], applied: dict[str, int],
                    lock: BattleLock) -> set[str]:
