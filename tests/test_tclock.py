@@ -27,6 +27,19 @@ def _answer(tc: TencentClock, clock: Clock, offset: float, rtt: float = 0.004) -
     tc.observe_date(email.utils.formatdate(stamp, usegmt=True), sent, clock.t)
 
 
+def _learn(tc: TencentClock, clock: Clock, offset: float, answers: int = 40) -> None:
+    """Answers at many fractions of a second."""
+    for _ in range(answers):
+        _answer(tc, clock, offset)
+        clock.t += 0.11
+
+
+def _fresh(redis_url: str) -> tuple[redis.Redis, Clock, TencentClock]:
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    clock = Clock(1_800_000_000.0)
+    return r, clock, TencentClock(r, clock)
+
+
 @pytest.mark.parametrize("offset", [-0.5, -0.03, 0.0, 0.5, 2.7])
 def test_bounds_hold_the_true_offset_and_narrow_to_a_round_trip(redis_url, offset):
     r = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -43,41 +56,28 @@ def test_bounds_hold_the_true_offset_and_narrow_to_a_round_trip(redis_url, offse
 
 
 def test_processes_share_what_they_learn(redis_url):
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    clock = Clock(1_800_000_000.0)
-    a, b = TencentClock(r, clock), TencentClock(r, clock)
-    for _ in range(40):
-        _answer(a, clock, 0.5)
-        clock.t += 0.11
+    r, clock, a = _fresh(redis_url)
+    b = TencentClock(r, clock)
+    _learn(a, clock, 0.5)
     clock.t += 1  # past b's cache
     lo, hi = b.bounds()
     assert lo <= 0.5 <= hi and hi - lo < 0.05
 
 
 def test_a_stepped_clock_widens_the_bounds_instead_of_lying(redis_url):
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    clock = Clock(1_800_000_000.0)
-    tc = TencentClock(r, clock)
-    for _ in range(40):
-        _answer(tc, clock, 0.0)
-        clock.t += 0.11
+    r, clock, tc = _fresh(redis_url)
+    _learn(tc, clock, 0.0)
     _answer(tc, clock, 3.0)  # NTP stepped one clock by 3 s
     lo, hi = tc.bounds()
     assert lo <= 0.0 and hi >= 3.0  # covers both: decisions stay safe, if less sharp
-    for _ in range(40):
-        _answer(tc, clock, 3.0)
-        clock.t += 0.11
+    _learn(tc, clock, 3.0)
     lo, hi = tc.bounds()
     assert lo <= 3.0 <= hi and hi - lo < 0.05
 
 
 def test_bounds_widen_with_age(redis_url):
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    clock = Clock(1_800_000_000.0)
-    tc = TencentClock(r, clock)
-    for _ in range(40):
-        _answer(tc, clock, 0.0)
-        clock.t += 0.11
+    r, clock, tc = _fresh(redis_url)
+    _learn(tc, clock, 0.0)
     lo, hi = tc.bounds()
     clock.t += 3600
     lo2, hi2 = tc.bounds()
