@@ -151,7 +151,7 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
     plan: list[tuple[str, Gift, int]] = []  # (what, gift, position of its reply)
     by_battle: dict[str, list[Gift]] = {}
     ending: set[str] = set()  # battles in their end game: flushed at once (worker/endgame.py)
-    now = rt.clock()
+    now, latest = rt.clock(), rt.tclock.latest()
     for g in gifts:
         hit = find_battle(index[g.room], g.second)
         if hit is None:
@@ -168,7 +168,7 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
             _count_outside(pipe, g)
             continue
         by_battle.setdefault(battle_id, []).append(g)
-        if endgame.in_window(rt, end):
+        if endgame.in_window(end, latest):
             ending.add(battle_id)
     scored: list[tuple[list[Gift], int]] = []  # (a battle's gifts, position of its flags)
     for battle_id, bgifts in by_battle.items():

@@ -62,9 +62,10 @@ _running: set[str] = set()
 _mu = threading.Lock()
 
 
-def in_window(rt: Runtime, end: float) -> bool:
-    """True when a battle ending at `end` (Tencent's clock) is in its final window."""
-    return 0 < end and end - rt.tclock.latest() <= FINAL_WINDOW
+def in_window(end: float, latest: float) -> bool:
+    """True when a battle ending at `end` is in its final window, `latest` being the latest
+    Tencent's clock may read now (`rt.tclock.latest()`, read once per batch of gifts)."""
+    return 0 < end and end - latest <= FINAL_WINDOW
 
 
 def mark(pipe, battle_ids: list[str], now: float) -> None:
@@ -93,12 +94,12 @@ def plan(rt: Runtime, now: float) -> int:
             rt.redis.zadd(keys.ENDGAME_DUE, {b: now for b in promote}, nx=True)
         with_value = sum(1 for d, m in zip(due, marked) if d is not None or m is not None)
     limiter = rt.client.limiter
-    calls = reserve(rt, with_value, limiter.window_ms / 1000.0)
+    calls = reserve(with_value, limiter.window_ms / 1000.0)
     limiter.set_reserve("set_battle_score", calls)
     return calls
 
 
-def reserve(rt: Runtime, ending_with_value: int, window: float) -> int:
+def reserve(ending_with_value: int, window: float) -> int:
     """Calls per limiter window to keep for end-game flushes: two per battle ending within the
     next FINAL_WINDOW + 1 s with value (its last flushes), spread over that time."""
     if not ending_with_value:
