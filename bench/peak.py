@@ -27,8 +27,7 @@ from celery import Celery
 from bench.run import Bench, _latencies, _pct
 from worker.bodies import end_body, gift_body, start_body
 from worker.sandbox_control import SandboxControl
-from worker.stack import (children_map,
-                          process_tree_cpu)
+from worker.stack import children_map
 
 MODES = ("single", "bulk", "naive")
 APIS = ("set_battle_score", "get_gift_count", "get_battle_info")
@@ -40,7 +39,6 @@ SAMPLE_EVERY = 0.25
 SETTLE = 6.0  # after the last end, so late flushes can land
 MODE_LIMIT = 150  # hard stop of one mode, setup included
 MARKS = ("<!-- peak:start -->", "<!-- peak:end -->")
-CLK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -120,15 +118,6 @@ class Sender:
             self.first = self.first or self.last
 
 
-def proc_cpu(pid: int) -> float:
-    """CPU seconds of one process alone, all threads (utime + stime)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK
-
-
 class _Timeout(Exception):
     """A mode ran past MODE_LIMIT."""
 
@@ -143,18 +132,6 @@ class PeakBench(Bench):
 
     def __init__(self) -> None:
         super().__init__(1, None, prefix="bs-peak-")
-
-    def cpu(self) -> dict[str, float]:
-        """CPU seconds so far per component (the generator is this process, all threads), and
-        of the worker's main process alone (Celery's consumer: it may be the bottleneck)."""
-        kids = children_map()
-        pids = {"worker": self.procs.procs["worker"].pid, "beat": self.procs.procs["beat"].pid,
-                "sandbox": self.sandbox.pid, "redis": self.redis_server.proc.pid}
-        control = [p for p in kids.get(pids["worker"], [])
-                   if "scorer.control" in Path(f"/proc/{p}/cmdline").read_text()]
-        return {**{k: process_tree_cpu(p) for k, p in pids.items()},
-                "generator": time.process_time(), "worker_main": proc_cpu(pids["worker"]),
-                "worker_control": sum(process_tree_cpu(p) for p in control)}
 
     def fresh(self) -> None:
         """Empty queues, Redis state and the sandbox: a previous mode's backlog is dropped, not

@@ -20,16 +20,27 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import redis
 from celery import Celery
 
 from worker.bodies import gift_body, start_body
-from worker.stack import (ROOT, Processes, RedisServer, SandboxProcess, process_tree_rss,
-                          scorer_env)
+from worker.stack import (ROOT, Processes, RedisServer, SandboxProcess, children_map,
+                          process_tree_cpu, process_tree_rss, scorer_env)
 
 SDKAPPID = 1400000000
 FLUSH_INTERVAL = 1.0
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds of one process alone, all threads (utime + stime)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK
 
 
 @dataclass
@@ -51,6 +62,7 @@ class Run:
     refused_100012: int = 0
     peak_ingest_queue: int = 0
     peak_control_queue: int = 0
+    cpu: dict[str, float] = field(default_factory=dict)  # % of one core per component
 
 
 class Bench:
@@ -104,6 +116,19 @@ class Bench:
             if not self.r.llen("celery") and not self.r.hlen("unacked"):
                 return
             time.sleep(0.2)
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far per component: the worker's tree, its main process alone (Celery's
+        consumer), its control worker, beat, the sandbox, Redis and the generator (this
+        process, all threads). Needs the worker started as the README says (`worker`)."""
+        kids = children_map()
+        pids = {"worker": self.procs.procs["worker"].pid, "beat": self.procs.procs["beat"].pid,
+                "sandbox": self.sandbox.pid, "redis": self.redis_server.proc.pid}
+        control = [p for p in kids.get(pids["worker"], [])
+                   if "scorer.control" in Path(f"/proc/{p}/cmdline").read_text()]
+        return {**{k: process_tree_cpu(p) for k, p in pids.items()},
+                "generator": time.process_time(), "worker_main": proc_cpu(pids["worker"]),
+                "worker_control": sum(process_tree_cpu(p) for p in control)}
 
     def worker_rss(self) -> int:
         return sum(process_tree_rss(p.pid) for n, p in self.procs.procs.items()
@@ -200,6 +225,7 @@ class Bench:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         time.sleep(max(0.0, start - time.time()))
+        cpu0, wall0 = self.cpu() if "worker" in self.procs.procs else {}, time.time()
         last_gift = end - 2 * FLUSH_INTERVAL
         seq = 0
         with self.producer.producer_or_acquire() as prod:
@@ -236,6 +262,9 @@ class Bench:
                                                 producer=prod)
                 time.sleep(max(0.0, 0.1 - (time.time() - tick)))
         time.sleep(max(0.0, end + 5 - time.time()))
+        if cpu0:
+            cpu1, wall = self.cpu(), time.time() - wall0
+            run.cpu = {k: 100 * (cpu1[k] - cpu0[k]) / wall for k in cpu0}
         stop.set()
         sampler.join()
         self.r.delete("celery")  # whatever the naive way has not drained by now is too late
@@ -306,11 +335,10 @@ def _ranges(xs: list[int]) -> str:
     """[0, 1, 2, 7] → '0-2, 7'."""
     out: list[str] = []
     for x in xs:
-        if out and x == last + 1:
+        if out and x == int(out[-1].split("-")[-1]) + 1:
             out[-1] = f"{out[-1].split('-')[0]}-{x}"
         else:
             out.append(str(x))
-        last = x
     return ", ".join(out)
 
 
@@ -319,6 +347,14 @@ def _pct(xs: list[float], p: float) -> str:
         return "-"
     xs = sorted(xs)
     return f"{xs[min(len(xs) - 1, int(p * len(xs)))]:.2f}s"
+
+
+def _cpu(run: Run, *names: str) -> str:
+    """CPU % of the named components ("ingest": the worker less its control worker)."""
+    if not run.cpu:
+        return "-"
+    c = dict(run.cpu, ingest=run.cpu["worker"] - run.cpu["worker_control"])
+    return " / ".join(f"{c[n]:.0f}" for n in names)
 
 
 def _ratio(a: float, b: float) -> str:
@@ -447,6 +483,11 @@ def main(argv: list[str] | None = None) -> int:
                 ("peak queue, messages (ingest / control)",
                  f"{s.peak_ingest_queue} / {s.peak_control_queue}",
                  f"{nv.peak_ingest_queue} / {nv.peak_control_queue}"),
+                ("CPU %, one core = 100: worker ingest/control", _cpu(s, "ingest", "worker_control"),
+                 _cpu(nv, "ingest", "worker_control")),
+                ("  beat / sandbox / Redis / generator",
+                 _cpu(s, "beat", "sandbox", "redis", "generator"),
+                 _cpu(nv, "beat", "sandbox", "redis", "generator")),
                 ("peak worker RSS", f"{s.peak_rss / 2**20:.0f} MiB",
                  f"{nv.peak_rss / 2**20:.0f} MiB"),
                 ("Redis memory per active battle", f"{s.redis_per_battle / 1024:.1f} KiB",

@@ -13,7 +13,7 @@ import redis
 from worker.batch import pipeline
 from worker import app, battles, drain, endgame, keys, schedule, watermark
 from worker.battles import Battle
-from worker.flush import forget_if_idle, flush_battle
+from worker.flush import flush_battle, forget_idle
 from worker.keys import BattleKeys
 from worker.lock import BattleLock
 from worker.reconcile import reconcile_battle
@@ -89,23 +89,41 @@ def _due(rt: Runtime, zkey: str, now: float) -> list[str]:
 
 
 def _pick(rt: Runtime, zkey: str, now: float, budget: int,
-          keep=lambda ids: ids) -> list[str]:
-    """Due battles of `zkey` within `budget`, near-end first (see worker/schedule.py);
-    `keep(ids)` drops candidates that need no call."""
+          keep=lambda ids: ids, near_end_first: bool = True) -> list[str]:
+    """Due battles of `zkey` within `budget`, oldest first, with battles near their end first
+    if `near_end_first` (see worker/schedule.py); `keep(ids)` drops candidates that need no
+    call."""
+    if not near_end_first:  # the oldest due, page by page: no need to read them all
+        chosen: list[str] = []
+        seen: set[str] = set()
+        low: float | str = "-inf"  # by score, not offset: `keep` may move some out of range
+        step, ties = max(budget, 1), 0  # ties: seen ids scored `low` (read again)
+        while len(chosen) < budget and len(seen) < MAX_DISPATCH:
+            page = rt.redis.zrangebyscore(zkey, low, now, start=0, num=step + ties,
+                                          withscores=True)
+            ids = [b for b, _ in page if b not in seen][:step]
+            if not ids:
+                break
+            seen.update(ids)
+            low = page[-1][1]
+            ties = sum(1 for _, score in page if score == low)
+            chosen += keep(ids)[:budget - len(chosen)]
+        return chosen
     due = dict(rt.redis.zrangebyscore(zkey, "-inf", now, start=0, num=MAX_DISPATCH,
                                       withscores=True))
-    # The oldest MAX_DISPATCH may not include the battles about to end: add those that are due.
-    urgent = schedule.urgent_window(rt.settings.flush_interval)
-    ending = rt.redis.zrangebyscore(keys.ACTIVE, now - FINAL_GRACE, now + urgent, start=0,
-                                    num=MAX_DISPATCH)
-    if ending:
-        for bid, since in zip(ending, rt.redis.zmscore(zkey, ending)):
-            if since is not None and since <= now:
-                due[bid] = since
+    urgent = schedule.urgent_window(rt.settings.flush_interval) if near_end_first else 0.0
+    if urgent:
+        # The oldest MAX_DISPATCH may not include the battles about to end: add those due.
+        ending = rt.redis.zrangebyscore(keys.ACTIVE, now - FINAL_GRACE, now + urgent,
+                                        start=0, num=MAX_DISPATCH)
+        if ending:
+            for bid, since in zip(ending, rt.redis.zmscore(zkey, ending)):
+                if since is not None and since <= now:
+                    due[bid] = since
     if not due:
         return []
     ends = dict(zip(due, rt.redis.zmscore(keys.ACTIVE, list(due))))
-    chosen: list[str] = []
+    chosen = []
     order = schedule.choose(list(due.items()), ends, now, len(due), urgent)
     for i in range(0, len(order), max(budget, 1)):
         chosen += keep(order[i:i + budget])[:budget - len(chosen)]
@@ -114,29 +132,39 @@ def _pick(rt: Runtime, zkey: str, now: float, budget: int,
     return chosen
 
 
-def _with_value(rt: Runtime, battle_ids: list[str]) -> list[str]:
+def _with_value(rt: Runtime, battle_ids: list[str], round_s: float = 0.0) -> list[str]:
     """The battles a flush would send something for now: no idle flush, none in the end game
-    (worker/endgame.py has those), none while a batch must settle first."""
+    (worker/endgame.py has those), none while a batch must settle first, and none whose end
+    game starts before its next turn in a round of `round_s` s (schedule.skips_turn): those
+    are due again when their end game starts, and it promotes them."""
     if not battle_ids:
         return []
     pipe = pipeline(rt.redis)
+    pipe.zmscore(keys.ACTIVE, battle_ids)
     for bid in battle_ids:
         bk = BattleKeys(bid)
         pipe.hlen(bk.pending)
         pipe.hget(bk.inflight, "state")
         pipe.zscore(keys.ENDGAME_DUE, bid)
-    res = pipe.execute()
-    out, idle = [], []
+    ends, *res = pipe.execute()
+    now = rt.clock()
+    ahead = rt.tclock.latest() - now  # the end game starts by the latest Tencent's clock
+    out, idle, later = [], [], {}
     for i, bid in enumerate(battle_ids):
         pending, state, endgame_due = res[3 * i:3 * i + 3]
         if endgame_due is not None:
             continue
-        if pending or state:
-            out.append(bid)
-        else:
+        if not pending and not state:
             idle.append(bid)
-    for bid in idle:  # checked again against a concurrent ingest (flush.forget_if_idle)
-        forget_if_idle(rt, BattleKeys(bid))
+            continue
+        window_at = (ends[i] or 0.0) - endgame.FINAL_WINDOW - ahead
+        if ends[i] and schedule.skips_turn(window_at - now, round_s, rt.settings.flush_interval):
+            later[bid] = max(now, window_at)
+            continue
+        out.append(bid)
+    forget_idle(rt, idle)  # checked again against a concurrent ingest
+    if later:
+        rt.redis.zadd(keys.FLUSH_DUE, later, xx=True)
     return out
 
 
@@ -152,18 +180,24 @@ def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
         log.warning("ingest watermark not advanced: %s", type(err).__name__)
     now = rt.clock()
     s = rt.settings
+    last = rt.redis.getset(keys.TICK_AT, now)
+    span = schedule.tick_span(now, None if last is None else float(last), s.flush_interval)
     # The end game first: its battles and the share of the budget it keeps.
     out["reserve"] = reserved = endgame.plan(rt, now)
     # Flushes: at most one per battle per SCORER_FLUSH_INTERVAL, within what the budget has
-    # left after the end game's reserve, deadline-first then oldest first (fair share).
-    budget = schedule.per_tick_budget(s.api_rate, s.flush_interval, reserved=reserved)
-    due = _pick(rt, keys.FLUSH_DUE, now, budget, keep=lambda ids: _with_value(rt, ids))
+    # left after the end game's reserve, oldest first (fair share: the end game has deadlines).
+    budget = schedule.per_tick_budget(s.api_rate, s.flush_interval, reserved=reserved,
+                                      span=span)
+    round_s = schedule.round_seconds(rt.redis.zcard(keys.FLUSH_DUE), s.api_rate, reserved)
+    due = _pick(rt, keys.FLUSH_DUE, now, budget, keep=lambda ids: _with_value(rt, ids, round_s),
+                near_end_first=False)
     if due:
         rt.redis.zadd(keys.FLUSH_DUE, {b: now + s.flush_interval for b in due}, xx=True)
         dispatch(flush, due)
         out["flush"] = len(due)
     # Reconciles read get_gift_count once per room (2 per battle): half that budget per tick.
-    recon_budget = schedule.per_tick_budget(s.api_rate, s.flush_interval, share=0.5)
+    recon_budget = schedule.per_tick_budget(s.api_rate, s.flush_interval, share=0.5,
+                                            span=span)
     for zkey, name in ((keys.RECONCILE_DUE, "reconcile"), (keys.UNRESOLVED, "resolve")):
         due = _pick(rt, zkey, now, recon_budget)
         if due:
@@ -176,9 +210,8 @@ def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
     for room in _due(rt, keys.HELD_ROOMS, now)[:200]:
         battles.drain_held(rt, room, sweep=True)
         out["held_rooms"] += 1
-    for bid in rt.redis.zrangebyscore(keys.ACTIVE, "-inf", now - FINAL_GRACE, start=0,
-                                      num=200):
-        out["finalized"] += finalize(rt, bid, dispatch)
+    ended = rt.redis.zrangebyscore(keys.ACTIVE, "-inf", now - FINAL_GRACE, start=0, num=200)
+    out["finalized"] = finalize(rt, ended)
     last = float(rt.redis.get(keys.SAFETY_SWEEP) or 0)
     if now - last >= SAFETY_SWEEP:
         rt.redis.set(keys.SAFETY_SWEEP, now)
@@ -212,15 +245,35 @@ def safety_sweep(rt: Runtime) -> None:
             rt.redis.zadd(keys.FLUSH_DUE, {bid: rt.clock()}, nx=True)
 
 
-def finalize(rt: Runtime, battle_id: str, dispatch) -> int:
-    """Close an ended battle once nothing is pending: compare, expire its keys, forget it."""
+def finalize(rt: Runtime, battle_ids: list[str]) -> int:
+    """Close ended battles once nothing is pending: compare, expire their keys, forget them;
+    returns how many closed. (One read for them all: at 40 endings a second, a read per
+    battle and per key made the tick too slow to tick.)"""
+    if not battle_ids:
+        return 0
+    pipe = pipeline(rt.redis)
+    for bid in battle_ids:
+        bk = BattleKeys(bid)
+        pipe.hlen(bk.pending)
+        pipe.exists(bk.inflight)
+        pipe.hgetall(bk.meta)
+        pipe.hgetall(bk.applied)
+    res = pipe.execute()
+    closed = 0
+    for i, bid in enumerate(battle_ids):
+        pending, inflight, meta, applied = res[4 * i:4 * i + 4]
+        if pending or inflight:
+            # a flush will get 100006 and record the rest as unapplied
+            rt.redis.zadd(keys.FLUSH_DUE, {bid: rt.clock()}, nx=True)
+            continue
+        _close(rt, bid, meta, {k: int(v) for k, v in applied.items()})
+        closed += 1
+    return closed
+
+
+def _close(rt: Runtime, battle_id: str, meta: dict[str, str], applied: dict[str, int]) -> None:
     bk = BattleKeys(battle_id)
-    if rt.redis.hlen(bk.pending) or rt.redis.exists(bk.inflight):
-        rt.redis.zadd(keys.FLUSH_DUE, {battle_id: rt.clock()}, nx=True)
-        return 0  # a flush will get 100006 and record the rest as unapplied
-    battle = Battle.load(rt, battle_id)
-    meta = rt.redis.hgetall(bk.meta)
-    applied = {k: int(v) for k, v in rt.redis.hgetall(bk.applied).items()}
+    battle = Battle.from_meta(battle_id, meta)
     end_scores = json.loads(meta.get("end_scores") or "null")
     mapping = {"status": "finished", "finished_at": time.time(),
                "final_applied": json.dumps(applied)}
@@ -242,4 +295,3 @@ def finalize(rt: Runtime, battle_id: str, dispatch) -> int:
                  keys.UNRESOLVED):
         pipe.zrem(zkey, battle_id)
     pipe.execute()
-    return 1

@@ -51,11 +51,9 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _control_child(worker_pid: int) -> int | None:
-    for pid in children_map().get(worker_pid, []):
-        if "-Q scorer.control" in _cmdline(pid):
-            return pid
-    return None
+def _control_children(worker_pid: int) -> set[int]:
+    return {pid for pid in children_map().get(worker_pid, [])
+            if "-Q scorer.control" in _cmdline(pid)}
 
 
 def _alive(pid: int) -> bool:
@@ -68,16 +66,20 @@ def _alive(pid: int) -> bool:
 
 
 def test_control_queue_is_served_by_a_thread_pool_beside_the_ingest_processes(settings):
-    """No -Q: prefork takes ingest and drains; a supervised thread-pool worker takes control,
-    is started again if it dies, and goes when its parent is SIGKILLed."""
+    """No -Q: prefork takes ingest and drains; supervised thread-pool workers (one per core,
+    at most two) take control, are started again if they die, and go when their parent is
+    SIGKILLed."""
     from tests.conftest import worker_env
+    from worker.control_pool import PROCESSES
 
     env = worker_env(settings)
     worker = subprocess.Popen(celery_cmd("worker", "--loglevel=INFO", "-n", "iso@%h"),
                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        first = wait_for(lambda: _control_child(worker.pid), 30, what="control worker")
+        firsts = wait_for(lambda: (c := _control_children(worker.pid)) and len(c) == PROCESSES
+                          and c, 30, what="control workers")
+        first = min(firsts)
         assert "-P threads" in _cmdline(first)
 
         def queues() -> dict[str, set[str]]:
@@ -90,13 +92,16 @@ def test_control_queue_is_served_by_a_thread_pool_beside_the_ingest_processes(se
                 return {}
             return {node.split("@")[0]: {q["name"] for q in qs} for node, qs in answer.items()}
 
-        seen = wait_for(lambda: (q := queues()) and len(q) == 2 and q, 60, what="both nodes")
-        assert seen == {"iso": {"celery", "scorer.drain"}, "iso-control": {"scorer.control"}}
+        control = {f"iso-control{i or ''}": {"scorer.control"} for i in range(PROCESSES)}
+        seen = wait_for(lambda: (q := queues()) and len(q) == 1 + PROCESSES and q, 60,
+                        what="every node")
+        assert seen == {"iso": {"celery", "scorer.drain"}, **control}
         os.kill(first, signal.SIGKILL)
-        second = wait_for(lambda: (c := _control_child(worker.pid)) and c != first and c,
-                          30, what="control worker restarted")
+        now = wait_for(lambda: (c := _control_children(worker.pid)) and len(c) == PROCESSES
+                       and first not in c and c, 30, what="control worker restarted")
         os.kill(worker.pid, signal.SIGKILL)
-        wait_for(lambda: not _alive(second), 30, what="control worker gone with its parent")
+        wait_for(lambda: not any(_alive(p) for p in now), 30,
+                 what="control workers gone with their parent")
     finally:
         try:
             os.killpg(worker.pid, signal.SIGKILL)

@@ -49,8 +49,9 @@ def test_value_waits_to_coalesce_then_goes_at_once(rt):
 
 def test_the_reserve_follows_the_endings_and_scales_with_the_window():
     assert endgame.reserve(0, 1.0) == 0
-    assert endgame.reserve(100, 1.0) == 80  # 100 endings with value in 2.5 s: 2 calls
-    assert endgame.reserve(10, 1.0) == 8
+    assert endgame.reserve(100, 1.0) == 40  # 100 endings with value in 2.5 s: 1 call each
+    assert endgame.reserve(10, 1.0) == 4
+    assert endgame.reserve(10, 2.0) == 8
 
 
 @pytest.mark.parametrize("offset", [-0.5, 0.5])

@@ -1,4 +1,4 @@
-"""Flush scheduling under the API budget: near-end first, then oldest; nobody starves."""
+"""Flush scheduling under the API budget: oldest first, nobody starves; the end game has deadlines."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from worker.keys import BattleKeys
 from worker import keys, schedule
 
 
-def test_choose_prefers_near_end_then_oldest():
+def test_choose_is_oldest_first_or_near_end_first_when_asked():
     now = 1000.0
     due = [("old", 900.0), ("new", 999.0), ("ending", 999.5), ("mid", 950.0)]
     ends = {"old": 2000.0, "new": 2000.0, "ending": 1003.0, "mid": None}
+    assert schedule.choose(due, ends, now, budget=2) == ["old", "mid"]
+    # Reconciles ask for battles near their end first.
     assert schedule.choose(due, ends, now, budget=2, urgent=5) == ["ending", "old"]
     assert schedule.choose(due, ends, now, budget=10, urgent=5) == ["ending", "old", "mid",
                                                                     "new"]
@@ -43,27 +45,68 @@ def test_tick_dispatches_within_budget_and_starves_nobody(rt):
     n = 23
     rt.redis.zadd(keys.FLUSH_DUE, {f"b{i}": now - 100 + i for i in range(n)})
     rt.redis.zadd(keys.ACTIVE, {f"b{i}": now + 3600 for i in range(n)})
-    rt.redis.zadd(keys.ACTIVE, {"b22": now + 4})  # the newest, but near its end
+    rt.redis.zadd(keys.ACTIVE, {"b22": now + 4})  # the newest, near its end: no queue jump
     _with_value(rt, n)
     sent: list[str] = []
     out = run_tick(rt, dispatch=lambda task, ids: sent.extend(ids) if task is flush else None)
-    assert out["flush"] == 4 and sent[0] == "b22" and sent[1:] == ["b0", "b1", "b2"]
+    assert out["flush"] == 4 and sent == ["b0", "b1", "b2", "b3"]
     for _ in range(6):  # later ticks serve the rest, oldest first, each once per interval
         run_tick(rt, dispatch=lambda task, ids: sent.extend(ids) if task is flush else None)
     assert set(sent) == {f"b{i}" for i in range(n)}
 
 
-def test_a_battle_about_to_end_is_served_even_behind_a_long_queue(rt, monkeypatch):
+def test_a_battle_entering_its_end_game_is_served_even_behind_a_long_queue(rt, monkeypatch):
+    """Deadlines are the end game's: a battle entering its final window with value waiting
+    is promoted to it, however many battles wait for a freshness flush."""
     import tasks.control as control
     from tasks.control import flush, run_tick
+    from worker import endgame
 
     monkeypatch.setattr(control, "MAX_DISPATCH", 10)
     rt.settings.api_rate, rt.settings.flush_interval = 12, 1.0
-    now = time.time()
+    now = rt.clock()
     rt.redis.zadd(keys.FLUSH_DUE, {f"b{i}": now - 100 + i for i in range(50)})
     rt.redis.zadd(keys.ACTIVE, {f"b{i}": now + 3600 for i in range(50)})
-    rt.redis.zadd(keys.ACTIVE, {"b49": now + 4})  # newest due, 40 places past the window
+    # newest due, 40 places past the dispatch window, inside its final window
+    rt.redis.zadd(keys.ACTIVE, {"b49": now + endgame.FINAL_WINDOW - 0.6})
     _with_value(rt, 50)
     sent: list[str] = []
+    out = run_tick(rt, dispatch=lambda task, ids: sent.extend(ids) if task is flush else None)
+    assert rt.redis.zscore(keys.ENDGAME_DUE, "b49") is not None
+    assert "b49" not in sent and out["reserve"] >= 1
+    calls = []
+    time.sleep(endgame.COALESCE)
+    assert endgame.run_round(rt, lambda r, bid, **k: calls.append(bid) or "ok") == 1
+    deadline = time.time() + 5  # the round's flushes run on the end game's threads
+    while not calls and time.time() < deadline:
+        time.sleep(0.01)
+    assert calls == ["b49"]
+
+
+def test_a_battle_whose_end_game_comes_before_its_next_turn_skips_it():
+    assert schedule.round_seconds(1800, 200) == 10.0  # 180 calls/s admitted
+    assert schedule.round_seconds(1400, 200, reserved=40) == 10.0
+    assert schedule.skips_turn(4.0, round_s=10.0, flush_interval=1.0)
+    assert not schedule.skips_turn(12.0, round_s=10.0, flush_interval=1.0)
+    # a round within the flush interval: every battle gets its turn anyway
+    assert not schedule.skips_turn(0.5, round_s=0.8, flush_interval=1.0)
+
+
+def test_tick_leaves_a_battle_to_its_end_game_when_its_turn_would_come_too_late(rt):
+    """With a 10 s round, a battle whose end game starts in 4 s is not flushed now: it is due
+    again when its end game starts, and the tick spends the call on another battle."""
+    from tasks.control import flush, run_tick
+    from worker import endgame
+
+    rt.settings.api_rate, rt.settings.flush_interval = 20, 1.0  # 18/s: 180 battles = 10 s
+    now = rt.clock()
+    n = 180
+    rt.redis.zadd(keys.FLUSH_DUE, {f"b{i}": now - 100 + i for i in range(n)})
+    rt.redis.zadd(keys.ACTIVE, {f"b{i}": now + 3600 for i in range(n)})
+    end = now + 4 + endgame.FINAL_WINDOW + (rt.tclock.latest() - now)
+    rt.redis.zadd(keys.ACTIVE, {"b0": end})  # the oldest due, its end game 4 s away
+    _with_value(rt, n)
+    sent: list[str] = []
     run_tick(rt, dispatch=lambda task, ids: sent.extend(ids) if task is flush else None)
-    assert sent[0] == "b49"
+    assert sent == ["b1", "b2", "b3", "b4"]
+    assert rt.redis.zscore(keys.FLUSH_DUE, "b0") >= now + 3.9  # due when its end game starts

@@ -55,7 +55,11 @@ class Battle:
 
     @classmethod
     def load(cls, rt: Runtime, battle_id: str) -> "Battle | None":
-        m = rt.redis.hgetall(BattleKeys(battle_id).meta)
+        return cls.from_meta(battle_id, rt.redis.hgetall(BattleKeys(battle_id).meta))
+
+    @classmethod
+    def from_meta(cls, battle_id: str, m: dict[str, str]) -> "Battle | None":
+        """The battle of a meta hash read elsewhere (None if it is empty)."""
         if not m:
             return None
         return cls(battle_id, float(m.get("start", 0)), float(m.get("end", 0)),

@@ -94,6 +94,8 @@ def rate_reserve_key(api: str) -> str:
 TICK_LOCK = f"{PREFIX}:tick:lock"
 #: string: time of the last safety sweep.
 SAFETY_SWEEP = f"{PREFIX}:tick:sweep"
+#: string: time of the last tick (its budget covers the time since: worker/schedule.py).
+TICK_AT = f"{PREFIX}:tick:at"
 #: hash "api|outcome" → Tencent calls (metrics).
 METRICS_CALLS = f"{PREFIX}:metrics:calls"
 #: hash api → summed call seconds; hash "api|le" → calls in that latency bucket (metrics).
