@@ -79,6 +79,19 @@ def test_the_low_lane_leaves_the_reserve_to_calls_with_a_deadline(redis_url):
     assert not r.exists(keys.rate_reserve_key("a"))
 
 
+def test_the_reserve_holds_back_only_what_deadline_calls_have_not_used(redis_url):
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    limiter = RedisRateLimiter(r, 10, headroom=1.0)
+    limiter.set_reserve("a", 4)
+    for _ in range(3):
+        assert limiter.try_acquire("a", HIGH) == 0  # 3 of the 4 reserved are used
+    for _ in range(6):
+        assert limiter.try_acquire("a", LOW) == 0  # 9 taken, 1 still reserved
+    assert limiter.try_acquire("a", LOW) > 0
+    assert limiter.try_acquire("a", HIGH) == 0
+    assert limiter.try_acquire("a", HIGH) > 0  # the whole budget, never more
+
+
 def test_a_reserve_lapses_when_the_tick_stops_renewing_it(redis_url):
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     limiter = RedisRateLimiter(r, 10, headroom=1.0)

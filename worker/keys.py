@@ -90,6 +90,11 @@ def rate_reserve_key(api: str) -> str:
     return f"{PREFIX}:{{rl:{api}}}:reserve"
 
 
+def rate_high_key(api: str) -> str:
+    """zset: the HIGH lane's admissions of the last window (they use up the reserve)."""
+    return f"{PREFIX}:{{rl:{api}}}:high"
+
+
 #: string: the lock that keeps ticks from overlapping.
 TICK_LOCK = f"{PREFIX}:tick:lock"
 #: string: time of the last safety sweep.

@@ -11,9 +11,10 @@ by that delay. (Measured on 2 loaded cores: a 50 ms margin at 100 % still let a 
 in 3,000 arrive bunched and answer 100012; the 90 % rule answers none, bench/RESULTS.md.)
 
 Two lanes: a call with a deadline (a battle near its end) may use the whole budget; a call
-without one (a freshness flush, a reconcile correction) only what is left after the reserve
-the tick keeps for deadlines (`set_reserve`). So calls that can wait never crowd out the ones
-that cannot, and when no deadline is near the reserve is 0 and nothing is wasted.
+without one (a freshness flush, a reconcile correction) only what is left after the part of
+the reserve the tick keeps for deadlines (`set_reserve`) that deadline calls have not used in
+the window yet. So calls that can wait never crowd out the ones that cannot, and a reserve
+larger than the deadlines' need costs nothing: the window's budget is used whole.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class RedisRateLimiter:
 
     def try_acquire(self, api: str, lane: str = HIGH) -> float:
         """Admit one call now (returns 0) or say how many seconds until one may fit."""
-        wait_ms = self._script(keys=[keys.rate_key(api), keys.rate_reserve_key(api)],
+        wait_ms = self._script(keys=[keys.rate_key(api), keys.rate_reserve_key(api),
+                                     keys.rate_high_key(api)],
                                args=[self.rate, self.window_ms, uuid.uuid4().hex, lane])
         return int(wait_ms) / 1000.0
 
