@@ -46,6 +46,27 @@ def test_a_takeover_does_not_resend_a_request_that_may_still_land(rt, ctl):
     assert not rt.redis.exists(bk.inflight)
 
 
+def test_a_batch_in_flight_under_a_live_lock_is_busy_not_unsettled(rt, ctl):
+    """An end-game flush that meets another flush's request in flight comes back in a moment,
+    not when that request's landing window closes (which may be past the battle's end)."""
+    from worker import keys
+    from worker.flush import RETRY_SOON
+
+    info = ctl.create_battle(ROOMS, duration_ms=120_000, start=time.time() - 1)
+    bid = info["BattleId"]
+    handle(rt, [(start_body(bid, info["StartTime"], 120_000, ROOMS), None)])
+    send(rt, ctl, "room_a", 9, "inflight1")
+    bk = BattleKeys(bid)
+    rt.redis.set(bk.lock, "live-owner")  # a flush holds it and is sending its batch
+    rt.script("CLAIM")(keys=[bk.pending, bk.inflight, bk.lock],
+                       args=["other", rt.clock(), "live-owner"])
+    rt.script("MARK")(keys=[bk.inflight, bk.lock],
+                      args=["other", "live-owner", "state", "sending", "sent_at", rt.clock()])
+    send(rt, ctl, "room_a", 5, "inflight2")  # value that came meanwhile
+    assert flush_battle(rt, bid) == "busy"
+    assert rt.redis.zscore(keys.FLUSH_DUE, bid) <= rt.clock() + RETRY_SOON
+
+
 def test_no_call_for_a_battle_known_to_have_ended(rt, ctl):
     info = ctl.create_battle(ROOMS, duration_ms=20_000, start=time.time() - 1)
     bid = info["BattleId"]

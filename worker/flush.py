@@ -267,8 +267,9 @@ class Flusher:
 
 def needs(rt: Runtime, battle_id: str) -> str:
     """What a flush of this battle would do now, read without the lock: `idle` (nothing to
-    send), `unsettled` (a batch must settle first: no call yet), `free` (settle or record
-    without a set_battle_score call: the battle has ended) or `call`."""
+    send), `busy` (another flush holds the battle, its batch in flight), `unsettled` (a batch
+    left by its sender must settle first: no call yet), `free` (settle or record without a
+    set_battle_score call: the battle has ended) or `call`."""
     return _needs(rt, battle_id)[0]
 
 
@@ -279,14 +280,19 @@ def _needs(rt: Runtime, battle_id: str) -> tuple[str, Battle | None]:
     pipe.hlen(bk.pending)
     pipe.hmget(bk.inflight, "state", "settle_at", "sent_at", "at")
     pipe.hgetall(bk.meta)
-    pending, (state, settle_at, sent_at, at), meta = pipe.execute()
+    pipe.exists(bk.lock)
+    pending, (state, settle_at, sent_at, at), meta, locked = pipe.execute()
     battle = Battle.from_meta(battle_id, meta)
     if battle is not None and battle.has_ended(rt.tclock.earliest(), END_MARGIN):
         return ("free" if pending or state else "idle"), battle
     if state in ("sending", "ambiguous"):
         settle = float(settle_at or float(sent_at or at or 0) + LANDING_WINDOW)
         if rt.clock() < settle:
-            return "unsettled", battle
+            # Held: a live flush is sending it and settles it in a moment, so this is only
+            # busy. Taken for unsettled, an end-game flush that met a freshness flush's
+            # request in flight put the battle off until the request's landing window closed,
+            # past its end: its last value missed the end (1 battle in 2,000, twice).
+            return ("busy" if locked else "unsettled"), battle
         return "call", battle
     return ("call" if pending or state else "idle"), battle
 
@@ -314,6 +320,9 @@ def flush_battle(rt: Runtime, battle_id: str, lane: str = LOW, admitted: bool = 
     if need == "idle":
         forget_if_idle(rt, bk)
         return "idle"
+    if need == "busy":
+        _due_soon(rt, battle_id)
+        return "busy"
     if need == "unsettled":
         rt.redis.zadd(keys.FLUSH_DUE, {battle_id: settle_time(rt, battle_id)}, xx=True)
         return "unsettled"
