@@ -13,7 +13,7 @@ import redis
 from worker.batch import pipeline
 from worker import app, battles, drain, endgame, keys, schedule, watermark
 from worker.battles import Battle
-from worker.flush import flush_battle, forget_idle
+from worker.flush import flush_battle, forget_idle, holding_value
 from worker.keys import BattleKeys
 from worker.lock import BattleLock
 from worker.reconcile import reconcile_battle
@@ -233,16 +233,9 @@ class _batched:
 
 def safety_sweep(rt: Runtime) -> None:
     """Mark due every active battle that has pending or in-flight value."""
-    active = rt.redis.zrange(keys.ACTIVE, 0, -1)
-    pipe = pipeline(rt.redis)
-    for bid in active:
-        bk = BattleKeys(bid)
-        pipe.hlen(bk.pending)
-        pipe.exists(bk.inflight)
-    res = pipe.execute()
-    for i, bid in enumerate(active):
-        if res[2 * i] or res[2 * i + 1]:
-            rt.redis.zadd(keys.FLUSH_DUE, {bid: rt.clock()}, nx=True)
+    held = holding_value(rt, rt.redis.zrange(keys.ACTIVE, 0, -1))
+    if held:
+        rt.redis.zadd(keys.FLUSH_DUE, {bid: rt.clock() for bid in held}, nx=True)
 
 
 def finalize(rt: Runtime, battle_ids: list[str]) -> int:

@@ -375,6 +375,17 @@ def forget_if_idle(rt: Runtime, bk: BattleKeys) -> None:
     forget_idle(rt, [bk.battle_id])
 
 
+def holding_value(rt: Runtime, battle_ids: list[str]) -> list[str]:
+    """The battles that have pending or in-flight value (one round trip)."""
+    pipe = pipeline(rt.redis)
+    for bid in battle_ids:
+        bk = BattleKeys(bid)
+        pipe.hlen(bk.pending)
+        pipe.exists(bk.inflight)
+    res = pipe.execute()
+    return [b for i, b in enumerate(battle_ids) if res[2 * i] or res[2 * i + 1]]
+
+
 def forget_idle(rt: Runtime, battle_ids: list[str]) -> None:
     """Take idle battles off the due list without racing a concurrent ingest (three round
     trips however many: the tick forgets dozens at a time)."""
@@ -382,12 +393,6 @@ def forget_idle(rt: Runtime, battle_ids: list[str]) -> None:
         return
     rt.redis.zrem(keys.FLUSH_DUE, *battle_ids)
     # An ingest that added pending before our ZREM also ran its ZADD NX before it: re-add.
-    pipe = pipeline(rt.redis)
-    for bid in battle_ids:
-        bk = BattleKeys(bid)
-        pipe.hlen(bk.pending)
-        pipe.exists(bk.inflight)
-    res = pipe.execute()
-    back = [b for i, b in enumerate(battle_ids) if res[2 * i] or res[2 * i + 1]]
+    back = holding_value(rt, battle_ids)
     if back:
         rt.redis.zadd(keys.FLUSH_DUE, {b: rt.clock() for b in back}, nx=True)
