@@ -25,6 +25,7 @@ import uuid
 import redis
 from celery import Celery
 
+from bench.run import wait_idle
 from worker.bodies import gift_body, start_body
 from worker.stack import Processes, RedisServer, SandboxProcess, process_tree_cpu, scorer_env
 
@@ -82,11 +83,7 @@ class Stack:
         return out
 
     def idle(self, timeout: float = 120) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if not self.r.llen("celery") and not self.r.hlen("unacked"):
-                return
-            time.sleep(0.1)
+        wait_idle(self.r, timeout)
 
     def timed_drain(self, messages: list[str], done) -> tuple[float, dict[str, float]]:
         """Events/s: pre-load `messages` with ingest's consumer cancelled, then time the

@@ -65,6 +65,15 @@ class Run:
     cpu: dict[str, float] = field(default_factory=dict)  # % of one core per component
 
 
+def wait_idle(r: redis.Redis, timeout: float = 120, poll: float = 0.1) -> None:
+    """Wait (up to `timeout` s) until the ingest queue is empty and nothing is unacked."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not r.llen("celery") and not r.hlen("unacked"):
+            return
+        time.sleep(poll)
+
+
 class Bench:
     """Owns the processes of one benchmark invocation."""
 
@@ -111,11 +120,7 @@ class Bench:
         self.ctl.http.post("/sandbox/reset")
 
     def wait_idle(self, timeout: float = 120) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if not self.r.llen("celery") and not self.r.hlen("unacked"):
-                return
-            time.sleep(0.2)
+        wait_idle(self.r, timeout)
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far per component: the worker's tree, its main process alone (Celery's

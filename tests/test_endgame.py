@@ -68,3 +68,19 @@ def test_every_gift_a_second_before_the_end_counts_whatever_tencents_clock(offse
         bench.close()
     assert run.right == 4, run.wrong
     assert run.counted_1s == 4 and run.over == 0
+
+
+def test_a_battle_whose_batch_is_in_flight_under_its_lock_takes_no_slot(rt):
+    """Another flush is sending its batch: the round leaves it due and spends no call slot."""
+    now = rt.clock()
+    bk = BattleKeys("b")
+    rt.redis.zadd(keys.ACTIVE, {"b": now + 1.0})
+    rt.redis.zadd(keys.ENDGAME_DUE, {"b": now - 1})
+    rt.redis.hset(bk.pending, "room", 5)
+    rt.redis.hset(bk.inflight, mapping={"id": "other", "state": "sending"})
+    rt.redis.set(bk.lock, "live-owner")
+    calls = []
+    assert endgame.run_round(rt, lambda *a, **k: calls.append(a) or "ok") == 0
+    assert rt.redis.zscore(keys.ENDGAME_DUE, "b") is not None and not calls
+    rt.redis.delete(bk.lock)  # settled and released: now it goes
+    assert endgame.run_round(rt, lambda *a, **k: calls.append(a) or "ok") == 1

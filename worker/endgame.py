@@ -137,15 +137,19 @@ def run_round(rt: Runtime, flush: Flush) -> int:
     pipe = pipeline(rt.redis)
     pipe.zmscore(keys.ACTIVE, due)
     for bid in due:
-        pipe.hlen(BattleKeys(bid).pending)
-        pipe.exists(BattleKeys(bid).inflight)
-    res = pipe.execute()
-    ends, value = res[0], res[1:]
-    idle = [b for k, b in enumerate(due) if not value[2 * k] and not value[2 * k + 1]]
+        bk = BattleKeys(bid)
+        pipe.hlen(bk.pending)
+        pipe.exists(bk.inflight)
+        pipe.exists(bk.lock)
+    ends, *res = pipe.execute()
+    idle = [b for k, b in enumerate(due) if not res[3 * k] and not res[3 * k + 1]]
     if idle:  # flushed meanwhile by the tick's flushes: no slot for them
         rt.redis.zrem(keys.ENDGAME_DUE, *idle)
+    # A batch in flight under a held lock: its flush settles it in a moment, and a flush now
+    # would only find it busy. It stays due, and takes no slot until the lock is free.
+    held = {b for k, b in enumerate(due) if res[3 * k + 1] and res[3 * k + 2]}
     order = sorted((e if e is not None else 0.0, b) for b, e in zip(due, ends)
-                   if b not in idle)
+                   if b not in idle and b not in held)
     started = 0
     pool = _executor()
     for _, bid in order:
