@@ -7,14 +7,23 @@ per process renews every lock it holds); the lock expires only when the holder i
 frozen for a whole ttl. Scripts that change a battle
 also check the token (fencing), so a holder that lost its lock cannot commit.
 
-A holder SIGKILLed on this host is noticed at once: the token names its host and pid, and a
-lock whose holder is a dead process of this host is taken over without waiting for the ttl
-(a battle near its end cannot afford to wait). A holder on another host expires with the ttl.
+A holder SIGKILLed next to us is noticed at once: the token (`identity|pid|uuid`) names the PID
+namespace its pid belongs to, and a lock whose holder is a dead process of our own PID namespace
+is taken over without waiting for the ttl (a battle near its end cannot afford to wait). The
+identity is hostname/boot id/PID namespace (`/proc/sys/kernel/random/boot_id`, the link
+`/proc/self/ns/pid`), not the hostname alone: containers that share a hostname (host
+networking, a fixed compose `hostname:`) but not a PID namespace would otherwise see a live
+holder next door as dead (its pid missing here) and take its battle, two writers, a double
+count. The boot id tells kernels apart (every host's initial PID namespace has the same inode),
+the namespace inode tells containers of one kernel apart; the hostname is for people. Any
+other holder (another host, container or namespace, a token of an older format) expires with
+the ttl, and so does every holder when the identity cannot be read here (HOST is None).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -23,13 +32,44 @@ import uuid
 from worker import scripts
 
 DEFAULT_TTL_MS = 6_000
-HOST = socket.gethostname()
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+_PID_NS = "/proc/self/ns/pid"
+
+
+def _clean(part: str) -> str:
+    """No '|' (the token's separator) nor '/' (the identity's) in a part of the identity."""
+    return re.sub(r"[^A-Za-z0-9._:\[\]-]", "_", part) or "_"
+
+
+def _identity() -> str | None:
+    """`hostname/boot id/pid:[inode]`, naming the PID namespace our pids belong to; None when
+    the boot id or the namespace cannot be read (then no lock is ever taken over early)."""
+    try:
+        with open(_BOOT_ID) as f:
+            boot = f.read().strip()
+        ns = os.readlink(_PID_NS)
+    except OSError:
+        return None
+    if not re.fullmatch(r"[0-9a-fA-F-]{32,36}", boot) or not re.fullmatch(r"pid:\[\d+\]", ns):
+        return None
+    return f"{_clean(socket.gethostname())}/{boot.lower()}/{ns}"
+
+
+#: Who we are in lock tokens. A test may set it (another container: the same hostname and boot
+#: id, another namespace); None: unknown, a lock is only ever freed by its ttl.
+HOST: str | None = _identity()
+
+
+def _token_host() -> str:
+    # Unknown identity: a '?' that no real identity contains, so no one takes our locks early.
+    return HOST if HOST is not None else f"{_clean(socket.gethostname())}/?"
 
 
 def _holder_is_dead_here(token: str) -> bool:
-    """True when `token` was made by a process of this host that no longer exists."""
+    """True when `token` was made by a process of our own PID namespace (same kernel boot, same
+    namespace) that no longer exists. False whenever that is not certain."""
     host, _, rest = token.rpartition("|")[0].partition("|")
-    if host != HOST or not rest.isdigit():
+    if HOST is None or host != HOST or not rest.isdigit():
         return False
     try:
         os.kill(int(rest), 0)
@@ -92,7 +132,7 @@ class BattleLock:
         self.redis = redis
         self.key = key
         self.ttl_ms = ttl_ms
-        self.token = f"{HOST}|{os.getpid()}|{uuid.uuid4().hex}"
+        self.token = f"{_token_host()}|{os.getpid()}|{uuid.uuid4().hex}"
         self.held = False
         self.lost = False
         self.renewed = 0.0  # monotonic time of the last renewal (or of taking it)
