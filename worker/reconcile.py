@@ -30,9 +30,10 @@ import math
 import time
 
 from worker import battles, keys, watermark
+from worker.batch import pipeline
 from worker.battles import Battle
 from worker.flush import LockLost
-from worker.keys import BattleKeys
+from worker.keys import BattleKeys, RoomKeys
 from worker.lock import BattleLock
 from worker.ratelimit import LOW, RateLimitTimeout
 from worker.tencent.client import ADMITTED
@@ -278,21 +279,165 @@ def next_due(rt: Runtime, battle: Battle) -> float | None:
     return now + interval
 
 
+# -- Battles not known to have started (bs:unresolved) ----------------------------------------
+#: A battle known only from its create webhook (a PK invitation: start unknown), or without
+#: its owners, is asked about with get_battle_info: RESOLVE_MIN_DELAY apart at first (never
+#: faster: the old fixed retry), then further apart, half the time waited so far, at most
+#: RESOLVE_MAX_DELAY (a start webhook registers it at once anyway; this is the fallback).
+RESOLVE_MIN_DELAY = 5.0
+RESOLVE_MAX_DELAY = 60.0
+#: An invitation that is declined or times out never starts, and nothing else would ever stop
+#: the polling: the battle is given up `give_up_after(duration)` after it was first seen
+#: unresolved (meta `unresolved_since`, taken from `registered_at` on the first pass:
+#: register() rewrites `registered_at` at every registration, a redelivered create webhook
+#: included). That is its planned Duration (at least GIVE_UP_MIN_DURATION: a create webhook may
+#: carry none) plus GIVE_UP_GRACE for the invitation to be answered: by then even a battle that
+#: did start within the grace, its start webhook lost, has ended, so no score could be written
+#: any more. With 60 s + 60 s a typical 5-minute PK is given up 6 minutes after its creation,
+#: after 14 get_battle_info calls. A start known but owners missing: at its end + grace.
+GIVE_UP_MIN_DURATION = 60.0
+GIVE_UP_GRACE = 60.0
+GIVEN_UP = "given_up"
+
+#: KEYS: every key of the battle, its meta hash first (one slot). ARGV: now, reason, keep (s).
+#: Gives the battle up unless a register() made it running meanwhile; no key of it lives past
+#: now + keep (a shorter TTL, such as a lock's, is kept). Returns {done, its rooms (JSON)}.
+_GIVE_UP = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status and status ~= 'created' then return {0, ''} end
+redis.call('HSET', KEYS[1], 'status', 'given_up', 'given_up_at', ARGV[1],
+           'give_up_reason', ARGV[2])
+local keep = tonumber(ARGV[3]) * 1000
+for _, key in ipairs(KEYS) do
+  local ttl = redis.call('PTTL', key)
+  if ttl == -1 or ttl > keep then redis.call('PEXPIRE', key, keep) end
+end
+return {1, redis.call('HGET', KEYS[1], 'rooms') or ''}
+"""
+#: KEYS: the meta hash. ARGV: when first seen unresolved, if not recorded yet. Never creates
+#: the hash (it would have no expiry): returns nil when the battle has no meta.
+_SINCE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('HSETNX', KEYS[1], 'unresolved_since', ARGV[1])
+return redis.call('HGET', KEYS[1], 'unresolved_since')
+"""
+
+
+def _lua(rt: Runtime, name: str, source: str):
+    s = rt.scripts.get(f"reconcile:{name}")
+    if s is None:
+        s = rt.scripts[f"reconcile:{name}"] = rt.redis.register_script(source)
+    return s
+
+
+def give_up_after(duration_s: float) -> float:
+    """Seconds after it was first seen unresolved that a battle not started is given up."""
+    return max(duration_s, GIVE_UP_MIN_DURATION) + GIVE_UP_GRACE
+
+
+def _unresolved_since(rt: Runtime, bk: BattleKeys, meta: dict[str, str], now: float) -> float:
+    if meta.get("unresolved_since"):
+        return float(meta["unresolved_since"])
+    since = _lua(rt, "SINCE", _SINCE)(keys=[bk.meta], args=[meta.get("registered_at") or now])
+    # No meta at all (it expired, or never was): nothing to wait for; one try, then give up.
+    return float(since) if since else 0.0
+
+
+def resolve(rt: Runtime, battle_id: str, meta: dict[str, str]) -> str:
+    """Learn a battle known only by id (or without its owners) from get_battle_info, or give
+    it up once it is past its bound; returns resolved, unresolved or given_up."""
+    bk = BattleKeys(battle_id)
+    since = _unresolved_since(rt, bk, meta, rt.clock())
+    end = float(meta.get("end") or 0)
+    deadline = max(since + give_up_after(float(meta.get("duration_ms") or 0) / 1000.0),
+                   end + GIVE_UP_GRACE if end else 0.0)
+    try:
+        info = rt.client.get_battle_info(battle_id)
+    except (TencentError, RateLimitTimeout) as err:
+        log.warning("get_battle_info of %s failed: %s", battle_id, err)
+        why = f"get_battle_info failed: {err}"[:200]
+    else:
+        if not info.StartTime:
+            why = "not started"
+        elif battles.register_info(rt, info).status != "created":
+            return "resolved"  # started (or its start is known): registered as always
+        else:
+            why = "owners unknown"
+    now = rt.clock()
+    if now >= deadline:
+        return give_up(rt, battle_id, now - since if since else None, why)
+    delay = min(RESOLVE_MAX_DELAY, max(RESOLVE_MIN_DELAY, (now - since) / 2))
+    # The last try falls on the deadline (never sooner than RESOLVE_MIN_DELAY). XX: a start
+    # webhook registered meanwhile has taken it out, and it must stay out.
+    nxt = now + max(RESOLVE_MIN_DELAY, min(delay, deadline - now))
+    rt.redis.zadd(keys.UNRESOLVED, {battle_id: nxt}, xx=True)
+    return "unresolved"
+
+
+def give_up(rt: Runtime, battle_id: str, waited: float | None, why: str) -> str:
+    """Stop polling a battle that never started: status given_up, out of bs:unresolved, its
+    rooms' index entries gone (no gift is routed or held for it), every key expiring within
+    KEEP_AFTER_END. A later start webhook still registers it (register() accepts a battle
+    whose start is unknown)."""
+    bk = BattleKeys(battle_id)
+    now = rt.clock()
+    done, rooms = _lua(rt, "GIVE_UP", _GIVE_UP)(keys=bk.all(),
+                                                 args=[now, why, battles.KEEP_AFTER_END])
+    if not done:  # registered as running meanwhile (a start webhook): nothing to give up
+        return "resolved"
+    rooms = json.loads(rooms or "{}")
+    pipe = pipeline(rt.redis)
+    pipe.zrem(keys.UNRESOLVED, battle_id)
+    pipe.zrem(keys.RECONCILE_DUE, battle_id)
+    for room in rooms:
+        pipe.hdel(RoomKeys(room).battles, battle_id)
+    bump(pipe, GIVEN_UP)
+    pipe.execute()
+    if _revived(rt, battle_id):
+        return "resolved"
+    log.warning("battle %s given up: not started %s after it was created (%s)", battle_id,
+                f"{waited:.0f} s" if waited is not None else "long", why,
+                extra={"battle_id": battle_id})
+    return GIVEN_UP
+
+
+def _revived(rt: Runtime, battle_id: str) -> bool:
+    """A register() (a very late webhook) that ran while the battle was being given up wins:
+    put back its room index entries and its place in the schedule. True if it did."""
+    battle = Battle.load(rt, battle_id)
+    if battle is None or battle.status == GIVEN_UP:
+        return False
+    now = rt.clock()
+    expire_at = int((battle.end or now) + battles.KEEP_AFTER_END
+                    + (battle.end - battle.start if battle.start else 0))
+    pipe = pipeline(rt.redis)
+    for room, owner in battle.rooms.items():
+        rk = RoomKeys(room)
+        pipe.hset(rk.battles, battle_id, battles._index_value(battle.start, battle.end, owner))
+        pipe.expireat(rk.battles, expire_at)
+    zkey = keys.RECONCILE_DUE if battle.status == "running" else keys.UNRESOLVED
+    pipe.zadd(zkey, {battle_id: now}, nx=True)
+    pipe.execute()
+    return True
+
+
 def reconcile_battle(rt: Runtime, battle_id: str) -> str:
     """Reconcile one battle (or learn it with get_battle_info first); returns an outcome."""
     bk = BattleKeys(battle_id)
     with BattleLock(rt.redis, bk.rlock) as lock:
         if not lock.held:
             return "busy"
-        battle = Battle.load(rt, battle_id)
+        meta = rt.redis.hgetall(bk.meta)
+        battle = Battle.from_meta(battle_id, meta)
+        if battle is not None and battle.status == GIVEN_UP:
+            # Only a start (or create) webhook brings it back, through register().
+            pipe = pipeline(rt.redis)
+            pipe.zrem(keys.UNRESOLVED, battle_id)
+            pipe.zrem(keys.RECONCILE_DUE, battle_id)
+            pipe.execute()
+            return "resolved" if _revived(rt, battle_id) else GIVEN_UP
         if battle is None or battle.status == "created" or not all(battle.rooms.values()):
-            try:
-                battle = battles.register_info(rt, rt.client.get_battle_info(battle_id))
-            except (TencentError, RateLimitTimeout) as err:
-                log.warning("get_battle_info of %s failed: %s", battle_id, err)
-                rt.redis.zadd(keys.UNRESOLVED, {battle_id: rt.clock() + 5})
-                return "unresolved"
-            return "resolved"
+            return resolve(rt, battle_id, meta)
         rec = Reconciler(rt, battle, lock)
         try:
             fixes = rec.run()
