@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import redis
 
 from worker.batch import pipeline
-from worker import app, battles, drain, endgame, keys, schedule, watermark
+from worker import app, audit, battles, drain, endgame, keys, schedule, watermark
 from worker.battles import Battle
 from worker.flush import flush_battle, forget_idle, holding_value
 from worker.keys import BattleKeys
@@ -71,6 +71,12 @@ def flush(battle_ids: list[str]) -> dict[str, str]:
 def reconcile(battle_ids: list[str]) -> dict[str, str]:
     """Compare these battles with get_gift_count; correct confirmed drift with OpType 2."""
     return _run_many(reconcile_battle, list(battle_ids))
+
+
+@app.task(name="scorer.audit", ignore_result=True)
+def audit_task(battle_ids: list[str]) -> dict[str, str]:
+    """Compare these battles' scores on Tencent with the ledger; overwrite a difference."""
+    return _run_many(audit.audit_battle, list(battle_ids))
 
 
 @app.task(name="scorer.tick", ignore_result=True)
@@ -207,6 +213,20 @@ def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
             rt.redis.zadd(zkey, {b: retry for b in due}, xx=True)
             dispatch(reconcile, due)
             out[name] = len(due)
+    # Audits read get_battle_info, which only read-backs and unresolved battles share: a
+    # quarter of its budget (an audit per battle every 30 s up to 1,350 battles; beyond,
+    # oldest first), after a Redis restart every active battle at once.
+    try:
+        out["redis_restarted"] = int(audit.check_restart(rt))
+    except redis.RedisError as err:
+        log.warning("Redis restart check failed: %s", type(err).__name__)
+    audit_budget = schedule.per_tick_budget(s.api_rate, s.flush_interval, share=0.25,
+                                            span=span)
+    due = _pick(rt, keys.AUDIT_DUE, now, audit_budget)
+    if due:
+        rt.redis.zadd(keys.AUDIT_DUE, {b: now + 5.0 for b in due}, xx=True)  # provisional
+        dispatch(audit_task, due)
+        out["audit"] = len(due)
     for room in _due(rt, keys.HELD_ROOMS, now)[:200]:
         battles.drain_held(rt, room, sweep=True)
         out["held_rooms"] += 1
@@ -285,6 +305,6 @@ def _close(rt: Runtime, battle_id: str, meta: dict[str, str], applied: dict[str,
         if key not in (bk.lock, bk.rlock):
             pipe.expireat(key, expire_at)
     for zkey in (keys.ACTIVE, keys.FLUSH_DUE, keys.ENDGAME_DUE, keys.RECONCILE_DUE,
-                 keys.UNRESOLVED):
+                 keys.UNRESOLVED, keys.AUDIT_DUE):
         pipe.zrem(zkey, battle_id)
     pipe.execute()

@@ -69,7 +69,7 @@ def test_wrong_key_and_expired_sig_are_refused(sandbox):
                                  api_url=sandbox.url))
     with pytest.raises(TencentError) as terr:
         bad.get_gift_count("r1", "o1")
-    assert terr.value.code == 70009 and terr.value.outcome is Outcome.final
+    assert terr.value.code == 70009 and terr.value.outcome is Outcome.refused
     assert "nope" not in str(terr.value) and "nope" not in repr(bad)
 
 
@@ -153,9 +153,12 @@ def test_classifier_table():
     assert classify_code(0) is Outcome.success
     for code in (100001, 100012, 70001):
         assert classify_code(code) is Outcome.retryable
-    for code in (100002, 100006, 70003, 70009, 70013, 12345):
+    for code in (100002, 100006, 12345):
         assert classify_code(code) is Outcome.final
-    assert classify_status(502) is Outcome.retryable and classify_status(404) is Outcome.final
+    for code in (70003, 70009, 70013):  # configuration: retried slowly, never dropped
+        assert classify_code(code) is Outcome.refused
+    assert classify_status(502) is Outcome.retryable and classify_status(404) is Outcome.refused
+    assert classify_status(429) is Outcome.retryable and classify_status(408) is Outcome.retryable
     assert classify_exception(httpx.ConnectError("x")) is Outcome.retryable
     assert classify_exception(httpx.ReadTimeout("x")) is Outcome.ambiguous
     assert classify_exception(httpx.RemoteProtocolError("x")) is Outcome.ambiguous

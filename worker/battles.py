@@ -81,6 +81,8 @@ def register(rt: Runtime, battle_id: str, start: float, duration_ms: int,
     """Record a battle (start 0 = not known yet), index its rooms, then assign held gifts."""
     bk = BattleKeys(battle_id)
     known = Battle.load(rt, battle_id)
+    if known and known.status == "given_up" and not start:
+        return known  # a redelivered create webhook of a battle that never started
     if known and known.start and known.status != "created" and all(known.rooms.values()):
         return known  # a duplicate start/create webhook, or info we already have
     if known and known.start and not start:  # a create webhook after the start: keep timing
@@ -103,6 +105,8 @@ def register(rt: Runtime, battle_id: str, start: float, duration_ms: int,
     if status == "running":
         pipe.zadd(keys.ACTIVE, {battle_id: end})
         pipe.zadd(keys.RECONCILE_DUE, {battle_id: rt.clock()}, nx=True)
+        # Its score audits (worker/audit.py): the first one interval after the start.
+        pipe.zadd(keys.AUDIT_DUE, {battle_id: max(rt.clock(), start) + 30.0}, nx=True)
         pipe.zrem(keys.UNRESOLVED, battle_id)
     else:
         pipe.zadd(keys.UNRESOLVED, {battle_id: rt.clock()}, nx=True)
@@ -130,14 +134,23 @@ def register_info(rt: Runtime, info) -> Battle:
 
 
 def find_battle(index: dict[str, str], second: int) -> tuple[str, str, float] | None:
-    """(BattleId, owner, end) of the battle whose window holds `second` and whose owner is
-    known."""
+    """(BattleId, owner, end) of the battle of a room's `index` that a gift at `second` scores.
+
+    The routing rule (ROUTE_OR_HOLD in worker/scripts.py is a Lua copy; keep both alike):
+    among the battles whose window [start, end) holds `second`, with start > 0 and owner
+    known, the one with the LATEST start wins; on equal starts, the greater BattleId (byte
+    order). A room is in one battle at a time, but a battle that ended early (its end webhook
+    lost) keeps its planned window in the index, and the room's next battle may start inside
+    it: from that start on, the gifts are the new battle's.
+    """
+    best: tuple[float, str, str, float] | None = None  # (start, BattleId, owner, end)
     for battle_id, value in index.items():
         start_s, end_s, owner = value.split(" ", 2)
         start, end = float(start_s), float(end_s)
         if start > 0 and owner != "-" and start <= second < end:
-            return battle_id, owner, end
-    return None
+            if best is None or (start, battle_id) > (best[0], best[1]):
+                best = (start, battle_id, owner, end)
+    return None if best is None else (best[1], best[2], best[3])
 
 
 def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
@@ -197,9 +210,19 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
                 counts["held"] += 1
         else:
             counts[kind if res == 1 else "duplicate"] += 1
+    refused: list[Gift] = []
     for bgifts, pos in scored:
-        for new in results[pos]:
-            counts["ingested" if new == 1 else "duplicate"] += 1
+        for g, flag in zip(bgifts, results[pos]):
+            if flag == 2:
+                refused.append(g)
+            else:
+                counts["ingested" if flag == 1 else "duplicate"] += 1
+    if refused:  # kept with the reason, never silently dropped
+        from worker.ingest import dead_letter  # (ingest imports this module)
+        for g in refused:
+            dead_letter(rt, {"gift": json.loads(g.to_json(0))}, g.event_id,
+                        "room total would exceed MAX_SCORE (2**53)")
+        counts["dead_lettered"] = counts.get("dead_lettered", 0) + len(refused)
     if late_routed:
         for k, v in route(rt, late_routed).items():
             counts[k] = counts.get(k, 0) + v

@@ -58,6 +58,7 @@ task_routes = {
     "scorer.drain": {"queue": keys.DRAIN_QUEUE},
     "scorer.flush": {"queue": keys.CONTROL_QUEUE},
     "scorer.reconcile": {"queue": keys.CONTROL_QUEUE},
+    "scorer.audit": {"queue": keys.CONTROL_QUEUE},
     "scorer.tick": {"queue": keys.CONTROL_QUEUE},
 }
 # A control task that waited longer than this is stale: the next tick sends a fresh one.

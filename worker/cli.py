@@ -41,7 +41,7 @@ def _probe(settings) -> int:
                  70009: "the signature does not verify: check SCORER_SECRET_KEY",
                  70013: "the identifier does not match: check SCORER_ADMIN_ID"}
         hint = hints.get(err.code or 0)
-        if hint is None and err.outcome is not Outcome.final:
+        if hint is None and err.outcome not in (Outcome.final, Outcome.refused):
             hint = "could not reach Tencent: check SCORER_REGION / SCORER_API_URL and network"
         print(f"probe failed: {err}" + (f" — {hint}" if hint else ""), file=sys.stderr)
         return 1

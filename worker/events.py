@@ -16,7 +16,8 @@ COMMANDS = (GIFT, CREATE, START, END)
 
 #: Bounds that keep hostile input from becoming huge Redis keys or numbers.
 MAX_ID = 128
-MAX_VALUE = 10**12  # coins in one gift event: far above any real gift, far below 2**53
+MAX_VALUE = 10**12  # coins in one gift event (Coins, or Coins x Count): far above any real
+# gift, far below MAX_SCORE (worker/tencent/models.py), the bound of a room's score on Tencent
 MAX_RECEIVERS = 64
 MAX_ROOMS = 32
 #: Unix seconds between 2020 and 2100: anything else is a unit or type mistake.
@@ -62,7 +63,10 @@ class GiftEvent(_Body):
     def value(self, mode: str) -> int:
         """The gift's value under SCORER_GIFT_VALUE (`coins` or `coins_x_count`)."""
         gw = self.GiftWater
-        return gw.Coins * gw.Count if mode == "coins_x_count" else gw.Coins
+        value = gw.Coins * gw.Count if mode == "coins_x_count" else gw.Coins
+        if value > MAX_VALUE:  # Coins x Count reached 1e18: past any score Tencent holds
+            raise InvalidEvent(f"GiftWater: value {value} exceeds {MAX_VALUE} per gift")
+        return value
 
 
 class RoomInfo(_Body):

@@ -8,7 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from worker import keys
+from worker import audit, keys
 from worker.batch import pipeline
 from worker.battles import Battle
 from worker.keys import BattleKeys
@@ -18,6 +18,7 @@ from worker.runtime import Runtime
 from worker.stats import bump
 from worker.tencent.client import ADMITTED
 from worker.tencent.errors import BATTLE_NOT_RUNNING, Outcome, TencentError
+from worker.tencent.models import MAX_SCORE
 
 log = logging.getLogger("scorer.flush")
 
@@ -42,6 +43,10 @@ RETRY_SOON = 0.2
 #: - its sender saw the request end (a reset, a timeout): AFTER_ERROR after that moment.
 LANDING_WINDOW = 6.0
 AFTER_ERROR = 1.0
+#: A battle whose write was refused by our configuration or a proxy (401, 403, 70003, ...)
+#: is tried again this much later: a key rotation or a proxy's limit may pass, and the value
+#: stays pending until the battle ends (then it is recorded unapplied, with its reason).
+REFUSED_RETRY = 5.0
 #: A 100006 this close to the start may be our clock running ahead: retried, not final.
 START_SKEW = 5.0
 #: A battle is known to have ended (no call can land) this long after its end by the earliest
@@ -164,8 +169,20 @@ class Flusher:
                                                 args=[inf.id, self.flush_id, self.lock.token]))
             inf.id = self.flush_id
 
+    def _out_of_bounds(self, inf: Inflight) -> bool:
+        """True (and the batch kept unapplied, with its reason) when a room's delta or total
+        would pass MAX_SCORE: such a batch can never be sent, and retrying it for ever kept
+        its battle from finalizing."""
+        applied = {k: int(v) for k, v in self.rt.redis.hgetall(self.bk.applied).items()}
+        if all(0 <= d and applied.get(r, 0) + d <= MAX_SCORE for r, d in inf.scores.items()):
+            return False
+        self._commit(inf, {}, dict(inf.scores), "refused:out_of_bounds")
+        return True
+
     def send(self, inf: Inflight) -> str:
         """OpType 1 of the batch; returns the settled outcome, or unsent/ambiguous."""
+        if max(inf.scores.values(), default=0) > MAX_SCORE // 2 and self._out_of_bounds(inf):
+            return "refused"
         # "sending" from the moment an attempt may leave (a fresh claim already says it; an
         # `unsent` batch whose sender dies while the limiter holds it is rightly sent again).
         def leaving() -> None:  # each attempt, once the limiter admitted it: it may land now
@@ -198,6 +215,11 @@ class Flusher:
         if err.outcome is Outcome.retryable:  # certainly not applied: same batch, next tick
             self._mark("unsent")
             return "retry_later"
+        if err.outcome is Outcome.refused:  # our configuration or a proxy: not applied
+            self._mark("unsent")
+            log.error("flush of %s refused (%s): kept pending, retried in %.0f s",
+                      self.battle_id, err, REFUSED_RETRY)
+            return "refused_later"
         battle = Battle.load(self.rt, self.battle_id)
         if (err.code == BATTLE_NOT_RUNNING and battle
                 and self.rt.clock() < battle.start + START_SKEW):
@@ -214,10 +236,13 @@ class Flusher:
     def resolve(self, inf: Inflight) -> str:
         """Settle a batch that may or may not have been applied, without double counting.
 
-        We hold the battle's only write lock, so Tencent's score of each room is either
-        applied (what we know we wrote) or applied + delta. Anything else means someone else
-        wrote: settle with an idempotent OpType 2 of what the room must hold. The read is
-        taken only once the request can no longer land (LANDING_WINDOW), or after the end.
+        We hold the battle's only write lock, so Tencent's score of each room is applied
+        (what we know we wrote) or applied + delta, unless the request is still on its way or
+        someone else wrote. A read showing every room at applied + delta settles the batch as
+        applied; any other read settles it with an idempotent OpType 2 of what each room must
+        hold (never a second OpType 1: a request read as "not applied" may land later), and
+        the battle is audited once such a late landing is over. The read is taken once the
+        request has ended (AFTER_ERROR) or its sender died (LANDING_WINDOW), or after the end.
         """
         ended = self._ended(Battle.load(self.rt, self.battle_id))
         if self.rt.clock() < inf.settle_at and not ended:
@@ -243,9 +268,11 @@ class Flusher:
             rest = {r: d for r, d in inf.scores.items() if verdicts[r] != "applied"}
             self._commit(inf, ok, rest, "read_back", info.RequestId)
             return "ok"
-        if all(v in ("unsent", "absent") for v in verdicts.values()):
-            self._mark("unsent")
-            return "unsent"
+        # Not (all) applied by the read: the request may still land (a write can outlive its
+        # client's timeout), so OpType 1 is never sent again here. The absolute total is set
+        # with OpType 2 (idempotent), and an audit after the landing window catches a write
+        # that lands after it (worker/audit.py).
+        audit.after_ambiguity(self.rt, self._battle, self.battle_id)
         return self.overwrite(inf, applied)
 
     def overwrite(self, inf: Inflight, applied: dict[str, int]) -> str:
@@ -354,6 +381,8 @@ def flush_battle(rt: Runtime, battle_id: str, lane: str = LOW, admitted: bool = 
         _due_soon(rt, battle_id)
     elif outcome == "unresolved":
         rt.redis.zadd(keys.FLUSH_DUE, {battle_id: settle_time(rt, battle_id)}, xx=True)
+    elif outcome == "refused_later":
+        rt.redis.zadd(keys.FLUSH_DUE, {battle_id: rt.clock() + REFUSED_RETRY})
     return outcome
 
 

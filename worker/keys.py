@@ -77,6 +77,12 @@ CLOCK = f"{PREFIX}:clock"
 ENDGAME_LOCK = f"{PREFIX}:endgame:lock"
 #: zset BattleId → when value first waited: battles in their end game with value to flush.
 ENDGAME_DUE = f"{PREFIX}:due:endgame"
+#: zset BattleId → when its next score audit is due (worker/audit.py).
+AUDIT_DUE = f"{PREFIX}:due:audit"
+#: set of BattleIds audited even with nothing applied (after a Redis restart), expires.
+AUDIT_FORCED = f"{PREFIX}:audit:forced"
+#: string: the run_id of the Redis server the tick last saw (a change: state may be lost).
+REDIS_RUN = f"{PREFIX}:redis:run_id"
 #: zset per API of recent call stamps: the shared sliding-window rate limiter.
 
 

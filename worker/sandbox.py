@@ -28,7 +28,11 @@ from urllib.parse import parse_qs, urlparse
 
 APIS = {"set_battle_score": "live_engine_http_pk", "get_battle_info": "live_engine_http_pk",
         "create_battle": "live_engine_http_pk", "get_gift_count": "live_engine_http_srv"}
-FAULT_KINDS = ("http502", "error100001", "latency", "lost_response")
+FAULT_KINDS = ("http502", "error100001", "latency", "lost_response", "late_landing",
+               "http429", "http408")
+#: A `late_landing` request is held this long, then applied, then answered: past the client's
+#: 5 s read timeout, so the client has given up on a write that lands after all.
+LATE_LANDING = 8.0
 
 
 class Reject(Exception):
@@ -382,10 +386,14 @@ class _Handler(BaseHTTPRequestHandler):
             if fault:
                 kind, latency = fault
                 record["fault"] = kind
-                if kind == "http502":
+                if kind in ("http502", "http429", "http408"):  # a proxy's refusal: not applied
+                    status = int(kind[4:])
                     with st.lock:
                         st.calls.append(record)
-                    return self._send(502, b"<html>502 Bad Gateway</html>", "text/html")
+                    return self._send(status, f"<html>{status}</html>".encode(), "text/html")
+                if kind == "late_landing":
+                    time.sleep(latency if latency > 1 else LATE_LANDING)  # (0.3: the rates' default)
+                    record["t_landed"] = time.time()
                 if kind == "error100001":
                     raise Reject(100001, "internal error")
                 if kind == "latency":
@@ -404,7 +412,10 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             return
-        self._send(200, answer)
+        try:
+            self._send(200, answer)
+        except OSError:  # a late landing's client has given up and gone
+            self.close_connection = True
 
     def _control(self, path: str, body: Any) -> None:
         st = self.server.state

@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, Protocol
 
 import httpx
+from pydantic import ValidationError
 
 from worker.settings import Settings
 from worker.tencent.errors import (
@@ -207,7 +208,7 @@ class TencentClient:
                 log.warning("tencent call failed: %s (attempt %d/%d)", err, attempt, attempts)
                 if err.code == SIG_EXPIRED:
                     if renewed:
-                        raise TencentError(api, Outcome.final, "UserSig refused after renewal",
+                        raise TencentError(api, Outcome.refused, "UserSig refused after renewal",
                                            code=err.code, request_id=err.request_id) from None
                     renewed = True
                     self.sigs.invalidate()
@@ -231,7 +232,7 @@ class TencentClient:
             ScoreList=[ScoreItem(RoomId=r, Score=s) for r, s in scores.items()])
         data = self.call("set_battle_score", req.model_dump(), max_attempts=max_attempts,
                          on_send=on_send, max_wait=max_wait, lane=lane)
-        resp = SetBattleScoreResult.model_validate(data.get("Response") or {})
+        resp = _parse(api="set_battle_score", model=SetBattleScoreResult, data=data)
         resp.RequestId = data.get("RequestId")
         return resp
 
@@ -240,7 +241,7 @@ class TencentClient:
         """Cumulative totals of gifts to `owner` in `room_id` since the room was created."""
         req = GiftCountRequest(RoomId=room_id, From_Account=owner)
         data = self.call("get_gift_count", req.model_dump(), max_wait=max_wait)
-        out = GiftCount.model_validate(data.get("Response") or {})
+        out = _parse(api="get_gift_count", model=GiftCount, data=data)
         out.RequestId = data.get("RequestId")
         return out
 
@@ -249,6 +250,19 @@ class TencentClient:
         """Membership, timing and current scores of a battle."""
         data = self.call("get_battle_info", {"BattleId": battle_id}, max_wait=max_wait,
                          max_attempts=max_attempts)
-        out = BattleInfo.model_validate(data.get("Response") or {})
+        out = _parse(api="get_battle_info", model=BattleInfo, data=data)
         out.RequestId = data.get("RequestId")
         return out
+
+
+def _parse(*, api: str, model: Any, data: dict[str, Any]) -> Any:
+    """Tencent's `Response` as `model`; an answer that lacks a field or holds a value out of
+    the model's bounds raises a classified TencentError (ambiguous: ErrorCode 0 said the
+    request was processed), never a bare ValidationError that no caller expects (a poison
+    answer made a batch retry for ever)."""
+    try:
+        return model.model_validate(data.get("Response") or {})
+    except ValidationError as err:
+        raise TencentError(api, Outcome.ambiguous, f"malformed answer: {err.error_count()} "
+                           "field error(s)", request_id=data.get("RequestId"),
+                           status=200) from None

@@ -13,7 +13,10 @@ class Outcome(str, Enum):
     success = "success"
     retryable = "retryable"  # certainly not applied: safe to send again
     ambiguous = "ambiguous"  # may have been applied: only a path that cannot double-count
-    final = "final"  # not applied and sending again will not help
+    final = "final"  # not applied and sending this request again will not help
+    refused = "refused"  # not applied: our configuration (UserSig, key) or a proxy refused it;
+    # the same request may succeed later (a key rotation, a proxy's limit), so it is retried,
+    # slowly, until the battle ends, rather than dropped
 
 
 #: ErrorCodes that mean "not processed, try again" (100012 also means our limiter failed).
@@ -44,24 +47,35 @@ class TencentError(Exception):
         super().__init__(detail)
 
 
+#: UserSig invalid, key mismatch, identifier mismatch: our configuration, mid key rotation
+#: perhaps: refused, not final (tencent-api.md §5).
+CONFIG_CODES = frozenset({70003, 70009, 70013})
+#: HTTP statuses of a proxy that refused the request before it reached Tencent: Too Many
+#: Requests, Request Timeout. Retryable like a 5xx.
+PROXY_RETRY_STATUSES = frozenset({408, 429})
+
+
 def classify_code(code: int) -> Outcome:
     """Outcome for a Tencent ErrorCode in an HTTP 200 answer."""
     if code == 0:
         return Outcome.success
     if code in RETRYABLE_CODES or code == SIG_EXPIRED:
         return Outcome.retryable
-    # 100002, 100006, other 7xxxx (sig invalid, key or identifier mismatch) and every code
-    # we do not know: sending the same request again cannot help.
+    if code in CONFIG_CODES:
+        return Outcome.refused
+    # 100002, 100006 and every code we do not know: sending the same request again cannot help.
     return Outcome.final
 
 
 def classify_status(status: int) -> Outcome:
-    """Outcome for an HTTP status: 5xx was not processed; anything else but 200 is final."""
+    """Outcome for an HTTP status other than 200: 5xx and a proxy's 408/429 were not processed
+    (retryable); any other status (401, 403, 404 of a proxy or a misconfigured endpoint) was
+    refused before Tencent: retried slowly, never final (it would drop the value for good)."""
     if status == 200:
         return Outcome.success
-    if 500 <= status <= 599:
+    if 500 <= status <= 599 or status in PROXY_RETRY_STATUSES:
         return Outcome.retryable
-    return Outcome.final
+    return Outcome.refused
 
 
 def classify_exception(exc: Exception) -> Outcome:

@@ -5,6 +5,10 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+#: The largest score a room can be sent or hold: JSON's exact integers (2**53). One rule from
+#: ingest (events.MAX_VALUE per gift) to the call: a batch past it is refused, not retried.
+MAX_SCORE = 2**53
+
 class _Loose(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
@@ -18,7 +22,7 @@ class ScoreItem(_Loose):
     """One room's score in a set_battle_score call."""
 
     RoomId: str = Field(min_length=1, max_length=128)
-    Score: int = Field(ge=0, le=2**53)
+    Score: int = Field(ge=0, le=MAX_SCORE)
 
 
 class SetBattleScoreRequest(_Loose):

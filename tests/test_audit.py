@@ -1,0 +1,156 @@
+"""The ledger heals itself: late landings, a Redis that lost its last second, refused writes, poison values."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.helpers import gift_body, start_body, wait_for
+from tests.test_pipeline import ROOMS, send
+from worker import audit, keys
+from worker.flush import AFTER_ERROR, flush_battle
+from worker.ingest import handle
+from worker.keys import BattleKeys
+from worker.tencent.errors import Outcome, classify_code, classify_status
+
+
+def _started(rt, ctl, duration_ms: int = 120_000) -> str:
+    info = ctl.create_battle(ROOMS, duration_ms=duration_ms, start=time.time() - 1)
+    bid = info["BattleId"]
+    handle(rt, [(start_body(bid, info["StartTime"], duration_ms, ROOMS), None)])
+    return bid
+
+
+def _later(rt, seconds: float) -> None:
+    real = rt.clock
+    rt.clock = lambda: real() + seconds
+
+
+def _calls(ctl, api: str) -> int:
+    return ctl.state()["calls_by_api"].get(api, 0)
+
+
+def test_a_write_that_lands_after_its_client_gave_up_is_never_counted_twice(rt, ctl):
+    """Tencent holds the request past the client's 5 s timeout and applies it 8 s after it was
+    sent. On main, the read-back at 6 s saw "not applied", the batch went again with OpType 1,
+    and the late write made it count twice for good."""
+    bid = _started(rt, ctl)
+    send(rt, ctl, "room_a", 7, "late-a")
+    ctl.inject("late_landing", api="set_battle_score")
+    sent = time.monotonic()
+    assert flush_battle(rt, bid) == "unresolved"  # timed out: judged after AFTER_ERROR
+    _later(rt, AFTER_ERROR)
+    assert flush_battle(rt, bid) == "ok"  # settled with OpType 2 of the absolute total
+    assert ctl.scores(bid)["room_a"] == 7
+    # The audit after the ambiguity is due by then, and the late write lands at 8 s.
+    due = rt.redis.zscore(keys.AUDIT_DUE, bid)
+    assert due is not None and due <= rt.clock() + audit.AFTER_AMBIGUITY
+    wait_for(lambda: ctl.scores(bid)["room_a"] == 14, timeout=12, what="the late landing")
+    assert time.monotonic() - sent >= 7.5
+    assert audit.audit_battle(rt, bid) == "corrected"
+    assert ctl.scores(bid)["room_a"] == 7
+    assert int(rt.redis.hget(keys.STATS, "audit_corrections")) == 1
+    assert audit.audit_battle(rt, bid) == "ok"  # healed: no more writes
+
+
+def test_a_redis_that_lost_its_last_second_is_audited_and_healed(rt, ctl):
+    """A claim, send and commit inside the lost second: the batch is pending again with no
+    in-flight record, so it is sent again. The restart is seen by the tick, every active battle
+    is audited, and the double count is overwritten with the ledger."""
+    bid = _started(rt, ctl)
+    bk = BattleKeys(bid)
+    send(rt, ctl, "room_a", 5, "g1")
+    assert flush_battle(rt, bid) == "ok"
+    send(rt, ctl, "room_a", 4, "g2")
+    before = {k: rt.redis.dump(k) for k in bk.all() if rt.redis.exists(k)}
+    assert flush_battle(rt, bid) == "ok"  # Tencent: 9 ...
+    for k in bk.all():  # ... then Redis comes back without that second: pending 4 again
+        rt.redis.delete(k)
+        if k in before:
+            rt.redis.restore(k, 0, before[k])
+    rt.redis.set(keys.REDIS_RUN, "a-run-before-the-crash")
+    assert audit.check_restart(rt)
+    assert rt.redis.zscore(keys.AUDIT_DUE, bid) <= rt.clock()
+    assert flush_battle(rt, bid) == "ok"  # sent again: Tencent 13, ledger 9
+    assert ctl.scores(bid)["room_a"] == 13
+    assert audit.audit_battle(rt, bid) == "corrected"
+    assert ctl.scores(bid)["room_a"] == 9
+    assert not audit.check_restart(rt)  # the same server: nothing to do
+
+
+def test_an_audit_takes_no_lock_while_a_batch_is_in_flight(rt, ctl):
+    bid = _started(rt, ctl)
+    bk = BattleKeys(bid)
+    send(rt, ctl, "room_a", 3, "x1")
+    rt.redis.hset(bk.inflight, mapping={"id": "f", "state": "sending", "r:room_a": 3,
+                                        "sent_at": rt.clock()})
+    reads = _calls(ctl, "get_battle_info")
+    rt.redis.hset(bk.applied, "room_a", 0)
+    assert audit.audit_battle(rt, bid) == "inflight"
+    assert _calls(ctl, "get_battle_info") == reads
+
+
+def test_a_foreign_write_is_overwritten_and_recorded(rt, ctl):
+    bid = _started(rt, ctl)
+    send(rt, ctl, "room_b", 11, "f1")
+    assert flush_battle(rt, bid) == "ok"
+    rt.client.set_battle_score(bid, 1, {"room_b": 100})  # not ours
+    assert audit.audit_battle(rt, bid) == "corrected"
+    assert ctl.scores(bid)["room_b"] == 11
+    history = rt.redis.lrange(BattleKeys(bid).flushes, 0, 0)[0]
+    assert '"outcome": "audit"' in history and '"room_b": 111' in history
+
+
+@pytest.mark.parametrize("status", [429, 408])
+def test_a_proxys_429_or_408_is_retried_not_final(rt, ctl, status):
+    """On main any non-5xx status moved the batch to `unapplied` for good."""
+    bid = _started(rt, ctl)
+    send(rt, ctl, "room_a", 6, f"p{status}")
+    ctl.inject(f"http{status}", api="set_battle_score")
+    assert flush_battle(rt, bid) == "retry_later"
+    assert rt.redis.hgetall(BattleKeys(bid).unapplied) == {}
+    assert flush_battle(rt, bid) == "ok"
+    assert ctl.scores(bid)["room_a"] == 6
+
+
+def test_configuration_refusals_are_retried_slowly_not_dropped():
+    assert classify_status(429) is Outcome.retryable
+    assert classify_status(408) is Outcome.retryable
+    assert classify_status(403) is Outcome.refused
+    assert classify_code(70009) is Outcome.refused
+    assert classify_code(100006) is Outcome.final
+
+
+def test_poison_values_are_refused_at_ingest_and_never_block_a_battle(rt, ctl):
+    bid = _started(rt, ctl)
+    bk = BattleKeys(bid)
+    huge = gift_body("room_a", "owner_a", 10**12)
+    huge["GiftWater"]["Count"] = 1_000_000  # Coins x Count = 1e18
+    counts = handle(rt, [(huge, "poison-1")])
+    settings_mode = rt.settings.gift_value.value
+    if settings_mode == "coins_x_count":
+        assert counts["dead_lettered"] == 1
+    # A room whose ledger is near 2**53: the next gift is refused before it is marked seen.
+    rt.redis.hset(bk.ledger, "room_a", 2**53 - 5)
+    counts = handle(rt, [(gift_body("room_a", "owner_a", 10), "poison-2")])
+    assert counts["dead_lettered"] == 1 and counts["ingested"] == 0
+    assert not rt.redis.sismember(bk.seen, "poison-2")
+    # A batch past the bound (written by an older version, say) is refused, not retried.
+    rt.redis.hset(bk.pending, "room_a", 2**53 + 2)
+    rt.redis.zadd(keys.FLUSH_DUE, {bid: rt.clock()})
+    assert flush_battle(rt, bid) == "refused"
+    assert not rt.redis.exists(bk.inflight) and not rt.redis.exists(bk.pending)
+    assert int(rt.redis.hget(bk.unapplied, "room_a")) == 2**53 + 2
+
+
+def test_an_answer_without_a_field_is_a_classified_error(rt, ctl, monkeypatch):
+    from worker.tencent.errors import TencentError
+
+    bid = _started(rt, ctl)
+    real = rt.client.call
+    monkeypatch.setattr(rt.client, "call", lambda api, body, **kw: {
+        **real(api, body, **kw), "Response": {"Status": 1}})
+    with pytest.raises(TencentError) as err:
+        rt.client.get_battle_info(bid)
+    assert err.value.outcome is Outcome.ambiguous

@@ -1,0 +1,168 @@
+"""Score audit: compare the score Tencent holds with the ledger's applied total; overwrite a difference.
+
+Why: exactly-once rests on our ledger, and some faults put a write on Tencent that the ledger
+does not show: a request that lands after the client gave up on it (its batch was settled
+meanwhile), a Redis that lost its last second (a claim, send and commit gone: the batch is
+pending again and is sent twice), a foreign write. Reconcile compares gift counts, not the
+score we wrote, so none of these would ever heal. An audit reads the battle's score
+(`get_battle_info`, its own API budget) under the battle's lock with no batch in flight, when
+the score Tencent holds must equal `applied`, and corrects a difference with one OpType 2 of
+`applied` (idempotent), recorded in the battle's history, the `audit_corrections` counter
+and the log.
+
+When: every AUDIT_INTERVAL s for each running battle (`schedule`, from its first flush), a
+settled ambiguity AFTER_AMBIGUITY s after it settled (a late write lands by then) but no later
+than END_LEAD s before the end, and every active battle at once after the tick sees Redis
+restarted (`check_restart`). Audits never wait for a call slot under the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from worker import keys
+from worker.batch import pipeline
+from worker.battles import Battle
+from worker.keys import BattleKeys
+from worker.lock import BattleLock
+from worker.ratelimit import LOW, RateLimitTimeout
+from worker.runtime import Runtime
+from worker.stats import bump
+from worker.tencent.client import ADMITTED
+from worker.tencent.errors import TencentError
+
+log = logging.getLogger("scorer.audit")
+
+#: Each battle with a score is audited this often (within its share of get_battle_info).
+AUDIT_INTERVAL = 30.0
+#: A settled ambiguity is audited this long after it settled: a write that outlived its
+#: client's 5 s timeout has landed or expired by then.
+AFTER_AMBIGUITY = 10.0
+#: ... but no later than this long before the battle's end: a double count must be healed
+#: before the buzzer (an audit is a read and at most one write: well under a second).
+END_LEAD = 1.2
+#: An audit that could not run (no slot, lock busy, batch in flight) is due again this soon.
+RETRY = 0.5
+#: How long an audit waits for a get_battle_info slot (holding no lock).
+SLOT_WAIT = 0.5
+
+
+def schedule(rt: Runtime, battle_ids: list[str], at: float, pipe=None) -> None:
+    """Make the audits of these battles due at `at`, or sooner if already due sooner."""
+    if battle_ids:
+        (pipe or rt.redis).zadd(keys.AUDIT_DUE, {b: at for b in battle_ids}, lt=True)
+
+
+def after_ambiguity(rt: Runtime, battle: Battle | None, battle_id: str) -> None:
+    """Audit a battle whose ambiguous write was settled: once a late landing is possible no
+    more, or just before the end if that comes first."""
+    at = rt.clock() + AFTER_AMBIGUITY
+    if battle is not None and battle.end:
+        at = min(at, max(rt.clock(), battle.end - END_LEAD))
+    schedule(rt, [battle_id], at)
+
+
+def check_restart(rt: Runtime) -> bool:
+    """True (and every active battle due for an audit now) when the Redis server restarted
+    since the tick last looked: under `appendfsync everysec` its last second may be gone,
+    with claims and commits of writes that Tencent did apply."""
+    run_id = rt.redis.info("server").get("run_id")
+    last = rt.redis.getset(keys.REDIS_RUN, run_id)
+    if last is None or last == run_id:
+        return False
+    active = rt.redis.zrange(keys.ACTIVE, 0, -1)
+    if active:
+        pipe = pipeline(rt.redis)
+        schedule(rt, active, rt.clock(), pipe)
+        pipe.sadd(keys.AUDIT_FORCED, *active)
+        pipe.expire(keys.AUDIT_FORCED, int(AUDIT_INTERVAL * 4))
+        pipe.execute()
+    log.warning("Redis restarted (run_id changed): auditing %d active battles", len(active))
+    return True
+
+
+def audit_battle(rt: Runtime, battle_id: str, forced: bool = False) -> str:
+    """Audit one battle; returns an outcome name (ok, corrected, busy, ended, ...). A battle
+    with nothing applied yet is not read unless `forced` or Redis restarted (its last second
+    may have held the only commit)."""
+    forced = forced or bool(rt.redis.sismember(keys.AUDIT_FORCED, battle_id))
+    bk = BattleKeys(battle_id)
+    battle = Battle.load(rt, battle_id)
+    now = rt.clock()
+    if battle is None or not battle.start or battle.has_ended(rt.tclock.earliest(), 0.05):
+        rt.redis.zrem(keys.AUDIT_DUE, battle_id)
+        return "ended"
+    if not rt.redis.exists(bk.applied) and not forced:
+        _next(rt, battle)  # nothing written yet: Tencent holds 0 (a restart audit still reads)
+        return "nothing"
+    if rt.redis.exists(bk.inflight):  # the flush settles it first
+        rt.redis.zadd(keys.AUDIT_DUE, {battle_id: now + RETRY}, xx=True)
+        return "inflight"
+    try:
+        rt.client.limiter.acquire("get_battle_info", SLOT_WAIT, LOW)
+    except RateLimitTimeout:
+        rt.redis.zadd(keys.AUDIT_DUE, {battle_id: now + RETRY}, xx=True)
+        return "rate_limited"
+    with BattleLock(rt.redis, bk.lock) as lock:
+        if not lock.held or rt.redis.exists(bk.inflight):
+            rt.redis.zadd(keys.AUDIT_DUE, {battle_id: now + RETRY}, xx=True)
+            return "busy"
+        outcome = _audit_locked(rt, battle, lock)
+    if outcome in ("busy", "rate_limited", "failed"):
+        rt.redis.zadd(keys.AUDIT_DUE, {battle_id: rt.clock() + RETRY}, xx=True)
+    else:
+        _next(rt, battle)
+        if forced:
+            rt.redis.srem(keys.AUDIT_FORCED, battle_id)
+    return outcome
+
+
+def _next(rt: Runtime, battle: Battle) -> None:
+    at = rt.clock() + AUDIT_INTERVAL
+    if battle.end - END_LEAD > rt.clock():
+        at = min(at, battle.end - END_LEAD)  # one more just before the buzzer
+    elif battle.end:
+        rt.redis.zrem(keys.AUDIT_DUE, battle.battle_id)
+        return
+    rt.redis.zadd(keys.AUDIT_DUE, {battle.battle_id: at}, xx=True)
+
+
+def _audit_locked(rt: Runtime, battle: Battle, lock: BattleLock) -> str:
+    bk = BattleKeys(battle.battle_id)
+    try:
+        info = rt.client.get_battle_info(battle.battle_id, max_wait=ADMITTED, max_attempts=1)
+    except (TencentError, RateLimitTimeout) as err:
+        log.warning("audit read of %s failed: %s", battle.battle_id, err)
+        return "failed"
+    if info.Status == 2 or rt.tclock.earliest() >= info.EndTime > 0:
+        return "ended"  # no write can land: finalize compares the end scores
+    applied = {k: int(v) for k, v in rt.redis.hgetall(bk.applied).items()}
+    held = {r.RoomId: r.Score for r in info.rooms}
+    diff = {room: (applied.get(room, 0), held[room]) for room in battle.rooms
+            if room in held and held[room] != applied.get(room, 0)}
+    if not diff:
+        return "ok"
+    target = {room: want for room, (want, _) in diff.items()}
+    if rt.client.limiter.try_acquire("set_battle_score", LOW) > 0:
+        return "rate_limited"  # never wait under the lock: due again in a moment
+    try:
+        res = rt.client.set_battle_score(battle.battle_id, 2, target, max_wait=ADMITTED,
+                                         max_attempts=1)
+    except (TencentError, RateLimitTimeout) as err:
+        log.warning("audit overwrite of %s failed: %s", battle.battle_id, err)
+        return "failed"  # OpType 2 is idempotent: the next audit reads and writes again
+    codes = res.codes()
+    fixed = {r: diff[r] for r in target if codes.get(r, 0) == 0}
+    record = json.dumps({"id": "audit", "at": rt.clock(), "op": 2, "scores": target,
+                         "outcome": "audit", "held_before": {r: h for r, (_, h) in fixed.items()},
+                         "request_id": res.RequestId})
+    pipe = pipeline(rt.redis)
+    pipe.lpush(bk.flushes, record)
+    pipe.ltrim(bk.flushes, 0, 99)
+    bump(pipe, "audit_corrections", len(fixed))
+    pipe.execute()
+    log.warning("audit of %s corrected Tencent's score to the ledger: %s (ledger, held)",
+                battle.battle_id, fixed, extra={"battle_id": battle.battle_id,
+                                                "request_id": res.RequestId})
+    return "corrected"
