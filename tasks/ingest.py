@@ -68,11 +68,10 @@ def _maybe_drain(rt: Runtime) -> None:
     """Start a drain when the ingest queue has backed up (see worker/drain.py)."""
     try:
         token = drain.request(rt)
+        if token:
+            _send_drain(token)  # the broker may be gone again: its slot's lease frees it
     except Exception as err:  # a drain is an optimization: ingest has already stored the events
         log.warning("could not ask for a drain: %s", type(err).__name__)
-        return
-    if token:
-        _send_drain(token)
 
 
 def _send_drain(token: str) -> None:

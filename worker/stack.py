@@ -92,6 +92,14 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait(5)
 
+    def kill(self) -> None:
+        """SIGKILL the server (a crash, not a shutdown): with appendonly its AOF keeps what
+        was fsynced (appendfsync everysec: all but about the last second). `start()` brings
+        it back on the same port and data directory."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
