@@ -1,10 +1,11 @@
 """`python -m bench.chaos`: kill, restart and corrupt on purpose; then prove nothing was lost.
 
 Everything on 127.0.0.1: a redis-server with AOF, several worker processes, one beat, the
-sandbox with faults on (502, 100001, latency, applied-but-response-lost), and during the run:
-SIGKILL of worker processes and pool children at random moments, a Redis restart, a beat
-restart, duplicate / reordered / lost webhooks, gifts approved but never counted, and start
-webhooks that arrive late. At the end every battle's final score on the sandbox is checked
+sandbox with faults on (502, a proxy's 429, 100001, latency, applied-but-response-lost, writes
+that land 8 s late), and during the run: SIGKILL of worker processes and pool children at
+random moments, a Redis restart, two Redis SIGKILLs under appendfsync everysec, a beat
+restart, duplicate / reordered / lost webhooks, gifts approved but never counted, start
+webhooks that arrive late, a declined battle and a poison value. At the end every battle's final score on the sandbox is checked
 against the truth. Bounded in time; prints a table and exits non-zero unless all is exact.
 """
 
@@ -33,6 +34,15 @@ from worker.stack import Processes, RedisServer, children_map, scorer_env
 SDKAPPID = 1400000000
 FLUSH = 0.5
 RECONCILE = 2.0
+#: Sandbox faults, each at --fault-rate per call: a 502 and a proxy's 429 (not applied), 100001,
+#: 300 ms latency, applied-but-answer-lost, and a write that lands 8 s late, after its client
+#: gave up on it.
+FAULTS = ("http502", "http429", "error100001", "latency", "lost_response", "late_landing")
+#: A worker's pool children are not SIGKILLed this long after the worker (re)started.
+STARTUP = 8.0
+_started: dict[str, float] = {}
+#: A battle's keys may outlive its end by a day (battles.KEEP_AFTER_END), plus this slack.
+TTL_SLACK = 120
 
 
 @dataclass
@@ -50,11 +60,12 @@ class ChaosResult:
     restarts: int = 0
     unexpected_exits: list = field(default_factory=list)
     mismatches: list = field(default_factory=list)
+    key_problems: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return (self.exact == self.battles and not self.unexpected_exits
-                and self.over == 0 and self.under == 0)
+                and self.over == 0 and self.under == 0 and not self.key_problems)
 
 
 def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate: float = 0.03,
@@ -76,12 +87,11 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
     try:
         for i in range(workers):
             procs.worker(f"worker{i}", concurrency=2)
+            _started[f"worker{i}"] = time.monotonic()
         procs.beat()
         while not producer.control.ping(timeout=0.5):
             time.sleep(0.2)
-        ctl.fault_rates({k: fault_rate for k in
-                         ("http502", "error100001", "latency", "lost_response")},
-                        latency=0.3, seed=seed)
+        ctl.fault_rates({k: fault_rate for k in FAULTS}, latency=0.3, seed=seed)
 
         def send(body, eid=None):
             for _ in range(50):  # the producer retries while Redis restarts
@@ -103,6 +113,11 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
             battles[i] = (bid, rooms)
             if i not in late_start:
                 send(start_body(bid, start, int(duration * 1000), rooms))
+        # A declined PK invitation: created, never started (given up, its keys expire).
+        send({"CallbackCommand": "Live.CallbackAfterCreateBattle", "BattleId": f"declined-{seed}",
+              "FromRoomId": "decl-a", "ToRoomIdList": ["decl-b"], "Duration": 60_000,
+              "EventTime": int(time.time() * 1000)})
+        res.actions["declined battle"] += 1
         truth: dict[tuple[str, str], int] = defaultdict(int)
         pending: list[tuple[float, dict, str]] = []  # delayed (reordered) deliveries
         n = 0
@@ -120,6 +135,11 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
                 if b in done_bursts or now < start + b or now > last_gift:
                     continue
                 done_bursts.add(b)
+                if b == bursts[0]:  # a poison value, past events.MAX_VALUE: a dead letter
+                    bid0, rooms0 = battles[0]
+                    room0 = next(iter(rooms0))
+                    send(gift_body(room0, rooms0[room0], 10**13, now), f"poison-{seed}")
+                    res.actions["poison value"] += 1
                 first_clean = min(set(battles) - late_start)
                 for i, (bid, rooms) in battles.items():
                     for k in range(rng.randint(3, 8)):
@@ -188,8 +208,20 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
                         log(json.dumps([h for h in sandbox.state.history
                                         if h["battle"] == bid and h["room"] == room]))
                         log(json.dumps(r.lrange(bk.flushes, 0, -1)))
+                        log(json.dumps([{k: c.get(k) for k in ("t", "api", "fault",
+                                                                 "error_code", "t_landed")}
+                                        | {"scores": (c.get("body") or {}).get("ScoreList"),
+                                           "op": (c.get("body") or {}).get("OpType")}
+                                        for c in sandbox.state.calls
+                                        if (c.get("body") or {}).get("BattleId") == bid]))
             res.exact += exact
         res.dead_letters = r.llen("bs:deadletters")
+        # Once every battle is finalized: no key of a battle may outlive its end by more
+        # than a day, whatever happened to it.
+        deadline = time.time() + 30
+        while r.zcard("bs:active") and time.time() < deadline:
+            time.sleep(0.5)
+        res.key_problems = _key_problems(r, end)
         return res
     finally:
         procs.stop()
@@ -198,10 +230,27 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
         rs.cleanup()
 
 
+def _key_problems(r: redis.Redis, end: float) -> list[str]:
+    """Battle keys (`bs:{b:...}`) without an expiry, or expiring later than a day after `end`."""
+    bad = []
+    limit = end + 24 * 3600 + TTL_SLACK
+    for key in r.scan_iter(match="bs:{b:*", count=1000):
+        ttl = r.ttl(key)
+        if ttl == -1 or (ttl > 0 and time.time() + ttl > limit):
+            bad.append(f"{key} ttl {ttl}")
+    if r.zcard("bs:active"):
+        bad.append(f"bs:active still holds {r.zcard('bs:active')} battles")
+    return bad
+
+
 def _plan_actions(rng: random.Random, start: float, end: float) -> list[tuple[float, str]]:
     span = end - start
     acts = [(start + span * 0.3, "restart_redis"), (start + span * 0.55, "restart_beat"),
-            (start + span * 0.4, "kill_worker")]
+            (start + span * 0.4, "kill_worker"),
+            # SIGKILL under appendfsync everysec: the last second of state is gone, while
+            # Tencent keeps what was sent in it.
+            (start + span * 0.45 + rng.uniform(0, 2), "kill_redis"),
+            (start + span * 0.75 + rng.uniform(0, 2), "kill_redis")]
     for k in range(6):
         acts.append((start + span * (0.1 + 0.13 * k) + rng.uniform(0, 2),
                      rng.choice(["kill_child", "kill_child", "kill_worker"])))
@@ -213,6 +262,11 @@ def _act(action: str, procs: Processes, rs: RedisServer, rng: random.Random,
     workers = [n for n in procs.procs if n.startswith("worker")]
     if action == "kill_child":
         name = rng.choice(workers)
+        # Not while that worker starts: Celery exits when a pool child dies before the pool
+        # is up ("WorkerLostError: Could not start worker processes"), by design; a supervisor
+        # starts it again, as after a SIGKILL of the worker (docs/reliability.md).
+        if time.monotonic() - _started.get(name, 0.0) < STARTUP:
+            return
         kids = children_map().get(procs.procs[name].pid, [])
         if kids:
             os.kill(rng.choice(kids), signal.SIGKILL)
@@ -228,6 +282,7 @@ def _act(action: str, procs: Processes, rs: RedisServer, rng: random.Random,
             pass
         proc.wait(10)
         procs.worker(name, concurrency=2)
+        _started[name] = time.monotonic()
         res.actions["SIGKILL worker"] += 1
         res.restarts += 1
         log(f"  SIGKILL worker {name}, started it again")
@@ -237,6 +292,12 @@ def _act(action: str, procs: Processes, rs: RedisServer, rng: random.Random,
         rs.start()
         res.actions["Redis restart"] += 1
         log("  Redis restarted (AOF)")
+    elif action == "kill_redis":
+        rs.kill()
+        time.sleep(1.0)
+        rs.start()
+        res.actions["Redis SIGKILL"] += 1
+        log("  Redis killed (SIGKILL, appendfsync everysec) and started again")
     elif action == "restart_beat":
         proc = procs.procs["beat"]
         expected_dead.add(proc.pid)
@@ -259,6 +320,9 @@ def report(res: ChaosResult) -> str:
              f"chaos actions                {json.dumps(dict(res.actions), sort_keys=True)}",
              f"process restarts (on purpose) {res.restarts}",
              f"unexpected exits             {res.unexpected_exits or 'none'}"]
+    lines.append(f"battle keys past end + 1 day {len(res.key_problems)}")
+    if res.key_problems:
+        lines.append(f"  {res.key_problems[:10]}")
     if res.mismatches:
         lines.append(f"mismatches                   {res.mismatches}")
     return "\n".join(lines)

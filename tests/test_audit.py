@@ -154,3 +154,22 @@ def test_an_answer_without_a_field_is_a_classified_error(rt, ctl, monkeypatch):
     with pytest.raises(TencentError) as err:
         rt.client.get_battle_info(bid)
     assert err.value.outcome is Outcome.ambiguous
+
+
+def test_near_the_end_a_held_request_is_settled_before_the_end_not_after(rt, ctl):
+    """A request Tencent holds past the end is refused when it lands. Near its end a battle's
+    request waits 1.5 s for its answer (not 5 s) and is settled with OpType 2 at once, so its
+    value is in before the end (on main: waited 5 + 1 s, read after the end, value lost)."""
+    from worker.endgame import NEAR_END_READ
+
+    bid = _started(rt, ctl, duration_ms=7_000)
+    end = time.time() + 6.0
+    send(rt, ctl, "room_a", 12, "near-1")
+    ctl.inject("late_landing", api="set_battle_score")
+    t0 = time.monotonic()
+    assert flush_battle(rt, bid) == "unresolved"
+    assert time.monotonic() - t0 < NEAR_END_READ + 1.0
+    wait_for(lambda: flush_battle(rt, bid) == "ok", timeout=3, what="the OpType 2 settle")
+    assert time.time() < end - 2 and ctl.scores(bid)["room_a"] == 12
+    wait_for(lambda: time.time() > end + 3.5, timeout=12)  # the held request lands: refused
+    assert ctl.scores(bid)["room_a"] == 12

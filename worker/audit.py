@@ -23,6 +23,7 @@ import logging
 
 from worker import keys
 from worker.batch import pipeline
+from worker.endgame import read_timeout
 from worker.battles import Battle
 from worker.keys import BattleKeys
 from worker.lock import BattleLock
@@ -148,7 +149,7 @@ def _audit_locked(rt: Runtime, battle: Battle, lock: BattleLock) -> str:
         return "rate_limited"  # never wait under the lock: due again in a moment
     try:
         res = rt.client.set_battle_score(battle.battle_id, 2, target, max_wait=ADMITTED,
-                                         max_attempts=1)
+                                         max_attempts=1, read_timeout=read_timeout(rt, battle))
     except (TencentError, RateLimitTimeout) as err:
         log.warning("audit overwrite of %s failed: %s", battle.battle_id, err)
         return "failed"  # OpType 2 is idempotent: the next audit reads and writes again

@@ -168,6 +168,7 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
     plan: list[tuple[str, Gift, int]] = []  # (what, gift, position of its reply)
     by_battle: dict[str, list[Gift]] = {}
     ending: set[str] = set()  # battles in their end game: flushed at once (worker/endgame.py)
+    ends: dict[str, float] = {}
     now, latest = rt.clock(), rt.tclock.latest()
     for g in gifts:
         hit = find_battle(index[g.room], g.second)
@@ -185,12 +186,14 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
             _count_outside(pipe, g)
             continue
         by_battle.setdefault(battle_id, []).append(g)
+        ends[battle_id] = end
         if endgame.in_window(end, latest):
             ending.add(battle_id)
     scored: list[tuple[list[Gift], int]] = []  # (a battle's gifts, position of its flags)
     for battle_id, bgifts in by_battle.items():
         bk = BattleKeys(battle_id)
-        args: list = [int(now + KEEP_AFTER_END * 2)]
+        # Its keys live a day past its end (finalize sets the same), never longer.
+        args: list = [int(max(now, ends[battle_id]) + KEEP_AFTER_END)]
         for g in bgifts:
             args += [g.event_id, g.room, g.value, g.second]
         scored.append((bgifts, len(pipe)))

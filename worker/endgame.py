@@ -56,6 +56,25 @@ HORIZON = 1.0
 #: A battle is past any call this long after its end by the earliest Tencent's clock may read.
 END_MARGIN = 0.05
 
+#: Near its end (within NEAR_END s, by the latest Tencent's clock may read) a write under a
+#: battle's lock (a flush, a settling or correcting OpType 2) waits NEAR_END_READ s for its
+#: answer, not the client's 5 s: Tencent may hold a request past the end, where it is
+#: refused when it lands, and meanwhile the lock kept the battle's last flush out (a
+#: reconcile overwrite that waited 5 s cost a battle its last 77 coins in bench.chaos).
+NEAR_END = 8.0
+NEAR_END_READ = 1.5
+
+
+def near_end(rt: Runtime, battle) -> bool:
+    """True when `battle` (a battles.Battle, or None) may end within NEAR_END s."""
+    return bool(battle and battle.end and battle.end - rt.tclock.latest() <= NEAR_END)
+
+
+def read_timeout(rt: Runtime, battle) -> float | None:
+    """How long a write under the battle's lock waits for its answer (None: the default)."""
+    return NEAR_END_READ if near_end(rt, battle) else None
+
+
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0
 _running: set[str] = set()

@@ -9,11 +9,12 @@ import uuid
 from dataclasses import dataclass
 
 from worker import audit, keys
+from worker.endgame import NEAR_END_READ, near_end, read_timeout
 from worker.batch import pipeline
 from worker.battles import Battle
 from worker.keys import BattleKeys
 from worker.lock import BattleLock
-from worker.ratelimit import LOW, RateLimitTimeout
+from worker.ratelimit import HIGH, LOW, RateLimitTimeout
 from worker.runtime import Runtime
 from worker.stats import bump
 from worker.tencent.client import ADMITTED
@@ -43,6 +44,8 @@ RETRY_SOON = 0.2
 #: - its sender saw the request end (a reset, a timeout): AFTER_ERROR after that moment.
 LANDING_WINDOW = 6.0
 AFTER_ERROR = 1.0
+#: Near its end (endgame.near_end) a request is judged this long after it ended.
+NEAR_END_AFTER = 0.3
 #: A battle whose write was refused by our configuration or a proxy (401, 403, 70003, ...)
 #: is tried again this much later: a key rotation or a proxy's limit may pass, and the value
 #: stays pending until the battle ends (then it is recorded unapplied, with its reason).
@@ -102,6 +105,9 @@ class Flusher:
     def _ended(self, battle: Battle | None) -> bool:
         return battle is not None and battle.has_ended(self.rt.tclock.earliest(), END_MARGIN)
 
+    def _near_end(self) -> bool:
+        return near_end(self.rt, self._battle)
+
     def _check(self, res) -> None:
         if res == -1:
             raise LockLost(self.battle_id)
@@ -139,7 +145,7 @@ class Flusher:
         if not res:
             return "idle"
         inf = Inflight.parse(res)
-        battle = self._battle or Battle.load(rt, self.battle_id)
+        battle = self._battle = self._battle or Battle.load(rt, self.battle_id)
         if inf.state == "unsent" or inf.id == self.flush_id:
             if self._ended(battle):
                 # No call can land any more: keep the value as unapplied, make none.
@@ -185,17 +191,19 @@ class Flusher:
             return "refused"
         # "sending" from the moment an attempt may leave (a fresh claim already says it; an
         # `unsent` batch whose sender dies while the limiter holds it is rightly sent again).
+        near = self._near_end()
+
         def leaving() -> None:  # each attempt, once the limiter admitted it: it may land now
             inf.sent_at = self.rt.clock()
-            inf.settle_at = inf.sent_at + LANDING_WINDOW
+            inf.settle_at = inf.sent_at + (NEAR_END_READ + 1.0 if near else LANDING_WINDOW)
             self._mark("sending", sent_at=inf.sent_at, settle_at=inf.settle_at)
 
         try:
             # One attempt: a retryable answer comes back through the schedule, not by sleeping
             # here with the lock held.
-            res = self.rt.client.set_battle_score(self.battle_id, 1, inf.scores,
-                                                  on_send=leaving, max_wait=self._wait(),
-                                                  max_attempts=1)
+            res = self.rt.client.set_battle_score(
+                self.battle_id, 1, inf.scores, on_send=leaving, max_wait=self._wait(),
+                max_attempts=1, read_timeout=read_timeout(self.rt, self._battle))
         except RateLimitTimeout:
             self._mark("unsent")
             return "rate_limited"
@@ -209,7 +217,8 @@ class Flusher:
 
     def _failed(self, inf: Inflight, err: TencentError) -> str:
         if err.outcome is Outcome.ambiguous:
-            inf.settle_at = self.rt.clock() + AFTER_ERROR
+            inf.settle_at = self.rt.clock() + (NEAR_END_AFTER if self._near_end()
+                                               else AFTER_ERROR)
             self._mark("ambiguous", settle_at=inf.settle_at)
             return "ambiguous"
         if err.outcome is Outcome.retryable:  # certainly not applied: same batch, next tick
@@ -279,8 +288,9 @@ class Flusher:
         """Set each room to applied + delta with OpType 2 (idempotent), then commit."""
         target = {r: applied.get(r, 0) + d for r, d in inf.scores.items()}
         try:
-            res = self.rt.client.set_battle_score(self.battle_id, 2, target,
-                                                  max_wait=self._wait(), max_attempts=1)
+            res = self.rt.client.set_battle_score(
+                self.battle_id, 2, target, max_wait=self._wait(), max_attempts=1,
+                read_timeout=read_timeout(self.rt, self._battle))
         except (TencentError, RateLimitTimeout) as err:
             log.warning("settling overwrite of %s failed: %s", self.battle_id, err)
             self._mark("ambiguous")
@@ -380,7 +390,10 @@ def flush_battle(rt: Runtime, battle_id: str, lane: str = LOW, admitted: bool = 
     elif outcome in ("retry_later", "rate_limited"):
         _due_soon(rt, battle_id)
     elif outcome == "unresolved":
-        rt.redis.zadd(keys.FLUSH_DUE, {battle_id: settle_time(rt, battle_id)}, xx=True)
+        settle = settle_time(rt, battle_id)
+        rt.redis.zadd(keys.FLUSH_DUE, {battle_id: settle}, xx=True)
+        if lane == HIGH:  # in its end game: judged the moment it can be, not at a tick
+            rt.redis.zadd(keys.ENDGAME_DUE, {battle_id: settle}, nx=True)
     elif outcome == "refused_later":
         rt.redis.zadd(keys.FLUSH_DUE, {battle_id: rt.clock() + REFUSED_RETRY})
     return outcome

@@ -32,6 +32,7 @@ import time
 from worker import battles, keys, watermark
 from worker.batch import pipeline
 from worker.battles import Battle
+from worker.endgame import read_timeout
 from worker.flush import LockLost
 from worker.keys import BattleKeys, RoomKeys
 from worker.lock import BattleLock
@@ -220,8 +221,9 @@ class Reconciler:
                    lock: BattleLock) -> set[str]:
         target = {r: max(0, applied.get(r, 0) + d) for r, d in fixes.items()}
         try:
-            res = self.rt.client.set_battle_score(self.battle.battle_id, 2, target,
-                                                  max_wait=ADMITTED, max_attempts=1)
+            res = self.rt.client.set_battle_score(
+                self.battle.battle_id, 2, target, max_wait=ADMITTED, max_attempts=1,
+                read_timeout=read_timeout(self.rt, self.battle))
         except (TencentError, RateLimitTimeout) as err:
             # Not recorded: the drift persists and the next pass confirms it again (OpType 2
             # is idempotent, so an overwrite that did land is harmless to repeat).

@@ -140,7 +140,8 @@ class TencentClient:
 
     def _send_once(self, api: str, body: dict[str, Any],
                    on_send: Callable[[], None] | None = None,
-                   max_wait: float | None = None, lane: str = "high") -> dict[str, Any]:
+                   max_wait: float | None = None, lane: str = "high",
+                   read_timeout: float | None = None) -> dict[str, Any]:
         """One HTTP exchange; returns Tencent's JSON or raises a classified TencentError.
         `on_send` runs once the limiter has admitted the call, just before it leaves;
         `max_wait` ADMITTED: the caller holds the slot; else how long to wait for one."""
@@ -150,7 +151,11 @@ class TencentClient:
         started = time.monotonic()
         sent_at = time.time()
         try:
-            resp = self.http.post(self.url(api), params=self.query(), json=body)
+            timeout = self.timeout if read_timeout is None else httpx.Timeout(
+                connect=self.timeout.connect, read=read_timeout, write=self.timeout.write,
+                pool=self.timeout.pool)
+            resp = self.http.post(self.url(api), params=self.query(), json=body,
+                                  timeout=timeout)
         except httpx.HTTPError as exc:
             outcome = classify_exception(exc)
             self._observe(api, outcome.value, started, waited)
@@ -190,7 +195,7 @@ class TencentClient:
 
     def call(self, api: str, body: dict[str, Any], *, max_attempts: int | None = None,
              on_send: Callable[[], None] | None = None, max_wait: float | None = None,
-             lane: str = "high") -> dict[str, Any]:
+             lane: str = "high", read_timeout: float | None = None) -> dict[str, Any]:
         """Call `api`, retrying only what is certainly not applied; raise TencentError else.
 
         A 70001 (UserSig expired) is retried once with a fresh sig; retryable outcomes back
@@ -203,7 +208,7 @@ class TencentClient:
         for attempt in range(1, attempts + 1):
             try:
                 wait = max_wait if attempt == 1 or max_wait != ADMITTED else 0.0
-                return self._send_once(api, body, on_send, wait, lane)
+                return self._send_once(api, body, on_send, wait, lane, read_timeout)
             except TencentError as err:
                 log.warning("tencent call failed: %s (attempt %d/%d)", err, attempt, attempts)
                 if err.code == SIG_EXPIRED:
@@ -224,14 +229,16 @@ class TencentClient:
     def set_battle_score(self, battle_id: str, op_type: int, scores: dict[str, int], *,
                          max_attempts: int | None = None,
                          on_send: Callable[[], None] | None = None,
-                         max_wait: float | None = None,
-                         lane: str = "high") -> SetBattleScoreResult:
-        """OpType 1 adds `scores` to each room, 2 overwrites; returns per-room ResultCodes."""
+                         max_wait: float | None = None, lane: str = "high",
+                         read_timeout: float | None = None) -> SetBattleScoreResult:
+        """OpType 1 adds `scores` to each room, 2 overwrites; returns per-room ResultCodes.
+        `read_timeout`: how long to wait for the answer (default: the client's 5 s)."""
         req = SetBattleScoreRequest(
             BattleId=battle_id, OpType=op_type,
             ScoreList=[ScoreItem(RoomId=r, Score=s) for r, s in scores.items()])
         data = self.call("set_battle_score", req.model_dump(), max_attempts=max_attempts,
-                         on_send=on_send, max_wait=max_wait, lane=lane)
+                         on_send=on_send, max_wait=max_wait, lane=lane,
+                         read_timeout=read_timeout)
         resp = _parse(api="set_battle_score", model=SetBattleScoreResult, data=data)
         resp.RequestId = data.get("RequestId")
         return resp
