@@ -5,8 +5,11 @@ import os
 import signal
 import subprocess
 
+import redis
+
 from tests.conftest import ROOT, celery_cmd
 from tests.helpers import wait_for
+from worker import keys
 from worker.control_pool import app_spec
 from worker.stack import children_map
 
@@ -56,6 +59,11 @@ def _control_children(worker_pid: int) -> set[int]:
             if "-Q scorer.control" in _cmdline(pid)}
 
 
+def _endgame_children(worker_pid: int) -> set[int]:
+    return {pid for pid in children_map().get(worker_pid, [])
+            if "worker.endgame_main" in _cmdline(pid) and _alive(pid)}
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -96,11 +104,20 @@ def test_control_queue_is_served_by_a_thread_pool_beside_the_ingest_processes(se
         seen = wait_for(lambda: (q := queues()) and len(q) == 1 + PROCESSES and q, 60,
                         what="every node")
         assert seen == {"iso": {"celery", "scorer.drain"}, **control}
+        # The end game runs in a process of its own, and says so in Redis.
+        endgame = wait_for(lambda: _endgame_children(worker.pid), 30, what="end-game process")
+        r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        wait_for(lambda: r.get(keys.ENDGAME_DEDICATED) == str(min(endgame)), 30,
+                 what="the dedicated end-game runner's beat")
+        wait_for(lambda: r.get(keys.ENDGAME_LOCK), 30, what="the end-game lock taken")
         os.kill(first, signal.SIGKILL)
         now = wait_for(lambda: (c := _control_children(worker.pid)) and len(c) == PROCESSES
                        and first not in c and c, 30, what="control worker restarted")
+        os.kill(min(endgame), signal.SIGKILL)
+        again = wait_for(lambda: (c := _endgame_children(worker.pid)) and c != endgame and c,
+                         30, what="end-game process restarted")
         os.kill(worker.pid, signal.SIGKILL)
-        wait_for(lambda: not any(_alive(p) for p in now), 30,
+        wait_for(lambda: not any(_alive(p) for p in now | again), 30,
                  what="control workers gone with their parent")
     finally:
         try:

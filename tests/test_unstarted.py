@@ -201,18 +201,17 @@ def test_a_very_late_start_webhook_revives_a_given_up_battle(rt, ctl, clock):
     assert counts["ingested"] == 1
 
 
-def test_a_redelivered_create_webhook_costs_one_more_call(rt, ctl, clock):
-    """The same create webhook again after the give-up: one get_battle_info, given up again."""
+def test_a_redelivered_create_webhook_costs_no_more_calls(rt, ctl, clock):
+    """The same create webhook again after the give-up: ignored (battles.register), no call."""
     bid = "battle_declined_4"
     handle(rt, [(create_body(bid), None)])
     _poll_until_resolved_or_given_up(rt, clock, bid)
     calls = _info_calls(ctl, bid)
     clock.t += 30
     handle(rt, [(create_body(bid), None)])
-    assert rt.redis.hget(BattleKeys(bid).meta, "status") == "created"
-    assert _poll_until_resolved_or_given_up(rt, clock, bid) == [clock.t]
-    assert _info_calls(ctl, bid) == calls + 1
     assert rt.redis.hget(BattleKeys(bid).meta, "status") == "given_up"
+    assert rt.redis.zscore(keys.UNRESOLVED, bid) is None
+    assert _info_calls(ctl, bid) == calls
     for room in ROOMS:
         assert rt.redis.hget(RoomKeys(room).battles, bid) is None
 

@@ -132,7 +132,8 @@ def _next(rt: Runtime, battle: Battle) -> None:
 def _audit_locked(rt: Runtime, battle: Battle, lock: BattleLock) -> str:
     bk = BattleKeys(battle.battle_id)
     try:
-        info = rt.client.get_battle_info(battle.battle_id, max_wait=ADMITTED, max_attempts=1)
+        info = rt.client.get_battle_info(battle.battle_id, max_wait=ADMITTED, max_attempts=1,
+                                         read_timeout=read_timeout(rt, battle))
     except (TencentError, RateLimitTimeout) as err:
         log.warning("audit read of %s failed: %s", battle.battle_id, err)
         return "failed"

@@ -6,7 +6,8 @@ every second of that waiting is a second of ingest lost, and a backlog then feed
 when a worker would consume both the ingest queue and the control queue, this bootstep takes
 the control queue away from its prefork pool and starts, beside it, Celery workers with a
 thread pool that consume only the control queue: `<name>-control@<host>` in Flower, and
-`<name>-control1@<host>` on a machine with two cores or more (PROCESSES). Threads are the
+`<name>-control1@<host>` on a machine with two cores or more (PROCESSES), and the end game's
+own process (worker/endgame_main.py, ENDGAME_PROCESS). Threads are the
 right pool for that work (it waits on I/O) and cost ingest no process; a second process
 because a control worker is bound by its GIL near 100 flushes a second.
 
@@ -42,6 +43,9 @@ THREADS = 8
 #: one process saturated near 100 flushes/s at 2,000 battles (84 % of a core, the budget
 #: allows 180), with the machine's other core half idle.
 PROCESSES = max(1, min(2, os.cpu_count() or 1))
+#: Start the end game as a process of its own (worker/endgame_main.py) beside the control
+#: workers: in a control worker its runner waited for the GIL behind the flush threads.
+ENDGAME_PROCESS = True
 #: A control worker that exits on its own is started again after this delay (doubling, capped).
 RESTART_DELAY = (1.0, 30.0)
 #: On shutdown, the control worker gets this long to finish its tasks before SIGKILL.
@@ -112,6 +116,8 @@ class ControlPool(bootsteps.StartStopStep):
                 if getattr(worker, "logfile", None):
                     cmd += ["-f", worker.logfile]
                 self.cmds.append(cmd)
+            if ENDGAME_PROCESS:  # the end game in a process of its own (its own GIL)
+                self.cmds.append([sys.executable, "-m", "worker.endgame_main"])
 
     def start(self, worker: Any) -> None:
         if self.enabled:

@@ -56,8 +56,8 @@ HORIZON = 1.0
 #: A battle is past any call this long after its end by the earliest Tencent's clock may read.
 END_MARGIN = 0.05
 
-#: Near its end (within NEAR_END s, by the latest Tencent's clock may read) a write under a
-#: battle's lock (a flush, a settling or correcting OpType 2) waits NEAR_END_READ s for its
+#: Near its end (within NEAR_END s, by the latest Tencent's clock may read) a call under a
+#: battle's lock (a flush, a settling or correcting OpType 2, a read-back) waits NEAR_END_READ s for its
 #: answer, not the client's 5 s: Tencent may hold a request past the end, where it is
 #: refused when it lands, and meanwhile the lock kept the battle's last flush out (a
 #: reconcile overwrite that waited 5 s cost a battle its last 77 coins in bench.chaos).
@@ -210,17 +210,70 @@ def ensure_runner(rt: Runtime, flush: Flush) -> None:
     threading.Thread(target=_run, args=(rt, flush), daemon=True, name="endgame").start()
 
 
+#: A dedicated end-game process (worker/endgame_main.py) says it runs by renewing this key.
+DEDICATED_TTL_MS = 2000
+
+
+def _dedicated_alive(rt: Runtime) -> bool:
+    return bool(rt.redis.exists(keys.ENDGAME_DEDICATED))
+
+
 def _run(rt: Runtime, flush: Flush) -> None:
     """Hold `bs:endgame:lock` (one runner at a time), then plan and run rounds until it is
-    lost; a runner without the lock looks again every half second."""
+    lost; a runner without the lock looks again every half second. A thread runner stands
+    by (and gives the lock up) while a dedicated end-game process beats."""
     while True:
         try:
-            with BattleLock(rt.redis, keys.ENDGAME_LOCK, ttl_ms=3000) as lock:
-                if lock.held:
-                    run_while(rt, flush, lambda: not lock.lost)
+            if not _dedicated_alive(rt):
+                with BattleLock(rt.redis, keys.ENDGAME_LOCK, ttl_ms=3000) as lock:
+                    if lock.held:
+                        run_while(rt, flush, _standby_check(rt, lock))
         except Exception:  # Redis away: try again; the tick keeps flushing meanwhile
             log.exception("end-game runner failed")
         time.sleep(0.5)
+
+
+def _standby_check(rt: Runtime, lock: BattleLock) -> Callable[[], bool]:
+    """go() of a thread runner: until its lock is lost or a dedicated process beats (looked
+    at every PLAN_EVERY s, not every round)."""
+    seen = [time.monotonic()]
+
+    def go() -> bool:
+        if lock.lost:
+            return False
+        if time.monotonic() - seen[0] >= PLAN_EVERY:
+            seen[0] = time.monotonic()
+            return not _dedicated_alive(rt)
+        return True
+    return go
+
+
+def run_dedicated(rt: Runtime, flush: Flush, stop: threading.Event) -> None:
+    """The end game of a dedicated process: beat `bs:endgame:dedicated` (so thread runners
+    stand by), take `bs:endgame:lock` as soon as a standing-by runner lets it go, and run
+    rounds until `stop`."""
+    def beat() -> None:
+        while not stop.is_set():
+            try:
+                rt.redis.set(keys.ENDGAME_DEDICATED, os.getpid(), px=DEDICATED_TTL_MS)
+            except Exception:  # Redis away: the key expires, thread runners take over
+                pass
+            stop.wait(DEDICATED_TTL_MS / 4000)
+        try:
+            rt.redis.delete(keys.ENDGAME_DEDICATED)
+        except Exception:
+            pass
+
+    threading.Thread(target=beat, daemon=True, name="endgame-beat").start()
+    log.info("dedicated end-game runner started (pid %d)", os.getpid())
+    while not stop.is_set():
+        try:
+            with BattleLock(rt.redis, keys.ENDGAME_LOCK, ttl_ms=3000) as lock:
+                if lock.held:
+                    run_while(rt, flush, lambda: not lock.lost and not stop.is_set())
+        except Exception:
+            log.exception("end-game runner failed")
+        stop.wait(0.05)
 
 
 def run_while(rt: Runtime, flush: Flush, go: Callable[[], bool]) -> int:

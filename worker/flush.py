@@ -258,7 +258,9 @@ class Flusher:
             self._mark("ambiguous")
             return "unresolved"  # the tick brings it back; no call until it can be judged
         try:
-            info = self.rt.client.get_battle_info(self.battle_id, max_wait=0.0, max_attempts=1)
+            info = self.rt.client.get_battle_info(
+                self.battle_id, max_wait=0.0, max_attempts=1,
+                read_timeout=read_timeout(self.rt, self._battle))
         except (TencentError, RateLimitTimeout) as err:
             log.warning("read-back of %s failed: %s", self.battle_id, err)
             self._mark("ambiguous")

@@ -75,6 +75,8 @@ STATS = f"{PREFIX}:stats"
 CLOCK = f"{PREFIX}:clock"
 #: string: lock of the one end-game runner (worker/endgame.py).
 ENDGAME_LOCK = f"{PREFIX}:endgame:lock"
+#: string: pid of the dedicated end-game process, renewed while it runs (worker/endgame_main.py).
+ENDGAME_DEDICATED = f"{PREFIX}:endgame:dedicated"
 #: zset BattleId → when value first waited: battles in their end game with value to flush.
 ENDGAME_DUE = f"{PREFIX}:due:endgame"
 #: zset BattleId → when its next score audit is due (worker/audit.py).

@@ -253,10 +253,11 @@ class TencentClient:
         return out
 
     def get_battle_info(self, battle_id: str, *, max_wait: float | None = None,
-                        max_attempts: int | None = None) -> BattleInfo:
+                        max_attempts: int | None = None,
+                        read_timeout: float | None = None) -> BattleInfo:
         """Membership, timing and current scores of a battle."""
         data = self.call("get_battle_info", {"BattleId": battle_id}, max_wait=max_wait,
-                         max_attempts=max_attempts)
+                         max_attempts=max_attempts, read_timeout=read_timeout)
         out = _parse(api="get_battle_info", model=BattleInfo, data=data)
         out.RequestId = data.get("RequestId")
         return out
