@@ -11,7 +11,7 @@ from tests.conftest import ROOT, celery_cmd
 from tests.helpers import wait_for
 from worker import keys
 from worker.control_pool import app_spec
-from worker.stack import children_map
+from worker.stack import alive, children_running, cmdline
 
 
 def test_worker_starts_and_answers_ping(settings):
@@ -46,31 +46,8 @@ def test_worker_consumes_every_queue_without_q(settings):
     assert app.conf.accept_content == ["json"] and app.conf.task_serializer == "json"
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline") as fh:
-            return fh.read().replace("\0", " ")
-    except OSError:
-        return ""
 
 
-def _control_children(worker_pid: int) -> set[int]:
-    return {pid for pid in children_map().get(worker_pid, [])
-            if "-Q scorer.control" in _cmdline(pid)}
-
-
-def _endgame_children(worker_pid: int) -> set[int]:
-    return {pid for pid in children_map().get(worker_pid, [])
-            if "worker.endgame_main" in _cmdline(pid) and _alive(pid)}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_control_queue_is_served_by_a_thread_pool_beside_the_ingest_processes(settings):
@@ -85,10 +62,10 @@ def test_control_queue_is_served_by_a_thread_pool_beside_the_ingest_processes(se
                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        firsts = wait_for(lambda: (c := _control_children(worker.pid)) and len(c) == PROCESSES
+        firsts = wait_for(lambda: (c := children_running(worker.pid, "-Q scorer.control")) and len(c) == PROCESSES
                           and c, 30, what="control workers")
         first = min(firsts)
-        assert "-P threads" in _cmdline(first)
+        assert "-P threads" in cmdline(first)
 
         def queues() -> dict[str, set[str]]:
             proc = subprocess.run(celery_cmd("inspect", "active_queues", "--json",
@@ -105,19 +82,19 @@ def test_control_queue_is_served_by_a_thread_pool_beside_the_ingest_processes(se
                         what="every node")
         assert seen == {"iso": {"celery", "scorer.drain"}, **control}
         # The end game runs in a process of its own, and says so in Redis.
-        endgame = wait_for(lambda: _endgame_children(worker.pid), 30, what="end-game process")
+        endgame = wait_for(lambda: children_running(worker.pid, "worker.endgame_main"), 30, what="end-game process")
         r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         wait_for(lambda: r.get(keys.ENDGAME_DEDICATED) == str(min(endgame)), 30,
                  what="the dedicated end-game runner's beat")
         wait_for(lambda: r.get(keys.ENDGAME_LOCK), 30, what="the end-game lock taken")
         os.kill(first, signal.SIGKILL)
-        now = wait_for(lambda: (c := _control_children(worker.pid)) and len(c) == PROCESSES
+        now = wait_for(lambda: (c := children_running(worker.pid, "-Q scorer.control")) and len(c) == PROCESSES
                        and first not in c and c, 30, what="control worker restarted")
         os.kill(min(endgame), signal.SIGKILL)
-        again = wait_for(lambda: (c := _endgame_children(worker.pid)) and c != endgame and c,
+        again = wait_for(lambda: (c := children_running(worker.pid, "worker.endgame_main")) and c != endgame and c,
                          30, what="end-game process restarted")
         os.kill(worker.pid, signal.SIGKILL)
-        wait_for(lambda: not any(_alive(p) for p in now | again), 30,
+        wait_for(lambda: not any(alive(p) for p in now | again), 30,
                  what="control workers gone with their parent")
     finally:
         try:

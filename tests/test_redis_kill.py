@@ -17,7 +17,6 @@ back on the same port and data directory. Then:
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 
@@ -29,7 +28,7 @@ from tests.conftest import SDKAPPID, SECRET
 from tests.helpers import gift_body, start_body, wait_for
 from worker import keys
 from worker.control_pool import PROCESSES
-from worker.stack import Processes, RedisServer, children_map, scorer_env
+from worker.stack import Processes, RedisServer, alive, children_running, scorer_env
 
 KILLS = 2
 DOWN_SECONDS = 2.0
@@ -42,26 +41,7 @@ BIG_MESSAGES, BIG = 4, 2000
 BAD_LINES = ("Unrecoverable error", "reject requeue=False", "control worker exited")
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline") as fh:
-            return fh.read().replace("\0", " ")
-    except OSError:
-        return ""
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (ProcessLookupError, OSError):
-        return False
-
-
-def _control_children(worker_pid: int) -> set[int]:
-    return {pid for pid in children_map().get(worker_pid, [])
-            if "-Q scorer.control" in _cmdline(pid) and _alive(pid)}
 
 
 @pytest.mark.timeout(90)  # about 20-25 s on 2 cores
@@ -149,9 +129,9 @@ def test_worker_outlives_redis_sigkill_and_ingests_what_is_sent_after(sandbox, c
         durable: list[str] = []  # ingested and fsynced before a crash: must survive it
         after: list[str] = []  # sent once Redis was back (or retried until it was)
         ingested(gifts(1), 30, "the worker's first ingest")
-        wait_for(lambda: len(_control_children(worker.pid)) == PROCESSES, 30,
+        wait_for(lambda: len(children_running(worker.pid, "-Q scorer.control")) == PROCESSES, 30,
                  what="control workers")
-        controls = _control_children(worker.pid)
+        controls = children_running(worker.pid, "-Q scorer.control")
         flower.start()
         back = 0.0
         for _ in range(KILLS):
@@ -183,8 +163,8 @@ def test_worker_outlives_redis_sigkill_and_ingests_what_is_sent_after(sandbox, c
         after += [eid for eid, at in stream if at > back]
         ingested(after, 30, "every gift sent after Redis came back")
         check_log()
-        assert _alive(worker.pid), "the worker's main process died" + log_tail()
-        assert _control_children(worker.pid) == controls, (
+        assert alive(worker.pid), "the worker's main process died" + log_tail()
+        assert children_running(worker.pid, "-Q scorer.control") == controls, (
             "a control worker died or was restarted" + log_tail())
         assert set(durable) <= seen(), (sorted(set(durable) - seen()), log_tail())
     finally:

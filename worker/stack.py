@@ -232,6 +232,29 @@ def children_map() -> dict[int, list[int]]:
     return children
 
 
+def cmdline(pid: int) -> str:
+    """A process's command line, arguments joined by spaces ('' once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie is not alive)."""
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, OSError, IndexError):
+        return False
+
+
+def children_running(parent: int, needle: str) -> set[int]:
+    """The live children of `parent` whose command line holds `needle`."""
+    return {pid for pid in children_map().get(parent, [])
+            if needle in cmdline(pid) and alive(pid)}
+
+
 def process_tree_rss(pid: int) -> int:
     """Resident memory in bytes of a process and all its descendants (Linux /proc)."""
     children = children_map()
