@@ -23,7 +23,7 @@ def test_deadlines_compete_soonest_end_first(rt):
         rt.redis.hset(BattleKeys(b).pending, "room", 5)
     flushed, done = [], threading.Event()
 
-    def flush(rt_, bid, lane, admitted, admitted_at=None):
+    def flush(rt_, bid, lane, admitted):
         assert lane == "high" and admitted
         flushed.append(bid)
         if len(flushed) == 2:

@@ -93,21 +93,3 @@ def test_one_100006_per_battle(rt, ctl):
     assert flush_battle(rt, bid) == "after_end"
     assert _calls(ctl) == before
     assert rt.redis.hget(BattleKeys(bid).unapplied, "room_a") == "7"
-
-
-def test_a_slot_that_went_stale_before_its_call_leaves_is_renewed(rt, ctl, monkeypatch):
-    """A call admitted a while ago (a CPU-starved process) leaves only with a fresh slot: late
-    calls bunched up in Tencent's second (100012 at 10,000 battles)."""
-    from worker import flush as flush_mod
-
-    info = ctl.create_battle(ROOMS, duration_ms=120_000, start=time.time() - 1)
-    bid = info["BattleId"]
-    handle(rt, [(start_body(bid, info["StartTime"], 120_000, ROOMS), None)])
-    send(rt, ctl, "room_a", 4, "stale1")
-    stale = time.monotonic() - flush_mod.STALE_SLOT - 1
-    monkeypatch.setattr(rt.client.limiter, "try_acquire", lambda api, lane="high": 0.5)
-    assert flush_battle(rt, bid, admitted=True, admitted_at=stale) == "rate_limited"
-    assert _calls(ctl) == 0  # no call left on the stale slot
-    monkeypatch.undo()
-    assert flush_battle(rt, bid, admitted=True, admitted_at=stale) == "ok"  # a fresh one
-    assert ctl.scores(bid)["room_a"] == 4

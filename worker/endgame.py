@@ -141,7 +141,7 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
-#: flush(rt, battle_id, lane=..., admitted=..., admitted_at=...) -> outcome: flush_battle
+#: flush(rt, battle_id, lane=..., admitted=...) -> outcome: worker.flush.flush_battle
 Flush = Callable[..., str]
 
 
@@ -180,14 +180,14 @@ def run_round(rt: Runtime, flush: Flush) -> int:
         rt.redis.zrem(keys.ENDGAME_DUE, bid)
         with _mu:
             _running.add(bid)
-        pool.submit(_flush, rt, bid, flush, time.monotonic())
+        pool.submit(_flush, rt, bid, flush)
         started += 1
     return started
 
 
-def _flush(rt: Runtime, battle_id: str, flush: Flush, admitted_at: float) -> None:
+def _flush(rt: Runtime, battle_id: str, flush: Flush) -> None:
     try:
-        outcome = flush(rt, battle_id, lane=HIGH, admitted=True, admitted_at=admitted_at)
+        outcome = flush(rt, battle_id, lane=HIGH, admitted=True)
         if outcome in ("busy", "rate_limited", "retry_later", "lock_lost"):
             rt.redis.zadd(keys.ENDGAME_DUE, {battle_id: rt.clock()}, nx=True)
     except Exception:  # the battle stays in FLUSH_DUE: the tick brings it back

@@ -34,8 +34,6 @@ LOCK_WAIT = 0.3
 #: A freshness flush (LOW lane) waits this long for a call slot, holding no lock (a control
 #: thread, though: the tick dispatched no more than the lane carries, so waits are short).
 SLOT_WAIT = 0.5
-#: A call slot older than this when its call leaves is renewed (Flusher._wait).
-STALE_SLOT = 0.1
 #: A battle whose flush could not run (busy, no slot, a retryable answer) is due again this soon.
 RETRY_SOON = 0.2
 #: A request whose answer we never got may still be applied for a while: Tencent may be
@@ -86,8 +84,7 @@ class Flusher:
     """One flush of one battle, run while holding the battle's lock."""
 
     def __init__(self, rt: Runtime, battle_id: str, lock: BattleLock,
-                 admitted: bool = False, battle: Battle | None = None,
-                 admitted_at: float | None = None, lane: str = LOW) -> None:
+                 admitted: bool = False, battle: Battle | None = None) -> None:
         self.rt = rt
         self.bk = BattleKeys(battle_id)
         self.battle_id = battle_id
@@ -96,20 +93,12 @@ class Flusher:
         #: a set_battle_score slot taken before the lock: the first send uses it; any other
         #: call under the lock goes only if the limiter admits it at once (max_wait 0)
         self._slot = admitted
-        self._admitted_at = time.monotonic() if admitted_at is None else admitted_at
-        self._lane = lane
         #: the registration as read just before the lock (None: read it after the claim)
         self._battle = battle
 
     def _wait(self) -> float:
         if self._slot:
             self._slot = False
-            if time.monotonic() - self._admitted_at > STALE_SLOT:
-                # Admitted a while ago (a CPU-starved process): the limiter counted the call
-                # then, Tencent would count it now. Calls that leave late bunch up in
-                # Tencent's second (100012 at 10,000 battles): leave only with a fresh slot.
-                if self.rt.client.limiter.try_acquire("set_battle_score", self._lane) > 0:
-                    raise RateLimitTimeout("set_battle_score")
             return ADMITTED
         return 0.0
 
@@ -357,7 +346,7 @@ def settle_time(rt: Runtime, battle_id: str) -> float:
 
 
 def flush_battle(rt: Runtime, battle_id: str, lane: str = LOW, admitted: bool = False,
-                 slot_wait: float = SLOT_WAIT, admitted_at: float | None = None) -> str:
+                 slot_wait: float = SLOT_WAIT) -> str:
     """Flush one battle; returns an outcome name.
 
     Nothing waits while holding the battle's lock: the call slot is taken first (`admitted`:
@@ -382,15 +371,13 @@ def flush_battle(rt: Runtime, battle_id: str, lane: str = LOW, admitted: bool = 
         except RateLimitTimeout:
             _first_in_line(rt, battle_id)
             return "rate_limited"
-        admitted_at = time.monotonic()
     deadline = time.monotonic() + LOCK_WAIT
     while True:
         with BattleLock(rt.redis, bk.lock) as lock:
             if lock.held:
                 try:
                     outcome = Flusher(rt, battle_id, lock, admitted=need == "call",
-                                      battle=battle, admitted_at=admitted_at,
-                                      lane=lane).run()
+                                      battle=battle).run()
                 except LockLost:
                     log.error("lost the lock of %s mid-flush; its next owner resumes",
                               battle_id)
