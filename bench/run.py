@@ -26,7 +26,7 @@ import redis
 from celery import Celery
 
 from worker.bodies import gift_body, start_body
-from worker.stack import (ROOT, Processes, RedisServer, SandboxProcess, children_map,
+from worker.stack import (ROOT, Processes, RedisServer, SandboxProcess, children_map, cmdline,
                           process_tree_cpu, process_tree_rss, scorer_env)
 
 SDKAPPID = 1400000000
@@ -129,11 +129,12 @@ class Bench:
         kids = children_map()
         pids = {"worker": self.procs.procs["worker"].pid, "beat": self.procs.procs["beat"].pid,
                 "sandbox": self.sandbox.pid, "redis": self.redis_server.proc.pid}
-        control = [p for p in kids.get(pids["worker"], [])
-                   if "scorer.control" in Path(f"/proc/{p}/cmdline").read_text()]
+        control = [p for p in kids.get(pids["worker"], []) if "scorer.control" in cmdline(p)]
+        endgame = [p for p in kids.get(pids["worker"], []) if "endgame_main" in cmdline(p)]
         return {**{k: process_tree_cpu(p) for k, p in pids.items()},
                 "generator": time.process_time(), "worker_main": proc_cpu(pids["worker"]),
-                "worker_control": sum(process_tree_cpu(p) for p in control)}
+                "worker_control": sum(process_tree_cpu(p) for p in control),
+                "worker_endgame": sum(process_tree_cpu(p) for p in endgame)}
 
     def worker_rss(self) -> int:
         return sum(process_tree_rss(p.pid) for n, p in self.procs.procs.items()
@@ -355,10 +356,12 @@ def _pct(xs: list[float], p: float) -> str:
 
 
 def _cpu(run: Run, *names: str) -> str:
-    """CPU % of the named components ("ingest": the worker less its control worker)."""
+    """CPU % of the named components ("ingest": the worker less its control workers and its
+    end-game process)."""
     if not run.cpu:
         return "-"
-    c = dict(run.cpu, ingest=run.cpu["worker"] - run.cpu["worker_control"])
+    c = dict(run.cpu, ingest=run.cpu["worker"] - run.cpu["worker_control"]
+             - run.cpu.get("worker_endgame", 0.0))
     return " / ".join(f"{c[n]:.0f}" for n in names)
 
 
@@ -488,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
                 ("peak queue, messages (ingest / control)",
                  f"{s.peak_ingest_queue} / {s.peak_control_queue}",
                  f"{nv.peak_ingest_queue} / {nv.peak_control_queue}"),
-                ("CPU %, one core = 100: worker ingest/control", _cpu(s, "ingest", "worker_control"),
+                ("CPU %, one core = 100: worker ingest/control/endgame",
+                 _cpu(s, "ingest", "worker_control", "worker_endgame"),
                  _cpu(nv, "ingest", "worker_control")),
                 ("  beat / sandbox / Redis / generator",
                  _cpu(s, "beat", "sandbox", "redis", "generator"),
