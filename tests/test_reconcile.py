@@ -92,3 +92,25 @@ def test_a_failed_correction_keeps_its_confirmation(rt, ctl, battle):
     assert ctl.scores(battle).get("room_b", 0) == 0
     assert reconcile_battle(rt, battle) == "corrected"  # the next agreeing read
     assert ctl.scores(battle)["room_b"] == 20
+
+
+def _writes(ctl) -> int:
+    return ctl.state()["calls_by_api"].get("set_battle_score", 0)
+
+
+def test_a_failed_correction_is_written_again_once_and_never_twice(rt, ctl, battle):
+    """A confirmed correction whose write failed is kept as the correction total to reach
+    (`fix:<room>`): the next pass writes it without waiting for two more reads, and a pass
+    that finds it already reached (its record lost after it landed) writes nothing."""
+    from worker.keys import BattleKeys
+
+    bk = BattleKeys(battle)
+    rt.redis.hset(bk.recon, mapping={"base:room_a": 0, "base:room_b": 0, "fix:room_a": 7})
+    reconcile_battle(rt, battle)  # corr 0: the correction of 7 goes now
+    assert _writes(ctl) == 1 and ctl.scores(battle)["room_a"] == 7
+    assert rt.redis.hget(bk.corr, "room_a") == "7"
+    assert not rt.redis.hget(bk.recon, "fix:room_a")
+    rt.redis.hset(bk.recon, "fix:room_a", 7)  # its clear lost (a crash after SETTLE)
+    reconcile_battle(rt, battle)
+    assert _writes(ctl) == 1 and ctl.scores(battle)["room_a"] == 7  # not written twice
+    assert not rt.redis.hget(bk.recon, "fix:room_a")

@@ -10,9 +10,9 @@ the score Tencent holds must equal `applied`, and corrects a difference with one
 `applied` (idempotent), recorded in the battle's history, the `audit_corrections` counter
 and the log.
 
-When: every AUDIT_INTERVAL s for each running battle (`schedule`, from its first flush), a
-settled ambiguity AFTER_AMBIGUITY s after it settled (a late write lands by then) but no later
-than END_LEAD s before the end, and every active battle at once after the tick sees Redis
+When: every AUDIT_INTERVAL s for each running battle (from its start), a settled ambiguity
+AFTER_AMBIGUITY s after it settled (a late write lands by then) but no later than END_LEAD s
+before the end, and every active battle at once after the tick sees Redis
 restarted (`check_restart`). Audits never wait for a call slot under the lock.
 """
 
@@ -31,7 +31,7 @@ from worker.ratelimit import LOW, RateLimitTimeout
 from worker.runtime import Runtime
 from worker.stats import bump
 from worker.tencent.client import ADMITTED
-from worker.tencent.errors import TencentError
+from worker.tencent.errors import Outcome, TencentError
 
 log = logging.getLogger("scorer.audit")
 
@@ -41,8 +41,9 @@ AUDIT_INTERVAL = 30.0
 #: client's 5 s timeout has landed or expired by then.
 AFTER_AMBIGUITY = 10.0
 #: ... but no later than this long before the battle's end: a double count must be healed
-#: before the buzzer (an audit is a read and at most one write: well under a second).
-END_LEAD = 1.2
+#: before the buzzer, and the audit must be done before the end game (its last 1.5 s) needs
+#: the battle's lock (a read and a write, each allowed 1.5 s there).
+END_LEAD = 3.0
 #: An audit that could not run (no slot, lock busy, batch in flight) is due again this soon.
 RETRY = 0.5
 #: How long an audit waits for a get_battle_info slot (holding no lock).
@@ -148,11 +149,15 @@ def _audit_locked(rt: Runtime, battle: Battle, lock: BattleLock) -> str:
     target = {room: want for room, (want, _) in diff.items()}
     if rt.client.limiter.try_acquire("set_battle_score", LOW) > 0:
         return "rate_limited"  # never wait under the lock: due again in a moment
+    if lock.lost:  # frozen past the ttl: another writer may hold the battle now
+        return "busy"
     try:
         res = rt.client.set_battle_score(battle.battle_id, 2, target, max_wait=ADMITTED,
                                          max_attempts=1, read_timeout=read_timeout(rt, battle))
     except (TencentError, RateLimitTimeout) as err:
         log.warning("audit overwrite of %s failed: %s", battle.battle_id, err)
+        if isinstance(err, TencentError) and err.outcome is Outcome.ambiguous:
+            after_ambiguity(rt, battle, battle.battle_id)  # it may land after a flush
         return "failed"  # OpType 2 is idempotent: the next audit reads and writes again
     codes = res.codes()
     fixed = {r: diff[r] for r in target if codes.get(r, 0) == 0}

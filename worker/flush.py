@@ -289,6 +289,8 @@ class Flusher:
     def overwrite(self, inf: Inflight, applied: dict[str, int]) -> str:
         """Set each room to applied + delta with OpType 2 (idempotent), then commit."""
         target = {r: applied.get(r, 0) + d for r, d in inf.scores.items()}
+        if self.lock.lost:  # frozen past the ttl: the next owner settles this batch
+            raise LockLost(self.battle_id)
         try:
             res = self.rt.client.set_battle_score(
                 self.battle_id, 2, target, max_wait=self._wait(), max_attempts=1,

@@ -29,7 +29,7 @@ import logging
 import math
 import time
 
-from worker import battles, keys, watermark
+from worker import audit, battles, keys, watermark
 from worker.batch import pipeline
 from worker.battles import Battle
 from worker.endgame import read_timeout
@@ -40,7 +40,7 @@ from worker.ratelimit import LOW, RateLimitTimeout
 from worker.tencent.client import ADMITTED
 from worker.runtime import Runtime
 from worker.stats import bump
-from worker.tencent.errors import TencentError
+from worker.tencent.errors import Outcome, TencentError
 
 log = logging.getLogger("scorer.reconcile")
 
@@ -116,6 +116,7 @@ class Reconciler:
         self.lag = max(0.3, now - mark)
         updates: dict[str, str] = {}
         fixes: dict[str, int] = {}
+        stored: set[str] = set()  # rooms whose fix comes from a failed write (`fix:<room>`)
         #: When a sooner pass pays off: an unconfirmed drift wants its second read, and a
         #: waiting read can be judged as soon as its webhooks are surely in.
         self.sooner: float | None = None
@@ -125,7 +126,14 @@ class Reconciler:
             obs = json.loads(recon.get(f"obs:{room}", "[]"))
             base = recon.get(f"base:{room}")
             if recon.get(f"fix:{room}"):  # confirmed, its write failed: write it again now
-                fixes[room] = int(recon[f"fix:{room}"])
+                # Stored as the correction total it must reach, not as a delta: a write
+                # whose record was lost after it landed is then not written twice.
+                want = int(recon[f"fix:{room}"]) - corr.get(room, 0)
+                if want:
+                    fixes[room] = want
+                    stored.add(room)
+                else:
+                    updates[f"fix:{room}"] = ""
             last = recon.get(f"last:{room}") or None  # "" once a correction consumed it
             waiting = []
             for o in obs:
@@ -142,6 +150,10 @@ class Reconciler:
                     updates[f"base:{room}"] = base
                     continue
                 drift = k - int(base) - corr.get(room, 0)
+                if room in stored and fixes[room] != drift:  # a newer read disagrees
+                    del fixes[room]
+                    stored.discard(room)
+                    updates[f"fix:{room}"] = ""
                 if drift and last is not None and int(last) == drift and inflight:
                     self._soon(now + 1.0)  # confirmed; corrected once the batch settles
                 elif drift and last is not None and int(last) == drift:
@@ -154,8 +166,8 @@ class Reconciler:
                 updates[f"last:{room}"] = "" if last is None else last
             updates[f"obs:{room}"] = json.dumps(waiting)
         if fixes and inflight:  # the flush path settles its batch first
-            for room, drift in list(fixes.items()):
-                updates[f"fix:{room}"] = str(fixes.pop(room))
+            for room in list(fixes):
+                updates[f"fix:{room}"] = str(corr.get(room, 0) + fixes.pop(room))
             self._soon(now + 1.0)
         elif fixes:
             settled = self.correct(fixes, applied)
@@ -165,7 +177,7 @@ class Reconciler:
                 # Still confirmed: written again by the next pass, without waiting for two
                 # more agreeing reads (a 100001 or 429 on the write cost a battle its lost
                 # webhooks in bench.chaos: no quiet window came again before the end).
-                updates[f"fix:{room}"] = str(fixes.pop(room))
+                updates[f"fix:{room}"] = str(corr.get(room, 0) + fixes.pop(room))
                 self._soon(now + 0.5)
         readable = self._readable(updates, recon, secs, mark, now)
         self.observe(updates, recon, readable)
@@ -231,14 +243,19 @@ class Reconciler:
     def _overwrite(self, fixes: dict[str, int], applied: dict[str, int],
                    lock: BattleLock) -> set[str]:
         target = {r: max(0, applied.get(r, 0) + d) for r, d in fixes.items()}
+        if lock.lost:  # frozen past the ttl: another writer may hold the battle now
+            return set()
         try:
             res = self.rt.client.set_battle_score(
                 self.battle.battle_id, 2, target, max_wait=ADMITTED, max_attempts=1,
                 read_timeout=read_timeout(self.rt, self.battle))
         except (TencentError, RateLimitTimeout) as err:
-            # Not recorded: the drift persists and the next pass confirms it again (OpType 2
-            # is idempotent, so an overwrite that did land is harmless to repeat).
+            # Not recorded: written again by the next pass (OpType 2 is idempotent, so an
+            # overwrite that did land is harmless to repeat); one that lands late, after a
+            # flush, is what the audit after an ambiguity overwrites.
             log.warning("reconcile overwrite of %s failed: %s", self.battle.battle_id, err)
+            if isinstance(err, TencentError) and err.outcome is Outcome.ambiguous:
+                audit.after_ambiguity(self.rt, self.battle, self.battle.battle_id)
             return set()
         codes = res.codes()
         args: list = []
