@@ -305,6 +305,6 @@ def _close(rt: Runtime, battle_id: str, meta: dict[str, str], applied: dict[str,
         if key not in (bk.lock, bk.rlock):
             pipe.expireat(key, expire_at)
     for zkey in (keys.ACTIVE, keys.FLUSH_DUE, keys.ENDGAME_DUE, keys.RECONCILE_DUE,
-                 keys.UNRESOLVED, keys.AUDIT_DUE):
+                 keys.UNRESOLVED, keys.AUDIT_DUE, keys.FINAL_DUE):
         pipe.zrem(zkey, battle_id)
     pipe.execute()

@@ -173,3 +173,26 @@ def test_near_the_end_a_held_request_is_settled_before_the_end_not_after(rt, ctl
     assert time.time() < end - 2 and ctl.scores(bid)["room_a"] == 12
     wait_for(lambda: time.time() > end + 3.5, timeout=12)  # the held request lands: refused
     assert ctl.scores(bid)["room_a"] == 12
+
+
+def test_a_battle_whose_write_may_still_land_gets_a_last_absolute_write(rt, ctl):
+    """A request held past its client's timeout can land in the last second, after the last
+    flush (17 coins over in bench.chaos): such a battle is due for one last OpType 2 of the
+    ledger just before its end (keys.FINAL_DUE), which the end game runs."""
+    from worker import endgame
+    from worker.battles import Battle
+
+    bid = _started(rt, ctl, duration_ms=60_000)
+    send(rt, ctl, "room_b", 5, "fin1")
+    assert flush_battle(rt, bid) == "ok"
+    battle = Battle.load(rt, bid)
+    audit.after_ambiguity(rt, battle, bid)
+    assert rt.redis.zscore(keys.FINAL_DUE, bid) == pytest.approx(battle.end - endgame.FINAL_LEAD)
+    rt.client.set_battle_score(bid, 1, {"room_b": 5})  # ...the held request lands late
+    rt.redis.zadd(keys.FINAL_DUE, {bid: 0})  # due now
+    calls = []
+    assert endgame.run_finals(rt, lambda *a, **k: calls.append(k) or "final") == 1
+    wait_for(lambda: calls, timeout=5)
+    assert calls[0]["final"] is True
+    assert flush_battle(rt, bid, lane="high", admitted=True, final=True) == "final"
+    assert ctl.scores(bid) == {"room_a": 0, "room_b": 5}

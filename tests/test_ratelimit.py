@@ -44,8 +44,10 @@ def test_four_processes_share_one_budget(redis_url):
     for w in workers:
         w.join(10)
     assert len(stamps) == procs * each
-    # Client-side stamps jitter by a few ms around Redis's clock: allow that much slack.
-    assert max_in_window(stamps, window=0.99) <= rate
+    # Client-side stamps trail Redis's clock (where the limit is kept) by however long a
+    # loaded machine takes to return the answer: allow 50 ms of that (10 ms failed in CI
+    # once, 51 in 0.99 s). Without the limiter all 160 would come in a few ms.
+    assert max_in_window(stamps, window=0.95) <= rate
     assert time.time() - started >= (procs * each / rate) - 1.5  # and it did not cheat
 
 

@@ -23,7 +23,7 @@ import logging
 
 from worker import keys
 from worker.batch import pipeline
-from worker.endgame import read_timeout
+from worker.endgame import FINAL_LEAD, read_timeout
 from worker.battles import Battle
 from worker.keys import BattleKeys
 from worker.lock import BattleLock
@@ -62,6 +62,9 @@ def after_ambiguity(rt: Runtime, battle: Battle | None, battle_id: str) -> None:
     at = rt.clock() + AFTER_AMBIGUITY
     if battle is not None and battle.end:
         at = min(at, max(rt.clock(), battle.end - END_LEAD))
+        # ... and one last absolute write just before the end (endgame.FINAL_LEAD), after
+        # any late landing that audit could not wait for.
+        rt.redis.zadd(keys.FINAL_DUE, {battle_id: battle.end - FINAL_LEAD}, nx=True)
     schedule(rt, [battle_id], at)
 
 

@@ -186,7 +186,8 @@ class Flusher:
         return True
 
     def send(self, inf: Inflight) -> str:
-        """OpType 1 of the batch; returns the settled outcome, or unsent/ambiguous."""
+        """OpType 1 of the batch (near the end, OpType 2 of the totals it makes); returns the
+        settled outcome, or unsent/ambiguous."""
         if max(inf.scores.values(), default=0) > MAX_SCORE // 2 and self._out_of_bounds(inf):
             return "refused"
         # "sending" from the moment an attempt may leave (a fresh claim already says it; an
@@ -198,11 +199,20 @@ class Flusher:
             inf.settle_at = inf.sent_at + (NEAR_END_READ + 1.0 if near else LANDING_WINDOW)
             self._mark("sending", sent_at=inf.sent_at, settle_at=inf.settle_at)
 
+        op, body = 1, inf.scores
+        if near and self._battle is not None:
+            # Near the end, the absolute total (OpType 2 of applied + delta, every room): the
+            # same score when Tencent holds `applied`, and it also overwrites an earlier write
+            # that landed after its client gave up, which no audit could heal before the end.
+            held = {k: int(v) for k, v in self.rt.redis.hgetall(self.bk.applied).items()}
+            op = 2
+            body = {r: held.get(r, 0) + inf.scores.get(r, 0)
+                    for r in {*self._battle.rooms, *inf.scores}}
         try:
             # One attempt: a retryable answer comes back through the schedule, not by sleeping
             # here with the lock held.
             res = self.rt.client.set_battle_score(
-                self.battle_id, 1, inf.scores, on_send=leaving, max_wait=self._wait(),
+                self.battle_id, op, body, on_send=leaving, max_wait=self._wait(),
                 max_attempts=1, read_timeout=read_timeout(self.rt, self._battle))
         except RateLimitTimeout:
             self._mark("unsent")
@@ -348,7 +358,7 @@ def settle_time(rt: Runtime, battle_id: str) -> float:
 
 
 def flush_battle(rt: Runtime, battle_id: str, lane: str = LOW, admitted: bool = False,
-                 slot_wait: float = SLOT_WAIT) -> str:
+                 slot_wait: float = SLOT_WAIT, final: bool = False) -> str:
     """Flush one battle; returns an outcome name.
 
     Nothing waits while holding the battle's lock: the call slot is taken first (`admitted`:
@@ -358,6 +368,8 @@ def flush_battle(rt: Runtime, battle_id: str, lane: str = LOW, admitted: bool = 
     """
     bk = BattleKeys(battle_id)
     need, battle = _needs(rt, battle_id)
+    if need == "idle" and final:
+        return final_write(rt, battle)
     if need == "idle":
         forget_if_idle(rt, bk)
         return "idle"
@@ -401,6 +413,29 @@ def flush_battle(rt: Runtime, battle_id: str, lane: str = LOW, admitted: bool = 
     elif outcome == "refused_later":
         rt.redis.zadd(keys.FLUSH_DUE, {battle_id: rt.clock() + REFUSED_RETRY})
     return outcome
+
+
+def final_write(rt: Runtime, battle: Battle | None) -> str:
+    """The last absolute write of a battle whose ambiguous write may still land (its caller
+    holds a call slot): under the lock, with nothing in flight, OpType 2 of the ledger for
+    every room. A batch in flight or pending value gets the end game's flush instead, which
+    near the end writes absolute totals too."""
+    if battle is None or battle.has_ended(rt.tclock.earliest(), END_MARGIN):
+        return "ended"
+    bk = BattleKeys(battle.battle_id)
+    with BattleLock(rt.redis, bk.lock) as lock:
+        if not lock.held or rt.redis.exists(bk.inflight):
+            return "busy"
+        applied = {k: int(v) for k, v in rt.redis.hgetall(bk.applied).items()}
+        try:
+            rt.client.set_battle_score(battle.battle_id, 2,
+                                       {r: applied.get(r, 0) for r in battle.rooms},
+                                       max_wait=ADMITTED, max_attempts=1,
+                                       read_timeout=read_timeout(rt, battle))
+        except (TencentError, RateLimitTimeout) as err:
+            log.warning("last write of %s failed: %s", battle.battle_id, err)
+            return "failed"
+    return "final"
 
 
 def _due_soon(rt: Runtime, battle_id: str) -> None:

@@ -79,6 +79,9 @@ ENDGAME_LOCK = f"{PREFIX}:endgame:lock"
 ENDGAME_DEDICATED = f"{PREFIX}:endgame:dedicated"
 #: zset BattleId → when value first waited: battles in their end game with value to flush.
 ENDGAME_DUE = f"{PREFIX}:due:endgame"
+#: zset BattleId → its end less endgame.FINAL_LEAD (Tencent's clock): battles whose ambiguous
+#: write may still land get one last absolute write then (worker/endgame.py).
+FINAL_DUE = f"{PREFIX}:due:final"
 #: zset BattleId → when its next score audit is due (worker/audit.py).
 AUDIT_DUE = f"{PREFIX}:due:audit"
 #: set of BattleIds audited even with nothing applied (after a Redis restart), expires.
