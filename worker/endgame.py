@@ -207,7 +207,10 @@ def run_round(rt: Runtime, flush: Flush) -> int:
 def _flush(rt: Runtime, battle_id: str, flush: Flush, final: bool = False) -> None:
     try:
         if final:
-            flush(rt, battle_id, lane=HIGH, admitted=True, final=True)
+            outcome = flush(rt, battle_id, lane=HIGH, admitted=True, final=True)
+            if outcome in ("busy", "failed", "rate_limited", "retry_later", "lock_lost"):
+                rt.redis.zadd(keys.FINAL_DUE, {battle_id: 0}, nx=True)  # next round
+            log.info("last absolute write of %s: %s", battle_id, outcome)
             return
         outcome = flush(rt, battle_id, lane=HIGH, admitted=True)
         if outcome in ("busy", "rate_limited", "retry_later", "lock_lost"):

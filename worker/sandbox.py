@@ -30,6 +30,9 @@ APIS = {"set_battle_score": "live_engine_http_pk", "get_battle_info": "live_engi
         "create_battle": "live_engine_http_pk", "get_gift_count": "live_engine_http_srv"}
 FAULT_KINDS = ("http502", "error100001", "latency", "lost_response", "late_landing",
                "http429", "http408")
+#: Faults that only writes suffer at random (a read has nothing to land late), and the writes.
+WRITE_FAULTS = frozenset({"late_landing"})
+WRITES = frozenset({"set_battle_score", "create_battle"})
 #: A `late_landing` request is held this long, then applied, then answered: past the client's
 #: 5 s read timeout, so the client has given up on a write that lands after all.
 LATE_LANDING = 8.0
@@ -196,6 +199,8 @@ class SandboxState:
                 x = self.rng.random()
                 for kind, p in self.rates.items():
                     if x < p:
+                        if kind in WRITE_FAULTS and api not in WRITES:
+                            return None  # a read has nothing to land late
                         self.faults_injected[kind] += 1
                         return kind, self.rate_latency
                     x -= p
