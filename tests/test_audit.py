@@ -27,6 +27,11 @@ def _later(rt, seconds: float) -> None:
     rt.clock = lambda: real() + seconds
 
 
+def _call_log(ctl) -> list[dict]:
+    """The sandbox's call log (a call is logged once it is answered or has landed)."""
+    return ctl.http.get("/sandbox/calls").json()["calls"]
+
+
 def _calls(ctl, api: str) -> int:
     return ctl.state()["calls_by_api"].get(api, 0)
 
@@ -171,7 +176,10 @@ def test_near_the_end_a_held_request_is_settled_before_the_end_not_after(rt, ctl
     assert time.monotonic() - t0 < NEAR_END_READ + 1.0
     wait_for(lambda: flush_battle(rt, bid) == "ok", timeout=3, what="the OpType 2 settle")
     assert time.time() < end - 2 and ctl.scores(bid)["room_a"] == 12
-    wait_for(lambda: time.time() > end + 3.5, timeout=12)  # the held request lands: refused
+    assert not [c for c in _call_log(ctl) if c.get("t_landed")]  # still held by Tencent
+    landed = wait_for(lambda: [c for c in _call_log(ctl) if c.get("t_landed")], timeout=12,
+                      what="the held request to land")
+    assert landed[0]["error_code"] == 100006  # after the end: refused
     assert ctl.scores(bid)["room_a"] == 12
 
 

@@ -23,20 +23,19 @@ import logging
 
 from worker import keys
 from worker.batch import pipeline
-from worker.endgame import FINAL_LEAD, read_timeout
-from worker.battles import Battle
+from worker.endgame import END_MARGIN, FINAL_LEAD, read_timeout
+from worker.battles import Battle, read_applied
 from worker.keys import BattleKeys
 from worker.lock import BattleLock
 from worker.ratelimit import LOW, RateLimitTimeout
 from worker.runtime import Runtime
+from worker.schedule import AUDIT_INTERVAL
 from worker.stats import bump
 from worker.tencent.client import ADMITTED
 from worker.tencent.errors import Outcome, TencentError
 
 log = logging.getLogger("scorer.audit")
 
-#: Each battle with a score is audited this often (within its share of get_battle_info).
-AUDIT_INTERVAL = 30.0
 #: A settled ambiguity is audited this long after it settled: a write that outlived its
 #: client's 5 s timeout has landed or expired by then.
 AFTER_AMBIGUITY = 10.0
@@ -95,7 +94,7 @@ def audit_battle(rt: Runtime, battle_id: str, forced: bool = False) -> str:
     bk = BattleKeys(battle_id)
     battle = Battle.load(rt, battle_id)
     now = rt.clock()
-    if battle is None or not battle.start or battle.has_ended(rt.tclock.earliest(), 0.05):
+    if battle is None or not battle.start or battle.has_ended(rt.tclock.earliest(), END_MARGIN):
         rt.redis.zrem(keys.AUDIT_DUE, battle_id)
         return "ended"
     if not rt.redis.exists(bk.applied) and not forced:
@@ -143,7 +142,7 @@ def _audit_locked(rt: Runtime, battle: Battle, lock: BattleLock) -> str:
         return "failed"
     if info.Status == 2 or rt.tclock.earliest() >= info.EndTime > 0:
         return "ended"  # no write can land: finalize compares the end scores
-    applied = {k: int(v) for k, v in rt.redis.hgetall(bk.applied).items()}
+    applied = read_applied(rt, battle.battle_id)
     held = {r.RoomId: r.Score for r in info.rooms}
     diff = {room: (applied.get(room, 0), held[room]) for room in battle.rooms
             if room in held and held[room] != applied.get(room, 0)}
@@ -152,15 +151,8 @@ def _audit_locked(rt: Runtime, battle: Battle, lock: BattleLock) -> str:
     target = {room: want for room, (want, _) in diff.items()}
     if rt.client.limiter.try_acquire("set_battle_score", LOW) > 0:
         return "rate_limited"  # never wait under the lock: due again in a moment
-    if lock.lost:  # frozen past the ttl: another writer may hold the battle now
-        return "busy"
-    try:
-        res = rt.client.set_battle_score(battle.battle_id, 2, target, max_wait=ADMITTED,
-                                         max_attempts=1, read_timeout=read_timeout(rt, battle))
-    except (TencentError, RateLimitTimeout) as err:
-        log.warning("audit overwrite of %s failed: %s", battle.battle_id, err)
-        if isinstance(err, TencentError) and err.outcome is Outcome.ambiguous:
-            after_ambiguity(rt, battle, battle.battle_id)  # it may land after a flush
+    res = _overwrite(rt, battle, lock, target, "audit overwrite")
+    if res is None:
         return "failed"  # OpType 2 is idempotent: the next audit reads and writes again
     codes = res.codes()
     fixed = {r: diff[r] for r in target if codes.get(r, 0) == 0}
@@ -176,3 +168,38 @@ def _audit_locked(rt: Runtime, battle: Battle, lock: BattleLock) -> str:
                 battle.battle_id, fixed, extra={"battle_id": battle.battle_id,
                                                 "request_id": res.RequestId})
     return "corrected"
+
+
+def last_write(rt: Runtime, battle: Battle | None) -> str:
+    """The last absolute write of a battle whose ambiguous write may still land (keys.FINAL_DUE;
+    the caller holds a call slot): under the lock, with nothing in flight, OpType 2 of the
+    ledger for every room, unread (there is no time for a read). A batch in flight or
+    pending value gets the end game's flush instead, which near the end writes absolute
+    totals too."""
+    if battle is None or battle.has_ended(rt.tclock.earliest(), END_MARGIN):
+        return "ended"
+    bk = BattleKeys(battle.battle_id)
+    with BattleLock(rt.redis, bk.lock) as lock:
+        if not lock.held or rt.redis.exists(bk.inflight):
+            return "busy"
+        applied = read_applied(rt, battle.battle_id)
+        res = _overwrite(rt, battle, lock, {r: applied.get(r, 0) for r in battle.rooms},
+                         "last write")
+    return "failed" if res is None else "final"
+
+
+def _overwrite(rt: Runtime, battle: Battle, lock: BattleLock, target: dict[str, int],
+               what: str):
+    """OpType 2 of `target` under `lock`, on a slot the caller holds; the answer, or None
+    (the lock was lost, or the call failed: an ambiguous one is audited again, since it may
+    land after a later flush)."""
+    if lock.lost:  # frozen past the ttl: another writer may hold the battle now
+        return None
+    try:
+        return rt.client.set_battle_score(battle.battle_id, 2, target, max_wait=ADMITTED,
+                                          max_attempts=1, read_timeout=read_timeout(rt, battle))
+    except (TencentError, RateLimitTimeout) as err:
+        log.warning("%s of %s failed: %s", what, battle.battle_id, err)
+        if isinstance(err, TencentError) and err.outcome is Outcome.ambiguous:
+            after_ambiguity(rt, battle, battle.battle_id)
+        return None

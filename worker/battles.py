@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from worker.batch import pipeline
 from worker import endgame, keys
+from worker.schedule import AUDIT_INTERVAL
 from worker.keys import BattleKeys, RoomKeys
 from worker.runtime import Runtime
 from worker.lock import BattleLock
@@ -72,6 +73,11 @@ class Battle:
                                        and now >= self.end + margin)
 
 
+def read_applied(rt: Runtime, battle_id: str) -> dict[str, int]:
+    """RoomId → the score Tencent holds by our account (the `applied` ledger)."""
+    return {k: int(v) for k, v in rt.redis.hgetall(BattleKeys(battle_id).applied).items()}
+
+
 def _index_value(start: float, end: float, owner: str | None) -> str:
     return f"{start!r} {end!r} {owner or '-'}"
 
@@ -106,7 +112,8 @@ def register(rt: Runtime, battle_id: str, start: float, duration_ms: int,
         pipe.zadd(keys.ACTIVE, {battle_id: end})
         pipe.zadd(keys.RECONCILE_DUE, {battle_id: rt.clock()}, nx=True)
         # Its score audits (worker/audit.py): the first one interval after the start.
-        pipe.zadd(keys.AUDIT_DUE, {battle_id: max(rt.clock(), start) + 30.0}, nx=True)
+        pipe.zadd(keys.AUDIT_DUE, {battle_id: max(rt.clock(), start) + AUDIT_INTERVAL},
+                  nx=True)
         pipe.zrem(keys.UNRESOLVED, battle_id)
     else:
         pipe.zadd(keys.UNRESOLVED, {battle_id: rt.clock()}, nx=True)

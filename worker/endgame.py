@@ -244,33 +244,31 @@ def _dedicated_alive(rt: Runtime) -> bool:
 
 
 def _run(rt: Runtime, flush: Flush) -> None:
-    """Hold `bs:endgame:lock` (one runner at a time), then plan and run rounds until it is
-    lost; a runner without the lock looks again every half second. A thread runner stands
-    by (and gives the lock up) while a dedicated end-game process beats."""
+    """A thread runner: hold `bs:endgame:lock` (one runner at a time) and run rounds until it
+    is lost; look again every half second. It stands by (and gives the lock up) while a
+    dedicated end-game process beats."""
+    seen = [time.monotonic()]
+
+    def no_dedicated() -> bool:  # looked at every PLAN_EVERY s, not every round
+        if time.monotonic() - seen[0] < PLAN_EVERY:
+            return True
+        seen[0] = time.monotonic()
+        return not _dedicated_alive(rt)
+
     while True:
-        try:
-            if not _dedicated_alive(rt):
-                with BattleLock(rt.redis, keys.ENDGAME_LOCK, ttl_ms=3000) as lock:
-                    if lock.held:
-                        run_while(rt, flush, _standby_check(rt, lock))
-        except Exception:  # Redis away: try again; the tick keeps flushing meanwhile
-            log.exception("end-game runner failed")
+        if not _dedicated_alive(rt):
+            _hold_and_run(rt, flush, no_dedicated)
         time.sleep(0.5)
 
 
-def _standby_check(rt: Runtime, lock: BattleLock) -> Callable[[], bool]:
-    """go() of a thread runner: until its lock is lost or a dedicated process beats (looked
-    at every PLAN_EVERY s, not every round)."""
-    seen = [time.monotonic()]
-
-    def go() -> bool:
-        if lock.lost:
-            return False
-        if time.monotonic() - seen[0] >= PLAN_EVERY:
-            seen[0] = time.monotonic()
-            return not _dedicated_alive(rt)
-        return True
-    return go
+def _hold_and_run(rt: Runtime, flush: Flush, go: Callable[[], bool]) -> None:
+    """Take `bs:endgame:lock` if it is free and run rounds while we hold it and `go()`."""
+    try:
+        with BattleLock(rt.redis, keys.ENDGAME_LOCK, ttl_ms=3000) as lock:
+            if lock.held:
+                run_while(rt, flush, lambda: not lock.lost and go())
+    except Exception:  # Redis away: try again; the tick keeps flushing meanwhile
+        log.exception("end-game runner failed")
 
 
 def run_dedicated(rt: Runtime, flush: Flush, stop: threading.Event) -> None:
@@ -292,12 +290,7 @@ def run_dedicated(rt: Runtime, flush: Flush, stop: threading.Event) -> None:
     threading.Thread(target=beat, daemon=True, name="endgame-beat").start()
     log.info("dedicated end-game runner started (pid %d)", os.getpid())
     while not stop.is_set():
-        try:
-            with BattleLock(rt.redis, keys.ENDGAME_LOCK, ttl_ms=3000) as lock:
-                if lock.held:
-                    run_while(rt, flush, lambda: not lock.lost and not stop.is_set())
-        except Exception:
-            log.exception("end-game runner failed")
+        _hold_and_run(rt, flush, lambda: not stop.is_set())
         stop.wait(0.05)
 
 

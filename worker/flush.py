@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from worker import audit, keys
 from worker.endgame import NEAR_END_READ, near_end, read_timeout
 from worker.batch import pipeline
-from worker.battles import Battle
+from worker.battles import Battle, read_applied
 from worker.keys import BattleKeys
 from worker.lock import BattleLock
 from worker.ratelimit import HIGH, LOW, RateLimitTimeout
@@ -175,20 +175,15 @@ class Flusher:
                                                 args=[inf.id, self.flush_id, self.lock.token]))
             inf.id = self.flush_id
 
-    def _out_of_bounds(self, inf: Inflight) -> bool:
-        """True (and the batch kept unapplied, with its reason) when a room's delta or total
-        would pass MAX_SCORE: such a batch can never be sent, and retrying it for ever kept
-        its battle from finalizing."""
-        applied = {k: int(v) for k, v in self.rt.redis.hgetall(self.bk.applied).items()}
-        if all(0 <= d and applied.get(r, 0) + d <= MAX_SCORE for r, d in inf.scores.items()):
-            return False
-        self._commit(inf, {}, dict(inf.scores), "refused:out_of_bounds")
-        return True
 
     def send(self, inf: Inflight) -> str:
         """OpType 1 of the batch (near the end, OpType 2 of the totals it makes); returns the
         settled outcome, or unsent/ambiguous."""
-        if max(inf.scores.values(), default=0) > MAX_SCORE // 2 and self._out_of_bounds(inf):
+        if max(inf.scores.values(), default=0) > MAX_SCORE:
+            # INGEST keeps every room's ledger within MAX_SCORE, so only a batch from an older
+            # version can get here: it can never be sent, and retrying it for ever kept its
+            # battle from finalizing. Kept unapplied, with its reason.
+            self._commit(inf, {}, dict(inf.scores), "refused:out_of_bounds")
             return "refused"
         # "sending" from the moment an attempt may leave (a fresh claim already says it; an
         # `unsent` batch whose sender dies while the limiter holds it is rightly sent again).
@@ -204,7 +199,7 @@ class Flusher:
             # Near the end, the absolute total (OpType 2 of applied + delta, every room): the
             # same score when Tencent holds `applied`, and it also overwrites an earlier write
             # that landed after its client gave up, which no audit could heal before the end.
-            held = {k: int(v) for k, v in self.rt.redis.hgetall(self.bk.applied).items()}
+            held = read_applied(self.rt, self.battle_id)
             op = 2
             body = {r: held.get(r, 0) + inf.scores.get(r, 0)
                     for r in {*self._battle.rooms, *inf.scores}}
@@ -276,7 +271,7 @@ class Flusher:
             self._mark("ambiguous")
             return "unresolved"
         held = {r.RoomId: r.Score for r in info.rooms}
-        applied = {k: int(v) for k, v in self.rt.redis.hgetall(self.bk.applied).items()}
+        applied = read_applied(self.rt, self.battle_id)
         verdicts = {}
         for room, d in inf.scores.items():
             a = applied.get(room, 0)
@@ -369,7 +364,7 @@ def flush_battle(rt: Runtime, battle_id: str, lane: str = LOW, admitted: bool = 
     bk = BattleKeys(battle_id)
     need, battle = _needs(rt, battle_id)
     if need == "idle" and final:
-        return final_write(rt, battle)
+        return audit.last_write(rt, battle)
     if need == "idle":
         forget_if_idle(rt, bk)
         return "idle"
@@ -413,29 +408,6 @@ def flush_battle(rt: Runtime, battle_id: str, lane: str = LOW, admitted: bool = 
     elif outcome == "refused_later":
         rt.redis.zadd(keys.FLUSH_DUE, {battle_id: rt.clock() + REFUSED_RETRY})
     return outcome
-
-
-def final_write(rt: Runtime, battle: Battle | None) -> str:
-    """The last absolute write of a battle whose ambiguous write may still land (its caller
-    holds a call slot): under the lock, with nothing in flight, OpType 2 of the ledger for
-    every room. A batch in flight or pending value gets the end game's flush instead, which
-    near the end writes absolute totals too."""
-    if battle is None or battle.has_ended(rt.tclock.earliest(), END_MARGIN):
-        return "ended"
-    bk = BattleKeys(battle.battle_id)
-    with BattleLock(rt.redis, bk.lock) as lock:
-        if not lock.held or rt.redis.exists(bk.inflight):
-            return "busy"
-        applied = {k: int(v) for k, v in rt.redis.hgetall(bk.applied).items()}
-        try:
-            rt.client.set_battle_score(battle.battle_id, 2,
-                                       {r: applied.get(r, 0) for r in battle.rooms},
-                                       max_wait=ADMITTED, max_attempts=1,
-                                       read_timeout=read_timeout(rt, battle))
-        except (TencentError, RateLimitTimeout) as err:
-            log.warning("last write of %s failed: %s", battle.battle_id, err)
-            return "failed"
-    return "final"
 
 
 def _due_soon(rt: Runtime, battle_id: str) -> None:

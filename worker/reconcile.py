@@ -108,7 +108,7 @@ class Reconciler:
         recon = rt.redis.hgetall(bk.recon)
         secs = {k: int(v) for k, v in rt.redis.hgetall(bk.secs).items()}
         corr = {k: int(v) for k, v in rt.redis.hgetall(bk.corr).items()}
-        applied = {k: int(v) for k, v in rt.redis.hgetall(bk.applied).items()}
+        applied = battles.read_applied(rt, self.battle.battle_id)
         mark = watermark.current(rt)
         now = rt.clock()
         #: A waiting read is judged once the watermark passes t1 + SKEW + 1; it trails the
@@ -234,7 +234,7 @@ class Reconciler:
         while True:
             with BattleLock(rt.redis, self.bk.lock) as lock:
                 if lock.held and not rt.redis.exists(self.bk.inflight):
-                    applied = {k: int(v) for k, v in rt.redis.hgetall(self.bk.applied).items()}
+                    applied = battles.read_applied(rt, self.battle.battle_id)
                     return self._overwrite(fixes, applied, lock)
             if time.monotonic() >= deadline:
                 return set()  # still confirmed: the next agreeing read retries

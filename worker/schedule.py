@@ -22,6 +22,11 @@ import math
 from worker.ratelimit import WINDOW_MS, admitted_per_second
 
 
+#: Each running battle's score is audited this often (worker/audit.py), within a quarter of
+#: get_battle_info's budget.
+AUDIT_INTERVAL = 30.0
+
+
 def tick_seconds(flush_interval: float) -> float:
     """How often beat ticks: four times per flush interval, at most every 0.25 s (a gift waits
     for its battle's flush interval plus up to one tick: 0.5 s ticks put p99 past 2.5 s)."""
