@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import gift_body, start_body
-from worker.flush import LANDING_WINDOW, flush_battle
+from worker.battles import read_applied
+from worker.flush import LANDING_WINDOW, flush_battle, totals
 from worker.ingest import handle
 from worker.keys import BattleKeys
 from worker.sandbox_control import SandboxControl
@@ -24,7 +25,9 @@ fault = st.tuples(st.just("fault"),
                   st.sampled_from(["http502", "error100001", "lost_response"]),
                   st.sampled_from(["set_battle_score", "get_battle_info", None]))
 crash = st.tuples(st.just("crash"), st.booleans())  # crash after claim; True: call applied
-ops = st.lists(st.one_of(gift, gift, st.just(("flush",)), fault, crash), max_size=25)
+# A reconcile correction decided (pending + corrections), up, or down by value it ingested.
+correct = st.tuples(st.just("correct"), st.sampled_from(ROOM_NAMES), st.integers(-300, 300))
+ops = st.lists(st.one_of(gift, gift, st.just(("flush",)), fault, crash, correct), max_size=25)
 
 
 @pytest.fixture
@@ -68,6 +71,18 @@ def test_any_interleaving_ends_exact(rt, ctl, ops, start_late):
             flush_battle(rt, bid)
         elif op[0] == "fault":
             ctl.inject(op[1], api=op[2])
+        elif op[0] == "correct":
+            room = f"{op[1]}{n}"
+            # Reconcile takes back only value it ingested (in the ledger, not held).
+            ours = (int(rt.redis.hget(bk.applied, room) or 0)
+                    + int(rt.redis.hget(bk.pending, room) or 0)
+                    + int(rt.redis.hget(bk.inflight, f"r:{room}") or 0))
+            d = max(op[2], -ours)
+            truth[room] += d
+            rt.redis.set(bk.rlock, "reconciler")
+            rt.script("CORRECT")(keys=[bk.pending, bk.corr, bk.rlock],
+                                 args=[int(time.time()) + 3600, "reconciler", room, d])
+            rt.redis.delete(bk.rlock)
         elif op[0] == "crash":
             # A worker dies holding the lock right after CLAIM (and maybe after its call).
             rt.redis.set(bk.lock, "dead")
@@ -76,8 +91,11 @@ def test_any_interleaving_ends_exact(rt, ctl, ops, start_late):
             if res and op[1] and res[1] == f"dead-{n}":
                 scores = {k[2:]: int(v) for k, v in zip(res[::2], res[1::2])
                           if k.startswith("r:")}
+                held = read_applied(rt, bid)
+                op_type, body = ((2, totals(held, scores, set(scores)))  # as flush sends it
+                                 if min(scores.values()) < 0 else (1, scores))
                 try:
-                    rt.client.set_battle_score(bid, 1, scores)
+                    rt.client.set_battle_score(bid, op_type, body)
                 except Exception:
                     pass
             rt.redis.delete(bk.lock)

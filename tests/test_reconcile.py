@@ -8,8 +8,10 @@ import pytest
 
 from tests.helpers import gift_body, start_body
 from worker import keys, watermark
+from worker.flush import flush_battle
 from worker.ingest import handle
-from worker.reconcile import PAIR_GAP, reconcile_battle
+from worker.keys import BattleKeys
+from worker.reconcile import PAIR_GAP, SKEW, reconcile_battle
 
 ROOMS = {"room_a": "owner_a", "room_b": "owner_b"}
 
@@ -62,55 +64,87 @@ def test_no_read_of_a_room_with_a_gift_in_the_uncertain_window(rt, ctl, battle):
     assert [c["body"]["RoomId"] for c in calls if c["api"] == "get_gift_count"] == ["room_b"]
 
 
-def test_a_lost_webhook_is_corrected_after_two_agreeing_reads(rt, ctl, battle):
-    _ingest_caught_up(rt)
-    reconcile_battle(rt, battle)  # reads
-    reconcile_battle(rt, battle)  # judges: baselines; reads again
-    ctl.count_gifts([{"RoomId": "room_a", "To_Account": ["owner_a"], "From_Account": "v",
-                      "Coins": 50, "Count": 1}])  # Tencent counted it; its webhook is lost
-    assert reconcile_battle(rt, battle) == "ok"  # judges the read taken before it
-    assert reconcile_battle(rt, battle) == "ok"  # the first read of the drift: not yet
-    assert ctl.scores(battle).get("room_a", 0) == 0
-    assert reconcile_battle(rt, battle) == "corrected"  # the second agrees: OpType 2
-    assert ctl.scores(battle)["room_a"] == 50
-    reconcile_battle(rt, battle)
-    reconcile_battle(rt, battle)
-    assert ctl.scores(battle)["room_a"] == 50  # corrected once
-
-
-def test_a_failed_correction_keeps_its_confirmation(rt, ctl, battle):
-    """The OpType 2 fails (502): the next agreeing read corrects, not two more reads."""
-    _ingest_caught_up(rt)
-    reconcile_battle(rt, battle)
-    reconcile_battle(rt, battle)
-    ctl.count_gifts([{"RoomId": "room_b", "To_Account": ["owner_b"], "From_Account": "v",
-                      "Coins": 20, "Count": 1}])
-    reconcile_battle(rt, battle)
-    reconcile_battle(rt, battle)
-    ctl.inject("http502", api="set_battle_score")  # one attempt: no sleeping under the lock
-    assert reconcile_battle(rt, battle) == "ok"  # confirmed, but the write failed
-    assert ctl.scores(battle).get("room_b", 0) == 0
-    assert reconcile_battle(rt, battle) == "corrected"  # the next agreeing read
-    assert ctl.scores(battle)["room_b"] == 20
-
-
 def _writes(ctl) -> int:
     return ctl.state()["calls_by_api"].get("set_battle_score", 0)
 
 
-def test_a_failed_correction_is_written_again_once_and_never_twice(rt, ctl, battle):
-    """A confirmed correction whose write failed is kept as the correction total to reach
-    (`fix:<room>`): the next pass writes it without waiting for two more reads, and a pass
-    that finds it already reached (its record lost after it landed) writes nothing."""
-    from worker.keys import BattleKeys
+def _confirm(rt, ctl, battle, room: str, coins: int) -> None:
+    """Baselines, then a gift Tencent counted (its webhook lost), read once: one more pass
+    confirms the drift."""
+    _ingest_caught_up(rt)
+    reconcile_battle(rt, battle)  # reads
+    reconcile_battle(rt, battle)  # judges: baselines; reads again
+    owner = ROOMS[room]
+    ctl.count_gifts([{"RoomId": room, "To_Account": [owner], "From_Account": "v",
+                      "Coins": coins, "Count": 1}])
+    assert reconcile_battle(rt, battle) == "ok"  # judges the read taken before it
+    assert reconcile_battle(rt, battle) == "ok"  # the first read of the drift: not yet
 
+
+def test_a_lost_webhook_is_corrected_after_two_agreeing_reads(rt, ctl, battle):
+    """The correction is decided once (corrections and pending value in one step) and the
+    flush path writes it: reconcile itself never writes a score."""
     bk = BattleKeys(battle)
-    rt.redis.hset(bk.recon, mapping={"base:room_a": 0, "base:room_b": 0, "fix:room_a": 7})
-    reconcile_battle(rt, battle)  # corr 0: the correction of 7 goes now
-    assert _writes(ctl) == 1 and ctl.scores(battle)["room_a"] == 7
-    assert rt.redis.hget(bk.corr, "room_a") == "7"
-    assert not rt.redis.hget(bk.recon, "fix:room_a")
-    rt.redis.hset(bk.recon, "fix:room_a", 7)  # its clear lost (a crash after SETTLE)
+    _confirm(rt, ctl, battle, "room_a", 50)
+    assert reconcile_battle(rt, battle) == "corrected"  # the second agrees
+    assert _writes(ctl) == 0 and rt.redis.hget(bk.pending, "room_a") == "50"
+    assert rt.redis.hget(bk.corr, "room_a") == "50"
+    assert flush_battle(rt, battle) == "ok"
+    assert ctl.scores(battle)["room_a"] == 50
+    for _ in range(3):
+        reconcile_battle(rt, battle)
+        flush_battle(rt, battle)
+    assert ctl.scores(battle)["room_a"] == 50 and _writes(ctl) == 1  # corrected once
+
+
+def test_a_failed_correction_is_retried_by_the_flush_path(rt, ctl, battle):
+    """The write of a correction fails (502): the value stays pending and the next flush
+    sends it, without two more reads and without a second decision."""
+    bk = BattleKeys(battle)
+    _confirm(rt, ctl, battle, "room_b", 20)
+    assert reconcile_battle(rt, battle) == "corrected"
+    ctl.inject("http502", api="set_battle_score")
+    assert flush_battle(rt, battle) == "retry_later"
+    assert ctl.scores(battle).get("room_b", 0) == 0
+    reconcile_battle(rt, battle)  # decides nothing again
+    assert flush_battle(rt, battle) == "ok"
+    assert ctl.scores(battle)["room_b"] == 20 and rt.redis.hget(bk.corr, "room_b") == "20"
+
+
+def test_a_pass_whose_updates_were_lost_decides_nothing_twice(rt, ctl, battle):
+    """A crash after the correction was decided, before the pass stored its judged reads: the
+    next pass judges the same reads against the new corrections and finds no drift."""
+    bk = BattleKeys(battle)
+    _confirm(rt, ctl, battle, "room_a", 7)
+    before = rt.redis.hgetall(bk.recon)
+    assert reconcile_battle(rt, battle) == "corrected"
+    rt.redis.delete(bk.recon)
+    rt.redis.hset(bk.recon, mapping=before)  # the pass's updates lost
+    assert reconcile_battle(rt, battle) == "ok"
+    assert rt.redis.hget(bk.corr, "room_a") == "7" and rt.redis.hget(bk.pending, "room_a") == "7"
+
+
+def test_a_gift_never_counted_is_taken_back_with_an_absolute_write(rt, ctl, battle):
+    """A webhook of a gift Tencent never counted (approved, then refunded): the negative
+    correction goes as OpType 2 of the room's total, never as an accumulate of a negative."""
+    bk = BattleKeys(battle)
+    _ingest_caught_up(rt)
     reconcile_battle(rt, battle)
-    assert _writes(ctl) == 1 and ctl.scores(battle)["room_a"] == 7  # not written twice
-    assert not rt.redis.hget(bk.recon, "fix:room_a")
+    reconcile_battle(rt, battle)  # baselines: nothing counted, nothing ingested
+    handle(rt, [(gift_body("room_a", "owner_a", 30), "ghost")])  # never in its gift count
+    assert flush_battle(rt, battle) == "ok"
+    assert ctl.scores(battle)["room_a"] == 30
+    real = rt.clock
+    rt.clock = lambda: real() + 2 * SKEW + 2  # the gift's second out of the new reads' window
+    for _ in range(6):
+        reconcile_battle(rt, battle)
+        if rt.redis.hget(bk.corr, "room_a"):
+            break
+    assert rt.redis.hget(bk.corr, "room_a") == "-30"
+    assert rt.redis.hget(bk.pending, "room_a") == "-30"
+    assert flush_battle(rt, battle) == "ok"
+    assert ctl.scores(battle)["room_a"] == 0
+    calls = [c["body"] for c in ctl.http.get("/sandbox/calls").json()["calls"]
+             if c["api"] == "set_battle_score"]
+    assert [c["OpType"] for c in calls] == [1, 2]
+    assert calls[1]["ScoreList"] == [{"RoomId": "room_a", "Score": 0}]

@@ -1,4 +1,4 @@
-"""Flush: claim a battle's pending deltas, send them with OpType 1, settle the answer exactly once."""
+"""Flush: claim a battle's pending deltas, send them, settle the answer exactly once."""
 
 from __future__ import annotations
 
@@ -119,11 +119,11 @@ class Flusher:
         self._check(self.rt.script("MARK")(keys=[self.bk.inflight, self.bk.lock], args=args))
 
     def _commit(self, inf: Inflight, applied: dict[str, int], unapplied: dict[str, int],
-                outcome: str, request_id: str | None = None) -> None:
+                outcome: str, request_id: str | None = None, op: int = 1) -> None:
         args: list = []
         for room in inf.scores:
             args += [room, applied.get(room, 0), unapplied.get(room, 0)]
-        record = json.dumps({"id": self.flush_id, "at": self.rt.clock(), "op": 1,
+        record = json.dumps({"id": self.flush_id, "at": self.rt.clock(), "op": op,
                              "scores": inf.scores, "outcome": outcome,
                              "request_id": request_id})
         res = self.rt.script("COMMIT")(
@@ -194,15 +194,18 @@ class Flusher:
             inf.settle_at = inf.sent_at + (NEAR_END_READ + 1.0 if near else LANDING_WINDOW)
             self._mark("sending", sent_at=inf.sent_at, settle_at=inf.settle_at)
 
-        op, body = 1, inf.scores
+        op, body, held = 1, inf.scores, {}
         if near and self._battle is not None:
             # Near the end, the absolute total (OpType 2 of applied + delta, every room): the
             # same score when Tencent holds `applied`, and it also overwrites an earlier write
             # that landed after its client gave up, which no audit could heal before the end.
             held = read_applied(self.rt, self.battle_id)
-            op = 2
-            body = {r: held.get(r, 0) + inf.scores.get(r, 0)
-                    for r in {*self._battle.rooms, *inf.scores}}
+            op, body = 2, totals(held, inf.scores, {*self._battle.rooms, *inf.scores})
+        elif min(inf.scores.values(), default=0) < 0:
+            # A reconcile correction of gifts never counted: OpType 2 of the batch's rooms'
+            # totals (an accumulate by a negative Score is not documented to work).
+            held = read_applied(self.rt, self.battle_id)
+            op, body = 2, totals(held, inf.scores, set(inf.scores))
         try:
             # One attempt: a retryable answer comes back through the schedule, not by sleeping
             # here with the lock held.
@@ -215,9 +218,10 @@ class Flusher:
         except TencentError as err:
             return self._failed(inf, err)
         codes = res.codes()
-        applied = {r: v for r, v in inf.scores.items() if codes.get(r, 0) == 0}
+        moved = inf.scores if op == 1 else {r: body[r] - held.get(r, 0) for r in inf.scores}
+        applied = {r: moved[r] for r in inf.scores if codes.get(r, 0) == 0}
         unapplied = {r: v for r, v in inf.scores.items() if codes.get(r, 0) != 0}
-        self._commit(inf, applied, unapplied, "ok", res.RequestId)
+        self._commit(inf, applied, unapplied, "ok", res.RequestId, op)
         return "ok"
 
     def _failed(self, inf: Inflight, err: TencentError) -> str:
@@ -276,11 +280,13 @@ class Flusher:
         for room, d in inf.scores.items():
             a = applied.get(room, 0)
             s = held.get(room)
-            verdicts[room] = ("absent" if s is None else "applied" if s == a + d
+            verdicts[room] = ("absent" if s is None else "applied" if s == max(0, a + d)
                               else "unsent" if s == a else "other")
         ended = self.rt.tclock.earliest() >= info.EndTime > 0 or info.Status == 2
         if all(v in ("applied", "absent") for v in verdicts.values()) or ended:
-            ok = {r: d for r, d in inf.scores.items() if verdicts[r] == "applied"}
+            moved = totals(applied, inf.scores, set(inf.scores))
+            ok = {r: moved[r] - applied.get(r, 0) for r in inf.scores
+                  if verdicts[r] == "applied"}
             rest = {r: d for r, d in inf.scores.items() if verdicts[r] != "applied"}
             self._commit(inf, ok, rest, "read_back", info.RequestId)
             return "ok"
@@ -293,7 +299,7 @@ class Flusher:
 
     def overwrite(self, inf: Inflight, applied: dict[str, int]) -> str:
         """Set each room to applied + delta with OpType 2 (idempotent), then commit."""
-        target = {r: applied.get(r, 0) + d for r, d in inf.scores.items()}
+        target = totals(applied, inf.scores, set(inf.scores))
         if self.lock.lost:  # frozen past the ttl: the next owner settles this batch
             raise LockLost(self.battle_id)
         try:
@@ -305,10 +311,16 @@ class Flusher:
             self._mark("ambiguous")
             return "unresolved"
         codes = res.codes()
-        ok = {r: d for r, d in inf.scores.items() if codes.get(r, 0) == 0}
+        ok = {r: target[r] - applied.get(r, 0) for r in inf.scores if codes.get(r, 0) == 0}
         rest = {r: d for r, d in inf.scores.items() if codes.get(r, 0) != 0}
-        self._commit(inf, ok, rest, "overwrite", res.RequestId)
+        self._commit(inf, ok, rest, "overwrite", res.RequestId, 2)
         return "ok"
+
+
+def totals(held: dict[str, int], deltas: dict[str, int], rooms: set[str]) -> dict[str, int]:
+    """What each of `rooms` must hold once `deltas` land on `held`: the body of an OpType 2.
+    Never below zero (a correction of gifts never counted cannot take a room under it)."""
+    return {r: max(0, held.get(r, 0) + deltas.get(r, 0)) for r in rooms}
 
 
 def needs(rt: Runtime, battle_id: str) -> str:

@@ -25,7 +25,7 @@ class BattleKeys:
         base = f"{PREFIX}:{{b:{_tag_safe(battle_id)}}}"
         self.battle_id = battle_id
         self.meta = f"{base}:meta"  # hash: start, end, duration_ms, rooms, owners, status...
-        self.pending = f"{base}:pending"  # hash room → value not yet claimed by a flush
+        self.pending = f"{base}:pending"  # hash room → value (gifts, corrections) not yet claimed
         self.inflight = f"{base}:inflight"  # hash: the claimed batch of one flush
         self.applied = f"{base}:applied"  # hash room → score Tencent holds, by our account
         self.ledger = f"{base}:ledger"  # hash room → value of the gifts ingested for it

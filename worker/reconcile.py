@@ -17,8 +17,10 @@ The rule (docs/design.md has the argument):
   battle plus every error so far (lost webhooks add, approved-but-never-counted gifts
   subtract). The first K is the baseline; later drift = K - baseline - corrections so far.
 - A drift is corrected only when two judged observations in a row agree on it: in-flight
-  gifts never become a double count or a dip. The correction is an OpType 2 of the score
-  Tencent holds by our account plus the drift, under the battle lock, so no flush races it.
+  gifts never become a double count or a dip. The correction is decided in one atomic step:
+  added to the room's corrections (so no later read decides it again) and to its pending
+  value, which the flush path delivers exactly once like any gift (a negative delta as
+  OpType 2 of the totals). Reconcile itself never writes a score.
 - No drift, no write.
 """
 
@@ -27,20 +29,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 
-from worker import audit, battles, keys, watermark
+from worker import battles, endgame, keys, watermark
 from worker.batch import pipeline
 from worker.battles import Battle
-from worker.endgame import read_timeout
 from worker.flush import LockLost
 from worker.keys import BattleKeys, RoomKeys
 from worker.lock import BattleLock
-from worker.ratelimit import LOW, RateLimitTimeout
-from worker.tencent.client import ADMITTED
+from worker.ratelimit import RateLimitTimeout
 from worker.runtime import Runtime
 from worker.stats import bump
-from worker.tencent.errors import Outcome, TencentError
+from worker.tencent.errors import TencentError
 
 log = logging.getLogger("scorer.reconcile")
 
@@ -60,10 +59,6 @@ TYPICAL_LAG = 0.6
 #: the two are judged together, so a drift is confirmed in one cycle (a quiet window between
 #: two bursts of gifts is often only a few seconds long).
 PAIR_GAP = 1.0
-#: A correction waits this long for a call slot (on the LOW lane, holding no battle lock).
-CORRECT_SLOT_WAIT = 2.0
-#: ... and this long for the battle's lock and a batch in flight to settle (flush.LOCK_WAIT+).
-CORRECT_LOCK_WAIT = 1.0
 
 
 def _last_second(secs: dict[str, int], room: str) -> int:
@@ -100,15 +95,12 @@ class Reconciler:
         self.lock = lock
 
     def run(self) -> dict[str, int]:
-        """Judge stored reads, correct confirmed drift, take new reads; returns drift fixed."""
+        """Judge stored reads, hand confirmed drift to the flush path, take new reads; returns
+        the drift decided."""
         rt, bk = self.rt, self.bk
-        # A correction needs the exact score Tencent holds: with a batch in flight, a confirmed
-        # drift waits for the flush path to settle it (reads and judging need no such thing).
-        inflight = bool(rt.redis.exists(bk.inflight))
         recon = rt.redis.hgetall(bk.recon)
         secs = {k: int(v) for k, v in rt.redis.hgetall(bk.secs).items()}
         corr = {k: int(v) for k, v in rt.redis.hgetall(bk.corr).items()}
-        applied = battles.read_applied(rt, self.battle.battle_id)
         mark = watermark.current(rt)
         now = rt.clock()
         #: A waiting read is judged once the watermark passes t1 + SKEW + 1; it trails the
@@ -116,7 +108,6 @@ class Reconciler:
         self.lag = max(0.3, now - mark)
         updates: dict[str, str] = {}
         fixes: dict[str, int] = {}
-        stored: set[str] = set()  # rooms whose fix comes from a failed write (`fix:<room>`)
         #: When a sooner pass pays off: an unconfirmed drift wants its second read, and a
         #: waiting read can be judged as soon as its webhooks are surely in.
         self.sooner: float | None = None
@@ -125,15 +116,6 @@ class Reconciler:
                 continue
             obs = json.loads(recon.get(f"obs:{room}", "[]"))
             base = recon.get(f"base:{room}")
-            if recon.get(f"fix:{room}"):  # confirmed, its write failed: write it again now
-                # Stored as the correction total it must reach, not as a delta: a write
-                # whose record was lost after it landed is then not written twice.
-                want = int(recon[f"fix:{room}"]) - corr.get(room, 0)
-                if want:
-                    fixes[room] = want
-                    stored.add(room)
-                else:
-                    updates[f"fix:{room}"] = ""
             last = recon.get(f"last:{room}") or None  # "" once a correction consumed it
             waiting = []
             for o in obs:
@@ -149,15 +131,9 @@ class Reconciler:
                     base = str(k)
                     updates[f"base:{room}"] = base
                     continue
-                drift = k - int(base) - corr.get(room, 0)
-                if room in stored and fixes[room] != drift:  # a newer read disagrees
-                    del fixes[room]
-                    stored.discard(room)
-                    updates[f"fix:{room}"] = ""
-                if drift and last is not None and int(last) == drift and inflight:
-                    self._soon(now + 1.0)  # confirmed; corrected once the batch settles
-                elif drift and last is not None and int(last) == drift:
-                    fixes.setdefault(room, drift)
+                drift = k - int(base) - corr.get(room, 0) - fixes.get(room, 0)
+                if drift and last is not None and int(last) == drift:
+                    fixes[room] = fixes.get(room, 0) + drift
                     last = None
                 else:
                     last = str(drift)
@@ -165,20 +141,8 @@ class Reconciler:
                         self._soon(now + 1.0)
                 updates[f"last:{room}"] = "" if last is None else last
             updates[f"obs:{room}"] = json.dumps(waiting)
-        if fixes and inflight:  # the flush path settles its batch first
-            for room in list(fixes):
-                updates[f"fix:{room}"] = str(corr.get(room, 0) + fixes.pop(room))
-            self._soon(now + 1.0)
-        elif fixes:
-            settled = self.correct(fixes, applied)
-            for room in settled:
-                updates[f"fix:{room}"] = ""
-            for room in set(fixes) - settled:
-                # Still confirmed: written again by the next pass, without waiting for two
-                # more agreeing reads (a 100001 or 429 on the write cost a battle its lost
-                # webhooks in bench.chaos: no quiet window came again before the end).
-                updates[f"fix:{room}"] = str(corr.get(room, 0) + fixes.pop(room))
-                self._soon(now + 0.5)
+        if fixes:
+            self.correct(fixes)
         readable = self._readable(updates, recon, secs, mark, now)
         self.observe(updates, recon, readable)
         # Every room waits on a read: a pass before the first can be judged is wasted.
@@ -219,60 +183,29 @@ class Reconciler:
     def _soon(self, t: float) -> None:
         self.sooner = t if self.sooner is None else min(self.sooner, t)
 
-    def correct(self, fixes: dict[str, int], applied: dict[str, int]) -> set[str]:
-        """Write confirmed drift with one OpType 2 (never below zero) and record it; returns
-        the rooms Tencent took. The call slot is taken first; then, under the battle's lock
-        with no batch in flight, the score Tencent holds is exactly `applied`."""
+    def correct(self, fixes: dict[str, int]) -> None:
+        """Decide confirmed drift: add it to the rooms' corrections and to their pending value,
+        in one step. The flush path then delivers it exactly once, like a gift (a batch with a
+        negative delta goes as OpType 2 of the totals), with its retries, its settling of
+        ambiguity and its end game: a correction is never written by a second path."""
         rt = self.rt
-        try:
-            rt.client.limiter.acquire("set_battle_score", CORRECT_SLOT_WAIT, LOW)
-        except RateLimitTimeout:
-            return set()
-        # A flush holds the lock for one round trip, and its batch settles with it: wait that
-        # long rather than lose the confirmation near the end (two more reads may not come).
-        deadline = time.monotonic() + CORRECT_LOCK_WAIT
-        while True:
-            with BattleLock(rt.redis, self.bk.lock) as lock:
-                if lock.held and not rt.redis.exists(self.bk.inflight):
-                    applied = battles.read_applied(rt, self.battle.battle_id)
-                    return self._overwrite(fixes, applied, lock)
-            if time.monotonic() >= deadline:
-                return set()  # still confirmed: the next agreeing read retries
-            time.sleep(0.02)
-
-    def _overwrite(self, fixes: dict[str, int], applied: dict[str, int],
-                   lock: BattleLock) -> set[str]:
-        target = {r: max(0, applied.get(r, 0) + d) for r, d in fixes.items()}
-        if lock.lost:  # frozen past the ttl: another writer may hold the battle now
-            return set()
-        try:
-            res = self.rt.client.set_battle_score(
-                self.battle.battle_id, 2, target, max_wait=ADMITTED, max_attempts=1,
-                read_timeout=read_timeout(self.rt, self.battle))
-        except (TencentError, RateLimitTimeout) as err:
-            # Not recorded: written again by the next pass (OpType 2 is idempotent, so an
-            # overwrite that did land is harmless to repeat); one that lands late, after a
-            # flush, is what the audit after an ambiguity overwrites.
-            log.warning("reconcile overwrite of %s failed: %s", self.battle.battle_id, err)
-            if isinstance(err, TencentError) and err.outcome is Outcome.ambiguous:
-                audit.after_ambiguity(self.rt, self.battle, self.battle.battle_id)
-            return set()
-        codes = res.codes()
-        args: list = []
-        n = 0
-        for room, value in target.items():
-            if codes.get(room, 0) == 0:
-                args += [room, value, fixes[room]]
-                n += 1
-        res2 = self.rt.script("SETTLE")(keys=[self.bk.applied, self.bk.corr, self.bk.lock],
-                                        args=[lock.token, n, *args])
-        if res2 == -1:
+        args: list = [int(max(rt.clock(), self.battle.end) + battles.KEEP_AFTER_END),
+                      self.lock.token]
+        for room, d in fixes.items():
+            args += [room, d]
+        res = rt.script("CORRECT")(keys=[self.bk.pending, self.bk.corr, self.bk.rlock],
+                                   args=args)
+        if res == -1:  # frozen past the ttl: the next pass judges the same reads again
             raise LockLost(self.battle.battle_id)
-        bump(self.rt.redis, "reconcile_corrections", n)
-        log.warning("reconcile corrected %s of %s", fixes, self.battle.battle_id,
-                    extra={"battle_id": self.battle.battle_id,
-                           "request_id": res.RequestId})
-        return {room for room in target if codes.get(room, 0) == 0}
+        now = rt.clock()
+        pipe = pipeline(rt.redis)
+        pipe.zadd(keys.FLUSH_DUE, {self.battle.battle_id: now}, nx=True)
+        if endgame.in_window(self.battle.end, rt.tclock.latest()):
+            endgame.mark(pipe, [self.battle.battle_id], now)
+        bump(pipe, "reconcile_corrections", len(fixes))
+        pipe.execute()
+        log.warning("reconcile corrects %s of %s", fixes, self.battle.battle_id,
+                    extra={"battle_id": self.battle.battle_id})
 
     def observe(self, updates: dict[str, str], recon: dict[str, str],
                 rooms: list[str]) -> None:

@@ -122,17 +122,18 @@ redis.call('HSET', KEYS[1], 'id', ARGV[2])
 return 1
 """
 
-# Overwrite rooms' scores in the ledger of what Tencent holds, after an OpType 2 call answered,
-# and add reconcile corrections. KEYS: applied, corr, lock
-# ARGV: lock token, n, then n × (room, new applied score, correction delta)
-SETTLE = """
-if redis.call('GET', KEYS[3]) ~= ARGV[1] then return -1 end
-local n = tonumber(ARGV[2])
-for i = 0, n - 1 do
-  local room = ARGV[3 + 3 * i]
-  redis.call('HSET', KEYS[1], room, ARGV[4 + 3 * i])
-  local c = tonumber(ARGV[5 + 3 * i])
-  if c ~= 0 then redis.call('HINCRBY', KEYS[2], room, c) end
+# Decide a reconcile correction: add each room's drift to its corrections and to its pending
+# value in one step, while the reconcile pass still holds its lock. The flush path delivers it;
+# a pass that runs again judges its reads against the new corrections and decides nothing twice.
+# KEYS: pending, corr, rlock   ARGV: expire_at, lock token, then room, drift pairs
+CORRECT = """
+if redis.call('GET', KEYS[3]) ~= ARGV[2] then return -1 end
+for j = 3, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[j], ARGV[j + 1])
+  redis.call('HINCRBY', KEYS[2], ARGV[j], ARGV[j + 1])
+end
+for i = 1, 2 do
+  if redis.call('TTL', KEYS[i]) == -1 then redis.call('EXPIREAT', KEYS[i], ARGV[1]) end
 end
 return 1
 """
