@@ -16,3 +16,4 @@ app.config_from_object("worker.celeryconfig")
 app.steps["worker"].add(ControlPool)
 
 import worker.signals  # noqa: E402,F401  (connects logging and metrics hooks)
+import worker.unknown_tasks  # noqa: E402,F401  (dead-letters messages of unknown tasks)
