@@ -30,14 +30,14 @@ def unknown_task_entry(message: Any, name: Any) -> dict[str, Any]:
             entry["args"], entry["kwargs"] = payload[0], payload[1]
         else:  # protocol 1: the whole message is a dict with args and kwargs
             entry["args"], entry["kwargs"] = payload.get("args"), payload.get("kwargs")
-    except Exception:  # noqa: BLE001 - undecodable: keep what was sent
+    except Exception:  # the consumer must go on; Celery has logged the body
         entry["body"] = repr(getattr(message, "body", b""))[:4096]
     return entry
 
 
 @task_unknown.connect
 def dead_letter_unknown(sender: Any = None, message: Any = None, name: Any = None,
-                        id: Any = None, **_: Any) -> None:  # noqa: A002 - Celery's name
+                        id: Any = None, **_: Any) -> None:  # Celery passes `id`
     """Keep an unknown task's message in the dead-letter store (never raises into Celery)."""
     try:
         from worker.ingest import dead_letter
@@ -45,5 +45,5 @@ def dead_letter_unknown(sender: Any = None, message: Any = None, name: Any = Non
 
         dead_letter(get_runtime(), unknown_task_entry(message, name), id,
                     f"unknown task {str(name)[:100]!r}")
-    except Exception:  # noqa: BLE001 - the consumer must go on; Celery logged the body
+    except Exception:  # the consumer must go on; Celery has logged the body
         log.exception("could not dead-letter a message of unknown task %r", str(name)[:100])
