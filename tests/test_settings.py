@@ -5,9 +5,10 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
 
 from tests.conftest import ROOT
-from worker.settings import REGION_DOMAINS, Settings, load_settings
+from worker.settings import REGION_DOMAINS, Settings, SettingsError, load_settings
 
 
 def make(**kw):
@@ -84,3 +85,108 @@ def test_dotenv_file_is_read(tmp_path, monkeypatch):
     (tmp_path / ".env").write_text("SCORER_SDKAPPID=1400000009\nSCORER_SECRET_KEY=x\n")
     monkeypatch.chdir(tmp_path)
     assert load_settings().sdkappid == 1400000009
+
+
+# --- Redis URLs: what kombu (the broker) and the worker's own redis-py client both open -----
+
+@pytest.mark.parametrize("url", ["redis://localhost:6379/0", "rediss://:pw@redis.example:6380/1"])
+def test_broker_url_accepts_what_kombu_and_the_worker_both_open(url):
+    s = make(redis_url=url)
+    assert s.redis_url == url and s.state_url == url
+
+
+@pytest.mark.parametrize("url,why", [
+    ("redis+cluster://redis-a:7000", "Redis Cluster"),
+    ("sentinel://s1:26379", "Sentinel"),
+    ("sentinel://s1:26379;sentinel://s2:26379", "several URLs"),
+    ("redis://a:6379;redis://b:6379", "several URLs"),
+    ("redis+socket:///run/redis.sock", "Unix socket"),
+    ("unix:///run/redis.sock", "Unix socket"),
+    ("http://redis:6379", "must be"),
+    ("localhost:6379", "must be"),
+])
+def test_broker_url_refuses_what_either_cannot_open(url, why):
+    with pytest.raises(ValidationError) as err:
+        make(redis_url=url)
+    assert why in str(err.value)
+
+
+def test_state_url_takes_a_cluster_but_no_sentinel():
+    s = make(state_redis_url="redis+cluster://redis-a:7000")
+    assert s.state_url == "redis+cluster://redis-a:7000" and s.redis_url != s.state_url
+    for url in ("sentinel://s1:26379", "rediss+cluster://redis-a:7000", "unix:///run/r.sock"):
+        with pytest.raises(ValidationError):
+            make(state_redis_url=url)
+
+
+def test_blank_urls_and_token_mean_unset():
+    # compose passes an unset variable through as an empty string
+    s = make(redis_url="", state_redis_url="", callback_token="", api_url="")
+    assert s.redis_url == "redis://localhost:6379/0" and s.state_url == s.redis_url
+    assert s.callback_token is None and s.api_url is None
+
+
+@pytest.mark.parametrize("env,var", [
+    ({"SCORER_REDIS_URL": "redis+cluster://:hunter2@redis-a:7000"}, "SCORER_REDIS_URL"),
+    ({"SCORER_REDIS_URL": "sentinel://:hunter2@s1:26379"}, "SCORER_REDIS_URL"),
+    ({"SCORER_STATE_REDIS_URL": "sentinel://:hunter2@s1:26379"}, "SCORER_STATE_REDIS_URL"),
+])
+def test_bad_redis_url_stops_with_one_line_without_its_password(env, var, tmp_path):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
+    proc = subprocess.run([sys.executable, "-m", "worker.cli", "check-config"],
+                          env={**clean, "SCORER_SDKAPPID": "1", "SCORER_SECRET_KEY": "k", **env,
+                               "PYTHONPATH": str(ROOT)},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and var in lines[0], proc.stderr
+    assert "hunter2" not in proc.stderr
+    if "cluster" in env.get("SCORER_REDIS_URL", ""):
+        assert "SCORER_STATE_REDIS_URL" in lines[0]  # where a cluster belongs
+
+
+# --- which process needs which credential ----------------------------------------------------
+
+def test_partial_settings_need_no_tencent_credentials(monkeypatch):
+    for k in list(os.environ):
+        if k.startswith("SCORER_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("SCORER_SECRET_KEY", "")  # blank: as compose passes an unset one
+    s = load_settings(require=(), _env_file=None)
+    assert s.sdkappid is None and s.secret_key is None
+    assert s.masked()["SCORER_SECRET_KEY"] == ""
+    monkeypatch.setenv("SCORER_SDKAPPID", "1400000002")
+    assert load_settings(require=("sdkappid",), _env_file=None).sdkappid == 1400000002
+
+
+def test_a_required_credential_missing_stops_with_one_line(monkeypatch, capsys):
+    for k in list(os.environ):
+        if k.startswith("SCORER_"):
+            monkeypatch.delenv(k)
+    with pytest.raises(SettingsError):
+        load_settings(require=("sdkappid",), _env_file=None)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["configuration error: SCORER_SDKAPPID is required but not set"]
+
+
+def test_celery_config_needs_no_credentials(tmp_path):
+    """Flower and the receiver load the Celery configuration without the Tencent credentials."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
+    code = "import worker; print(worker.app.conf.broker_url, worker.app.conf.task_default_queue)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60,
+                          env={**clean, "PYTHONPATH": str(ROOT), "SCORER_QUEUE": "scorer",
+                               "SCORER_REDIS_URL": "redis://redis:6379/0"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["redis://redis:6379/0", "scorer"]
+
+
+def test_worker_without_the_secret_key_stops_at_start_up(tmp_path):
+    """celeryconfig no longer requires the credentials: the worker's own start-up still does."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
+    proc = subprocess.run([sys.executable, "-m", "celery", "-A", "worker", "worker", "-P", "solo"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**clean, "PYTHONPATH": str(ROOT), "SCORER_SDKAPPID": "1",
+                               "SCORER_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert proc.returncode != 0
+    assert "configuration error: SCORER_SECRET_KEY is required but not set" in proc.stderr
+    assert "Traceback" not in proc.stderr

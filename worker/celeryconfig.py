@@ -6,20 +6,27 @@ from kombu import Queue
 
 from worker import keys
 from worker.schedule import tick_seconds
-from worker.settings import get_settings
+from worker.settings import load_settings
 
-_settings = get_settings()
+# Only what Celery needs (broker, queue, tick): Flower and the receiver load this configuration
+# too, and their containers never hold the Tencent credentials. The worker and the beat still
+# refuse to start without them: worker/signals.py loads the full settings as logging is set up.
+_settings = load_settings(require=())
 
 broker_url = _settings.redis_url
 # Keep retrying a lost broker forever, also at start-up: a worker must outlive a Redis restart.
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None
 broker_transport_options = {
-    # kombu re-delivers an unacknowledged message only after this many seconds (default one
-    # hour: far longer than a battle). Ingest tasks take milliseconds and are idempotent by
-    # event_id, so an early re-delivery is harmless while a late one would miss the battle.
-    # Flushes never depend on it: their state lives in Redis and the beat tick resumes them.
-    "visibility_timeout": 60,
+    # kombu restores an unacknowledged message to its queue once it has been held this long,
+    # whether or not its consumer is still working on it. So it must exceed the longest time a
+    # consumer may legitimately hold one: a prefork task up to task_time_limit, and a warm
+    # shutdown up to the compose stop_grace_period (150 s); a shorter timeout runs those tasks
+    # twice. Nothing waits on it: ingest messages of a lost consumer go back to the queue after
+    # 10 s through the beat's tick (watermark.give_back_stuck), control and drain messages
+    # expire long before (30 s), and flushes resume from Redis. Ordering, checked by
+    # tests/test_compose.py: soft limit < hard limit < stop grace < visibility timeout.
+    "visibility_timeout": 180,
     "health_check_interval": 10,
     "socket_keepalive": True,
 }
@@ -61,9 +68,14 @@ task_routes = {
     "scorer.audit": {"queue": keys.CONTROL_QUEUE},
     "scorer.tick": {"queue": keys.CONTROL_QUEUE},
 }
-# A control task that waited longer than this is stale: the next tick sends a fresh one.
-task_time_limit = 120
+# Time limits bind prefork tasks only (ingest and drains; Celery's thread pool, which runs
+# the control tasks, ignores them). The longest legitimate one is an ingest waiting out a Redis
+# outage: worker/ingest.py retries for 60 s (OUTAGE_RETRY_SECONDS) before it gives the events
+# back, plus its last attempt, bounded by redis-py's timeouts and retries (a refused
+# connection fails in ~10 s); a drain adds its 5 s of batches. A limit below that would cut an
+# ingest mid-retry and, with acks_late, acknowledge a message whose events were not stored.
 task_soft_time_limit = 100
+task_time_limit = 120
 
 include = ["tasks.ingest", "tasks.control"]
 

@@ -7,7 +7,7 @@
    Celery treats as unrecoverable: the worker process exits and nothing restarts it unless a
    supervisor does. Fix: if restoring at close fails for that reason, skip it. The messages
    stay in kombu's `unacked` hash in Redis and are restored by the visibility-timeout sweep
-   (60 s, see celeryconfig); every task is idempotent, so a later redelivery is harmless.
+   (180 s, see celeryconfig); every task is idempotent, so a later redelivery is harmless.
 
 2. Ack after close (issue 13 item 9; kombu 5.7.0 with redis-py 8, Redis SIGKILLed under
    load, tests/test_redis_kill.py). Celery 5.7 reacts to a lost connection by

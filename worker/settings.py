@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from enum import Enum
 from functools import lru_cache
 
@@ -70,8 +71,8 @@ class Settings(BaseSettings):
 
     @field_validator("secret_key")
     @classmethod
-    def _key_not_blank(cls, v: SecretStr) -> SecretStr:
-        if not v.get_secret_value().strip():
+    def _key_not_blank(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().strip():
             raise ValueError("must not be empty")
         return v
 
@@ -84,14 +85,23 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/")
 
-    @field_validator("redis_url", "state_redis_url")
+    @field_validator("callback_token", mode="before")
     @classmethod
-    def _redis_scheme(cls, v: str | None) -> str | None:
-        if v in (None, ""):
-            return None
-        if not v.startswith(("redis://", "rediss://", "unix://", "redis+cluster://")):
-            raise ValueError("must be a redis:// or rediss:// URL")
-        return v
+    def _token_blank_is_unset(cls, v):
+        # `SCORER_CALLBACK_TOKEN=` (compose passes it through empty) means "no token", not
+        # a token of zero characters that would sign every request the same way.
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _broker_url(cls, v: str | None) -> str:
+        # Blank (compose passes unset variables through empty) is the default, as if unset.
+        return check_redis_url(v, broker=True) or cls.model_fields["redis_url"].default
+
+    @field_validator("state_redis_url")
+    @classmethod
+    def _state_url(cls, v: str | None) -> str | None:
+        return check_redis_url(v, broker=False)
 
     @property
     def api_base_url(self) -> str:
@@ -122,6 +132,45 @@ class Settings(BaseSettings):
         return out
 
 
+#: Why a Redis URL scheme is refused (a cluster only as the broker: the state may be one).
+_REFUSED = {
+    "redis+cluster": "kombu cannot use a Redis Cluster as the Celery broker: give a single"
+                     " Redis here and the cluster in SCORER_STATE_REDIS_URL",
+    "sentinel": "sentinel:// is not supported: the worker's own Redis client (drains,"
+                " watermark, state) cannot follow a Sentinel; give the master's redis:// URL",
+    "unix": "a Unix socket is not supported: the worker's own Redis client connects over TCP"
+            " only; give a redis:// or rediss:// URL",
+}
+_REFUSED["redis+socket"] = _REFUSED["unix"]
+
+
+def check_redis_url(url: str | None, broker: bool) -> str | None:
+    """A valid SCORER_REDIS_URL (`broker`) or SCORER_STATE_REDIS_URL, or ValueError saying why.
+
+    The broker URL is opened by kombu (the Celery transport) and by the worker's own redis-py
+    client (worker/runtime.py `connect`: drains and the watermark read kombu's lists directly),
+    so it must be a form both open: redis:// or rediss://. kombu would also take
+    redis+socket:// and sentinel://, but `connect` opens neither. The state URL is opened by
+    `connect` only, which also opens a Redis Cluster (redis+cluster://, plain TCP).
+    Never echoes the URL: it may hold a password.
+    """
+    if url in (None, ""):
+        return None
+    scheme, sep, _ = url.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        raise ValueError("must be a URL such as redis://host:6379/0")
+    if ";" in url:
+        raise ValueError("holds several URLs (';'): give one Redis; failover and Sentinel"
+                         " lists are not supported")
+    if scheme in ("redis", "rediss") or (scheme == "redis+cluster" and not broker):
+        return url
+    if scheme in _REFUSED:
+        raise ValueError(_REFUSED[scheme])
+    raise ValueError("must be a redis:// or rediss:// URL" if broker
+                     else "must be a redis://, rediss:// or redis+cluster:// URL")
+
+
 def _mask_url_password(url: str) -> str:
     """Hide a password embedded in a Redis URL."""
     scheme, sep, rest = url.partition("://")
@@ -130,6 +179,24 @@ def _mask_url_password(url: str) -> str:
         return url
     user = creds.split(":", 1)[0]
     return f"{scheme}{sep}{user}:****@{host}"
+
+
+class PartialSettings(Settings):
+    """Settings without the Tencent credentials required: for the processes that never sign a
+    Tencent call (the receiver, the metrics exporter, Flower and whatever else only needs
+    Celery's configuration), so that their containers never hold SCORER_SECRET_KEY."""
+
+    sdkappid: int | None = Field(default=None, gt=0)  # type: ignore[assignment]
+    secret_key: SecretStr | None = None  # type: ignore[assignment]
+
+    @field_validator("sdkappid", "secret_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v):
+        return None if isinstance(v, str) and not v.strip() else v
+
+
+#: What `load_settings` requires by default: every process that calls Tencent needs both.
+TENCENT_CREDENTIALS = ("sdkappid", "secret_key")
 
 
 class SettingsError(SystemExit):
@@ -147,13 +214,26 @@ def describe_error(err: ValidationError) -> str:
     return f"configuration error: {var} is invalid: {msg}"
 
 
-def load_settings(**overrides) -> Settings:
-    """Build Settings from the environment; on error print one line to stderr and exit 2."""
+def load_settings(*, require: Iterable[str] = TENCENT_CREDENTIALS, **overrides) -> Settings:
+    """Build Settings from the environment; on error print one line to stderr and exit 2.
+
+    `require`: which of the Tencent credentials this process needs (both by default). A
+    process that needs fewer, e.g. `require=("sdkappid",)` for the receiver or `require=()`
+    for the metrics exporter, starts without SCORER_SECRET_KEY.
+    """
+    need = tuple(require)
+    cls = Settings if set(TENCENT_CREDENTIALS) <= set(need) else PartialSettings
     try:
-        return Settings(**overrides)
+        settings = cls(**overrides)
     except ValidationError as err:
         print(describe_error(err), file=sys.stderr)
         raise SettingsError(2) from None
+    for name in need:
+        if getattr(settings, name) is None:
+            print(f"configuration error: SCORER_{name.upper()} is required but not set",
+                  file=sys.stderr)
+            raise SettingsError(2)
+    return settings
 
 
 @lru_cache(maxsize=1)
