@@ -1,10 +1,13 @@
-"""The `battle-scorer` command: configuration check, sandbox, operator views, dead letters."""
+"""The `battle-scorer` command: configuration check, sandbox, operator views, metrics, health."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
+import socket
 import sys
+import threading
 import time
 
 from worker.settings import load_settings
@@ -73,14 +76,81 @@ def cmd_receive(args) -> int:
 
 
 def cmd_metrics(args) -> int:
-    """Serve the Prometheus metrics (cluster-wide, from Redis) until interrupted."""
-    from worker import metrics
+    """Serve /metrics (cluster-wide, from Redis) and /healthz until SIGTERM or SIGINT."""
+    from worker import metrics_http
 
-    rt = _rt()
-    metrics.serve(args.port, rt.redis, args.host)
-    print(f"metrics on http://{args.host}:{args.port}/metrics", flush=True)
-    while True:
-        time.sleep(3600)
+    s = load_settings(require=())  # Redis and the queue name only: never the Tencent key
+    port = args.port if args.port is not None else (s.metrics_port or 9808)
+    metrics_http.configure_logging(s)
+    state, broker = metrics_http.clients(s)
+    try:
+        server, _thread = metrics_http.start(args.host, port, state, broker, s.queue)
+    except OSError as err:
+        print(f"metrics: cannot listen on {args.host}:{port}: {err}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address
+    print(f"metrics on http://{host}:{server.server_address[1]}/metrics", flush=True)
+    while not stop.wait(1.0):  # a timed wait: the signal handler runs between waits
+        pass
+    server.shutdown()
+    server.server_close()
+    return 0
+
+
+def cmd_health(args) -> int:
+    """Exit 0 when the service is healthy, else 1 with one line on stderr (healthchecks)."""
+    if args.service == "metrics":
+        from worker.metrics_http import get_status
+
+        status, line = get_status(args.url, args.timeout)
+        if status == 200:
+            return 0
+        print(f"metrics: {args.url} answered {status or 'nothing'}: {line}", file=sys.stderr)
+        return 1
+    if args.service == "worker":
+        from worker import app
+
+        name = args.name or f"celery@{socket.gethostname()}"
+        try:
+            replies = app.control.ping(destination=[name], timeout=args.timeout)
+        except Exception as err:  # noqa: BLE001 (a broken broker is an unhealthy worker)
+            replies, why = [], type(err).__name__
+        else:
+            why = "no reply"
+        if any(name in r for r in replies):
+            return 0
+        print(f"worker: {name} did not answer a ping within {args.timeout}s ({why})",
+              file=sys.stderr)
+        return 1
+    return _health_beat(args)
+
+
+def _health_beat(args) -> int:
+    from redis import RedisError
+
+    from worker import metrics, metrics_http
+    from worker.schedule import tick_seconds
+
+    s = load_settings(require=())
+    # Beat publishes every tick (0.25 s by default): 40 ticks missed is stuck, not jitter.
+    max_age = args.max_age if args.max_age is not None else max(
+        10.0, 40 * tick_seconds(s.flush_interval))
+    try:
+        age = metrics.beat_publish_age(metrics_http.connect(s.state_url, args.timeout))
+    except RedisError as err:
+        print(f"beat: Redis unavailable ({type(err).__name__})", file=sys.stderr)
+        return 1
+    if age == metrics.INF:
+        print(f"beat: no tick published in the last {metrics.BEAT_PUBLISHED_TTL}s",
+              file=sys.stderr)
+        return 1
+    if age > max_age:
+        print(f"beat: last tick published {age:.1f}s ago (max {max_age:g}s)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_stats(args) -> int:
@@ -177,10 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     c.add_argument("rest", nargs=argparse.REMAINDER)
     c.set_defaults(func=cmd_receive)
-    c = sub.add_parser("metrics", help="serve Prometheus metrics")
-    c.add_argument("--port", type=int, default=9808)
+    c = sub.add_parser("metrics", help="serve Prometheus metrics and /healthz")
+    c.add_argument("--port", type=int, default=None,
+                   help="default SCORER_METRICS_PORT, else 9808 (0: any free port)")
     c.add_argument("--host", default="127.0.0.1")
     c.set_defaults(func=cmd_metrics)
+    c = sub.add_parser("health", help="exit 0 when a service is healthy (healthchecks)")
+    c.add_argument("service", choices=["beat", "worker", "metrics"])
+    c.add_argument("--max-age", type=float, default=None,
+                   help="beat: seconds since its last tick publish (default 40 ticks, >= 10)")
+    c.add_argument("--url", default="http://127.0.0.1:9808/healthz", help="metrics: URL")
+    c.add_argument("--name", default=None, help="worker: node name (default celery@HOSTNAME)")
+    c.add_argument("--timeout", type=float, default=3.0)
+    c.set_defaults(func=cmd_health)
     c = sub.add_parser("stats", help="event counters")
     c.set_defaults(func=cmd_stats)
     c = sub.add_parser("battles", help="active battles")

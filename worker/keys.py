@@ -112,6 +112,8 @@ TICK_LOCK = f"{PREFIX}:tick:lock"
 SAFETY_SWEEP = f"{PREFIX}:tick:sweep"
 #: string: time of the last tick (its budget covers the time since: worker/schedule.py).
 TICK_AT = f"{PREFIX}:tick:at"
+#: string: when the beat last published `scorer.tick` (its health check; expires, 300 s)
+BEAT_PUBLISHED = f"{PREFIX}:beat:published"
 #: hash "api|outcome" → Tencent calls (metrics).
 METRICS_CALLS = f"{PREFIX}:metrics:calls"
 #: hash api → summed call seconds; hash "api|le" → calls in that latency bucket (metrics).

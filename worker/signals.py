@@ -1,10 +1,25 @@
-"""Celery signal hooks: log format and redaction, the metrics exporter in beat."""
+"""Celery signal hooks: log format and redaction, and the beat's record of its tick publishes."""
 
 from __future__ import annotations
 
 import logging
+import time
 
-from celery.signals import after_setup_logger, after_setup_task_logger, beat_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    after_task_publish,
+    beat_init,
+)
+
+log = logging.getLogger("scorer.beat")
+
+#: After a failed write, the beat skips its publish records this long: a Redis that does not
+#: answer must not cost every tick (4 a second) a connect timeout.
+RECORD_BACKOFF = 5.0
+_client = None
+_skip_until = 0.0
+_last_warning = float("-inf")
 
 
 def _settings():
@@ -30,10 +45,42 @@ def _setup_logging(logger: logging.Logger, *args, **kwargs) -> None:
 
 
 @beat_init.connect
-def _start_metrics(*args, **kwargs) -> None:
-    # Metrics are cluster-wide (read from Redis), so exactly one process serves them: the beat.
-    s = _settings()
-    if s.metrics_port:
+def _watch_tick_publishes(*args, **kwargs) -> None:
+    # Connected in the beat only: workers and producers never pay for the hook, and a tick
+    # published by anything else (a test, an operator) cannot pass for a live beat.
+    after_task_publish.connect(record_tick_publish, weak=False,
+                               dispatch_uid="scorer.record_tick_publish")
+
+
+def record_tick_publish(sender=None, headers=None, **kwargs) -> None:
+    """After-publish hook of the beat: record in Redis when `scorer.tick` was published (read by
+    `battle-scorer health beat` and the metric scorer_beat_last_publish_age_seconds). Never
+    raises: a failure is logged (at most once a minute) and the beat goes on."""
+    global _client, _skip_until
+    try:
         from worker import metrics
 
-        metrics.serve(s.metrics_port)
+        name = sender if isinstance(sender, str) else (headers or {}).get("task")
+        now = time.time()
+        if name != metrics.TICK_TASK or now < _skip_until:
+            return
+        if _client is None:
+            from worker.metrics_http import connect
+
+            # Short timeouts: this runs inside beat's scheduling loop.
+            _client = connect(_settings().state_url, timeout=1.0)
+        metrics.record_beat_publish(_client, now)
+    except Exception as err:  # noqa: BLE001
+        # Anything at all: a hook that raises would break the beat's publish loop.
+        _skip_until = time.time() + RECORD_BACKOFF
+        _warn(err)
+
+
+def _warn(err: Exception) -> None:
+    global _last_warning
+    now = time.monotonic()
+    if now - _last_warning >= 60.0:
+        _last_warning = now
+        # the type only: a connection error's text may carry the Redis URL and its password
+        log.warning("tick publish not recorded (health check will see beat as stale): %s",
+                    type(err).__name__)
