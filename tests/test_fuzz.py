@@ -115,7 +115,7 @@ def test_valid_events_in_a_garbage_batch_still_count(rt, sandbox):
                          st.just(b"\xff\xfe" * 10), st.just(b"{" * 5000)))
 def test_receiver_answers_every_body_without_5xx(payload):
     got: list = []
-    rec = Receiver(SDKAPPID, None, got.append).start()
+    rec = Receiver(SDKAPPID, None, lambda body, event_id: got.append(body)).start()
     try:
         r = httpx.post(rec.url, params={"SdkAppid": SDKAPPID}, content=payload, timeout=5)
         assert r.status_code in (200, 400, 413)
@@ -125,7 +125,7 @@ def test_receiver_answers_every_body_without_5xx(payload):
 
 
 def test_receiver_rejects_a_huge_body():
-    rec = Receiver(SDKAPPID, None, lambda b: None).start()
+    rec = Receiver(SDKAPPID, None, lambda body, event_id: None).start()
     try:
         r = httpx.post(rec.url, params={"SdkAppid": SDKAPPID}, content=b"x" * 200_000,
                        timeout=5)

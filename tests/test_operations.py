@@ -27,7 +27,7 @@ def test_tencent_sign_example():
 
 def test_receiver_checks_app_sign_age_and_size():
     got = []
-    rec = Receiver(SDKAPPID, "tok", got.append).start()
+    rec = Receiver(SDKAPPID, "tok", lambda body, event_id: got.append(body)).start()
     try:
         now = str(int(time.time()))
         good = {"SdkAppid": SDKAPPID, "CallbackCommand": "Live.CallbackAfterStartBattle",

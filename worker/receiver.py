@@ -1,154 +1,182 @@
-"""`battle-scorer receive`: a small signed-webhook endpoint that enqueues Tencent callbacks.
+"""`battle-scorer receive`: a signed-webhook HTTP endpoint that enqueues Tencent callbacks.
 
 For teams whose webhook pipeline is not Python. It checks SdkAppid, and when a callback token
 is set (SCORER_CALLBACK_TOKEN), Sign = sha256(Token + RequestTime) and a RequestTime within
-60 s; it rejects oversized bodies, enqueues the body to `scorer.webhook`, and answers Tencent's
-JSON at once. It never makes the billing decision of Live.CallbackBeforeSendGift: it answers
-"allow" to everything it accepts, so point Tencent's blocking gift callback at your own billing
-service, and use this for the battle callbacks, the non-blocking gift configuration, or as the
-relay your billing service forwards approved gifts to.
+60 s; it refuses bodies over 64 KiB, enqueues the body (and the app's ledger id, from the
+X-Event-Id header or the EventId query parameter) to `scorer.webhook`, and answers Tencent's
+JSON; 503 when the broker does not take it, so the pipeline retries. It never makes the
+billing decision of Live.CallbackBeforeSendGift: it answers "allow" to everything it accepts,
+so point Tencent's blocking gift callback at your own billing service, and use this for the
+battle callbacks, the non-blocking gift configuration, or as the relay your billing service
+forwards approved gifts to. It serves GET /healthz, /readyz and /metrics too.
+
+An ASGI application (worker/receiver_app.py) served by uvicorn (the `receiver` extra); see
+docs/receiver.md for routes, limits, timeouts, status codes and metrics.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
-import json
+import logging
 import signal
-import socket
+import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
-from urllib.parse import parse_qs, urlparse
+from collections.abc import Callable
+from typing import Any
 
-MAX_BODY = 64 * 1024
-MAX_AGE = 60
-OK = {"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": ""}
+from worker.receiver_app import Enqueue, Limits, ReceiverApp
+from worker.receiver_check import (
+    MAX_AGE,
+    MAX_BODY,
+    OK,
+    Rejected,
+    check,
+    expected_sign,
+    fail,
+)
+from worker.receiver_metrics import ReceiverMetrics
 
-
-def expected_sign(token: str, request_time: str) -> str:
-    """Tencent's callback signature: hex(sha256(Token + RequestTime))."""
-    return hashlib.sha256((token + request_time).encode()).hexdigest()
-
-
-class Rejected(Exception):
-    """A request we refuse: HTTP status and a short reason (never echoing a secret)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.reason = status, reason
+__all__ = ["MAX_AGE", "MAX_BODY", "OK", "Limits", "Receiver", "Rejected", "check",
+           "expected_sign", "fail", "main"]
 
 
-def check(query: dict[str, str], sdkappid: int, token: str | None, now: float) -> str | None:
-    """Validate the URL parameters; returns the CallbackCommand from the URL (if any)."""
-    app = query.get("SdkAppid") or query.get("SdkAppId")
-    if app != str(sdkappid):
-        raise Rejected(403, "SdkAppid is not ours")
-    if token:
-        sign, rtime = query.get("Sign", ""), query.get("RequestTime", "")
-        if not sign or not rtime.isdigit():
-            raise Rejected(401, "missing Sign or RequestTime")
-        if abs(now - int(rtime)) > MAX_AGE:
-            raise Rejected(401, "RequestTime is more than 60 s from now")
-        if not hmac.compare_digest(expected_sign(token, rtime), sign.lower()):
-            raise Rejected(401, "bad Sign")
-    return query.get("CallbackCommand") or query.get("WebhookCommand")
+def _always_ready() -> None:
+    """Readiness when the enqueue function was injected: there is no broker to ping."""
 
 
 class Receiver:
-    """The HTTP server; `enqueue(body)` is called for every accepted callback."""
+    """The receiver: uvicorn serving a ReceiverApp on host:port.
 
-    def __init__(self, sdkappid: int, token: str | None, enqueue: Callable[[dict], Any],
-                 host: str = "127.0.0.1", port: int = 0) -> None:
-        outer = self
+    `enqueue(body, event_id)` is called (in a bounded thread pool) for every accepted
+    callback; it must raise if the body was not enqueued. Without it, bodies go to Celery
+    (`broker`, by default a CeleryBroker on the worker's app and SCORER_QUEUE), and /readyz
+    pings that broker; with it, `ready()` (if given) answers /readyz."""
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    def __init__(self, sdkappid: int, token: str | None, enqueue: Enqueue | None = None,
+                 host: str = "127.0.0.1", port: int = 0, *,
+                 ready: Callable[[], Any] | None = None, limits: Limits | None = None,
+                 broker: Any = None) -> None:
+        self.host, self.port = host, port
+        self.limits = limits or Limits()
+        self.broker = None
+        if enqueue is None:
+            from worker.receiver_broker import CeleryBroker
 
-            def log_message(self, fmt, *args):  # the query holds Sign: keep it out of logs
-                pass
+            self.broker = broker or CeleryBroker(pool_size=self.limits.enqueue_threads)
+            enqueue, ready = self.broker.enqueue, ready or self.broker.ping
+        self.app = ReceiverApp(sdkappid, token, enqueue, ready or _always_ready, self.limits,
+                               ReceiverMetrics())
+        self.metrics = self.app.metrics
+        self.url: str | None = None
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
 
-            def setup(self):
-                super().setup()  # one answer per request: no Nagle delay behind its headers
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    @property
+    def accepted(self) -> int:
+        """Callbacks enqueued so far."""
+        return self.app.accepted
 
-            def _answer(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+    @property
+    def rejected(self) -> int:
+        """Requests refused so far (4xx and 503)."""
+        return self.app.rejected
 
-            def do_POST(self):  # noqa: N802
-                try:
-                    url = urlparse(self.path)
-                    query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                    command = check(query, sdkappid, token, time.time())
-                    length = int(self.headers.get("Content-Length") or 0)
-                    if length > MAX_BODY:
-                        self.close_connection = True
-                        raise Rejected(413, "body too large")
-                    try:
-                        body = json.loads(self.rfile.read(length) or b"null")
-                    except (ValueError, UnicodeDecodeError):
-                        raise Rejected(400, "body is not JSON") from None
-                    if not isinstance(body, dict):
-                        raise Rejected(400, "body must be a JSON object")
-                    if command and "CallbackCommand" not in body:
-                        body["CallbackCommand"] = command
-                    enqueue(body)
-                    outer.accepted += 1
-                    self._answer(200, OK)
-                except Rejected as rej:
-                    outer.rejected += 1
-                    self._answer(rej.status, {"ActionStatus": "FAIL", "ErrorCode": 1,
-                                              "ErrorInfo": rej.reason})
+    def _prepare(self) -> list:
+        """Bind the socket (so port 0 is known before serving) and build the server."""
+        from worker.receiver_http import (  # uvicorn: the `receiver` extra
+            build_server,
+            listen,
+        )
 
-        self.accepted = 0
-        self.rejected = 0
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://{host}:{self.server.server_address[1]}"
+        sock = listen(self.host, self.port)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{host}:{sock.getsockname()[1]}"
+        self._server = build_server(self.app, self.limits)
+        return [sock]
 
-    def start(self) -> "Receiver":
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def start(self, timeout: float = 10.0) -> Receiver:
+        """Serve in a background thread; returns once the server listens (`.url` is set)."""
+        sockets = self._prepare()
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": sockets},
+                                        name="receiver", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the receiver did not start")
+            time.sleep(0.005)
         return self
 
+    def serve(self, announce: Callable[[str], Any] | None = None) -> None:
+        """Serve in this (main) thread until SIGTERM or SIGINT, then shut down gracefully:
+        stop accepting, let requests in flight finish (up to limits.shutdown_timeout).
+        `announce(url)` is called once the socket is bound."""
+        sockets = self._prepare()
+        if announce is not None:
+            announce(self.url)
+        try:
+            self._server.run(sockets=sockets)
+        finally:
+            self._close()
+
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        """Shut down gracefully (as on SIGTERM) and wait for the server thread."""
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(self.limits.shutdown_timeout + 2)
+            if self._thread.is_alive():  # past the graceful timeout: drop what is left
+                self._server.force_exit = True
+                self._thread.join(2)
+        self._close()
+
+    def _close(self) -> None:
+        self.app.close()
+        if self.broker is not None:
+            self.broker.close()
 
 
-def celery_enqueue(body: dict) -> None:
-    """Send a body to `scorer.webhook`; Flower shows the command and room, not the body."""
-    from worker import app
+def _configure_logging(settings: Any) -> None:
+    """Access log and uvicorn's errors to stderr, text or JSON, secrets redacted."""
+    from worker import logs
 
-    summary = {"command": body.get("CallbackCommand"),
-               "battle_id": body.get("BattleId"), "room_id": body.get("RoomId")}
-    app.send_task("scorer.webhook", kwargs={"body": body, "event_id": None},
-                  kwargsrepr=json.dumps(summary))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/%(name)s] %(message)s"))
+    # The receiver's settings need no secret key (it never signs a Tencent call): redact
+    # whichever secrets this process holds.
+    secrets = [v.get_secret_value() for v in (settings.secret_key, settings.callback_token) if v]
+    logs.configure([handler], settings.log_format, secrets)
+    for name in ("scorer", "uvicorn"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`battle-scorer receive --port P`."""
+    """`battle-scorer receive [--host H] [--port P]`: serve until SIGTERM or SIGINT."""
+    from worker.receiver_broker import CeleryBroker
     from worker.settings import load_settings
 
-    p = argparse.ArgumentParser(prog="battle-scorer receive", description=__doc__)
+    p = argparse.ArgumentParser(prog="battle-scorer receive", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     args = p.parse_args(argv)
-    s = load_settings()
+    s = load_settings(require=("sdkappid",))  # no SCORER_SECRET_KEY in its container
     token = s.callback_token.get_secret_value() if s.callback_token else None
-    rec = Receiver(s.sdkappid, token, celery_enqueue, args.host, args.port).start()
-    print(f"receiving Tencent callbacks on {rec.url}"
-          + ("" if token else " (no SCORER_CALLBACK_TOKEN: signatures not checked)"),
-          flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    rec.stop()
+    _configure_logging(s)
+    limits = Limits()
+    broker = CeleryBroker(queue=s.queue, pool_size=limits.enqueue_threads)
+    rec = Receiver(s.sdkappid, token, host=args.host, port=args.port, limits=limits,
+                   broker=broker)
+    # uvicorn handles SIGTERM/SIGINT (graceful shutdown), then raises the signal again with
+    # the previous handler: make that a KeyboardInterrupt for both, and exit 0.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    note = "" if token else " (no SCORER_CALLBACK_TOKEN: signatures not checked)"
+    try:
+        rec.serve(lambda url: print(f"receiving Tencent callbacks on {url}{note}", flush=True))
+    except KeyboardInterrupt:
+        pass
     return 0
