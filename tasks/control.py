@@ -63,13 +63,13 @@ def _safe(fn, rt: Runtime, battle_id: str) -> str:
 
 @app.task(name="scorer.flush", ignore_result=True)
 def flush(battle_ids: list[str]) -> dict[str, str]:
-    """Send the pending deltas of these battles with OpType 1 (one owner per battle)."""
+    """Send the pending deltas of these battles (one owner per battle)."""
     return _run_many(flush_battle, list(battle_ids))
 
 
 @app.task(name="scorer.reconcile", ignore_result=True)
 def reconcile(battle_ids: list[str]) -> dict[str, str]:
-    """Compare these battles with get_gift_count; correct confirmed drift with OpType 2."""
+    """Compare these battles with get_gift_count; confirmed drift becomes pending value."""
     return _run_many(reconcile_battle, list(battle_ids))
 
 

@@ -273,6 +273,13 @@ def test_timers_are_ordered(services):
     assert outage < soft < hard < grace < visibility, (outage, soft, hard, grace, visibility)
 
 
+@needs_compose
+def test_the_receiver_can_finish_its_requests_before_it_is_killed(services):
+    from worker.receiver_app import Limits
+
+    assert Limits().shutdown_timeout < seconds(services["receiver"]["stop_grace_period"])
+
+
 def test_env_example_holds_no_real_secret():
     text = (ROOT / ".env.example").read_text()
     assert "SCORER_SECRET_KEY=change-me\n" in text

@@ -286,3 +286,10 @@ def test_beat_hook_records_tick_publishes(rt, monkeypatch):
     signals.record_tick_publish(sender="scorer.tick")
     assert signals._skip_until > time.time()
     assert not hasattr(signals, "_start_metrics")  # the exporter left the beat
+
+
+def test_the_default_queue_is_watched_when_the_scorer_has_its_own():
+    from worker.metrics import queue_names
+
+    assert "default" not in queue_names("celery")
+    assert queue_names("scorer")["default"] == "celery"

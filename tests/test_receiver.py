@@ -138,7 +138,10 @@ def test_sdkappid_and_signature_are_checked_without_echoing_the_token():
     cases = [({**signed(), "SdkAppid": 1}, 403),
              ({**signed(), "Sign": "0" * 64}, 401),
              ({**signed(), "RequestTime": old, "Sign": expected_sign(TOKEN, old)}, 401),
-             ({"SdkAppid": SDKAPPID}, 401)]
+             ({"SdkAppid": SDKAPPID}, 401),
+             # Non-ASCII: a 401, not a 500 with a traceback (compare_digest and int() raise)
+             ({**signed(), "Sign": "\u00e9" * 64}, 401),
+             ({**signed(), "RequestTime": "\u00b2"}, 401)]
     with serving(sink) as rec, httpx.Client(timeout=5) as http:
         for params, status in cases:
             r = http.post(rec.url, params=params, json={})

@@ -148,3 +148,15 @@ def test_a_gift_never_counted_is_taken_back_with_an_absolute_write(rt, ctl, batt
              if c["api"] == "set_battle_score"]
     assert [c["OpType"] for c in calls] == [1, 2]
     assert calls[1]["ScoreList"] == [{"RoomId": "room_a", "Score": 0}]
+
+
+def test_a_drift_confirmed_after_the_end_is_not_decided(rt, ctl, battle):
+    """A read of the last seconds is judged after the end: no write can land any more, so
+    the drift is logged and counted (`late_drift`), not added to pending value that would
+    only become a (negative) unapplied entry."""
+    bk = BattleKeys(battle)
+    _confirm(rt, ctl, battle, "room_a", 9)
+    rt.redis.hset(bk.meta, "end", time.time() - 1)  # the battle ended meanwhile
+    assert reconcile_battle(rt, battle) == "ok"
+    assert not rt.redis.hget(bk.pending, "room_a") and not rt.redis.hget(bk.corr, "room_a")
+    assert rt.redis.hget(keys.STATS, "late_drift") == "1"

@@ -97,6 +97,7 @@ def test_an_unknown_task_on_an_idle_queue_is_dead_lettered_by_the_consumer(share
     assert [d["reason"] for d in dead] == ["unknown task 'shop.refund'"]
     assert dead[0]["body"] == {"task": "shop.refund", "queue": QUEUE, "args": [8],
                                "kwargs": {"why": "typo"}}
+    assert r.hget(keys.STATS, "dead_lettered") == "1"  # seen by the metrics and alerts
 
 
 def hand_built_message(body: dict, event_id: str, queue: str) -> str:

@@ -57,7 +57,7 @@ HORIZON = 1.0
 END_MARGIN = 0.05
 
 #: Near its end (within NEAR_END s, by the latest Tencent's clock may read) a call under a
-#: battle's lock (a flush, a settling or correcting OpType 2, a read-back) waits NEAR_END_READ s for its
+#: battle's lock (a flush, a settling or audit OpType 2, a read-back) waits NEAR_END_READ s for its
 #: answer, not the client's 5 s: Tencent may hold a request past the end, where it is
 #: refused when it lands, and meanwhile the lock kept the battle's last flush out (a
 #: reconcile overwrite that waited 5 s cost a battle its last 77 coins in bench.chaos).

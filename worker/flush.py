@@ -132,7 +132,11 @@ class Flusher:
             args=[self.flush_id, self.lock.token, record, len(inf.scores), *args])
         self._check(res)
         if unapplied:
-            bump(self.rt.redis, "unapplied", sum(unapplied.values()))
+            # Value only: a correction taking back gifts never counted (negative) that could
+            # not be written is in the battle's record, not a negative count.
+            lost = sum(v for v in unapplied.values() if v > 0)
+            if lost:
+                bump(self.rt.redis, "unapplied", lost)
             log.warning("flush %s of %s left %s unapplied (%s)", self.flush_id,
                         self.battle_id, unapplied, outcome)
 

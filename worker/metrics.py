@@ -41,7 +41,7 @@ PRIORITY_SEP = "\x06\x16"
 OLDEST_SCAN = 100
 #: Counters bumped only on rare paths: exported as 0 until then, so rate() and the alerts
 #: see a series from the start rather than an absent one.
-EXTRA_EVENTS = ("audit_corrections", "given_up")
+EXTRA_EVENTS = ("audit_corrections", "given_up", "late_drift")
 INF = float("inf")
 
 
@@ -76,8 +76,13 @@ def beat_publish_age(redis, now: float | None = None) -> float:
 
 
 def queue_names(input_queue: str) -> dict[str, str]:
-    """The queues reported, by role: producers' input, drains, control tasks."""
-    return {"input": input_queue, "drain": keys.DRAIN_QUEUE, "control": keys.CONTROL_QUEUE}
+    """The queues reported, by role: producers' input, drains, control tasks; and Celery's
+    default `celery` when SCORER_QUEUE is another (role `default`): a producer left on the
+    default queue fills it and nobody of ours consumes it (alert ScorerDefaultQueueFilling)."""
+    names = {"input": input_queue, "drain": keys.DRAIN_QUEUE, "control": keys.CONTROL_QUEUE}
+    if input_queue != "celery":
+        names["default"] = "celery"
+    return names
 
 
 def _num(value, cast=int):
@@ -107,6 +112,9 @@ class ScorerCollector:
         now = time.time()
         up = {}
         for name, part in (("state", self._state), ("broker", self._queues)):
+            if name == "broker" and self.broker is self.redis and not up["state"]:
+                up[name] = 0  # the same Redis just failed: do not wait on it twice
+                continue
             try:
                 families = list(part(now))
             except redis_lib.RedisError as err:
@@ -212,7 +220,7 @@ class ScorerCollector:
             _gauge("scorer_battles_active", "Battles registered and not yet finalized",
                    len(active)),
             _gauge("scorer_battles_due", "Battles with value waiting to be flushed", due),
-            _gauge("scorer_pending_value", "Gift value ingested, not yet sent (all battles)",
+            _gauge("scorer_pending_value", "Value ingested or corrected, not yet sent (all battles)",
                    pending_sum),
             _gauge("scorer_flush_lag_seconds", "How long the most overdue flush has waited",
                    lag),

@@ -128,6 +128,10 @@ class ReceiverApp:
             # (the pipeline retries) rather than let uvicorn log a traceback and send 500.
             if not ex.status:
                 await self._answer(ex, send, 503, fail("shutting down"), close=True)
+        except Exception as exc:  # noqa: BLE001  (a defect of ours: one line, not a traceback)
+            log.error("receiver: %s while answering %s %s", type(exc).__name__, method, path)
+            if not ex.status:
+                await self._answer(ex, send, 500, fail("internal error"), close=True)
         finally:
             self.metrics.in_flight.dec()
             self._record(ex)

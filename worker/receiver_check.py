@@ -49,8 +49,10 @@ def check(query: dict[str, str], sdkappid: int, token: str | None, now: float) -
         raise Rejected(403, "SdkAppid is not ours")
     if token:
         sign, rtime = query.get("Sign", ""), query.get("RequestTime", "")
-        if not sign or not rtime.isdigit():
-            raise Rejected(401, "missing Sign or RequestTime")
+        # ASCII only: '²'.isdigit() is true but int() refuses it, and compare_digest raises
+        # on a non-ASCII str; either would be a 500 with a traceback, not a 401.
+        if not sign or not sign.isascii() or not (rtime.isascii() and rtime.isdigit()):
+            raise Rejected(401, "missing or malformed Sign or RequestTime")
         if abs(now - int(rtime)) > MAX_AGE:
             raise Rejected(401, "RequestTime is more than 60 s from now")
         if not hmac.compare_digest(expected_sign(token, rtime), sign.lower()):

@@ -141,6 +141,16 @@ class Reconciler:
                         self._soon(now + 1.0)
                 updates[f"last:{room}"] = "" if last is None else last
             updates[f"obs:{room}"] = json.dumps(waiting)
+        fixes = {r: d for r, d in fixes.items() if d}
+        if fixes and self.battle.has_ended(rt.tclock.earliest(), endgame.END_MARGIN):
+            # Judged after the end (a read of the last seconds is judged ~2.6 s later): no
+            # write can land any more, so nothing is decided; the drift is logged, and the
+            # reads stay judged.
+            log.warning("drift of %s confirmed after its end, not corrected: %s",
+                        self.battle.battle_id, fixes,
+                        extra={"battle_id": self.battle.battle_id})
+            bump(rt.redis, "late_drift", len(fixes))
+            fixes = {}
         if fixes:
             self.correct(fixes)
         readable = self._readable(updates, recon, secs, mark, now)

@@ -42,8 +42,11 @@ def dead_letter_unknown(sender: Any = None, message: Any = None, name: Any = Non
     try:
         from worker.ingest import dead_letter
         from worker.runtime import get_runtime
+        from worker.stats import bump
 
-        dead_letter(get_runtime(), unknown_task_entry(message, name), id,
+        rt = get_runtime()
+        dead_letter(rt, unknown_task_entry(message, name), id,
                     f"unknown task {str(name)[:100]!r}")
+        bump(rt.redis, "dead_lettered")
     except Exception:  # the consumer must go on; Celery has logged the body
         log.exception("could not dead-letter a message of unknown task %r", str(name)[:100])
