@@ -88,18 +88,20 @@ def test_dotenv_file_is_read(tmp_path, monkeypatch):
 
 
 # --- Redis URLs: what kombu (the broker) and the worker's own redis-py client both open -----
+# (sentinel:// in detail, with a real Sentinel: tests/test_sentinel.py)
 
-@pytest.mark.parametrize("url", ["redis://localhost:6379/0", "rediss://:pw@redis.example:6380/1"])
+@pytest.mark.parametrize("url", ["redis://localhost:6379/0", "rediss://:pw@redis.example:6380/1",
+                                 "sentinel://s1:26379/0",
+                                 "sentinel://:pw@s1:26379;sentinel://:pw@s2:26379"])
 def test_broker_url_accepts_what_kombu_and_the_worker_both_open(url):
-    s = make(redis_url=url)
+    s = make(redis_url=url, sentinel_master="mymaster")
     assert s.redis_url == url and s.state_url == url
 
 
 @pytest.mark.parametrize("url,why", [
     ("redis+cluster://redis-a:7000", "Redis Cluster"),
-    ("sentinel://s1:26379", "Sentinel"),
-    ("sentinel://s1:26379;sentinel://s2:26379", "several URLs"),
     ("redis://a:6379;redis://b:6379", "several URLs"),
+    ("sentinel://s1:26379;redis://b:6379", "sentinel:// URL"),
     ("redis+socket:///run/redis.sock", "Unix socket"),
     ("unix:///run/redis.sock", "Unix socket"),
     ("http://redis:6379", "must be"),
@@ -107,16 +109,28 @@ def test_broker_url_accepts_what_kombu_and_the_worker_both_open(url):
 ])
 def test_broker_url_refuses_what_either_cannot_open(url, why):
     with pytest.raises(ValidationError) as err:
-        make(redis_url=url)
+        make(redis_url=url, sentinel_master="mymaster")
     assert why in str(err.value)
 
 
-def test_state_url_takes_a_cluster_but_no_sentinel():
+def test_state_url_takes_a_cluster_or_a_sentinel():
     s = make(state_redis_url="redis+cluster://redis-a:7000")
     assert s.state_url == "redis+cluster://redis-a:7000" and s.redis_url != s.state_url
-    for url in ("sentinel://s1:26379", "rediss+cluster://redis-a:7000", "unix:///run/r.sock"):
+    s = make(state_redis_url="sentinel://s1:26379/1", sentinel_master="mymaster")
+    assert s.state_url == "sentinel://s1:26379/1" and s.redis_url != s.state_url
+    for url in ("sentinel://s1:26379", "rediss+cluster://redis-a:7000", "unix:///run/r.sock",
+                "redis+cluster://a:7000;redis+cluster://b:7000"):
         with pytest.raises(ValidationError):
-            make(state_redis_url=url)
+            make(state_redis_url=url)  # the Sentinel: no SCORER_SENTINEL_MASTER
+
+
+def test_sentinel_passwords_are_masked():
+    s = make(redis_url="sentinel://:hunter2@s1:26379;sentinel://:hunter2@s2:26379",
+             sentinel_master="mymaster", sentinel_password="sentinel-pw")
+    shown = s.masked()
+    assert "hunter2" not in shown["SCORER_REDIS_URL"] and "s1:26379" in shown["SCORER_REDIS_URL"]
+    assert shown["SCORER_SENTINEL_PASSWORD"] == "********" and "sentinel-pw" not in repr(s)
+    assert shown["SCORER_SENTINEL_MASTER"] == "mymaster"
 
 
 def test_blank_urls_and_token_mean_unset():
@@ -128,8 +142,12 @@ def test_blank_urls_and_token_mean_unset():
 
 @pytest.mark.parametrize("env,var", [
     ({"SCORER_REDIS_URL": "redis+cluster://:hunter2@redis-a:7000"}, "SCORER_REDIS_URL"),
-    ({"SCORER_REDIS_URL": "sentinel://:hunter2@s1:26379"}, "SCORER_REDIS_URL"),
-    ({"SCORER_STATE_REDIS_URL": "sentinel://:hunter2@s1:26379"}, "SCORER_STATE_REDIS_URL"),
+    ({"SCORER_REDIS_URL": "sentinel://:hunter2@s1:26379"}, "SCORER_SENTINEL_MASTER"),
+    ({"SCORER_STATE_REDIS_URL": "sentinel://:hunter2@s1:26379"}, "SCORER_SENTINEL_MASTER"),
+    ({"SCORER_REDIS_URL": "sentinel://:hunter2@s1:26379;sentinel://:other@s2:26379",
+      "SCORER_SENTINEL_MASTER": "mymaster"}, "SCORER_REDIS_URL"),
+    ({"SCORER_STATE_REDIS_URL": "sentinel://:hunter2@s1:99999",
+      "SCORER_SENTINEL_MASTER": "mymaster"}, "SCORER_STATE_REDIS_URL"),
 ])
 def test_bad_redis_url_stops_with_one_line_without_its_password(env, var, tmp_path):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}

@@ -6,7 +6,7 @@ from kombu import Queue
 
 from worker import keys
 from worker.schedule import tick_seconds
-from worker.settings import load_settings
+from worker.settings import is_sentinel_url, load_settings, sentinel_kwargs
 
 # Only what Celery needs (broker, queue, tick): Flower and the receiver load this configuration
 # too, and their containers never hold the Tencent credentials. The worker and the beat still
@@ -30,6 +30,16 @@ broker_transport_options = {
     "health_check_interval": 10,
     "socket_keepalive": True,
 }
+if is_sentinel_url(broker_url):
+    # kombu's Sentinel transport asks the listed Sentinels where this master is, and follows
+    # it through a failover. It gives the URL's user and password to the master only; the
+    # Sentinels get `sentinel_kwargs` alone (kombu's SentinelChannel._sentinel_managed_pool),
+    # so their own password, if any, goes there, and timeouts: without sentinel_kwargs
+    # redis-py gives the Sentinels the master's socket options, which set none here, and a
+    # black-holed Sentinel would stall every reconnection.
+    broker_transport_options.update(
+        master_name=_settings.sentinel_master,
+        sentinel_kwargs=sentinel_kwargs(_settings.sentinel_secret))
 
 # JSON only: producers in any language can send, and no pickle ever reaches a worker.
 task_serializer = "json"

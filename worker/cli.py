@@ -139,7 +139,7 @@ def _health_beat(args) -> int:
     max_age = args.max_age if args.max_age is not None else max(
         10.0, 40 * tick_seconds(s.flush_interval))
     try:
-        age = metrics.beat_publish_age(metrics_http.connect(s.state_url, args.timeout))
+        age = metrics.beat_publish_age(metrics_http.connect(s.state_url, args.timeout, s))
     except RedisError as err:
         print(f"beat: Redis unavailable ({type(err).__name__})", file=sys.stderr)
         return 1

@@ -18,8 +18,6 @@ from urllib.parse import urlsplit
 
 import redis as redis_lib
 from prometheus_client.exposition import choose_encoder
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 log = logging.getLogger("scorer.metrics")
 
@@ -33,25 +31,21 @@ SOCKET_TIMEOUT = 10.0
 REDIS_TIMEOUT = 2.0
 
 
-def connect(url: str, timeout: float = REDIS_TIMEOUT):
-    """A Redis client with short timeouts (Redis Cluster for `redis+cluster://` URLs)."""
-    if url.startswith("redis+cluster://"):
-        from redis.cluster import RedisCluster
+def connect(url: str, timeout: float = REDIS_TIMEOUT, settings=None):
+    """A Redis client that fails within `timeout` (runtime.connect's quick client), through
+    the Sentinels `settings` name for a sentinel:// URL."""
+    from worker.runtime import connect as redis_connect
 
-        return RedisCluster.from_url("redis://" + url[len("redis+cluster://"):],
-                                     decode_responses=True, socket_timeout=timeout,
-                                     socket_connect_timeout=timeout)
-    # One quick retry (a pooled connection a Redis restart closed), not redis-py's default
-    # ten with back-off: a scrape or a healthcheck must say "down" within its own timeout.
-    return redis_lib.Redis.from_url(url, decode_responses=True, socket_timeout=timeout,
-                                    socket_connect_timeout=timeout,
-                                    retry=Retry(NoBackoff(), 1))
+    master = getattr(settings, "sentinel_master", None)
+    secret = settings.sentinel_secret if settings is not None else None
+    return redis_connect(url, master, secret, quick=timeout)
 
 
 def clients(settings):
     """(state Redis, broker Redis) for `settings`: one client when they are the same URL."""
-    state = connect(settings.state_url)
-    broker = state if settings.redis_url == settings.state_url else connect(settings.redis_url)
+    state = connect(settings.state_url, settings=settings)
+    broker = state if settings.redis_url == settings.state_url else connect(
+        settings.redis_url, settings=settings)
     return state, broker
 
 
@@ -63,6 +57,7 @@ def configure_logging(settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/%(name)s] %(message)s"))
     secrets = [urlsplit(u).password or "" for u in (settings.redis_url, settings.state_url)]
+    secrets.append(settings.sentinel_secret or "")
     logs.configure([handler], settings.log_format, secrets)
     logger = logging.getLogger("scorer")
     logger.addHandler(handler)

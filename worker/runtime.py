@@ -8,26 +8,62 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from worker import scripts
 from worker.ratelimit import RedisRateLimiter
-from worker.settings import Settings, get_settings
+from worker.settings import Settings, get_settings, is_sentinel_url
 from worker.tclock import TencentClock
 from worker.tencent import TencentClient
 
 
-def connect(url: str) -> redis.Redis:
-    """A Redis client (Redis Cluster for `redis+cluster://` URLs), replies decoded as str."""
+def connect(url: str, sentinel_master: str | None = None,
+            sentinel_password: str | None = None, quick: float | None = None) -> redis.Redis:
+    """A Redis client, replies decoded as str: a Redis Cluster for `redis+cluster://` URLs, the
+    current master named `sentinel_master` for `sentinel://` URLs (one Sentinel or kombu's ';'
+    list; `sentinel_password` for the Sentinels themselves), one server otherwise.
+
+    `quick`: a client that must say "down" within its caller's own deadline (a metrics scrape,
+    a health check, the beat's hook): `quick` s timeouts and one immediate retry (a pooled
+    connection a Redis restart closed), not redis-py's default retries with back-off."""
+    if quick is not None:
+        options = {"decode_responses": True, "socket_timeout": quick,
+                   "socket_connect_timeout": quick, "retry": Retry(NoBackoff(), 1)}
+    else:
+        # A timeout on every command: a half-open connection must not hang a lock's
+        # heartbeat or a flush forever (no command of ours blocks on purpose).
+        options = {"decode_responses": True, "health_check_interval": 10,
+                   "socket_keepalive": True, "retry_on_timeout": True, "socket_timeout": 10,
+                   "socket_connect_timeout": 5}
     if url.startswith("redis+cluster://"):
         from redis.cluster import RedisCluster
 
-        return RedisCluster.from_url("redis://" + url[len("redis+cluster://"):],
-                                     decode_responses=True)
-    # A timeout on every command: a half-open connection must not hang a lock's heartbeat or
-    # a flush forever (no command of ours blocks on purpose).
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=10,
-                                socket_keepalive=True, retry_on_timeout=True,
-                                socket_timeout=10, socket_connect_timeout=5)
+        cluster = {"decode_responses": True}
+        if quick is not None:
+            cluster.update(socket_timeout=quick, socket_connect_timeout=quick)
+        return RedisCluster.from_url("redis://" + url[len("redis+cluster://"):], **cluster)
+    if is_sentinel_url(url):
+        return _sentinel_master(url, sentinel_master, sentinel_password, **options)
+    return redis.Redis.from_url(url, **options)
+
+
+def _sentinel_master(url: str, master: str | None, sentinel_password: str | None,
+                     **options) -> redis.Redis:
+    """The master's client through its Sentinels, as kombu's Sentinel transport builds it: the
+    URL's user, password and database go to the master, the Sentinels get `sentinel_kwargs`.
+    The client asks a Sentinel for the master's address on each new connection, so it follows
+    a failover (connections to the old master are dropped)."""
+    from redis.sentinel import Sentinel
+
+    from worker.settings import parse_sentinel_url, sentinel_kwargs
+
+    if not master:
+        raise ValueError("a sentinel:// URL needs the master's name (SCORER_SENTINEL_MASTER)")
+    parsed = parse_sentinel_url(url)
+    sentinel = Sentinel(list(parsed.nodes), sentinel_kwargs=sentinel_kwargs(sentinel_password))
+    return sentinel.master_for(master, db=parsed.db, username=parsed.username,
+                               password=parsed.password, **options)
 
 
 @dataclass
@@ -53,7 +89,9 @@ class Runtime:
         """The broker's Redis (kombu's queues live there): the state Redis when they are one."""
         if self._broker is None:
             same = self.settings.redis_url == self.settings.state_url
-            self._broker = self.redis if same else connect(self.settings.redis_url)
+            self._broker = self.redis if same else connect(
+                self.settings.redis_url, self.settings.sentinel_master,
+                self.settings.sentinel_secret)
         return self._broker
 
     def script(self, name: str, broker: bool = False):
@@ -71,7 +109,7 @@ def build_runtime(settings: Settings, clock: Callable[[], float] = time.time) ->
     """A runtime for `settings`: state Redis, shared limiter, Tencent client."""
     from worker.metrics import record_call
 
-    r = connect(settings.state_url)
+    r = connect(settings.state_url, settings.sentinel_master, settings.sentinel_secret)
     limiter = RedisRateLimiter(r, settings.api_rate)
     client = TencentClient(settings, limiter)
 

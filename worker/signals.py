@@ -34,7 +34,7 @@ def _setup_logging(logger: logging.Logger, *args, **kwargs) -> None:
     from worker import logs
 
     s = _settings()
-    secrets = [s.secret_key.get_secret_value()]
+    secrets = [s.secret_key.get_secret_value(), s.sentinel_secret or ""]
     if s.callback_token:
         secrets.append(s.callback_token.get_secret_value())
     logs.configure(logger.handlers, s.log_format, secrets)
@@ -68,7 +68,7 @@ def record_tick_publish(sender=None, headers=None, **kwargs) -> None:
             from worker.metrics_http import connect
 
             # Short timeouts: this runs inside beat's scheduling loop.
-            _client = connect(_settings().state_url, timeout=1.0)
+            _client = connect(_settings().state_url, timeout=1.0, settings=_settings())
         metrics.record_beat_publish(_client, now)
     except Exception as err:  # noqa: BLE001
         # Anything at all: a hook that raises would break the beat's publish loop.
