@@ -77,16 +77,14 @@ def wait_idle(r: redis.Redis, timeout: float = 120, poll: float = 0.1) -> None:
 class Bench:
     """Owns the processes of one benchmark invocation."""
 
-    def __init__(self, workers: int, concurrency: int | None, prefix: str = "bs-bench-",
-                 sandbox_priority: int = 0) -> None:
+    def __init__(self, workers: int, concurrency: int | None, prefix: str = "bs-bench-") -> None:
         """`concurrency` None: one worker named `worker`, started as the README says (Celery's
         default concurrency)."""
         self.key = secrets.token_hex(16)
         self.logdir = tempfile.mkdtemp(prefix=prefix)
         self.redis_server = RedisServer().start()
         self.r = redis.Redis.from_url(self.redis_server.url, decode_responses=True)
-        self.sandbox_process = SandboxProcess(SDKAPPID, self.key, self.logdir,
-                                              priority=sandbox_priority)
+        self.sandbox_process = SandboxProcess(SDKAPPID, self.key, self.logdir)
         self.sandbox, self.sandbox_url = self.sandbox_process.proc, self.sandbox_process.url
         self.ctl = self.sandbox_process.ctl
         self.procs = Processes(scorer_env(SDKAPPID, self.key, self.sandbox_url,
@@ -431,8 +429,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="worker processes per worker (default: Celery's, as the README starts it)")
     p.add_argument("--modes", default="scorer,naive", help="which integrations to run")
     p.add_argument("--no-ingest", action="store_true", help="skip the ingest drains")
-    p.add_argument("--sandbox-priority", type=int, default=0,
-                   help="run the sandbox this many nice levels above the rest (root only)")
     p.add_argument("--json", help="also write the figures here")
     p.add_argument("--results", help="write the table here, keeping the notes below it "
                    "(default: bench/RESULTS.md, for a full run only: ingest and both modes)")
@@ -440,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.results is None and not args.no_ingest and set(args.modes.split(",")) == {
             "scorer", "naive"}:
         args.results = str(ROOT / "bench" / "RESULTS.md")
-    bench = Bench(args.workers, args.concurrency, sandbox_priority=args.sandbox_priority)
+    bench = Bench(args.workers, args.concurrency)
     table: list[str] = []
 
     def emit(line: str) -> None:

@@ -291,13 +291,7 @@ def process_tree_cpu(pid: int) -> float:
 class SandboxProcess:
     """The Tencent sandbox as its own process on a free loopback port (benchmarks)."""
 
-    def __init__(self, sdkappid: int, secret_key: str, logdir: str | Path,
-                 priority: int = 0) -> None:
-        """`priority` > 0 runs it that many nice levels above the rest (root only): the
-        sandbox stands in for Tencent's servers, which our own load never starves; on a
-        saturated machine a starved sandbox handles a stalled burst of calls at once and
-        counts them in one second of its frequency window (100012) although they left the
-        client spread out, a stall that Tencent's frontends do not have."""
+    def __init__(self, sdkappid: int, secret_key: str, logdir: str | Path) -> None:
         from worker.sandbox_control import SandboxControl
 
         port = free_port()
@@ -306,8 +300,7 @@ class SandboxProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", "sandbox", "--port", str(port)], env=env,
             stdout=open(Path(logdir) / "sandbox.log", "w"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=(lambda: os.nice(-priority)) if priority > 0 else None)
+            start_new_session=True)
         self.url = f"http://127.0.0.1:{port}"
         self.ctl = SandboxControl(self.url)
         for _ in range(100):
