@@ -18,6 +18,7 @@ from tests.conftest import ROOT, celery_cmd, worker_env
 from tests.helpers import end_body, gift_body, start_body, wait_for
 from worker import stats
 from worker.sandbox_control import SandboxControl
+from worker.stack import stop_all
 
 DURATION = 30  # seconds
 
@@ -37,18 +38,13 @@ def stack(settings, tmp_path):
     producer.conf.task_serializer = "json"
     # Ready: the control worker ticks (the ingest watermark moves), so reconcile can read.
     r = redis.Redis.from_url(settings.redis_url)
-    wait_for(lambda: float(r.hget("bs:ingest:watermark", "w") or 0) > 0, timeout=60,
-             what="the control worker's first ticks")
-    r.close()
-    yield producer, tmp_path
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-    assert all(p.returncode is not None for p in procs)
+    try:  # processes are stopped even when start-up fails (a leak outlives the test run)
+        wait_for(lambda: float(r.hget("bs:ingest:watermark", "w") or 0) > 0, timeout=60,
+                 what="the control worker's first ticks")
+        r.close()
+        yield producer, tmp_path
+    finally:
+        stop_all(procs, 30)
 
 
 def test_battles_end_exact_under_faults(stack, sandbox, rt):

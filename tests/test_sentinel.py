@@ -18,7 +18,7 @@ from tests.conftest import ROOT, SDKAPPID, SECRET, celery_cmd, worker_env
 from tests.helpers import gift_body, start_body, wait_for
 from worker import keys
 from worker.settings import SENTINEL_PORT, Settings, parse_sentinel_url
-from worker.stack import RedisServer, free_port, redis_server_bin
+from worker.stack import RedisServer, free_port, redis_server_bin, stop_all
 
 MASTER = "mymaster"
 MASTER_PASSWORD = "master-pw-5f2a"
@@ -76,13 +76,7 @@ class SentinelProcess:
         return f"{dead};{self.url(db)}" if dead_first else f"{self.url(db)};{dead}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_all([self.proc])
         self.log.close()
 
 
@@ -360,14 +354,7 @@ def stack(sentinel, master, sandbox, tmp_path, monkeypatch):
                  what="the worker's first ticks through the Sentinel")
         yield settings, direct, tmp_path
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_all(procs, 30)
         direct.close()
 
 

@@ -19,6 +19,7 @@ from tests.conftest import ROOT, celery_cmd, worker_env
 from tests.helpers import gift_body, start_body, wait_for
 from worker import keys
 from worker.sandbox_control import SandboxControl
+from worker.stack import stop_all
 
 QUEUE = "scorer"
 ROOMS = {"sb_r1": "sb_o1", "sb_r2": "sb_o2"}
@@ -44,17 +45,13 @@ def shared(settings, tmp_path):
                          stdout=open(tmp_path / "shop.log", "w"), stderr=subprocess.STDOUT),
     ]
     r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    wait_for(lambda: float(r.hget(keys.INGEST_WATERMARK, "w") or 0) > 0, timeout=60,
-             what="the scorer's first ticks")
-    yield r, tmp_path
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-    r.close()
+    try:  # processes are stopped even when start-up fails (a leak outlives the test run)
+        wait_for(lambda: float(r.hget(keys.INGEST_WATERMARK, "w") or 0) > 0, timeout=60,
+                 what="the scorer's first ticks")
+        yield r, tmp_path
+    finally:
+        stop_all(procs, 30)
+        r.close()
 
 
 def test_scorer_and_app_share_a_redis_and_lose_nothing(shared, settings, sandbox):

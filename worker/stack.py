@@ -58,6 +58,19 @@ def wait_for_redis(port: int, deadline: float, proc: subprocess.Popen | None = N
         client.close()
 
 
+def stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
+    """SIGTERM every process at once, then give each `grace` s before SIGKILL."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
 class RedisServer:
     """A redis-server process we own, on a loopback port, in a temporary directory."""
 
@@ -84,13 +97,8 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc:
+            stop_all([self.proc])
 
     def kill(self) -> None:
         """SIGKILL the server (a crash, not a shutdown): with appendonly its AOF keeps what
