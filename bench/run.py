@@ -63,6 +63,10 @@ class Run:
     peak_ingest_queue: int = 0
     peak_control_queue: int = 0
     cpu: dict[str, float] = field(default_factory=dict)  # % of one core per component
+    #: set_battle_score calls a second while battles were running: all, and those made in
+    #: a battle's last END_SHARE s (its end game: deadline calls that go before freshness)
+    calls_per_s: float = 0.0
+    end_calls_per_s: float = 0.0
 
 
 def wait_idle(r: redis.Redis, timeout: float = 120, poll: float = 0.1) -> None:
@@ -282,6 +286,7 @@ class Bench:
                         and c["error_code"] is None and c["fault"] is None)
         run.refused_100012 = sum(1 for c in calls if c["error_code"] == 100012)
         run.max_calls_1s = state["max_calls_per_second"].get("set_battle_score", 0)
+        run.calls_per_s, run.end_calls_per_s = _call_split(battles, calls)
         for i, (bid, rooms, _) in enumerate(battles):
             scores = state["battles"][bid]["scores"]
             ok = True
@@ -300,6 +305,25 @@ class Bench:
         run.peak_ingest_queue, run.peak_control_queue = peak["ingest_q"], peak["control_q"]
         run.redis_per_battle = max(0, peak["redis"] - redis_base) / max(1, n)
         return run
+
+
+#: A call within this many seconds of its battle's end counts as the end game's.
+END_SHARE = 3.0
+
+
+def _call_split(battles, calls) -> tuple[float, float]:
+    """set_battle_score calls a second while battles run (first start to last end): all of
+    them, and those in their battle's last END_SHARE s. What the end game takes first, the
+    freshness flushes of every other battle cannot use."""
+    ends = {bid: end for bid, _, end in battles}
+    ok = [c for c in calls if c["api"] == "set_battle_score" and c["error_code"] is None
+          and (c["body"] or {}).get("BattleId") in ends]
+    if not ok or not ends:
+        return 0.0, 0.0
+    first = min(c["t"] for c in ok)
+    span = max(1.0, max(ends.values()) - first)
+    near = sum(1 for c in ok if 0 <= ends[c["body"]["BattleId"]] - c["t"] <= END_SHARE)
+    return len(ok) / span, near / span
 
 
 def fair_share(n: int, rate: int = 200) -> float:
@@ -488,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
                  f"{_pct(nv.latencies, .5)} / {_pct(nv.latencies, .99)} / "
                  f"{_pct(nv.latencies, 1)}"),
                 ("fair-share bound N / (0.9 x rate) + 1 s", f"{fair_share(n):.1f}s", ""),
+                ("set_battle_score calls/s while running: all / last 3 s",
+                 f"{s.calls_per_s:.0f} / {s.end_calls_per_s:.0f}",
+                 f"{nv.calls_per_s:.0f} / {nv.end_calls_per_s:.0f}"),
                 ("peak queue, messages (ingest / control)",
                  f"{s.peak_ingest_queue} / {s.peak_control_queue}",
                  f"{nv.peak_ingest_queue} / {nv.peak_control_queue}"),
