@@ -93,6 +93,8 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
             time.sleep(0.2)
         ctl.fault_rates({k: fault_rate for k in FAULTS}, latency=0.3, seed=seed)
 
+        plan: list[dict] = []  # every gift, for CHAOS_DEBUG
+
         def send(body, eid=None):
             for _ in range(50):  # the producer retries while Redis restarts
                 try:
@@ -154,6 +156,8 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
                                      and (rng.random() < 0.05 or (i, k) == (first_clean, 0)))
                         gift = {"RoomId": room, "To_Account": [rooms[room]],
                                 "From_Account": "v", "Coins": coins, "Count": 1}
+                        plan.append({"t": round(now - start, 2), "room": room, "eid": eid,
+                                     "coins": coins, "lost": lost, "uncounted": uncounted})
                         if not uncounted:
                             ctl.count_gifts([gift])
                             truth[(bid, room)] += coins
@@ -208,6 +212,7 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
                         log(json.dumps([h for h in sandbox.state.history
                                         if h["battle"] == bid and h["room"] == room]))
                         log(json.dumps(r.lrange(bk.flushes, 0, -1)))
+                        log("PLAN " + json.dumps([g for g in plan if g["room"] == room]))
                         log(json.dumps([{k: c.get(k) for k in ("t", "api", "fault",
                                                                  "error_code", "t_landed")}
                                         | {"scores": (c.get("body") or {}).get("ScoreList"),

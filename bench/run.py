@@ -312,12 +312,12 @@ END_SHARE = 3.0
 
 
 def _call_split(battles, calls) -> tuple[float, float]:
-    """set_battle_score calls a second while battles run (first start to last end): all of
+    """set_battle_score calls a second while battles run (first call to last end): all of
     them, and those in their battle's last END_SHARE s. What the end game takes first, the
     freshness flushes of every other battle cannot use."""
     ends = {bid: end for bid, _, end in battles}
     ok = [c for c in calls if c["api"] == "set_battle_score" and c["error_code"] is None
-          and (c["body"] or {}).get("BattleId") in ends]
+          and c["fault"] is None and (c["body"] or {}).get("BattleId") in ends]
     if not ok or not ends:
         return 0.0, 0.0
     first = min(c["t"] for c in ok)

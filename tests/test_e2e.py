@@ -41,9 +41,9 @@ def stack(settings, tmp_path):
     try:  # processes are stopped even when start-up fails (a leak outlives the test run)
         wait_for(lambda: float(r.hget("bs:ingest:watermark", "w") or 0) > 0, timeout=60,
                  what="the control worker's first ticks")
-        r.close()
         yield producer, tmp_path
     finally:
+        r.close()
         stop_all(procs, 30)
 
 

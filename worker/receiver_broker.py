@@ -40,9 +40,15 @@ class CeleryBroker:
         self.pool = self._connection().Pool(limit=pool_size)
 
     def _connection(self) -> Any:
-        return self.app.connection_for_write(
-            self.url, connect_timeout=self.timeout,
-            transport_options=fast_fail_options(self.timeout))
+        options = fast_fail_options(self.timeout)
+        # Through Sentinels, their own connections fail as fast (Celery merges these options
+        # over the worker's, whose Sentinel timeouts are a consumer's: 5 and 10 s).
+        sentinels = (self.app.conf.broker_transport_options or {}).get("sentinel_kwargs")
+        if sentinels:
+            options["sentinel_kwargs"] = {**sentinels, "socket_timeout": self.timeout,
+                                          "socket_connect_timeout": self.timeout}
+        return self.app.connection_for_write(self.url, connect_timeout=self.timeout,
+                                             transport_options=options)
 
     def enqueue(self, body: dict, event_id: str | None) -> None:
         """Send one body to `scorer.webhook`; raises if the broker did not take it."""

@@ -44,12 +44,12 @@ def connect(url: str, sentinel_master: str | None = None,
             cluster.update(socket_timeout=quick, socket_connect_timeout=quick)
         return RedisCluster.from_url("redis://" + url[len("redis+cluster://"):], **cluster)
     if is_sentinel_url(url):
-        return _sentinel_master(url, sentinel_master, sentinel_password, **options)
+        return _sentinel_master(url, sentinel_master, sentinel_password, quick, **options)
     return redis.Redis.from_url(url, **options)
 
 
 def _sentinel_master(url: str, master: str | None, sentinel_password: str | None,
-                     **options) -> redis.Redis:
+                     quick: float | None, **options) -> redis.Redis:
     """The master's client through its Sentinels, as kombu's Sentinel transport builds it: the
     URL's user, password and database go to the master, the Sentinels get `sentinel_kwargs`.
     The client asks a Sentinel for the master's address on each new connection, so it follows
@@ -61,7 +61,8 @@ def _sentinel_master(url: str, master: str | None, sentinel_password: str | None
     if not master:
         raise ValueError("a sentinel:// URL needs the master's name (SCORER_SENTINEL_MASTER)")
     parsed = parse_sentinel_url(url)
-    sentinel = Sentinel(list(parsed.nodes), sentinel_kwargs=sentinel_kwargs(sentinel_password))
+    sentinel = Sentinel(list(parsed.nodes),
+                        sentinel_kwargs=sentinel_kwargs(sentinel_password, quick))
     return sentinel.master_for(master, db=parsed.db, username=parsed.username,
                                password=parsed.password, **options)
 

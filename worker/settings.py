@@ -264,7 +264,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     return SentinelURL(tuple(nodes), username, password, db)
 
 
-def sentinel_kwargs(password: str | None) -> dict:
+def sentinel_kwargs(password: str | None, timeout: float | None = None) -> dict:
     """Connection options for the Sentinels themselves (redis-py's and kombu's
     `sentinel_kwargs`): timeouts and a single attempt, so that a dead Sentinel costs at most
     seconds before the next one is asked, and SCORER_SENTINEL_PASSWORD if they want one."""
@@ -275,8 +275,10 @@ def sentinel_kwargs(password: str | None) -> dict:
     # back-off) spends ~4 s on a Sentinel that refuses connections before asking the next,
     # and every fresh client pays it again (kombu builds one per connection pool). A master
     # not found at all is retried by the master's own connection retries.
-    kwargs: dict = {"socket_timeout": 10, "socket_connect_timeout": 5, "socket_keepalive": True,
-                    "retry": Retry(NoBackoff(), 0)}
+    # `timeout`: a quick client's (runtime.connect(quick=...)), which must say "down" within
+    # its caller's deadline even when a Sentinel hangs rather than refuses.
+    kwargs: dict = {"socket_timeout": timeout or 10, "socket_connect_timeout": timeout or 5,
+                    "socket_keepalive": True, "retry": Retry(NoBackoff(), 0)}
     if password:
         kwargs["password"] = password
     return kwargs

@@ -68,7 +68,11 @@ def stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
             p.wait(grace)
         except subprocess.TimeoutExpired:
             p.kill()
+    for p in procs:  # reap: a SIGKILLed process ends at once
+        try:
             p.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 class RedisServer:
