@@ -50,3 +50,22 @@ def test_task_events_show_summaries_and_logs_hold_no_secret(settings, tmp_path, 
     log = (tmp_path / "sec.log").read_text()
     assert SECRET not in log and "body-only-text" not in log
     assert "usersig=" not in log  # httpx's request lines would carry the UserSig
+
+
+def test_redis_passwords_are_redacted_from_log_lines_as_written_and_decoded():
+    """Defence in depth: no code path logs a Redis URL, but a library error might echo one."""
+    import logging
+
+    from worker import logs
+
+    found = logs.url_passwords("redis://:p%40ss-word@h:6379/0",
+                               "sentinel://:s3ntinel-pw@a:26379;sentinel://:s3ntinel-pw@b", None)
+    assert {"p%40ss-word", "p@ss-word", "s3ntinel-pw"} <= set(found)
+    handler = logging.StreamHandler()
+    logs.configure([handler], "text", found)
+    record = logging.LogRecord("scorer", logging.WARNING, __file__, 1,
+                               "cannot reach redis://:p@ss-word@h and :s3ntinel-pw@a", None, None)
+    for f in handler.filters:
+        f.filter(record)
+    text = record.getMessage()
+    assert "p@ss-word" not in text and "s3ntinel-pw" not in text

@@ -48,6 +48,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+def url_passwords(*urls: str | None) -> list[str]:
+    """The passwords in these Redis URLs (each URL of a ';' Sentinel list), as written and
+    percent-decoded: secrets for the log filter."""
+    from urllib.parse import unquote, urlsplit
+
+    out: list[str] = []
+    for url in urls:
+        for part in (url or "").split(";"):
+            try:
+                password = urlsplit(part.strip()).password
+            except ValueError:
+                continue
+            if password:
+                out += [password, unquote(password)]
+    return out
+
+
 def configure(handlers: list[logging.Handler], fmt: str, secrets: list[str]) -> None:
     """Apply the chosen format and the secret filter to these handlers."""
     redact = RedactSecrets(secrets)

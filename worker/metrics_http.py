@@ -56,7 +56,7 @@ def configure_logging(settings) -> None:
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/%(name)s] %(message)s"))
-    secrets = [urlsplit(u).password or "" for u in (settings.redis_url, settings.state_url)]
+    secrets = logs.url_passwords(settings.redis_url, settings.state_url)
     secrets.append(settings.sentinel_secret or "")
     logs.configure([handler], settings.log_format, secrets)
     logger = logging.getLogger("scorer")

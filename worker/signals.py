@@ -34,7 +34,8 @@ def _setup_logging(logger: logging.Logger, *args, **kwargs) -> None:
     from worker import logs
 
     s = _settings()
-    secrets = [s.secret_key.get_secret_value(), s.sentinel_secret or ""]
+    secrets = [s.secret_key.get_secret_value(), s.sentinel_secret or "",
+               *logs.url_passwords(s.redis_url, s.state_url)]
     if s.callback_token:
         secrets.append(s.callback_token.get_secret_value())
     logs.configure(logger.handlers, s.log_format, secrets)
