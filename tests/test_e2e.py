@@ -7,18 +7,17 @@ and 502s, and checks every room's final score on the sandbox against the truth.
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
 import redis
 from celery import Celery
 
-from tests.conftest import ROOT, celery_cmd, worker_env
+from tests.conftest import worker_env
 from tests.helpers import end_body, gift_body, start_body, wait_for
 from worker import stats
 from worker.sandbox_control import SandboxControl
-from worker.stack import stop_all
+from worker.stack import Processes
 
 DURATION = 30  # seconds
 
@@ -26,25 +25,20 @@ DURATION = 30  # seconds
 @pytest.fixture
 def stack(settings, tmp_path):
     env = worker_env(settings)
-    procs = [
-        subprocess.Popen(celery_cmd("worker", "--loglevel=INFO", "--concurrency=2",
-                                    "-n", "e2e@%h"), cwd=ROOT, env=env,
-                         stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT),
-        subprocess.Popen(celery_cmd("beat", "--loglevel=INFO", "-s",
-                                    str(tmp_path / "beat-schedule")), cwd=ROOT, env=env,
-                         stdout=open(tmp_path / "beat.log", "w"), stderr=subprocess.STDOUT),
-    ]
+    procs = Processes(env, tmp_path)
     producer = Celery(broker=settings.redis_url)
     producer.conf.task_serializer = "json"
     # Ready: the control worker ticks (the ingest watermark moves), so reconcile can read.
     r = redis.Redis.from_url(settings.redis_url)
     try:  # processes are stopped even when start-up fails (a leak outlives the test run)
+        procs.worker("worker", concurrency=2)
+        procs.beat()
         wait_for(lambda: float(r.hget("bs:ingest:watermark", "w") or 0) > 0, timeout=60,
                  what="the control worker's first ticks")
         yield producer, tmp_path
     finally:
         r.close()
-        stop_all(procs, 30)
+        procs.stop(30)
 
 
 def test_battles_end_exact_under_faults(stack, sandbox, rt):

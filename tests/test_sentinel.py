@@ -14,11 +14,11 @@ import redis
 from celery import Celery
 from pydantic import ValidationError
 
-from tests.conftest import ROOT, SDKAPPID, SECRET, celery_cmd, worker_env
+from tests.conftest import ROOT, SDKAPPID, SECRET, worker_env
 from tests.helpers import gift_body, start_body, wait_for
 from worker import keys
 from worker.settings import SENTINEL_PORT, Settings, parse_sentinel_url
-from worker.stack import RedisServer, free_port, redis_server_bin, stop_all
+from worker.stack import Processes, RedisServer, free_port, redis_server_bin, stop_all
 
 MASTER = "mymaster"
 MASTER_PASSWORD = "master-pw-5f2a"
@@ -338,23 +338,17 @@ def stack(sentinel, master, sandbox, tmp_path, monkeypatch):
     settings = make(api_url=sandbox.url, redis_url=sentinel.listed(), sentinel_master=MASTER,
                     flush_interval=0.2, reconcile_interval=2)
     env = worker_env(settings, sentinel_master=MASTER)
-    procs = []
+    procs = Processes(env, tmp_path)
     try:
-        procs.append(subprocess.Popen(
-            celery_cmd("worker", "--loglevel=INFO", "--concurrency=2", "-n", "sentinel@%h"),
-            cwd=ROOT, env=env, stdout=open(tmp_path / "worker.log", "w"),
-            stderr=subprocess.STDOUT))
-        procs.append(subprocess.Popen(
-            celery_cmd("beat", "--loglevel=INFO", "-s", str(tmp_path / "beat-schedule")),
-            cwd=ROOT, env=env, stdout=open(tmp_path / "beat.log", "w"),
-            stderr=subprocess.STDOUT))
+        procs.worker("worker", concurrency=2)
+        procs.beat()
         # Ready: the control worker ticks, and the tick writes the ingest watermark through
         # the worker's own client (runtime.connect), i.e. through the Sentinel.
         wait_for(lambda: float(direct.hget(keys.INGEST_WATERMARK, "w") or 0) > 0, timeout=60,
                  what="the worker's first ticks through the Sentinel")
         yield settings, direct, tmp_path
     finally:
-        stop_all(procs, 30)
+        procs.stop(30)
         direct.close()
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 
@@ -15,11 +13,11 @@ import pytest
 import redis
 from celery import Celery
 
-from tests.conftest import ROOT, celery_cmd, worker_env
+from tests.conftest import ROOT, worker_env
 from tests.helpers import gift_body, start_body, wait_for
 from worker import keys
 from worker.sandbox_control import SandboxControl
-from worker.stack import stop_all
+from worker.stack import Processes
 
 QUEUE = "scorer"
 ROOMS = {"sb_r1": "sb_o1", "sb_r2": "sb_o2"}
@@ -32,25 +30,19 @@ def shared(settings, tmp_path):
     env = worker_env(settings, queue=QUEUE)
     other_env = {**os.environ, "OTHERAPP_BROKER": settings.redis_url,
                  "PYTHONPATH": str(ROOT)}
-    procs = [
-        subprocess.Popen(celery_cmd("worker", "--loglevel=INFO", "--concurrency=1",
-                                    "-n", "scorer@%h"), cwd=ROOT, env=env,
-                         stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT),
-        subprocess.Popen(celery_cmd("beat", "--loglevel=INFO", "-s",
-                                    str(tmp_path / "beat-schedule")), cwd=ROOT, env=env,
-                         stdout=open(tmp_path / "beat.log", "w"), stderr=subprocess.STDOUT),
-        subprocess.Popen([sys.executable, "-m", "celery", "-A", "tests.otherapp", "worker",
-                          "--loglevel=INFO", "--concurrency=1", "-n", "shop@%h"],
-                         cwd=ROOT, env=other_env,
-                         stdout=open(tmp_path / "shop.log", "w"), stderr=subprocess.STDOUT),
-    ]
+    scorer = Processes(env, tmp_path)
+    shop = Processes(other_env, tmp_path, app="tests.otherapp")
     r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     try:  # processes are stopped even when start-up fails (a leak outlives the test run)
+        scorer.worker("worker", concurrency=1)
+        scorer.beat()
+        shop.worker("shop", concurrency=1)
         wait_for(lambda: float(r.hget(keys.INGEST_WATERMARK, "w") or 0) > 0, timeout=60,
                  what="the scorer's first ticks")
         yield r, tmp_path
     finally:
-        stop_all(procs, 30)
+        scorer.stop(30)
+        shop.stop(30)
         r.close()
 
 
