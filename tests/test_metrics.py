@@ -7,7 +7,6 @@ import json
 import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from tests.conftest import ROOT, worker_env
 from worker import keys, metrics, signals
 from worker.metrics import PRIORITY_SEP, record_beat_publish, record_call
 from worker.metrics_http import connect
+from worker.stack import free_port
 
 MONITORING = Path(ROOT) / "monitoring"
 ALERTS = MONITORING / "prometheus" / "alerts.yml"
@@ -30,12 +30,6 @@ NOT_SCORER = {"up"}
 REQUIRED_ALERTS = {"ScorerMetricsDown", "TickStale", "BeatStale", "QueueBacklog",
                    "OldestPendingHigh", "DeadLettersGrowing", "UnappliedGrowing",
                    "AuditCorrections", "TencentErrors", "RateLimitWaits"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metrics_env(settings) -> dict[str, str]:
@@ -148,7 +142,7 @@ def test_missing_state_and_dead_redis_never_fail_the_scrape(rt, settings):
     assert value(s, "scorer_oldest_pending_seconds") == 0
     assert value(s, "scorer_queue_depth", queue="celery", role="input") == 0
     env = metrics_env(settings)
-    env["SCORER_REDIS_URL"] = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens
+    env["SCORER_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens
     with metrics_process(env) as url:
         scrape = httpx.get(f"{url}/metrics", timeout=20)
         health = httpx.get(f"{url}/healthz", timeout=20)
@@ -257,7 +251,7 @@ def test_health_metrics_and_worker(rt, settings):
     env = worker_env(settings)
     with metrics_process(env) as url:
         assert run_cli(env, "health", "metrics", "--url", f"{url}/healthz").returncode == 0
-    out = run_cli(env, "health", "metrics", "--url", f"http://127.0.0.1:{_free_port()}/healthz")
+    out = run_cli(env, "health", "metrics", "--url", f"http://127.0.0.1:{free_port()}/healthz")
     assert out.returncode == 1 and out.stderr.startswith("metrics:")
     out = run_cli(env, "health", "worker", "--timeout", "0.5")  # no worker is running
     assert out.returncode == 1 and "did not answer" in out.stderr
@@ -281,7 +275,7 @@ def test_beat_hook_records_tick_publishes(rt, monkeypatch):
         after_task_publish.disconnect(dispatch_uid="scorer.record_tick_publish")
     assert metrics.beat_publish_age(rt.redis) < 5
     # A Redis that does not answer: the hook neither raises nor retries every tick.
-    dead = connect(f"redis://127.0.0.1:{_free_port()}/0", timeout=0.5)
+    dead = connect(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
     monkeypatch.setattr(signals, "_client", dead)
     signals.record_tick_publish(sender="scorer.tick")
     assert signals._skip_until > time.time()

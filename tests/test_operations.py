@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import ROOT, SDKAPPID, SECRET, worker_env
 from tests.helpers import gift_body, start_body
-from worker import logs, metrics
+from worker import logs, metrics, metrics_http
 from worker.flush import flush_battle
 from worker.ingest import handle
 from worker.receiver import Receiver, Rejected, check, expected_sign
@@ -59,7 +59,7 @@ def test_metrics_report_events_calls_and_battles(rt, sandbox):
     handle(rt, [(start_body(bid, time.time() - 1, 60_000, {"m1": "o1"}), None),
                 (gift_body("m1", "o1", 5), "m-1"), ({"bad": 1}, None)])
     flush_battle(rt, bid)
-    server, _thread = metrics.serve(0, rt.redis, "127.0.0.1")
+    server, _thread = metrics_http.start("127.0.0.1", 0, rt.redis)
     text = "\n".join(
         f"{s.name} {s.labels} {s.value}"
         for fam in metrics.ScorerCollector(rt.redis).collect() for s in fam.samples)

@@ -21,9 +21,10 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from tests.conftest import ROOT, SDKAPPID
+from tests.helpers import wait_for
 from worker.receiver import Limits, Receiver, expected_sign
 from worker.receiver_broker import CeleryBroker
-from worker.stack import RedisServer
+from worker.stack import RedisServer, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,9 +64,7 @@ def signed(token: str | None = TOKEN, **extra) -> dict:
 
 def closed_port() -> int:
     """A loopback port nobody listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 def address(rec: Receiver) -> tuple[str, int]:
@@ -253,9 +252,8 @@ def test_connections_beyond_the_limit_get_503_not_threads():
             threads = threading.active_count()
             for i in range(limits.limit_concurrency):  # the limit, all held open
                 slow.append(slow_request(rec))
-                deadline = time.monotonic() + 3
-                while in_flight(rec) < i + 1 and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                wait_for(lambda n=i + 1: in_flight(rec) >= n, 3, interval=0.01,
+                         what=f"{i + 1} requests in flight")
             assert in_flight(rec) == limits.limit_concurrency
             t0 = time.monotonic()
             for _ in range(3):  # beyond it: answered at once, not queued
@@ -271,9 +269,7 @@ def test_connections_beyond_the_limit_get_503_not_threads():
         finally:
             for s in slow:
                 s.close()
-        deadline = time.monotonic() + 3
-        while in_flight(rec) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: not in_flight(rec), 3, interval=0.01, what="held requests gone")
         assert httpx.post(rec.url, params=signed(), json={}, timeout=5).status_code == 200
         text = httpx.get(rec.url + "/metrics", timeout=5).text
     assert 'scorer_receiver_rejected_total{reason="overload"} 4.0' in text

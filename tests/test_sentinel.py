@@ -389,7 +389,12 @@ def test_a_battle_is_scored_exactly_through_the_sentinel(stack, ctl):
     finally:
         done.set()
         thread.join(5)
-    time.sleep(1.0)  # a few more flushes: nothing is scored twice
+    # Everything settled (queue empty, nothing unacked, pending or in flight): then nothing
+    # can still be scored twice.
+    bk = keys.BattleKeys(bid)
+    wait_for(lambda: not direct.llen("celery") and not direct.hlen("unacked")
+             and not direct.exists(bk.pending) and not direct.exists(bk.inflight),
+             timeout=30, what="the battle settled")
     assert ctl.scores(bid) == truth
     assert not direct.llen(keys.DEAD_LETTERS)
     assert drained.is_set(), "the burst never backed the queue up into a drain"

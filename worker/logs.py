@@ -48,6 +48,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+def secrets_of(settings) -> list[str]:
+    """Every secret a process with these settings may hold, for the log filter: the Tencent
+    key and the callback token (when set), the Sentinels' password, the Redis URLs'
+    passwords. One list for the worker, beat, the metrics process and the receiver."""
+    out = [v.get_secret_value() for v in (getattr(settings, "secret_key", None),
+                                          settings.callback_token) if v]
+    out.append(settings.sentinel_secret or "")
+    return out + url_passwords(settings.redis_url, settings.state_url)
+
+
 def url_passwords(*urls: str | None) -> list[str]:
     """The passwords in these Redis URLs (each URL of a ';' Sentinel list), as written and
     percent-decoded: secrets for the log filter."""

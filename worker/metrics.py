@@ -258,15 +258,3 @@ def registry_for(redis, broker=None, queue: str = "celery") -> CollectorRegistry
     reg = CollectorRegistry()
     reg.register(ScorerCollector(redis, broker, queue))
     return reg
-
-
-def serve(port: int, redis=None, addr: str = "0.0.0.0", broker=None, queue: str | None = None):
-    """Serve /metrics and /healthz on `port` in daemon threads; returns (server, thread)."""
-    from worker import metrics_http
-
-    if redis is None:
-        from worker.runtime import get_runtime
-
-        rt = get_runtime()
-        redis, broker, queue = rt.redis, rt.broker, queue or rt.settings.queue
-    return metrics_http.start(addr, port, redis, broker, queue or "celery")

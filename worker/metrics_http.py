@@ -56,9 +56,7 @@ def configure_logging(settings) -> None:
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/%(name)s] %(message)s"))
-    secrets = logs.url_passwords(settings.redis_url, settings.state_url)
-    secrets.append(settings.sentinel_secret or "")
-    logs.configure([handler], settings.log_format, secrets)
+    logs.configure([handler], settings.log_format, logs.secrets_of(settings))
     logger = logging.getLogger("scorer")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -143,10 +143,8 @@ def _configure_logging(settings: Any) -> None:
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/%(name)s] %(message)s"))
-    # The receiver's settings need no secret key (it never signs a Tencent call): redact
-    # whichever secrets this process holds.
-    secrets = [v.get_secret_value() for v in (settings.secret_key, settings.callback_token) if v]
-    logs.configure([handler], settings.log_format, secrets)
+    # Whichever secrets this process holds (it needs no Tencent key: it never signs a call).
+    logs.configure([handler], settings.log_format, logs.secrets_of(settings))
     for name in ("scorer", "uvicorn"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)

@@ -32,10 +32,8 @@ class CeleryBroker:
                  timeout: float = BROKER_TIMEOUT, pool_size: int = 8) -> None:
         if app is None:  # imported here: building the worker's app reads the settings
             from worker import app
-        if queue is None:
-            from worker.settings import get_settings
-
-            queue = get_settings().queue
+        if queue is None:  # the worker's app routes to SCORER_QUEUE (worker/celeryconfig.py)
+            queue = app.conf.task_default_queue
         self.app, self.queue, self.url, self.timeout = app, queue, url, timeout
         self.pool = self._connection().Pool(limit=pool_size)
 

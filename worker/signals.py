@@ -34,11 +34,7 @@ def _setup_logging(logger: logging.Logger, *args, **kwargs) -> None:
     from worker import logs
 
     s = _settings()
-    secrets = [s.secret_key.get_secret_value(), s.sentinel_secret or "",
-               *logs.url_passwords(s.redis_url, s.state_url)]
-    if s.callback_token:
-        secrets.append(s.callback_token.get_secret_value())
-    logs.configure(logger.handlers, s.log_format, secrets)
+    logs.configure(logger.handlers, s.log_format, logs.secrets_of(s))
     # Quiet at INFO on the hot path: Celery logs every task received and succeeded at INFO,
     # which at thousands of events per second costs more than the events themselves.
     for name in ("celery.app.trace", "celery.worker.strategy"):
@@ -66,10 +62,10 @@ def record_tick_publish(sender=None, headers=None, **kwargs) -> None:
         if name != metrics.TICK_TASK or now < _skip_until:
             return
         if _client is None:
-            from worker.metrics_http import connect
+            from worker.runtime import connect
 
-            # Short timeouts: this runs inside beat's scheduling loop.
-            _client = connect(_settings().state_url, timeout=1.0, settings=_settings())
+            s = _settings()  # quick: this runs inside beat's scheduling loop
+            _client = connect(s.state_url, s.sentinel_master, s.sentinel_secret, quick=1.0)
         metrics.record_beat_publish(_client, now)
     except Exception as err:  # noqa: BLE001
         # Anything at all: a hook that raises would break the beat's publish loop.
