@@ -31,8 +31,7 @@ def replay(rt: Runtime, limit: int = 10_000) -> dict[str, int]:
         entry = json.loads(raw)
         pairs = _pairs(rt, entry)
         if pairs is None:  # a task message with no webhook in it: kept as it is, at the end
-            rt.redis.rpush(keys.DEAD_LETTERS, raw)
-            rt.redis.lpop(keys.DEAD_LETTERS)
+            rt.redis.lmove(keys.DEAD_LETTERS, keys.DEAD_LETTERS, "LEFT", "RIGHT")
             total["kept"] = total.get("kept", 0) + 1
             continue
         for k, v in handle(rt, pairs).items():

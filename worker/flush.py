@@ -179,7 +179,6 @@ class Flusher:
                                                 args=[inf.id, self.flush_id, self.lock.token]))
             inf.id = self.flush_id
 
-
     def send(self, inf: Inflight) -> str:
         """OpType 1 of the batch (near the end, OpType 2 of the totals it makes); returns the
         settled outcome, or unsent/ambiguous."""
@@ -199,17 +198,16 @@ class Flusher:
             self._mark("sending", sent_at=inf.sent_at, settle_at=inf.settle_at)
 
         op, body, held = 1, inf.scores, {}
-        if near and self._battle is not None:
-            # Near the end, the absolute total (OpType 2 of applied + delta, every room): the
-            # same score when Tencent holds `applied`, and it also overwrites an earlier write
-            # that landed after its client gave up, which no audit could heal before the end.
+        near = near and self._battle is not None
+        if near or min(inf.scores.values(), default=0) < 0:
+            # OpType 2 of the totals (applied + delta). Near the end for every room: the same
+            # score when Tencent holds `applied`, and it also overwrites an earlier write that
+            # landed after its client gave up, which no audit could heal before the end. For a
+            # reconcile correction of gifts never counted (a negative delta), the batch's rooms:
+            # an accumulate by a negative Score is not documented to work.
             held = read_applied(self.rt, self.battle_id)
-            op, body = 2, totals(held, inf.scores, {*self._battle.rooms, *inf.scores})
-        elif min(inf.scores.values(), default=0) < 0:
-            # A reconcile correction of gifts never counted: OpType 2 of the batch's rooms'
-            # totals (an accumulate by a negative Score is not documented to work).
-            held = read_applied(self.rt, self.battle_id)
-            op, body = 2, totals(held, inf.scores, set(inf.scores))
+            rooms = {*self._battle.rooms, *inf.scores} if near else set(inf.scores)
+            op, body = 2, totals(held, inf.scores, rooms)
         try:
             # One attempt: a retryable answer comes back through the schedule, not by sleeping
             # here with the lock held.
