@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import redis
 from celery import Celery
 
-from worker.bodies import gift_body, start_body
-from worker.sandbox import Sandbox
-from worker.sandbox_control import SandboxControl
-from worker.stack import Processes, RedisServer, children_map, scorer_env
+from scorer_local.bodies import gift_body, start_body
+from scorer_local.sandbox import Sandbox
+from scorer_local.sandbox_control import SandboxControl
+from scorer_local.stack import Processes, RedisServer, children_map, scorer_env
 
 SDKAPPID = 1400000000
 FLUSH = 0.5
@@ -204,7 +204,7 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
                     exact = False
                     res.mismatches.append((bid, room, scores.get(room), truth[(bid, room)]))
                     if os.environ.get("CHAOS_DEBUG"):
-                        from worker.keys import BattleKeys
+                        from worker.engine.state.keys import BattleKeys
                         bk = BattleKeys(bid)
                         log(json.dumps({n: r.hgetall(getattr(bk, n)) for n in
                                         ("meta", "ledger", "applied", "corr", "unapplied",

@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from bench.run import Bench
-from worker.bodies import gift_body, start_body
+from scorer_local.bodies import gift_body, start_body
 
 MARK_1S, MARK_HALF = 1000, 10_000  # coins of the marked gifts (end-1.0 s, end-0.5 s)
 VALUES = (1, 5, 10, 99)  # ordinary gifts: their sums never reach a marked value's digits

@@ -26,8 +26,8 @@ import redis
 from celery import Celery
 
 from bench.run import wait_idle
-from worker.bodies import gift_body, start_body
-from worker.stack import Processes, RedisServer, SandboxProcess, process_tree_cpu, scorer_env
+from scorer_local.bodies import gift_body, start_body
+from scorer_local.stack import Processes, RedisServer, SandboxProcess, process_tree_cpu, scorer_env
 
 SDKAPPID = 1400000000
 

@@ -6,9 +6,9 @@ integration usually looks like. Also a no-op task, to measure Celery's own drain
 
 from __future__ import annotations
 
-from worker import app
-from worker.settings import get_settings
-from worker.tencent.client import TencentClient
+from worker.doors.app import app
+from worker.engine.settings import get_settings
+from worker.engine.tencent.client import TencentClient
 
 _client: TencentClient | None = None
 

@@ -25,9 +25,9 @@ import redis
 from celery import Celery
 
 from bench.run import Bench, _latencies, _pct
-from worker.bodies import end_body, gift_body, start_body
-from worker.sandbox_control import SandboxControl
-from worker.stack import children_map
+from scorer_local.bodies import end_body, gift_body, start_body
+from scorer_local.sandbox_control import SandboxControl
+from scorer_local.stack import children_map
 
 MODES = ("single", "bulk", "naive")
 APIS = ("set_battle_score", "get_gift_count", "get_battle_info")

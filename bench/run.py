@@ -25,8 +25,8 @@ from pathlib import Path
 import redis
 from celery import Celery
 
-from worker.bodies import gift_body, start_body
-from worker.stack import (ROOT, Processes, RedisServer, SandboxProcess, children_map, cmdline,
+from scorer_local.bodies import gift_body, start_body
+from scorer_local.stack import (ROOT, Processes, RedisServer, SandboxProcess, children_map, cmdline,
                           process_tree_cpu, process_tree_rss, scorer_env)
 
 SDKAPPID = 1400000000

@@ -10,15 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from worker.batch import pipeline
-from worker import app, audit, battles, drain, endgame, keys, schedule, watermark
-from worker.battles import Battle
-from worker.flush import flush_battle, forget_idle, holding_value
-from worker.keys import BattleKeys
-from worker.lock import BattleLock
-from worker.reconcile import reconcile_battle
-from worker.runtime import Runtime, get_runtime
-from worker.stats import bump
+from worker.engine.state.pipeline import pipeline
+from worker.doors.app import app
+from worker.engine import audit, battles, drain, endgame, schedule, watermark
+from worker.engine.state import keys
+from worker.engine.battles import Battle
+from worker.engine.flush import flush_battle, forget_idle, holding_value
+from worker.engine.state.keys import BattleKeys
+from worker.engine.state.lock import BattleLock
+from worker.engine.reconcile import reconcile_battle
+from worker.engine.runtime import Runtime, get_runtime
+from worker.engine.state.counters import bump
 
 log = logging.getLogger("scorer.control")
 
@@ -97,7 +99,7 @@ def _due(rt: Runtime, zkey: str, now: float) -> list[str]:
 def _pick(rt: Runtime, zkey: str, now: float, budget: int,
           keep=lambda ids: ids, near_end_first: bool = True) -> list[str]:
     """Due battles of `zkey` within `budget`, oldest first, with battles near their end first
-    if `near_end_first` (see worker/schedule.py); `keep(ids)` drops candidates that need no
+    if `near_end_first` (see worker/engine/schedule.py); `keep(ids)` drops candidates that need no
     call."""
     if not near_end_first:  # the oldest due, page by page: no need to read them all
         chosen: list[str] = []
@@ -140,7 +142,7 @@ def _pick(rt: Runtime, zkey: str, now: float, budget: int,
 
 def _with_value(rt: Runtime, battle_ids: list[str], round_s: float = 0.0) -> list[str]:
     """The battles a flush would send something for now: no idle flush, none in the end game
-    (worker/endgame.py has those), none while a batch must settle first, and none whose end
+    (worker/engine/endgame.py has those), none while a batch must settle first, and none whose end
     game starts before its next turn in a round of `round_s` s (schedule.skips_turn): those
     are due again when their end game starts, and it promotes them."""
     if not battle_ids:

@@ -10,9 +10,13 @@ from typing import Any, Iterator
 from celery.exceptions import Reject
 from celery.worker.request import Request
 
-from worker import app, drain, keys
-from worker.ingest import REDIS_OUTAGE, bulk_pairs, handle_durably
-from worker.runtime import Runtime, get_runtime
+from worker.doors.app import app
+
+from worker.engine import drain
+
+from worker.engine.state import keys
+from worker.engine.ingest import REDIS_OUTAGE, bulk_pairs, handle_durably
+from worker.engine.runtime import Runtime, get_runtime
 
 log = logging.getLogger("scorer.tasks")
 
@@ -65,7 +69,7 @@ def _ingest(rt: Runtime, pairs: list[tuple[Any, Any]]) -> dict[str, int]:
 
 
 def _maybe_drain(rt: Runtime) -> None:
-    """Start a drain when the ingest queue has backed up (see worker/drain.py)."""
+    """Start a drain when the ingest queue has backed up (see worker/engine/drain.py)."""
     try:
         token = drain.request(rt)
         if token:

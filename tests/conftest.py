@@ -7,7 +7,7 @@ import os
 import pytest
 import redis
 
-from worker.stack import ROOT, RedisServer, celery_cmd, redis_server_bin, scorer_env
+from scorer_local.stack import ROOT, RedisServer, celery_cmd, redis_server_bin, scorer_env
 
 __all__ = ["ROOT", "celery_cmd", "worker_env", "SDKAPPID", "SECRET"]
 
@@ -40,7 +40,7 @@ def redis_url(redis_server):
 
 @pytest.fixture
 def sandbox():
-    from worker.sandbox import Sandbox
+    from scorer_local.sandbox import Sandbox
 
     sb = Sandbox(SDKAPPID, SECRET, rate=200).start()
     yield sb
@@ -50,7 +50,7 @@ def sandbox():
 @pytest.fixture
 def ctl(sandbox):
     """A client of the sandbox's control endpoints."""
-    from worker.sandbox_control import SandboxControl
+    from scorer_local.sandbox_control import SandboxControl
 
     c = SandboxControl(sandbox.url)
     yield c
@@ -59,7 +59,7 @@ def ctl(sandbox):
 
 @pytest.fixture
 def settings(redis_url, sandbox, monkeypatch):
-    from worker.settings import Settings
+    from worker.engine.settings import Settings
 
     for k in list(os.environ):
         if k.startswith("SCORER_") and k not in ("SCORER_SDKAPPID", "SCORER_SECRET_KEY"):
@@ -70,7 +70,7 @@ def settings(redis_url, sandbox, monkeypatch):
 
 @pytest.fixture
 def rt(settings):
-    from worker.runtime import build_runtime, set_runtime
+    from worker.engine.runtime import build_runtime, set_runtime
 
     runtime = build_runtime(settings)
     set_runtime(runtime)

@@ -1,10 +1,10 @@
-"""Test helpers: the body builders (from worker.bodies) and waiting for a condition."""
+"""Test helpers: the body builders (from scorer_local.bodies) and waiting for a condition."""
 
 from __future__ import annotations
 
 import time
 
-from worker.bodies import end_body, gift_body, start_body
+from scorer_local.bodies import end_body, gift_body, start_body
 
 __all__ = ["end_body", "gift_body", "start_body", "wait_for"]
 

@@ -9,9 +9,9 @@ import redis
 
 from tests.conftest import ROOT, celery_cmd
 from tests.helpers import wait_for
-from worker import keys
-from worker.control_pool import app_spec
-from worker.stack import alive, children_running, cmdline
+from worker.engine.state import keys
+from worker.doors.control_pool import app_spec
+from scorer_local.stack import alive, children_running, cmdline
 
 
 def test_worker_starts_and_answers_ping(settings):
@@ -38,7 +38,7 @@ def test_worker_starts_and_answers_ping(settings):
 
 
 def test_worker_consumes_every_queue_without_q(settings):
-    from worker import app
+    from worker.doors.app import app
 
     names = {q.name for q in app.conf.task_queues}
     assert names == {"celery", "scorer.drain", "scorer.control"}
@@ -55,7 +55,7 @@ def test_control_queue_is_served_by_a_thread_pool_beside_the_ingest_processes(se
     at most two) take control, are started again if they die, and go when their parent is
     SIGKILLed."""
     from tests.conftest import worker_env
-    from worker.control_pool import PROCESSES
+    from worker.doors.control_pool import PROCESSES
 
     env = worker_env(settings)
     worker = subprocess.Popen(celery_cmd("worker", "--loglevel=INFO", "-n", "iso@%h"),
@@ -82,7 +82,7 @@ def test_control_queue_is_served_by_a_thread_pool_beside_the_ingest_processes(se
                         what="every node")
         assert seen == {"iso": {"celery", "scorer.drain"}, **control}
         # The end game runs in a process of its own, and says so in Redis.
-        endgame = wait_for(lambda: children_running(worker.pid, "worker.endgame_main"), 30, what="end-game process")
+        endgame = wait_for(lambda: children_running(worker.pid, "worker.doors.endgame_main"), 30, what="end-game process")
         r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         wait_for(lambda: r.get(keys.ENDGAME_DEDICATED) == str(min(endgame)), 30,
                  what="the dedicated end-game runner's beat")
@@ -91,7 +91,7 @@ def test_control_queue_is_served_by_a_thread_pool_beside_the_ingest_processes(se
         now = wait_for(lambda: (c := children_running(worker.pid, "-Q scorer.control")) and len(c) == PROCESSES
                        and first not in c and c, 30, what="control worker restarted")
         os.kill(min(endgame), signal.SIGKILL)
-        again = wait_for(lambda: (c := children_running(worker.pid, "worker.endgame_main")) and c != endgame and c,
+        again = wait_for(lambda: (c := children_running(worker.pid, "worker.doors.endgame_main")) and c != endgame and c,
                          30, what="end-game process restarted")
         os.kill(worker.pid, signal.SIGKILL)
         wait_for(lambda: not any(alive(p) for p in now | again), 30,

@@ -9,12 +9,12 @@ import pytest
 import TLSSigAPIv2
 
 from tests.conftest import SDKAPPID, SECRET
-from worker.sandbox import Reject, verify_usersig
-from worker.sandbox_control import SandboxControl
-from worker.settings import Settings
-from worker.tencent import Outcome, TencentClient, TencentError
-from worker.tencent.errors import classify_code, classify_exception, classify_status
-from worker.tencent.usersig import UserSigCache
+from scorer_local.sandbox import Reject, verify_usersig
+from scorer_local.sandbox_control import SandboxControl
+from worker.engine.settings import Settings
+from worker.engine.tencent import Outcome, TencentClient, TencentError
+from worker.engine.tencent.errors import classify_code, classify_exception, classify_status
+from worker.engine.tencent.usersig import UserSigCache
 
 
 @pytest.fixture

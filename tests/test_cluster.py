@@ -9,13 +9,13 @@ import redis
 
 from tests.conftest import SDKAPPID, SECRET
 from tests.helpers import gift_body, start_body
-from worker.flush import flush_battle
-from worker.ingest import handle
-from worker.reconcile import reconcile_battle
-from worker.runtime import build_runtime
-from worker.sandbox_control import SandboxControl
-from worker.settings import Settings
-from worker.stack import RedisCluster
+from worker.engine.flush import flush_battle
+from worker.engine.ingest import handle
+from worker.engine.reconcile import reconcile_battle
+from worker.engine.runtime import build_runtime
+from scorer_local.sandbox_control import SandboxControl
+from worker.engine.settings import Settings
+from scorer_local.stack import RedisCluster
 
 
 @pytest.fixture(scope="module")

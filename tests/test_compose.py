@@ -232,11 +232,12 @@ def test_every_image_is_pinned(services):
         assert repo and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: {image}"
         if "build" in s:  # our own images carry the project's version
             assert tag == version, f"{name}: {image}"
-    built = {s["image"]: s["build"].get("args", {}).get("EXTRAS", "")
+    built = {s["image"]: (s["build"].get("args", {}).get("EXTRAS", ""), s["build"].get("target"))
              for s in services.values() if "build" in s}
-    assert built == {f"battle-scorer:{version}": "", f"battle-scorer-flower:{version}": "flower",
-                     f"battle-scorer-receiver:{version}": "receiver",
-                     f"battle-scorer-local:{version}": "local"}
+    assert built == {f"battle-scorer:{version}": ("", None),
+                     f"battle-scorer-flower:{version}": ("flower", None),
+                     f"battle-scorer-receiver:{version}": ("receiver", None),
+                     f"battle-scorer-local:{version}": ("", "local")}
 
 
 @needs_compose
@@ -264,18 +265,18 @@ def _assignments(path) -> dict[str, object]:
 @needs_compose
 def test_timers_are_ordered(services):
     """soft time limit < hard time limit < stop grace < visibility timeout, and the soft limit
-    leaves an ingest its whole Redis-outage retry (see worker/celeryconfig.py)."""
-    conf = _assignments(ROOT / "worker" / "celeryconfig.py")
+    leaves an ingest its whole Redis-outage retry (see worker/doors/celeryconfig.py)."""
+    conf = _assignments(ROOT / "worker" / "doors" / "celeryconfig.py")
     soft, hard = conf["task_soft_time_limit"], conf["task_time_limit"]
     visibility = conf["broker_transport_options"]["visibility_timeout"]
     grace = seconds(services["worker"]["stop_grace_period"])
-    outage = _assignments(ROOT / "worker" / "ingest.py")["OUTAGE_RETRY_SECONDS"]
+    outage = _assignments(ROOT / "worker" / "engine" / "ingest.py")["OUTAGE_RETRY_SECONDS"]
     assert outage < soft < hard < grace < visibility, (outage, soft, hard, grace, visibility)
 
 
 @needs_compose
 def test_the_receiver_can_finish_its_requests_before_it_is_killed(services):
-    from worker.receiver_app import Limits
+    from worker.doors.receiver.app import Limits
 
     assert Limits().shutdown_timeout < seconds(services["receiver"]["stop_grace_period"])
 
@@ -296,8 +297,13 @@ def test_env_example_sets_every_variable_compose_requires():
 
 def test_dockerfile_pins_its_base_and_installs_with_constraints():
     text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11\.\d+-slim-\w+$", text, re.MULTILINE), "unpinned base"
+    assert re.search(r"^FROM python:3\.11\.\d+-slim-\w+ AS scorer$", text, re.MULTILINE), "unpinned base"
     assert re.search(r'^ARG EXTRAS=""$', text, re.MULTILINE)
+    # The production image is the default (last) stage and never copies the local world.
+    stages = re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
+    assert stages[-1].split()[0] == "scorer" and len(stages[-1].split("\n")) <= 3
+    production = stages[0]
+    assert "COPY local" not in production and "COPY worker ./worker" in production
     assert "-c constraints.txt" in text and "COPY pyproject.toml README.md constraints.txt" in text
     assert re.search(r"^USER scorer$", text, re.MULTILINE)
     ignored = set((ROOT / ".dockerignore").read_text().split())
@@ -314,8 +320,10 @@ def test_constraints_pin_every_package_within_pyproject():
     assert "battle-scorer" not in pins
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = [Requirement(r) for r in project["dependencies"]]
-    for extra in ("flower", "receiver", "local"):
+    for extra in ("flower", "receiver"):
         wanted += [Requirement(r) for r in project["optional-dependencies"][extra]]
+    local = tomllib.loads((ROOT / "local" / "pyproject.toml").read_text())["project"]
+    wanted += [Requirement(r) for r in local["dependencies"] if not r.startswith("battle-scorer")]
     for req in wanted:
         name = req.name.lower().replace("_", "-")
         assert name in pins, f"{name} is not in constraints.txt"
@@ -335,8 +343,8 @@ def test_worker_image_needs_no_flower_or_rich(tmp_path):
         "        if name.split('.')[0] in ('flower', 'rich', 'uvicorn'):\n"
         "            raise ImportError(f'{name} is not in the worker image')\n"
         "sys.meta_path.insert(0, Hide())\n"
-        "import worker, tasks.ingest, tasks.control, worker.endgame_main, worker.cli\n"
-        "import worker.metrics, worker.metrics_http, worker.runtime\n"
+        "import worker, tasks.ingest, tasks.control, worker.doors.endgame_main, worker.doors.cli\n"
+        "import worker.doors.metrics, worker.doors.metrics_http, worker.engine.runtime\n"
         "assert worker.app.conf.broker_url\n")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,

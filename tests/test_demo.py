@@ -41,7 +41,7 @@ def markers(output: str) -> list[str]:
 
 
 def test_demo_short_run_matches_and_cleans_up():
-    proc = subprocess.run([sys.executable, "-m", "worker.cli", "demo", "--short"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "worker.doors.cli", "demo", "--short"], cwd=ROOT,
                           env=demo_env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "every battle matches" in proc.stdout
@@ -51,7 +51,7 @@ def test_demo_short_run_matches_and_cleans_up():
 
 
 def test_demo_ctrl_c_stops_everything():
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "demo", "--short"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "worker.doors.cli", "demo", "--short"], cwd=ROOT,
                             env=demo_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     first = ""

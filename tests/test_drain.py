@@ -10,9 +10,10 @@ import pytest
 from celery import Celery
 
 from tests.helpers import gift_body, start_body
-from worker import drain, keys
-from worker.ingest import handle
-from worker.keys import BattleKeys
+from worker.engine import drain
+from worker.engine.state import keys
+from worker.engine.ingest import handle
+from worker.engine.state.keys import BattleKeys
 
 ROOMS = {"room_a": "owner_a", "room_b": "owner_b"}
 KNOWN = {"scorer.webhook", "scorer.webhooks", "scorer.flush", "bench.noop"}.__contains__
@@ -27,7 +28,7 @@ def producer(rt):
 
 @pytest.fixture
 def battle(rt, sandbox):
-    from worker.sandbox_control import SandboxControl
+    from scorer_local.sandbox_control import SandboxControl
 
     ctl = SandboxControl(sandbox.url)
     info = ctl.create_battle(ROOMS, duration_ms=600_000, start=time.time() - 1)
@@ -107,7 +108,7 @@ def test_a_drain_that_dies_loses_nothing_and_counts_nothing_twice(producer, rt, 
 
 
 def test_other_tasks_go_back_to_celery_and_unknown_ones_are_kept(producer, rt, battle):
-    from worker import deadletters
+    from worker.engine import deadletters
 
     producer.send_task("bench.noop")
     producer.send_task("scorer.webhook", countdown=60,
@@ -143,7 +144,7 @@ def test_sigkill_of_draining_processes_at_random_moments(settings, rt, battle, p
 
     from tests.conftest import worker_env
     from tests.helpers import wait_for
-    from worker.stack import Processes, children_map
+    from scorer_local.stack import Processes, children_map
 
     n = 6000
     total = _queue_gifts(producer, n)

@@ -15,9 +15,9 @@ from celery import Celery
 
 from tests.conftest import worker_env
 from tests.helpers import end_body, gift_body, start_body, wait_for
-from worker import stats
-from worker.sandbox_control import SandboxControl
-from worker.stack import Processes
+from worker.engine.state import counters as stats
+from scorer_local.sandbox_control import SandboxControl
+from scorer_local.stack import Processes
 
 DURATION = 30  # seconds
 

@@ -7,9 +7,11 @@ import time
 
 import pytest
 
-from worker import endgame, keys
-from worker.keys import BattleKeys
-from worker.ratelimit import RedisRateLimiter
+from worker.engine import endgame
+
+from worker.engine.state import keys
+from worker.engine.state.keys import BattleKeys
+from worker.engine.state.limiter import RedisRateLimiter
 
 
 def test_deadlines_compete_soonest_end_first(rt):

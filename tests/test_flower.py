@@ -6,7 +6,7 @@ import httpx
 
 from tests.conftest import worker_env
 from tests.helpers import wait_for
-from worker.stack import Processes, free_port
+from scorer_local.stack import Processes, free_port
 
 TASKS = {"scorer.webhook", "scorer.webhooks", "scorer.flush", "scorer.reconcile",
          "scorer.tick"}

@@ -6,9 +6,9 @@ import time
 
 
 from tests.helpers import start_body
-from worker.flush import LANDING_WINDOW, flush_battle
-from worker.ingest import handle
-from worker.keys import BattleKeys
+from worker.engine.flush import LANDING_WINDOW, flush_battle
+from worker.engine.ingest import handle
+from worker.engine.state.keys import BattleKeys
 from tests.test_pipeline import ROOMS, send
 
 
@@ -49,8 +49,8 @@ def test_a_takeover_does_not_resend_a_request_that_may_still_land(rt, ctl):
 def test_a_batch_in_flight_under_a_live_lock_is_busy_not_unsettled(rt, ctl):
     """An end-game flush that meets another flush's request in flight comes back in a moment,
     not when that request's landing window closes (which may be past the battle's end)."""
-    from worker import keys
-    from worker.flush import RETRY_SOON
+    from worker.engine.state import keys
+    from worker.engine.flush import RETRY_SOON
 
     info = ctl.create_battle(ROOMS, duration_ms=120_000, start=time.time() - 1)
     bid = info["BattleId"]

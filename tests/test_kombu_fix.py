@@ -1,8 +1,8 @@
-"""The kombu restore-at-close crash is contained (see worker/kombu_fix.py)."""
+"""The kombu restore-at-close crash is contained (see worker/doors/kombu_fix.py)."""
 
 from kombu.transport import redis as kombu_redis
 
-from worker import kombu_fix
+from worker.doors import kombu_fix
 
 
 def test_restore_with_released_connection_does_not_raise():
@@ -50,7 +50,7 @@ def test_ack_after_the_broker_died_under_a_consumer_is_a_connection_error():
     from kombu import Connection, Consumer, Exchange, Producer, Queue
     from kombu.common import ignore_errors
 
-    from worker.stack import RedisServer
+    from scorer_local.stack import RedisServer
 
     kombu_fix.install()
     server = RedisServer(appendonly=True).start()

@@ -10,8 +10,8 @@ import time
 import pytest
 import redis
 
-from worker.lock import HOST, BattleLock
-from worker.stack import ROOT
+from worker.engine.state.lock import HOST, BattleLock
+from scorer_local.stack import ROOT
 
 
 def test_heartbeat_keeps_the_lock_past_its_ttl(redis_url):
@@ -47,7 +47,7 @@ def test_lock_of_a_live_process_or_another_host_waits_for_its_ttl(redis_url):
 def _other_pid_namespace_here() -> str:
     """Our lock identity as another container with our hostname (and kernel) would have it: only
     the PID namespace differs."""
-    from worker import lock as lockmod
+    from worker.engine.state import lock as lockmod
 
     ns = os.readlink("/proc/self/ns/pid")  # e.g. 'pid:[4026531836]'
     return lockmod.HOST.replace(ns, "pid:[4026530001]")
@@ -74,7 +74,7 @@ sys.exit(subprocess.call([sys.executable, "-c", holder, url]))
 """
 _HOLDER = """
 import sys, redis
-from worker.lock import BattleLock
+from worker.engine.state.lock import BattleLock
 r = redis.Redis.from_url(sys.argv[1], decode_responses=True)
 with BattleLock(r, "bs:test:lock", ttl_ms=60_000) as lock:
     assert lock.held
@@ -119,7 +119,7 @@ def test_live_holder_in_another_pid_namespace_with_our_hostname_is_not_taken_ove
 
 
 def test_identity_names_hostname_boot_and_pid_namespace_without_a_bar(monkeypatch):
-    from worker import lock as lockmod
+    from worker.engine.state import lock as lockmod
 
     with open("/proc/sys/kernel/random/boot_id") as f:
         boot = f.read().strip()
@@ -134,7 +134,7 @@ def test_identity_names_hostname_boot_and_pid_namespace_without_a_bar(monkeypatc
 
 
 def test_unknown_identity_never_takes_over_early(redis_url, monkeypatch, tmp_path):
-    from worker import lock as lockmod
+    from worker.engine.state import lock as lockmod
 
     monkeypatch.setattr(lockmod, "_BOOT_ID", str(tmp_path / "missing"))
     assert lockmod._identity() is None

@@ -16,10 +16,11 @@ import httpx
 import redis
 
 from tests.conftest import ROOT, worker_env
-from worker import keys, metrics, signals
-from worker.metrics import PRIORITY_SEP, record_beat_publish, record_call
-from worker.metrics_http import connect
-from worker.stack import free_port
+from worker.engine.state import keys
+from worker.doors import metrics, signals
+from worker.doors.metrics import PRIORITY_SEP, record_beat_publish, record_call
+from worker.doors.metrics_http import connect
+from scorer_local.stack import free_port
 
 MONITORING = Path(ROOT) / "monitoring"
 ALERTS = MONITORING / "prometheus" / "alerts.yml"
@@ -41,7 +42,7 @@ def metrics_env(settings) -> dict[str, str]:
 
 
 def run_cli(env, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], check=False, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "worker.doors.cli", *args], check=False, cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -49,7 +50,7 @@ def run_cli(env, *args: str, timeout: float = 60) -> subprocess.CompletedProcess
 def metrics_process(env):
     """`battle-scorer metrics` on a free port; yields its base URL, then SIGTERMs it and
     checks it exits 0."""
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "metrics", "--host",
+    proc = subprocess.Popen([sys.executable, "-m", "worker.doors.cli", "metrics", "--host",
                              "127.0.0.1", "--port", "0"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -283,7 +284,7 @@ def test_beat_hook_records_tick_publishes(rt, monkeypatch):
 
 
 def test_the_default_queue_is_watched_when_the_scorer_has_its_own():
-    from worker.metrics import queue_names
+    from worker.doors.metrics import queue_names
 
     assert "default" not in queue_names("celery")
     assert queue_names("scorer")["default"] == "celery"

@@ -13,11 +13,11 @@ import pytest
 
 from tests.conftest import ROOT, SDKAPPID, SECRET, worker_env
 from tests.helpers import gift_body, start_body
-from worker import logs, metrics, metrics_http
-from worker.flush import flush_battle
-from worker.ingest import handle
-from worker.receiver import Receiver, Rejected, check, expected_sign
-from worker.sandbox_control import SandboxControl
+from worker.doors import logs, metrics, metrics_http
+from worker.engine.flush import flush_battle
+from worker.engine.ingest import handle
+from worker.doors.receiver.serve import Receiver, Rejected, check, expected_sign
+from scorer_local.sandbox_control import SandboxControl
 
 
 def test_tencent_sign_example():
@@ -88,7 +88,7 @@ def test_json_logs_carry_context_and_never_the_secret():
 
 
 def run_cli(settings, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "worker.doors.cli", *args], cwd=ROOT,
                           env=worker_env(settings), capture_output=True, text=True, timeout=60)
 
 
@@ -115,7 +115,7 @@ def test_operator_cli(rt, settings, sandbox):
 def test_probe_explains_a_wrong_key(settings):
     env = worker_env(settings)
     env["SCORER_SECRET_KEY"] = "wrong-key-value"
-    p = subprocess.run([sys.executable, "-m", "worker.cli", "check-config", "--probe"],
+    p = subprocess.run([sys.executable, "-m", "worker.doors.cli", "check-config", "--probe"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "SCORER_SECRET_KEY" in p.stderr
     assert "wrong-key-value" not in p.stdout + p.stderr

@@ -8,8 +8,8 @@ import time
 import pytest
 import redis
 
-from worker import keys
-from worker.ratelimit import HIGH, LOW, RateLimitTimeout, RedisRateLimiter
+from worker.engine.state import keys
+from worker.engine.state.limiter import HIGH, LOW, RateLimitTimeout, RedisRateLimiter
 
 
 def _hammer(url: str, rate: int, n: int, out) -> None:

@@ -22,9 +22,9 @@ from kombu.exceptions import OperationalError
 
 from tests.conftest import ROOT, SDKAPPID
 from tests.helpers import wait_for
-from worker.receiver import Limits, Receiver, expected_sign
-from worker.receiver_broker import CeleryBroker
-from worker.stack import RedisServer, free_port
+from worker.doors.receiver.serve import Limits, Receiver, expected_sign
+from worker.doors.receiver.broker import CeleryBroker
+from scorer_local.stack import RedisServer, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -428,7 +428,7 @@ def test_stop_lets_a_request_in_flight_finish():
 
 def test_importing_the_receiver_needs_no_uvicorn():
     code = ("import sys; sys.modules['uvicorn'] = None\n"
-            "from worker.receiver import check, expected_sign, Rejected, Receiver\n"
+            "from worker.doors.receiver.serve import check, expected_sign, Rejected, Receiver\n"
             "assert check({'SdkAppid': '7'}, 7, None, 0) is None\n"
             "try:\n    Receiver(7, None, lambda b, e: None).start()\n"
             "except ImportError:\n    print('needs uvicorn')\n")
@@ -444,7 +444,7 @@ def test_battle_scorer_receive_serves_and_stops_on_sigterm(redis_url):
     # No SCORER_SECRET_KEY: the receiver never signs a Tencent call.
     env.update(SCORER_SDKAPPID=str(SDKAPPID), SCORER_REDIS_URL=redis_url,
                SCORER_CALLBACK_TOKEN=TOKEN, SCORER_QUEUE="receiver-test")
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "receive", "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "worker.doors.cli", "receive", "--port",
                              str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

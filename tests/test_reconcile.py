@@ -7,11 +7,12 @@ import time
 import pytest
 
 from tests.helpers import gift_body, start_body
-from worker import keys, watermark
-from worker.flush import flush_battle
-from worker.ingest import handle
-from worker.keys import BattleKeys
-from worker.reconcile import PAIR_GAP, SKEW, reconcile_battle
+from worker.engine.state import keys
+from worker.engine import watermark
+from worker.engine.flush import flush_battle
+from worker.engine.ingest import handle
+from worker.engine.state.keys import BattleKeys
+from worker.engine.reconcile import PAIR_GAP, SKEW, reconcile_battle
 
 ROOMS = {"room_a": "owner_a", "room_b": "owner_b"}
 

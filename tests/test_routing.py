@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from worker import battles
-from worker.battles import Gift, _index_value, find_battle
-from worker.keys import BattleKeys, RoomKeys
+from worker.engine import battles
+from worker.engine.battles import Gift, _index_value, find_battle
+from worker.engine.state.keys import BattleKeys, RoomKeys
 
 ROOM = "room_a"
 OWNER = "owner_a"

@@ -8,9 +8,9 @@ import httpx
 import pytest
 
 from tests.conftest import SDKAPPID, SECRET
-from worker.sandbox_control import SandboxControl
-from worker.settings import Settings
-from worker.tencent import TencentClient, TencentError
+from scorer_local.sandbox_control import SandboxControl
+from worker.engine.settings import Settings
+from worker.engine.tencent import TencentClient, TencentError
 
 
 @pytest.fixture

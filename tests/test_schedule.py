@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from worker.keys import BattleKeys
-from worker import keys, schedule
+from worker.engine.state.keys import BattleKeys
+from worker.engine.state import keys
+from worker.engine import schedule
 
 
 def test_choose_is_oldest_first_or_near_end_first_when_asked():
@@ -60,7 +61,7 @@ def test_a_battle_entering_its_end_game_is_served_even_behind_a_long_queue(rt, m
     is promoted to it, however many battles wait for a freshness flush."""
     import tasks.control as control
     from tasks.control import flush, run_tick
-    from worker import endgame
+    from worker.engine import endgame
 
     monkeypatch.setattr(control, "MAX_DISPATCH", 10)
     rt.settings.api_rate, rt.settings.flush_interval = 12, 1.0
@@ -96,7 +97,7 @@ def test_tick_leaves_a_battle_to_its_end_game_when_its_turn_would_come_too_late(
     """With a 10 s round, a battle whose end game starts in 4 s is not flushed now: it is due
     again when its end game starts, and the tick spends the call on another battle."""
     from tasks.control import flush, run_tick
-    from worker import endgame
+    from worker.engine import endgame
 
     rt.settings.api_rate, rt.settings.flush_interval = 20, 1.0  # 18/s: 180 battles = 10 s
     now = rt.clock()

@@ -8,7 +8,7 @@ from celery import Celery
 
 from tests.conftest import SECRET, worker_env
 from tests.helpers import gift_body, wait_for
-from worker.stack import Processes
+from scorer_local.stack import Processes
 
 
 def test_task_events_show_summaries_and_logs_hold_no_secret(settings, tmp_path, redis_url):
@@ -56,7 +56,7 @@ def test_redis_passwords_are_redacted_from_log_lines_as_written_and_decoded():
     """Defence in depth: no code path logs a Redis URL, but a library error might echo one."""
     import logging
 
-    from worker import logs
+    from worker.doors import logs
 
     found = logs.url_passwords("redis://:p%40ss-word@h:6379/0",
                                "sentinel://:s3ntinel-pw@a:26379;sentinel://:s3ntinel-pw@b", None)

@@ -16,9 +16,9 @@ from pydantic import ValidationError
 
 from tests.conftest import ROOT, SDKAPPID, SECRET, worker_env
 from tests.helpers import gift_body, start_body, wait_for
-from worker import keys
-from worker.settings import SENTINEL_PORT, Settings, parse_sentinel_url
-from worker.stack import Processes, RedisServer, free_port, redis_server_bin, stop_all
+from worker.engine.state import keys
+from worker.engine.settings import SENTINEL_PORT, Settings, parse_sentinel_url
+from scorer_local.stack import Processes, RedisServer, free_port, redis_server_bin, stop_all
 
 MASTER = "mymaster"
 MASTER_PASSWORD = "master-pw-5f2a"
@@ -179,7 +179,7 @@ def test_a_malformed_sentinel_url_is_refused(url, why):
 
 def test_a_missing_master_name_stops_with_one_line(tmp_path):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
-    proc = subprocess.run([sys.executable, "-m", "worker.cli", "check-config"],
+    proc = subprocess.run([sys.executable, "-m", "worker.doors.cli", "check-config"],
                           env={**clean, "SCORER_SDKAPPID": "1", "SCORER_SECRET_KEY": "k",
                                "SCORER_REDIS_URL": "sentinel://:hunter2@s1:26379",
                                "PYTHONPATH": str(ROOT)},
@@ -193,7 +193,7 @@ def test_a_missing_master_name_stops_with_one_line(tmp_path):
 
 
 def _celery_conf(tmp_path, **env) -> dict:
-    """The broker settings worker.celeryconfig computes for `env` (in a fresh process)."""
+    """The broker settings worker.doors.celeryconfig computes for `env` (in a fresh process)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
     code = ("import json, worker; c = worker.app.conf; "
             "print(json.dumps([c.broker_url, c.broker_transport_options], default=repr))")
@@ -225,7 +225,7 @@ def test_celery_config_names_the_master_and_keeps_its_options(tmp_path):
 # --- connect -----------------------------------------------------------------------------------
 
 def test_connect_through_the_sentinel_reaches_the_master(sentinel, master):
-    from worker.runtime import connect
+    from worker.engine.runtime import connect
 
     client = connect(sentinel.url(db=3), MASTER)
     listed = connect(sentinel.listed(db=3, dead_first=True), MASTER)
@@ -245,7 +245,7 @@ def test_connect_through_the_sentinel_reaches_the_master(sentinel, master):
 
 
 def test_the_runtime_reaches_state_and_broker_through_the_sentinel(sentinel, master):
-    from worker.runtime import build_runtime
+    from worker.engine.runtime import build_runtime
 
     settings = make(api_url="http://127.0.0.1:9", redis_url=sentinel.url(db=4),
                     state_redis_url=sentinel.url(db=5), sentinel_master=MASTER)
@@ -266,8 +266,8 @@ def test_the_runtime_reaches_state_and_broker_through_the_sentinel(sentinel, mas
 
 def test_metrics_and_the_beat_health_check_go_through_the_sentinel(sentinel, master):
     """The metrics process, `battle-scorer health beat` and the beat's publish hook use the
-    quick client of worker/metrics_http.py: it follows the Sentinel too."""
-    from worker import metrics, metrics_http
+    quick client of worker/doors/metrics_http.py: it follows the Sentinel too."""
+    from worker.doors import metrics, metrics_http
 
     settings = make(api_url="http://127.0.0.1:9", redis_url=sentinel.url(db=6),
                     sentinel_master=MASTER)
@@ -288,7 +288,7 @@ def test_metrics_and_the_beat_health_check_go_through_the_sentinel(sentinel, mas
 def test_passwords_reach_the_master_and_the_sentinels(locked, tmp_path):
     """The URL's password authenticates to the master and SCORER_SENTINEL_PASSWORD to the
     Sentinels, for `connect` and for kombu alike (celeryconfig's transport options)."""
-    from worker.runtime import connect
+    from worker.engine.runtime import connect
 
     server, s = locked
     url = s.url(db=1, password=MASTER_PASSWORD)

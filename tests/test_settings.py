@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from tests.conftest import ROOT
-from worker.settings import REGION_DOMAINS, Settings, SettingsError, load_settings
+from worker.engine.settings import REGION_DOMAINS, Settings, SettingsError, load_settings
 
 
 def make(**kw):
@@ -57,7 +57,7 @@ def test_secret_never_in_repr_or_masked_output():
 ])
 def test_bad_setting_stops_with_one_line(env, var, tmp_path):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
-    proc = subprocess.run([sys.executable, "-m", "worker.cli", "check-config"],
+    proc = subprocess.run([sys.executable, "-m", "worker.doors.cli", "check-config"],
                           env={**clean, **env, "PYTHONPATH": str(ROOT)}, cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
@@ -70,7 +70,7 @@ def test_check_config_prints_settings_masked(tmp_path):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
     env = {**clean, "SCORER_SDKAPPID": "1400000001", "SCORER_SECRET_KEY": "very-secret-key",
            "SCORER_REGION": "singapore", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "worker.cli", "check-config"], env=env,
+    proc = subprocess.run([sys.executable, "-m", "worker.doors.cli", "check-config"], env=env,
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "very-secret-key" not in proc.stdout + proc.stderr
@@ -151,7 +151,7 @@ def test_blank_urls_and_token_mean_unset():
 ])
 def test_bad_redis_url_stops_with_one_line_without_its_password(env, var, tmp_path):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
-    proc = subprocess.run([sys.executable, "-m", "worker.cli", "check-config"],
+    proc = subprocess.run([sys.executable, "-m", "worker.doors.cli", "check-config"],
                           env={**clean, "SCORER_SDKAPPID": "1", "SCORER_SECRET_KEY": "k", **env,
                                "PYTHONPATH": str(ROOT)},
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)

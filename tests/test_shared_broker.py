@@ -15,9 +15,9 @@ from celery import Celery
 
 from tests.conftest import ROOT, worker_env
 from tests.helpers import gift_body, start_body, wait_for
-from worker import keys
-from worker.sandbox_control import SandboxControl
-from worker.stack import Processes
+from worker.engine.state import keys
+from scorer_local.sandbox_control import SandboxControl
+from scorer_local.stack import Processes
 
 QUEUE = "scorer"
 ROOMS = {"sb_r1": "sb_o1", "sb_r2": "sb_o2"}
@@ -77,7 +77,7 @@ def test_scorer_and_app_share_a_redis_and_lose_nothing(shared, settings, sandbox
 
 def test_an_unknown_task_on_an_idle_queue_is_dead_lettered_by_the_consumer(shared, settings):
     """One message alone (no drain): Celery's consumer rejects it as unregistered, and the
-    task_unknown hook keeps it with its reason (worker/unknown_tasks.py)."""
+    task_unknown hook keeps it with its reason (worker/doors/unknown_tasks.py)."""
     r, _ = shared
     producer = Celery(broker=settings.redis_url)
     producer.send_task("shop.refund", queue=QUEUE, args=[8], kwargs={"why": "typo"})

@@ -7,8 +7,8 @@ import email.utils
 import pytest
 import redis
 
-from worker import keys
-from worker.tclock import DEFAULT_SPREAD, TencentClock
+from worker.engine.state import keys
+from worker.engine.tencent.clock import DEFAULT_SPREAD, TencentClock
 
 
 class Clock:

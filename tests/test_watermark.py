@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import time
 
-from worker import keys, watermark
+from worker.engine.state import keys
+
+from worker.engine import watermark
 
 
 def _advance(rt, times: int = 3) -> watermark.Watermark:

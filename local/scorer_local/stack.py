@@ -1,0 +1,328 @@
+"""Run a whole local stack (redis-server, worker and beat processes) for the demo, bench, tests."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (local/scorer_local/stack.py)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def redis_server_bin() -> str | None:
+    """The system redis-server, if installed."""
+    path = shutil.which("redis-server")
+    if path:
+        return path
+    return "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+
+
+def wait_for_redis(port: int, deadline: float, proc: subprocess.Popen | None = None) -> None:
+    """Block until the redis-server on `port` answers PING (or fail at `deadline`)."""
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                if time.time() > deadline or (proc is not None and proc.poll() is not None):
+                    raise RuntimeError(f"redis-server did not start on port {port}") from None
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
+def stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
+    """SIGTERM every process at once, then give each `grace` s before SIGKILL."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    for p in procs:  # reap: a SIGKILLed process ends at once
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+class RedisServer:
+    """A redis-server process we own, on a loopback port, in a temporary directory."""
+
+    def __init__(self, port: int | None = None, appendonly: bool = False) -> None:
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="bs-redis-")
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10) -> "RedisServer":
+        binary = redis_server_bin()
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if self.appendonly else "no", "--dir", self.dir,
+             "--daemonize", "no", "--loglevel", "warning", "--maxmemory-policy", "noeviction"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for_redis(self.port, time.time() + timeout, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            stop_all([self.proc])
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash, not a shutdown): with appendonly its AOF keeps what
+        was fsynced (appendfsync everysec: all but about the last second). `start()` brings
+        it back on the same port and data directory."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def celery_cmd(*args: str) -> list[str]:
+    """`celery -A worker ...` with this interpreter (tests)."""
+    return [sys.executable, "-m", "celery", "-A", "worker", *args]
+
+
+def scorer_env(sdkappid: int, secret_key: str, api_url: str, redis_url: str,
+               **extra) -> dict[str, str]:
+    """Environment for worker and beat processes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCORER_")}
+    env.update({"SCORER_SDKAPPID": str(sdkappid), "SCORER_SECRET_KEY": secret_key,
+                "SCORER_API_URL": api_url, "SCORER_REDIS_URL": redis_url,
+                "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")})
+    env.update({f"SCORER_{k.upper()}": str(v) for k, v in extra.items()})
+    return env
+
+
+class Processes:
+    """Worker and beat processes started in their own sessions, stopped together."""
+
+    def __init__(self, env: dict[str, str], logdir: str | Path, app: str = "worker") -> None:
+        self.env = env
+        self.logdir = Path(logdir)
+        self.app = app
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, *celery_args: str) -> subprocess.Popen:
+        log = open(self.logdir / f"{name}.log", "ab")
+        cmd = [sys.executable, "-m", "celery", "-A", self.app, *celery_args]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def worker(self, name: str = "worker", concurrency: int = 2) -> subprocess.Popen:
+        return self.start(name, "worker", "--loglevel=INFO", f"--concurrency={concurrency}",
+                          "-n", f"{name}@%h", "-E")
+
+    def beat(self, name: str = "beat") -> subprocess.Popen:
+        return self.start(name, "beat", "--loglevel=INFO", "-s",
+                          str(self.logdir / f"{name}-schedule"))
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM every process group (warm shutdown), SIGKILL what is left after `timeout`."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.time() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(5)
+
+
+class RedisCluster:
+    """A 3-master Redis Cluster on loopback ports (redis-server in cluster mode)."""
+
+    def __init__(self, masters: int = 3) -> None:
+        # A cluster node also listens on port + 10000 (the cluster bus): pick ports that
+        # leave room for it and are free on both.
+        ports: list[int] = []
+        rng = random.Random()
+        while len(ports) < masters:
+            p = rng.randint(20000, 30000)
+            if p not in ports and _is_free(p) and _is_free(p + 10000):
+                ports.append(p)
+        self.nodes = [RedisServer(port=p) for p in ports]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self, timeout: float = 30) -> "RedisCluster":
+        binary = redis_server_bin()
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        for node in self.nodes:
+            node.proc = subprocess.Popen(
+                [binary, "--port", str(node.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", node.dir, "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000",
+                 "--loglevel", "warning"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + timeout
+        for node in self.nodes:
+            wait_for_redis(node.port, deadline, node.proc)
+        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        subprocess.run([cli, "--cluster", "create",
+                        *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        client = redis.Redis(host="127.0.0.1", port=self.nodes[0].port,
+                             decode_responses=True)
+        while client.cluster("info")["cluster_state"] != "ok":
+            if time.time() > deadline:
+                raise RuntimeError("the cluster did not become ok")
+            time.sleep(0.1)
+        return self
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()
+
+
+def children_map() -> dict[int, list[int]]:
+    """Parent pid → child pids, for every process (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def cmdline(pid: int) -> str:
+    """A process's command line, arguments joined by spaces ('' once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie is not alive)."""
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, OSError, IndexError):
+        return False
+
+
+def children_running(parent: int, needle: str) -> set[int]:
+    """The live children of `parent` whose command line holds `needle`."""
+    return {pid for pid in children_map().get(parent, [])
+            if needle in cmdline(pid) and alive(pid)}
+
+
+def process_tree_rss(pid: int) -> int:
+    """Resident memory in bytes of a process and all its descendants (Linux /proc)."""
+    children = children_map()
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its descendants, the reaped
+    ones included (a prefork child replaced during a run still counts)."""
+    children = children_map()
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+class SandboxProcess:
+    """The Tencent sandbox as its own process on a free loopback port (benchmarks)."""
+
+    def __init__(self, sdkappid: int, secret_key: str, logdir: str | Path) -> None:
+        from scorer_local.sandbox_control import SandboxControl
+
+        port = free_port()
+        env = {**os.environ, "SCORER_SDKAPPID": str(sdkappid), "SCORER_SECRET_KEY": secret_key,
+               "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.doors.cli", "sandbox", "--port", str(port)], env=env,
+            stdout=open(Path(logdir) / "sandbox.log", "w"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        self.url = f"http://127.0.0.1:{port}"
+        self.ctl = SandboxControl(self.url)
+        for _ in range(100):
+            try:
+                self.ctl.state()
+                break
+            except Exception:
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.ctl.close()

@@ -1,0 +1,295 @@
+"""The `battle-scorer` command: configuration check, sandbox, operator views, metrics, health."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import sys
+import threading
+import time
+
+from worker.engine.settings import load_settings
+
+
+def _rt():
+    from worker.engine.runtime import build_runtime
+
+    return build_runtime(load_settings())
+
+
+def cmd_check_config(args) -> int:
+    """Print the effective settings (secret masked) and the resolved API base URL."""
+    s = load_settings()
+    width = max(len(k) for k in s.masked())
+    for name, value in s.masked().items():
+        print(f"{name:<{width}}  {value}")
+    print(f"{'API base URL':<{width}}  {s.api_base_url}")
+    if args.probe:
+        return _probe(s)
+    return 0
+
+
+def _probe(settings) -> int:
+    """One signed read call, to prove the credentials and region work."""
+    from worker.engine.tencent import Outcome, TencentClient, TencentError
+
+    client = TencentClient(settings, max_attempts=1)
+    try:
+        client.get_gift_count("battle-scorer-probe", settings.admin_id)
+    except TencentError as err:
+        hints = {70001: "the UserSig expired: check the machine's clock",
+                 70003: "the UserSig is invalid: check SCORER_SDKAPPID",
+                 70009: "the signature does not verify: check SCORER_SECRET_KEY",
+                 70013: "the identifier does not match: check SCORER_ADMIN_ID"}
+        hint = hints.get(err.code or 0)
+        if hint is None and err.outcome not in (Outcome.final, Outcome.refused):
+            hint = "could not reach Tencent: check SCORER_REGION / SCORER_API_URL and network"
+        print(f"probe failed: {err}" + (f" — {hint}" if hint else ""), file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print("probe ok: credentials and region work")
+    return 0
+
+
+def cmd_sandbox(args) -> int:
+    """Run the local Tencent sandbox."""
+    from scorer_local import sandbox
+
+    return sandbox.main(args.rest)
+
+
+def cmd_demo(args) -> int:
+    """Run the demo."""
+    from scorer_local import demo
+
+    return demo.main(args.rest)
+
+
+def cmd_receive(args) -> int:
+    """Run the signed webhook receiver."""
+    from worker.doors.receiver import serve as receiver
+
+    return receiver.main(args.rest)
+
+
+def cmd_metrics(args) -> int:
+    """Serve /metrics (cluster-wide, from Redis) and /healthz until SIGTERM or SIGINT."""
+    from worker.doors import metrics_http
+
+    s = load_settings(require=())  # Redis and the queue name only: never the Tencent key
+    port = args.port if args.port is not None else (s.metrics_port or 9808)
+    metrics_http.configure_logging(s)
+    state, broker = metrics_http.clients(s)
+    try:
+        server, _thread = metrics_http.start(args.host, port, state, broker, s.queue)
+    except OSError as err:
+        print(f"metrics: cannot listen on {args.host}:{port}: {err}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address
+    print(f"metrics on http://{host}:{server.server_address[1]}/metrics", flush=True)
+    while not stop.wait(1.0):  # a timed wait: the signal handler runs between waits
+        pass
+    server.shutdown()
+    server.server_close()
+    return 0
+
+
+def cmd_health(args) -> int:
+    """Exit 0 when the service is healthy, else 1 with one line on stderr (healthchecks)."""
+    if args.service == "metrics":
+        from worker.doors.metrics_http import get_status
+
+        status, line = get_status(args.url, args.timeout)
+        if status == 200:
+            return 0
+        print(f"metrics: {args.url} answered {status or 'nothing'}: {line}", file=sys.stderr)
+        return 1
+    if args.service == "worker":
+        from worker.doors.app import app
+
+        name = args.name or f"celery@{socket.gethostname()}"
+        try:
+            replies = app.control.ping(destination=[name], timeout=args.timeout)
+        except Exception as err:  # noqa: BLE001 (a broken broker is an unhealthy worker)
+            replies, why = [], type(err).__name__
+        else:
+            why = "no reply"
+        if any(name in r for r in replies):
+            return 0
+        print(f"worker: {name} did not answer a ping within {args.timeout}s ({why})",
+              file=sys.stderr)
+        return 1
+    return _health_beat(args)
+
+
+def _health_beat(args) -> int:
+    from redis import RedisError
+
+    from worker.doors import metrics, metrics_http
+    from worker.engine.schedule import tick_seconds
+
+    s = load_settings(require=())
+    # Beat publishes every tick (0.25 s by default): 40 ticks missed is stuck, not jitter.
+    max_age = args.max_age if args.max_age is not None else max(
+        10.0, 40 * tick_seconds(s.flush_interval))
+    try:
+        age = metrics.beat_publish_age(metrics_http.connect(s.state_url, args.timeout, s))
+    except RedisError as err:
+        print(f"beat: Redis unavailable ({type(err).__name__})", file=sys.stderr)
+        return 1
+    if age == metrics.INF:
+        print(f"beat: no tick published in the last {metrics.BEAT_PUBLISHED_TTL}s",
+              file=sys.stderr)
+        return 1
+    if age > max_age:
+        print(f"beat: last tick published {age:.1f}s ago (max {max_age:g}s)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_stats(args) -> int:
+    """Print the event counters."""
+    from worker.engine.state import counters as stats
+
+    rt = _rt()
+    for k, v in stats.read(rt.redis).items():
+        print(f"{k:<24} {v}")
+    return 0
+
+
+def cmd_battles(args) -> int:
+    """List active battles: rooms, owners, confirmed and pending score, end time."""
+    from worker.engine.state import keys
+    from worker.engine.battles import Battle
+    from worker.engine.state.keys import BattleKeys
+
+    rt = _rt()
+    ids = rt.redis.zrange(keys.ACTIVE, 0, -1)
+    if not ids:
+        print("no active battles")
+    for bid in ids:
+        b = Battle.load(rt, bid)
+        if b is None:
+            continue
+        bk = BattleKeys(bid)
+        applied = rt.redis.hgetall(bk.applied)
+        pending = rt.redis.hgetall(bk.pending)
+        last = rt.redis.lindex(bk.flushes, 0)
+        last_at = json.loads(last)["at"] if last else None
+        ends = time.strftime("%H:%M:%S", time.localtime(b.end)) if b.end else "?"
+        print(f"{bid}  status={b.status}  ends={ends}  last_flush="
+              f"{'-' if last_at is None else f'{time.time() - last_at:.1f}s ago'}")
+        for room, owner in b.rooms.items():
+            print(f"  {room:<20} owner={owner or '?':<16} confirmed={applied.get(room, 0):>8}"
+                  f"  pending={pending.get(room, 0)}")
+    return 0
+
+
+def cmd_battle(args) -> int:
+    """One battle: its ledger, flush history, and the score Tencent holds."""
+    from worker.engine.state.keys import BattleKeys
+
+    rt = _rt()
+    bk = BattleKeys(args.battle_id)
+    meta = rt.redis.hgetall(bk.meta)
+    if not meta:
+        print(f"unknown battle {args.battle_id}", file=sys.stderr)
+        return 1
+    out = {"meta": meta}
+    for name in ("pending", "inflight", "applied", "ledger", "corr", "unapplied", "recon"):
+        out[name] = rt.redis.hgetall(getattr(bk, name))
+    out["flushes"] = [json.loads(x) for x in rt.redis.lrange(bk.flushes, 0, 19)]
+    try:
+        info = rt.client.get_battle_info(args.battle_id)
+        out["tencent"] = {r.RoomId: r.Score for r in info.rooms}
+    except Exception as err:  # the operator still gets our side
+        out["tencent"] = f"unavailable: {err}"
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def cmd_dead_letters(args) -> int:
+    """List or replay dead letters."""
+    from worker.engine import deadletters
+
+    rt = _rt()
+    if args.action == "list":
+        for i, entry in enumerate(deadletters.list_entries(rt, args.limit)):
+            print(json.dumps({"index": i, **entry}))
+        return 0
+    counts = deadletters.replay(rt)
+    print(json.dumps(counts))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `battle-scorer`."""
+    p = argparse.ArgumentParser(prog="battle-scorer", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check-config", help="print the effective settings (secret masked)")
+    c.add_argument("--probe", action="store_true", help="make one signed read call to Tencent")
+    c.set_defaults(func=cmd_check_config)
+    c = sub.add_parser("sandbox", help="run the local Tencent sandbox (see --help)",
+                       add_help=False)
+    c.add_argument("rest", nargs=argparse.REMAINDER)
+    c.set_defaults(func=cmd_sandbox)
+    c = sub.add_parser("demo", help="run everything locally and play a few battles",
+                       add_help=False)
+    c.add_argument("rest", nargs=argparse.REMAINDER)
+    c.set_defaults(func=cmd_demo)
+    c = sub.add_parser("receive", help="signed Tencent webhook receiver (see --help)",
+                       add_help=False)
+    c.add_argument("rest", nargs=argparse.REMAINDER)
+    c.set_defaults(func=cmd_receive)
+    c = sub.add_parser("metrics", help="serve Prometheus metrics and /healthz")
+    c.add_argument("--port", type=int, default=None,
+                   help="default SCORER_METRICS_PORT, else 9808 (0: any free port)")
+    c.add_argument("--host", default="127.0.0.1")
+    c.set_defaults(func=cmd_metrics)
+    c = sub.add_parser("health", help="exit 0 when a service is healthy (healthchecks)")
+    c.add_argument("service", choices=["beat", "worker", "metrics"])
+    c.add_argument("--max-age", type=float, default=None,
+                   help="beat: seconds since its last tick publish (default 40 ticks, >= 10)")
+    c.add_argument("--url", default="http://127.0.0.1:9808/healthz", help="metrics: URL")
+    c.add_argument("--name", default=None, help="worker: node name (default celery@HOSTNAME)")
+    c.add_argument("--timeout", type=float, default=3.0)
+    c.set_defaults(func=cmd_health)
+    c = sub.add_parser("stats", help="event counters")
+    c.set_defaults(func=cmd_stats)
+    c = sub.add_parser("battles", help="active battles")
+    c.set_defaults(func=cmd_battles)
+    c = sub.add_parser("battle", help="one battle's ledger, flushes and Tencent score")
+    c.add_argument("battle_id")
+    c.set_defaults(func=cmd_battle)
+    c = sub.add_parser("dead-letters", help="list or replay dead letters")
+    c.add_argument("action", choices=["list", "replay"])
+    c.add_argument("--limit", type=int, default=100)
+    c.set_defaults(func=cmd_dead_letters)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    # Commands with their own parsers get the rest of the line untouched.
+    passthrough = {"sandbox": cmd_sandbox, "demo": cmd_demo, "receive": cmd_receive}
+    if argv and argv[0] in passthrough:
+        try:
+            return int(passthrough[argv[0]](argparse.Namespace(rest=argv[1:])) or 0)
+        except KeyboardInterrupt:
+            return 130
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""`python -m worker.doors.endgame_main`: the end game in a process of its own, beside the control workers.
+
+The end game's runner thread (worker/engine/endgame.py) used to live in a control worker, beside up to
+eight task threads flushing and reconciling and sixteen of its own: at 10,000 battles that
+process was CPU-bound, and a round waited for the GIL behind them. Its due battles aged to
+1.8 s, admitted calls left late and bunched up at Tencent (100012), and 20 to 400 battles in
+10,000 missed their last value. In a process of its own the runner only competes for a core,
+and the kernel wakes a mostly idle process at once. The control pool starts it
+(worker/doors/control_pool.py); while it beats (`bs:endgame:dedicated`), the runner threads of the
+control workers stand by.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from worker.engine import endgame
+from worker.engine.flush import flush_battle
+from worker.doors.logs import configure
+from worker.engine.runtime import get_runtime
+from worker.engine.settings import get_settings
+
+
+def main() -> int:
+    """Run the end game until SIGTERM."""
+    settings = get_settings()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "[%(asctime)s: %(levelname)s/endgame] %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    secrets = [settings.secret_key.get_secret_value()]
+    if settings.callback_token:
+        secrets.append(settings.callback_token.get_secret_value())
+    configure([handler], settings.log_format, secrets)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its URLs carry the UserSig
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    endgame.run_dedicated(get_runtime(), flush_battle, stop)
+    return 0
+
+
+if __name__ == "__main__":
+    from worker.doors import control_pool
+
+    control_pool.die_with_parent()
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The signed webhook receiver: an ASGI app that forwards Tencent callbacks to the queue."""

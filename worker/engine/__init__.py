@@ -1,0 +1,1 @@
+"""The engine: batching, flushing and reconciling battle scores. Importing it starts nothing."""

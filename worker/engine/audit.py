@@ -1,0 +1,205 @@
+"""Score audit: compare the score Tencent holds with the ledger's applied total; overwrite a difference.
+
+Why: exactly-once rests on our ledger, and some faults put a write on Tencent that the ledger
+does not show: a request that lands after the client gave up on it (its batch was settled
+meanwhile), a Redis that lost its last second (a claim, send and commit gone: the batch is
+pending again and is sent twice), a foreign write. Reconcile compares gift counts, not the
+score we wrote, so none of these would ever heal. An audit reads the battle's score
+(`get_battle_info`, its own API budget) under the battle's lock with no batch in flight, when
+the score Tencent holds must equal `applied`, and corrects a difference with one OpType 2 of
+`applied` (idempotent), recorded in the battle's history, the `audit_corrections` counter
+and the log.
+
+When: every AUDIT_INTERVAL s for each running battle (from its start), a settled ambiguity
+AFTER_AMBIGUITY s after it settled (a late write lands by then) but no later than END_LEAD s
+before the end, and every active battle at once after the tick sees Redis
+restarted (`check_restart`). Audits never wait for a call slot under the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from worker.engine.state import keys
+from worker.engine.state.pipeline import pipeline
+from worker.engine.endgame import END_MARGIN, FINAL_LEAD, read_timeout
+from worker.engine.battles import Battle, read_applied
+from worker.engine.state.keys import BattleKeys
+from worker.engine.state.lock import BattleLock
+from worker.engine.state.limiter import LOW, RateLimitTimeout
+from worker.engine.runtime import Runtime
+from worker.engine.schedule import AUDIT_INTERVAL
+from worker.engine.state.counters import bump
+from worker.engine.tencent.client import ADMITTED
+from worker.engine.tencent.errors import Outcome, TencentError
+
+log = logging.getLogger("scorer.audit")
+
+#: A settled ambiguity is audited this long after it settled: a write that outlived its
+#: client's 5 s timeout has landed or expired by then.
+AFTER_AMBIGUITY = 10.0
+#: ... but no later than this long before the battle's end: a double count must be healed
+#: before the buzzer, and the audit must be done before the end game (its last 1.5 s) needs
+#: the battle's lock (a read and a write, each allowed 1.5 s there).
+END_LEAD = 3.0
+#: An audit that could not run (no slot, lock busy, batch in flight) is due again this soon.
+RETRY = 0.5
+#: How long an audit waits for a get_battle_info slot (holding no lock).
+SLOT_WAIT = 0.5
+
+
+def schedule(rt: Runtime, battle_ids: list[str], at: float, pipe=None) -> None:
+    """Make the audits of these battles due at `at`, or sooner if already due sooner."""
+    if battle_ids:
+        (pipe or rt.redis).zadd(keys.AUDIT_DUE, {b: at for b in battle_ids}, lt=True)
+
+
+def after_ambiguity(rt: Runtime, battle: Battle | None, battle_id: str) -> None:
+    """Audit a battle whose ambiguous write was settled: once a late landing is possible no
+    more, or just before the end if that comes first."""
+    at = rt.clock() + AFTER_AMBIGUITY
+    if battle is not None and battle.end:
+        at = min(at, max(rt.clock(), battle.end - END_LEAD))
+        # ... and one last absolute write just before the end (endgame.FINAL_LEAD), after
+        # any late landing that audit could not wait for.
+        rt.redis.zadd(keys.FINAL_DUE, {battle_id: battle.end - FINAL_LEAD}, nx=True)
+    schedule(rt, [battle_id], at)
+
+
+def check_restart(rt: Runtime) -> bool:
+    """True (and every active battle due for an audit now) when the Redis server restarted
+    since the tick last looked: under `appendfsync everysec` its last second may be gone,
+    with claims and commits of writes that Tencent did apply."""
+    run_id = rt.redis.info("server").get("run_id")
+    last = rt.redis.getset(keys.REDIS_RUN, run_id)
+    if last is None or last == run_id:
+        return False
+    active = rt.redis.zrange(keys.ACTIVE, 0, -1)
+    if active:
+        pipe = pipeline(rt.redis)
+        schedule(rt, active, rt.clock(), pipe)
+        pipe.sadd(keys.AUDIT_FORCED, *active)
+        pipe.expire(keys.AUDIT_FORCED, int(AUDIT_INTERVAL * 4))
+        pipe.execute()
+    log.warning("Redis restarted (run_id changed): auditing %d active battles", len(active))
+    return True
+
+
+def audit_battle(rt: Runtime, battle_id: str, forced: bool = False) -> str:
+    """Audit one battle; returns an outcome name (ok, corrected, busy, ended, ...). A battle
+    with nothing applied yet is not read unless `forced` or Redis restarted (its last second
+    may have held the only commit)."""
+    forced = forced or bool(rt.redis.sismember(keys.AUDIT_FORCED, battle_id))
+    bk = BattleKeys(battle_id)
+    battle = Battle.load(rt, battle_id)
+    now = rt.clock()
+    if battle is None or not battle.start or battle.has_ended(rt.tclock.earliest(), END_MARGIN):
+        rt.redis.zrem(keys.AUDIT_DUE, battle_id)
+        return "ended"
+    if not rt.redis.exists(bk.applied) and not forced:
+        _next(rt, battle)  # nothing written yet: Tencent holds 0 (a restart audit still reads)
+        return "nothing"
+    if rt.redis.exists(bk.inflight):  # the flush settles it first
+        rt.redis.zadd(keys.AUDIT_DUE, {battle_id: now + RETRY}, xx=True)
+        return "inflight"
+    try:
+        rt.client.limiter.acquire("get_battle_info", SLOT_WAIT, LOW)
+    except RateLimitTimeout:
+        rt.redis.zadd(keys.AUDIT_DUE, {battle_id: now + RETRY}, xx=True)
+        return "rate_limited"
+    with BattleLock(rt.redis, bk.lock) as lock:
+        if not lock.held or rt.redis.exists(bk.inflight):
+            rt.redis.zadd(keys.AUDIT_DUE, {battle_id: now + RETRY}, xx=True)
+            return "busy"
+        outcome = _audit_locked(rt, battle, lock)
+    if outcome in ("busy", "rate_limited", "failed"):
+        rt.redis.zadd(keys.AUDIT_DUE, {battle_id: rt.clock() + RETRY}, xx=True)
+    else:
+        _next(rt, battle)
+        if forced:
+            rt.redis.srem(keys.AUDIT_FORCED, battle_id)
+    return outcome
+
+
+def _next(rt: Runtime, battle: Battle) -> None:
+    at = rt.clock() + AUDIT_INTERVAL
+    if battle.end - END_LEAD > rt.clock():
+        at = min(at, battle.end - END_LEAD)  # one more just before the buzzer
+    elif battle.end:
+        rt.redis.zrem(keys.AUDIT_DUE, battle.battle_id)
+        return
+    rt.redis.zadd(keys.AUDIT_DUE, {battle.battle_id: at}, xx=True)
+
+
+def _audit_locked(rt: Runtime, battle: Battle, lock: BattleLock) -> str:
+    bk = BattleKeys(battle.battle_id)
+    try:
+        info = rt.client.get_battle_info(battle.battle_id, max_wait=ADMITTED, max_attempts=1,
+                                         read_timeout=read_timeout(rt, battle))
+    except (TencentError, RateLimitTimeout) as err:
+        log.warning("audit read of %s failed: %s", battle.battle_id, err)
+        return "failed"
+    if info.Status == 2 or rt.tclock.earliest() >= info.EndTime > 0:
+        return "ended"  # no write can land: finalize compares the end scores
+    applied = read_applied(rt, battle.battle_id)
+    held = {r.RoomId: r.Score for r in info.rooms}
+    diff = {room: (applied.get(room, 0), held[room]) for room in battle.rooms
+            if room in held and held[room] != applied.get(room, 0)}
+    if not diff:
+        return "ok"
+    target = {room: want for room, (want, _) in diff.items()}
+    if rt.client.limiter.try_acquire("set_battle_score", LOW) > 0:
+        return "rate_limited"  # never wait under the lock: due again in a moment
+    res = _overwrite(rt, battle, lock, target, "audit overwrite")
+    if res is None:
+        return "failed"  # OpType 2 is idempotent: the next audit reads and writes again
+    codes = res.codes()
+    fixed = {r: diff[r] for r in target if codes.get(r, 0) == 0}
+    record = json.dumps({"id": "audit", "at": rt.clock(), "op": 2, "scores": target,
+                         "outcome": "audit", "held_before": {r: h for r, (_, h) in fixed.items()},
+                         "request_id": res.RequestId})
+    pipe = pipeline(rt.redis)
+    pipe.lpush(bk.flushes, record)
+    pipe.ltrim(bk.flushes, 0, 99)
+    bump(pipe, "audit_corrections", len(fixed))
+    pipe.execute()
+    log.warning("audit of %s corrected Tencent's score to the ledger: %s (ledger, held)",
+                battle.battle_id, fixed, extra={"battle_id": battle.battle_id,
+                                                "request_id": res.RequestId})
+    return "corrected"
+
+
+def last_write(rt: Runtime, battle: Battle | None) -> str:
+    """The last absolute write of a battle whose ambiguous write may still land (keys.FINAL_DUE;
+    the caller holds a call slot): under the lock, with nothing in flight, OpType 2 of the
+    ledger for every room, unread (there is no time for a read). A batch in flight or
+    pending value gets the end game's flush instead, which near the end writes absolute
+    totals too."""
+    if battle is None or battle.has_ended(rt.tclock.earliest(), END_MARGIN):
+        return "ended"
+    bk = BattleKeys(battle.battle_id)
+    with BattleLock(rt.redis, bk.lock) as lock:
+        if not lock.held or rt.redis.exists(bk.inflight):
+            return "busy"
+        applied = read_applied(rt, battle.battle_id)
+        res = _overwrite(rt, battle, lock, {r: applied.get(r, 0) for r in battle.rooms},
+                         "last write")
+    return "failed" if res is None else "final"
+
+
+def _overwrite(rt: Runtime, battle: Battle, lock: BattleLock, target: dict[str, int],
+               what: str):
+    """OpType 2 of `target` under `lock`, on a slot the caller holds; the answer, or None
+    (the lock was lost, or the call failed: an ambiguous one is audited again, since it may
+    land after a later flush)."""
+    if lock.lost:  # frozen past the ttl: another writer may hold the battle now
+        return None
+    try:
+        return rt.client.set_battle_score(battle.battle_id, 2, target, max_wait=ADMITTED,
+                                          max_attempts=1, read_timeout=read_timeout(rt, battle))
+    except (TencentError, RateLimitTimeout) as err:
+        log.warning("%s of %s failed: %s", what, battle.battle_id, err)
+        if isinstance(err, TencentError) and err.outcome is Outcome.ambiguous:
+            after_ambiguity(rt, battle, battle.battle_id)
+        return None

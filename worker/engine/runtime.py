@@ -1,0 +1,145 @@
+"""Per-process runtime: settings, the state Redis, the Tencent client and the Lua scripts."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from worker.engine.state import scripts
+from worker.engine.state.limiter import RedisRateLimiter
+from worker.engine.settings import Settings, get_settings, is_sentinel_url
+from worker.engine.tencent.clock import TencentClock
+from worker.engine.tencent import TencentClient
+
+
+def connect(url: str, sentinel_master: str | None = None,
+            sentinel_password: str | None = None, quick: float | None = None) -> redis.Redis:
+    """A Redis client, replies decoded as str: a Redis Cluster for `redis+cluster://` URLs, the
+    current master named `sentinel_master` for `sentinel://` URLs (one Sentinel or kombu's ';'
+    list; `sentinel_password` for the Sentinels themselves), one server otherwise.
+
+    `quick`: a client that must say "down" within its caller's own deadline (a metrics scrape,
+    a health check, the beat's hook): `quick` s timeouts and one immediate retry (a pooled
+    connection a Redis restart closed), not redis-py's default retries with back-off."""
+    if quick is not None:
+        options = {"decode_responses": True, "socket_timeout": quick,
+                   "socket_connect_timeout": quick, "retry": Retry(NoBackoff(), 1)}
+    else:
+        # A timeout on every command: a half-open connection must not hang a lock's
+        # heartbeat or a flush forever (no command of ours blocks on purpose).
+        options = {"decode_responses": True, "health_check_interval": 10,
+                   "socket_keepalive": True, "retry_on_timeout": True, "socket_timeout": 10,
+                   "socket_connect_timeout": 5}
+    if url.startswith("redis+cluster://"):
+        from redis.cluster import RedisCluster
+
+        cluster = {"decode_responses": True}
+        if quick is not None:
+            cluster.update(socket_timeout=quick, socket_connect_timeout=quick)
+        return RedisCluster.from_url("redis://" + url[len("redis+cluster://"):], **cluster)
+    if is_sentinel_url(url):
+        return _sentinel_master(url, sentinel_master, sentinel_password, quick, **options)
+    return redis.Redis.from_url(url, **options)
+
+
+def _sentinel_master(url: str, master: str | None, sentinel_password: str | None,
+                     quick: float | None, **options) -> redis.Redis:
+    """The master's client through its Sentinels, as kombu's Sentinel transport builds it: the
+    URL's user, password and database go to the master, the Sentinels get `sentinel_kwargs`.
+    The client asks a Sentinel for the master's address on each new connection, so it follows
+    a failover (connections to the old master are dropped)."""
+    from redis.sentinel import Sentinel
+
+    from worker.engine.settings import parse_sentinel_url, sentinel_kwargs
+
+    if not master:
+        raise ValueError("a sentinel:// URL needs the master's name (SCORER_SENTINEL_MASTER)")
+    parsed = parse_sentinel_url(url)
+    sentinel = Sentinel(list(parsed.nodes),
+                        sentinel_kwargs=sentinel_kwargs(sentinel_password, quick))
+    return sentinel.master_for(master, db=parsed.db, username=parsed.username,
+                               password=parsed.password, **options)
+
+
+@dataclass
+class Runtime:
+    """What the tasks of one process share."""
+
+    settings: Settings
+    redis: redis.Redis
+    client: TencentClient
+    clock: Callable[[], float] = time.time
+    scripts: dict = field(default_factory=dict)
+    tclock: TencentClock | None = None
+
+    def __post_init__(self) -> None:
+        if self.tclock is None:
+            # through `self.clock` at each call: tests move a runtime's clock by replacing it
+            self.tclock = TencentClock(self.redis, lambda: self.clock())
+
+    _broker: redis.Redis | None = None
+
+    @property
+    def broker(self) -> redis.Redis:
+        """The broker's Redis (kombu's queues live there): the state Redis when they are one."""
+        if self._broker is None:
+            same = self.settings.redis_url == self.settings.state_url
+            self._broker = self.redis if same else connect(
+                self.settings.redis_url, self.settings.sentinel_master,
+                self.settings.sentinel_secret)
+        return self._broker
+
+    def script(self, name: str, broker: bool = False):
+        """A registered Lua script by its name in worker.engine.state.scripts (EVALSHA, loaded on demand),
+        on the state Redis, or on the broker's for the scripts about its queues."""
+        key = f"broker:{name}" if broker else name
+        s = self.scripts.get(key)
+        if s is None:
+            client = self.broker if broker else self.redis
+            s = self.scripts[key] = client.register_script(getattr(scripts, name))
+        return s
+
+
+def build_runtime(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
+    """A runtime for `settings`: state Redis, shared limiter, Tencent client."""
+    from worker.doors.metrics import record_call
+
+    r = connect(settings.state_url, settings.sentinel_master, settings.sentinel_secret)
+    limiter = RedisRateLimiter(r, settings.api_rate)
+    client = TencentClient(settings, limiter)
+
+    def on_call(api: str, outcome: str, seconds: float, waited: float) -> None:
+        try:
+            record_call(r, api, outcome, seconds, waited)
+        except redis.RedisError:  # metrics never fail a call
+            pass
+
+    client.on_call = on_call
+    rt = Runtime(settings=settings, redis=r, client=client, clock=clock)
+    client.on_answer = rt.tclock.observe_date
+    return rt
+
+
+_runtime: Runtime | None = None
+_pid = 0
+
+
+def get_runtime() -> Runtime:
+    """The runtime of this process, built on first use and again after a fork."""
+    global _runtime, _pid
+    if _runtime is None or _pid != os.getpid():
+        _runtime = build_runtime(get_settings())
+        _pid = os.getpid()
+    return _runtime
+
+
+def set_runtime(rt: Runtime | None) -> None:
+    """Install a runtime (tests, in-process tools)."""
+    global _runtime, _pid
+    _runtime, _pid = rt, os.getpid()

@@ -1,0 +1,1 @@
+"""The Redis state: key names, Lua scripts, the battle lock, the rate limiter, pipelines, counters."""
