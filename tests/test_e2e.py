@@ -15,7 +15,7 @@ from celery import Celery
 
 from tests.conftest import worker_env
 from tests.helpers import end_body, gift_body, start_body, wait_for
-from worker.engine.state import counters as stats
+from worker.engine.state import counters
 from scorer_local.sandbox_control import SandboxControl
 from scorer_local.stack import Processes
 
@@ -100,12 +100,12 @@ def test_battles_end_exact_under_faults(stack, sandbox, rt):
     for i in range(3):
         recon = rt.redis.hgetall(f"bs:{{b:{ids[i]}}}:recon")
         assert ctl.scores(ids[i]) == truth[i], (i, ctl.scores(ids[i]), truth[i], recon,
-                                                 stats.read(rt.redis))
-    s = stats.read(rt.redis)
+                                                 counters.read(rt.redis))
+    s = counters.read(rt.redis)
     assert s["duplicate"] >= 9 and s["reconcile_corrections"] >= 2
     assert s["dead_lettered"] == 0
     wait_for(lambda: not rt.redis.zcard("bs:active"), timeout=30, what="battles finalized")
-    assert stats.read(rt.redis)["end_mismatch"] == 0
+    assert counters.read(rt.redis)["end_mismatch"] == 0
     secret = rt.settings.secret_key.get_secret_value()
     for name in ("worker.log", "beat.log"):
         assert secret not in (logs / name).read_text()

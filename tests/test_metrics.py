@@ -18,7 +18,8 @@ import redis
 from tests.conftest import ROOT, worker_env
 from worker.engine.state import keys
 from worker.doors import metrics, signals
-from worker.doors.metrics import PRIORITY_SEP, record_beat_publish, record_call
+from worker.doors.metrics import PRIORITY_SEP, record_beat_publish
+from worker.engine.state.counters import record_call
 from worker.doors.metrics_http import connect
 from scorer_local.stack import free_port
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.helpers import end_body, gift_body, start_body
-from worker.engine.state import keys, counters as stats
+from worker.engine.state import keys, counters
 from worker.engine.flush import AFTER_ERROR, flush_battle
 from worker.engine.ingest import handle
 from worker.engine.state.keys import BattleKeys
@@ -115,7 +115,7 @@ def test_invalid_body_is_dead_lettered_and_replayable(rt, ctl, battle):
     # Replaying unchanged keeps it (with its reason); nothing is lost.
     deadletters.replay(rt)
     assert len(deadletters.list_entries(rt)) == 1
-    assert stats.read(rt.redis)["dead_lettered"] == 2
+    assert counters.read(rt.redis)["dead_lettered"] == 2
 
 
 def test_gift_outside_battle_window_is_outside_after_hold(rt, ctl, battle, monkeypatch):
@@ -130,7 +130,7 @@ def test_gift_outside_battle_window_is_outside_after_hold(rt, ctl, battle, monke
     rt.clock = lambda: real() + 120
     battles.drain_held(rt, "room_a", sweep=True)
     rt.clock = real
-    assert stats.read(rt.redis)["outside"] == 1
+    assert counters.read(rt.redis)["outside"] == 1
     assert rt.redis.llen("bs:{r:room_a}:held") == 0
 
 

@@ -155,10 +155,10 @@ def _health_beat(args) -> int:
 
 def cmd_stats(args) -> int:
     """Print the event counters."""
-    from worker.engine.state import counters as stats
+    from worker.engine.state import counters
 
     rt = _rt()
-    for k, v in stats.read(rt.redis).items():
+    for k, v in counters.read(rt.redis).items():
         print(f"{k:<24} {v}")
     return 0
 

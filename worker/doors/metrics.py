@@ -21,13 +21,12 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
-from worker.engine.state import keys, counters as stats
+from worker.engine.state import counters, keys
+from worker.engine.state.counters import BUCKETS
 from worker.engine.state.pipeline import pipeline
 from worker.engine.tencent.errors import Outcome
 
 log = logging.getLogger("scorer.metrics")
-
-BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 #: string: time (beat's clock) the beat last published `scorer.tick`, written by the beat's
 #: publish hook (worker/doors/signals.py). It expires, so a beat gone for good leaves no key behind.
@@ -43,18 +42,6 @@ OLDEST_SCAN = 100
 #: see a series from the start rather than an absent one.
 EXTRA_EVENTS = ("audit_corrections", "given_up", "late_drift")
 INF = float("inf")
-
-
-def record_call(redis, api: str, outcome: str, seconds: float, waited: float = 0.0) -> None:
-    """Count one Tencent call, its latency bucket and any rate-limiter wait (one round trip)."""
-    le = next((b for b in BUCKETS if seconds <= b), "+Inf")
-    pipe = pipeline(redis)
-    pipe.hincrby(keys.METRICS_CALLS, f"{api}|{outcome}", 1)
-    pipe.hincrbyfloat(keys.METRICS_LATENCY_SUM, api, seconds)
-    pipe.hincrby(keys.METRICS_LATENCY_BUCKETS, f"{api}|{le}", 1)
-    if waited:
-        pipe.hincrbyfloat(keys.METRICS_LIMITER_WAIT, api, waited)
-    pipe.execute()
 
 
 def record_beat_publish(redis, now: float | None = None) -> None:
@@ -164,7 +151,7 @@ class ScorerCollector:
 
         ev = CounterMetricFamily("scorer_events", "Events by what became of them",
                                  labels=["outcome"])
-        for name in sorted(set(stats.FIELDS) | set(EXTRA_EVENTS) | set(raw_stats)):
+        for name in sorted(set(counters.FIELDS) | set(EXTRA_EVENTS) | set(raw_stats)):
             ev.add_metric([name], _num(raw_stats.get(name, 0)))
         yield ev
 

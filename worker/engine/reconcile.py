@@ -274,37 +274,6 @@ GIVE_UP_MIN_DURATION = 60.0
 GIVE_UP_GRACE = 60.0
 GIVEN_UP = "given_up"
 
-#: KEYS: every key of the battle, its meta hash first (one slot). ARGV: now, reason, keep (s).
-#: Gives the battle up unless a register() made it running meanwhile; no key of it lives past
-#: now + keep (a shorter TTL, such as a lock's, is kept). Returns {done, its rooms (JSON)}.
-_GIVE_UP = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status and status ~= 'created' then return {0, ''} end
-redis.call('HSET', KEYS[1], 'status', 'given_up', 'given_up_at', ARGV[1],
-           'give_up_reason', ARGV[2])
-local keep = tonumber(ARGV[3]) * 1000
-for _, key in ipairs(KEYS) do
-  local ttl = redis.call('PTTL', key)
-  if ttl == -1 or ttl > keep then redis.call('PEXPIRE', key, keep) end
-end
-return {1, redis.call('HGET', KEYS[1], 'rooms') or ''}
-"""
-#: KEYS: the meta hash. ARGV: when first seen unresolved, if not recorded yet. Never creates
-#: the hash (it would have no expiry): returns nil when the battle has no meta.
-_SINCE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-redis.call('HSETNX', KEYS[1], 'unresolved_since', ARGV[1])
-return redis.call('HGET', KEYS[1], 'unresolved_since')
-"""
-
-
-def _lua(rt: Runtime, name: str, source: str):
-    s = rt.scripts.get(f"reconcile:{name}")
-    if s is None:
-        s = rt.scripts[f"reconcile:{name}"] = rt.redis.register_script(source)
-    return s
-
-
 def give_up_after(duration_s: float) -> float:
     """Seconds after it was first seen unresolved that a battle not started is given up."""
     return max(duration_s, GIVE_UP_MIN_DURATION) + GIVE_UP_GRACE
@@ -313,7 +282,7 @@ def give_up_after(duration_s: float) -> float:
 def _unresolved_since(rt: Runtime, bk: BattleKeys, meta: dict[str, str], now: float) -> float:
     if meta.get("unresolved_since"):
         return float(meta["unresolved_since"])
-    since = _lua(rt, "SINCE", _SINCE)(keys=[bk.meta], args=[meta.get("registered_at") or now])
+    since = rt.script("UNRESOLVED_SINCE")(keys=[bk.meta], args=[meta.get("registered_at") or now])
     # No meta at all (it expired, or never was): nothing to wait for; one try, then give up.
     return float(since) if since else 0.0
 
@@ -356,7 +325,7 @@ def give_up(rt: Runtime, battle_id: str, waited: float | None, why: str) -> str:
     whose start is unknown)."""
     bk = BattleKeys(battle_id)
     now = rt.clock()
-    done, rooms = _lua(rt, "GIVE_UP", _GIVE_UP)(keys=bk.all(),
+    done, rooms = rt.script("GIVE_UP")(keys=bk.all(),
                                                  args=[now, why, battles.KEEP_AFTER_END])
     if not done:  # registered as running meanwhile (a start webhook): nothing to give up
         return "resolved"

@@ -12,6 +12,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from worker.engine.state import scripts
+from worker.engine.state.counters import record_call
 from worker.engine.state.limiter import RedisRateLimiter
 from worker.engine.settings import Settings, get_settings, is_sentinel_url
 from worker.engine.tencent.clock import TencentClock
@@ -108,8 +109,6 @@ class Runtime:
 
 def build_runtime(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
     """A runtime for `settings`: state Redis, shared limiter, Tencent client."""
-    from worker.doors.metrics import record_call
-
     r = connect(settings.state_url, settings.sentinel_master, settings.sentinel_secret)
     limiter = RedisRateLimiter(r, settings.api_rate)
     client = TencentClient(settings, limiter)

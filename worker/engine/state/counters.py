@@ -1,4 +1,5 @@
-"""Counters of what happened to every event, kept in Redis so every process adds to the same."""
+"""Counters of what happened to every event and every Tencent call, kept in Redis so every
+process adds to the same (the metrics exporter, worker/doors/metrics.py, reads them)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from worker.engine.state import keys
 FIELDS = ("received", "ingested", "duplicate", "held", "outside", "not_to_owner",
           "dead_lettered", "ignored", "lifecycle", "replayed", "end_mismatch",
           "reconcile_corrections", "unapplied")
+#: Upper bounds (seconds) of the Tencent call latency histogram.
+BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 def bump(redis_or_pipe, field: str, n: int = 1) -> None:
@@ -32,3 +35,15 @@ def read(redis) -> dict[str, int]:
     """All counters, zero for those never bumped."""
     raw = redis.hgetall(keys.STATS)
     return {f: int(raw.get(f, 0)) for f in sorted(set(FIELDS) | set(raw))}
+
+
+def record_call(redis, api: str, outcome: str, seconds: float, waited: float = 0.0) -> None:
+    """Count one Tencent call, its latency bucket and any rate-limiter wait (one round trip)."""
+    le = next((b for b in BUCKETS if seconds <= b), "+Inf")
+    pipe = pipeline(redis)
+    pipe.hincrby(keys.METRICS_CALLS, f"{api}|{outcome}", 1)
+    pipe.hincrbyfloat(keys.METRICS_LATENCY_SUM, api, seconds)
+    pipe.hincrby(keys.METRICS_LATENCY_BUCKETS, f"{api}|{le}", 1)
+    if waited:
+        pipe.hincrbyfloat(keys.METRICS_LIMITER_WAIT, api, waited)
+    pipe.execute()

@@ -23,6 +23,7 @@ import time
 import uuid
 
 from worker.engine.state import keys, scripts
+from worker.engine.tencent.errors import RateLimitTimeout  # noqa: F401  (re-exported)
 
 
 #: Share of SCORER_API_RATE the limiter admits (see the module docstring).
@@ -37,10 +38,6 @@ HIGH, LOW = "high", "low"
 def admitted_per_second(rate: int) -> float:
     """The most calls per second the limiter admits over time: what schedules may plan on."""
     return max(1, int(rate * HEADROOM)) * 1000 / (WINDOW_MS + MARGIN_MS)
-
-
-class RateLimitTimeout(RuntimeError):
-    """The budget stayed full for longer than the caller was willing to wait."""
 
 
 class RedisRateLimiter:
@@ -75,7 +72,7 @@ class RedisRateLimiter:
                 self.waited_total += waited
                 return waited
             if waited + wait > limit:
-                raise RateLimitTimeout(f"{api}: no call slot within {limit:.1f}s")
+                raise RateLimitTimeout(api, limit)
             self._sleep(wait)
             waited += wait
 

@@ -19,6 +19,7 @@ from worker.engine.tencent.errors import (
     TencentError,
     classify_code,
     classify_exception,
+    RateLimitTimeout,
     classify_status,
 )
 from worker.engine.tencent.models import (
@@ -209,6 +210,8 @@ class TencentClient:
             try:
                 wait = max_wait if attempt == 1 or max_wait != ADMITTED else 0.0
                 return self._send_once(api, body, on_send, wait, lane, read_timeout)
+            except RateLimitTimeout:
+                raise  # never sent; how much longer to wait is the caller's choice, not a retry
             except TencentError as err:
                 log.warning("tencent call failed: %s (attempt %d/%d)", err, attempt, attempts)
                 if err.code == SIG_EXPIRED:

@@ -47,6 +47,14 @@ class TencentError(Exception):
         super().__init__(detail)
 
 
+class RateLimitTimeout(TencentError):
+    """No call slot within what the caller was willing to wait: the request was never sent
+    (retryable). Raised by the shared rate limiter, before any byte leaves."""
+
+    def __init__(self, api: str, waited: float) -> None:
+        super().__init__(api, Outcome.retryable, f"no call slot within {waited:.1f}s")
+
+
 #: UserSig invalid, key mismatch, identifier mismatch: our configuration, mid key rotation
 #: perhaps: refused, not final (tencent-api.md §5).
 CONFIG_CODES = frozenset({70003, 70009, 70013})

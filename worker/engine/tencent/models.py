@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from enum import IntEnum
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -23,6 +26,13 @@ class ScoreItem(_Loose):
 
     RoomId: str = Field(min_length=1, max_length=128)
     Score: int = Field(ge=0, le=MAX_SCORE)
+
+
+class OpType(IntEnum):
+    """set_battle_score's OpType: add to each room's score, or set it."""
+
+    ACCUMULATE = 1
+    OVERWRITE = 2
 
 
 class SetBattleScoreRequest(_Loose):
@@ -51,6 +61,15 @@ class SetBattleScoreResult(_Loose):
     def codes(self) -> dict[str, int]:
         """RoomId → ResultCode."""
         return {r.RoomId: r.ResultCode for r in self.Result}
+
+    def split(self, rooms: Iterable[str]) -> tuple[list[str], list[str]]:
+        """`rooms` split into those set (ResultCode 0, or not mentioned in the answer) and
+        those refused (any other ResultCode, e.g. 1: the room does not exist)."""
+        codes = self.codes()
+        ok, failed = [], []
+        for room in rooms:
+            (ok if codes.get(room, 0) == 0 else failed).append(room)
+        return ok, failed
 
 
 class GiftCountRequest(_Loose):
