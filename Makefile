@@ -5,7 +5,7 @@ PYTHON ?= python3
 # Where `make lock` resolves the pinned set: a throwaway venv, never $(VENV).
 LOCK_VENV ?= /tmp/battle-scorer-lock-venv
 
-.PHONY: run test bench chaos compose-check lock clean
+.PHONY: run test test-unit lint bench chaos compose-check lock clean
 
 # constraints.txt pins every package (the same set the images install): a changed pin or
 # dependency reinstalls.
@@ -20,10 +20,19 @@ run: $(VENV)/.installed
 	bash scripts/ensure-redis
 	$(VENV)/bin/battle-scorer demo
 
-## test: set up, then run the whole test suite
+## test: set up, then run the whole test suite (unit, integration, slow)
 test: $(VENV)/.installed
 	bash scripts/ensure-redis
 	$(PY) -m pytest -q -ra
+
+## test-unit: the unit tests alone (no process started, under 30 s)
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest -q -ra tests/unit
+
+## lint: ruff, then mypy (every definition in worker/engine typed)
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.run

@@ -1,0 +1,216 @@
+"""The layout holds: the engine starts nothing, imports flow one way, no cycle, modules stay small.
+
+Read from the source (ast), so these run with no process and no import side effect; one test
+imports every engine module in a fresh interpreter to prove that no Celery app is built.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = {"worker": ROOT / "worker", "tasks": ROOT / "tasks",
+           "scorer_local": ROOT / "local" / "scorer_local"}
+ENGINE_MAX_LINES = 300
+TASKS_MAX_LINES = 150
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the project's packages: dotted name -> file."""
+    out = {}
+    for top, base in SOURCES.items():
+        for path in sorted(base.rglob("*.py")):
+            rel = path.relative_to(base).with_suffix("")
+            parts = [top, *rel.parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+ENGINE = sorted(m for m in MODULES if m == "worker.engine" or m.startswith("worker.engine."))
+
+
+def _resolve(name: str) -> str | None:
+    """The project module `name` refers to (the longest known prefix), None if outside."""
+    while name:
+        if name in MODULES:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def imports_of(module: str) -> set[str]:
+    """Project modules `module` imports anywhere in its body (top level or inside a function):
+    `from a.b import c` counts as a.b.c when c is a module, else as a.b."""
+    path = MODULES[module]
+    tree = ast.parse(path.read_text(), str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
+                                + ([base] if base else []))
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
+        else:
+            continue
+        for name in names:
+            target = _resolve(name)
+            # An import of a parent package is implied by Python itself: not an edge.
+            if target and target != module and not module.startswith(target + "."):
+                found.add(target)
+    return found
+
+
+def _third_party(module: str) -> set[str]:
+    path = MODULES[module]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+GRAPH = {m: imports_of(m) for m in MODULES}
+
+
+def test_the_engine_imports_no_door_task_local_world_or_celery():
+    for module in ENGINE:
+        outside = {t for t in GRAPH[module] if not t.startswith("worker.engine")}
+        assert not outside, f"{module} imports {sorted(outside)}"
+        assert not {"celery", "flower", "uvicorn", "rich", "scorer_local", "tasks"} \
+            & _third_party(module), module
+
+
+def test_tasks_use_the_engine_and_the_app_only():
+    for module in (m for m in MODULES if m.startswith("tasks")):
+        for target in GRAPH[module]:
+            assert target.startswith("worker.engine") or target == "worker.doors.app", \
+                f"{module} imports {target}"
+
+
+def test_the_doors_never_import_the_local_world_at_module_level():
+    for module in (m for m in MODULES if m.startswith("worker.doors")):
+        tree = ast.parse(MODULES[module].read_text())
+        for node in tree.body:  # top level only: the CLI may offer the demo lazily
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) \
+                    else [node.module or ""]
+                assert not any(n.startswith("scorer_local") for n in names), module
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle():
+    # Function-level imports count too: a cycle hidden in a function is still a cycle.
+    assert _cycles(GRAPH) == []
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_engine_modules_are_small_and_tasks_thin():
+    big = {m: n for m in ENGINE if (n := len(MODULES[m].read_text().splitlines()))
+           > ENGINE_MAX_LINES}
+    assert not big, f"engine modules over {ENGINE_MAX_LINES} lines: {big}"
+    tasks = sum(len(p.read_text().splitlines()) for p in (ROOT / "tasks").glob("*.py"))
+    assert tasks < TASKS_MAX_LINES, f"tasks/ holds {tasks} lines"
+
+
+def test_every_module_opens_with_a_docstring():
+    for module, path in MODULES.items():
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        assert doc, f"{module} has no module docstring"
+
+
+@pytest.mark.integration
+def test_importing_every_engine_module_builds_no_app_patch_or_signal():
+    code = (
+        "import importlib, sys\n"
+        f"for name in {ENGINE!r}:\n"
+        "    importlib.import_module(name)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('celery', 'tasks', 'scorer_local')"
+        " or m.startswith('worker.doors'))\n"
+        "assert not bad, bad\n"
+        "import kombu.transport.redis as t\n"
+        "import worker\n"
+        "assert 'app' not in vars(worker), 'worker.app was built'\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.integration
+def test_worker_app_still_resolves_for_celery_a_worker():
+    code = ("from celery.app.utils import find_app\n"
+            "app = find_app('worker')\n"
+            "assert app.main == 'battle_scorer', app\n"
+            "app.loader.import_default_modules()  # what a worker does at start\n"
+            "assert 'scorer.webhook' in app.tasks and 'scorer.tick' in app.tasks\n")
+    env = {"PATH": "/usr/bin:/bin", "SCORER_SDKAPPID": "1", "SCORER_SECRET_KEY": "k"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.integration
+def test_the_wheel_without_extras_holds_no_local_world(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                           str(tmp_path), str(ROOT)], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("battle_scorer-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("worker/engine/") for n in names)
+    assert not [n for n in names if "scorer_local" in n or "sandbox" in n or "demo" in n]
+    meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    requires = [line for line in zipfile.ZipFile(wheel).read(meta).decode().splitlines()
+                if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    assert requires and not [r for r in requires if "rich" in r or "flower" in r]
