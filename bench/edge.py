@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                         ("100006 answers", lambda r: r.errors_100006),
                         ("gifts sent", lambda r: r.gifts)]
                 for name, fn in rows:
-                    print(f"  {name:<44} " + " ".join(f"{str(fn(r)):>14}" for r in runs.values()))
+                    print(f"  {name:<44} " + " ".join(f"{fn(r)!s:>14}" for r in runs.values()))
                 s = runs.get("scorer")
                 if s is not None:
                     failed |= s.right != s.battles

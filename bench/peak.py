@@ -358,7 +358,7 @@ class Run:
 def table(runs: list[dict]) -> str:
     """Modes side by side."""
     def row(name, fn):
-        return f"{name:<40}" + "".join(f" {str(fn(r)):>23}" for r in runs)
+        return f"{name:<40}" + "".join(f" {fn(r)!s:>23}" for r in runs)
 
     def cpu(k):
         return lambda r: f"{r['cpu'][k]:.1f}"

@@ -26,8 +26,17 @@ import redis
 from celery import Celery
 
 from scorer_local.bodies import gift_body, start_body
-from scorer_local.stack import (ROOT, Processes, RedisServer, SandboxProcess, children_map, cmdline,
-                          process_tree_cpu, process_tree_rss, scorer_env)
+from scorer_local.stack import (
+    ROOT,
+    Processes,
+    RedisServer,
+    SandboxProcess,
+    children_map,
+    cmdline,
+    process_tree_cpu,
+    process_tree_rss,
+    scorer_env,
+)
 
 SDKAPPID = 1400000000
 FLUSH_INTERVAL = 1.0
@@ -531,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             emit(f"  {'figure':<42} {'battle-scorer':>24} {'naive':>24}")
             for name, a, b in rows:
-                emit(f"  {name:<42} {str(a):>24} {str(b):>24}")
+                emit(f"  {name:<42} {a!s:>24} {b!s:>24}")
             if s.inexact:
                 emit(f"  (battle-scorer inexact, by order of end: {_ranges(s.inexact)})")
             sys.stdout.flush()

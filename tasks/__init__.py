@@ -1,1 +1,1 @@
-"""Celery tasks of battle-scorer: ingest (`scorer.webhook[s]`) and control (tick, flush, reconcile)."""
+"""Celery tasks of battle-scorer: ingest (`scorer.webhook[s]`, `scorer.drain`) and control."""

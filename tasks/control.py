@@ -1,312 +1,57 @@
-"""Control tasks on their own queue: the beat tick, per-battle flush and reconcile."""
+"""Control tasks on their own queue: tick, flush, reconcile and audit (worker/engine/tick.py)."""
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 
-import redis
+from celery import Task
 
-from worker.engine.state.pipeline import pipeline
 from worker.doors.app import app
-from worker.engine import audit, battles, drain, endgame, schedule, watermark
-from worker.engine.state import keys
-from worker.engine.battles import Battle
-from worker.engine.flush import flush_battle, forget_idle, holding_value
-from worker.engine.state.keys import BattleKeys
-from worker.engine.state.lock import BattleLock
+from worker.engine import audit
+from worker.engine import tick as engine_tick
+from worker.engine.flush import flush_battle
 from worker.engine.reconcile import reconcile_battle
 from worker.engine.runtime import Runtime, get_runtime
-from worker.engine.state.counters import bump
 
-log = logging.getLogger("scorer.control")
-
-#: Battles dispatched per tick and per kind: bounds one tick's work under a flood.
-MAX_DISPATCH = 2000
-#: A battle is finalized this long after its end (late answers, the end webhook).
-FINAL_GRACE = 10.0
-#: Every this many seconds the tick re-checks active battles for pending value not marked due
-#: (an ingest that died between its two Redis commands).
-SAFETY_SWEEP = 5.0
 #: A dispatched control task older than this is dropped; the next tick sends a fresh one.
 TASK_EXPIRES = 30
-
-
-#: Battles per control message, and threads per process working through one message: one
-#: Celery message per battle would cost more than the flush itself at hundreds of battles.
-BATCH = 20
-THREADS = 8
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = 0
-
-
-def _run_many(fn, battle_ids: list[str]) -> dict[str, str]:
-    """Run `fn(rt, battle_id)` for each battle on this process's thread pool."""
-    global _pool, _pool_pid
-    rt = get_runtime()
-    if len(battle_ids) == 1:
-        return {battle_ids[0]: fn(rt, battle_ids[0])}
-    if _pool is None or _pool_pid != os.getpid():
-        _pool, _pool_pid = ThreadPoolExecutor(THREADS, thread_name_prefix="battle"), os.getpid()
-    results = _pool.map(lambda bid: _safe(fn, rt, bid), battle_ids)
-    return dict(zip(battle_ids, results))
-
-
-def _safe(fn, rt: Runtime, battle_id: str) -> str:
-    try:
-        return fn(rt, battle_id)
-    except Exception:  # one battle's failure must not stop the others; its state is in Redis
-        log.exception("control task failed", extra={"battle_id": battle_id})
-        return "error"
 
 
 @app.task(name="scorer.flush", ignore_result=True)
 def flush(battle_ids: list[str]) -> dict[str, str]:
     """Send the pending deltas of these battles (one owner per battle)."""
-    return _run_many(flush_battle, list(battle_ids))
+    return engine_tick.run_many(get_runtime(), flush_battle, list(battle_ids))
 
 
 @app.task(name="scorer.reconcile", ignore_result=True)
 def reconcile(battle_ids: list[str]) -> dict[str, str]:
     """Compare these battles with get_gift_count; confirmed drift becomes pending value."""
-    return _run_many(reconcile_battle, list(battle_ids))
+    return engine_tick.run_many(get_runtime(), reconcile_battle, list(battle_ids))
 
 
 @app.task(name="scorer.audit", ignore_result=True)
 def audit_task(battle_ids: list[str]) -> dict[str, str]:
     """Compare these battles' scores on Tencent with the ledger; overwrite a difference."""
-    return _run_many(audit.audit_battle, list(battle_ids))
+    return engine_tick.run_many(get_runtime(), audit.audit_battle, list(battle_ids))
 
 
 @app.task(name="scorer.tick", ignore_result=True)
 def tick() -> dict[str, int]:
     """Dispatch due flushes and reconciles, sweep held gifts, finalize ended battles."""
-    rt = get_runtime()
-    endgame.ensure_runner(rt, flush_battle)  # the end game runs beside the tick, not in it
-    with BattleLock(rt.redis, keys.TICK_LOCK, ttl_ms=5000) as lock:
-        if not lock.held:
-            return {}
-        return run_tick(rt)
+    return engine_tick.run(get_runtime(), lambda kind, ids: _send(TASKS[kind], ids))
 
 
-def _due(rt: Runtime, zkey: str, now: float) -> list[str]:
-    return rt.redis.zrangebyscore(zkey, "-inf", now, start=0, num=MAX_DISPATCH)
+#: The task of each kind of control message the tick dispatches.
+TASKS: dict[str, Task] = {"flush": flush, "reconcile": reconcile, "audit": audit_task}
 
 
-def _pick(rt: Runtime, zkey: str, now: float, budget: int,
-          keep=lambda ids: ids, near_end_first: bool = True) -> list[str]:
-    """Due battles of `zkey` within `budget`, oldest first, with battles near their end first
-    if `near_end_first` (see worker/engine/schedule.py); `keep(ids)` drops candidates that need no
-    call."""
-    if not near_end_first:  # the oldest due, page by page: no need to read them all
-        chosen: list[str] = []
-        seen: set[str] = set()
-        low: float | str = "-inf"  # by score, not offset: `keep` may move some out of range
-        step, ties = max(budget, 1), 0  # ties: seen ids scored `low` (read again)
-        while len(chosen) < budget and len(seen) < MAX_DISPATCH:
-            page = rt.redis.zrangebyscore(zkey, low, now, start=0, num=step + ties,
-                                          withscores=True)
-            ids = [b for b, _ in page if b not in seen][:step]
-            if not ids:
-                break
-            seen.update(ids)
-            low = page[-1][1]
-            ties = sum(1 for _, score in page if score == low)
-            chosen += keep(ids)[:budget - len(chosen)]
-        return chosen
-    due = dict(rt.redis.zrangebyscore(zkey, "-inf", now, start=0, num=MAX_DISPATCH,
-                                      withscores=True))
-    urgent = schedule.urgent_window(rt.settings.flush_interval) if near_end_first else 0.0
-    if urgent:
-        # The oldest MAX_DISPATCH may not include the battles about to end: add those due.
-        ending = rt.redis.zrangebyscore(keys.ACTIVE, now - FINAL_GRACE, now + urgent,
-                                        start=0, num=MAX_DISPATCH)
-        if ending:
-            for bid, since in zip(ending, rt.redis.zmscore(zkey, ending)):
-                if since is not None and since <= now:
-                    due[bid] = since
-    if not due:
-        return []
-    ends = dict(zip(due, rt.redis.zmscore(keys.ACTIVE, list(due))))
-    chosen = []
-    order = schedule.choose(list(due.items()), ends, now, len(due), urgent)
-    for i in range(0, len(order), max(budget, 1)):
-        chosen += keep(order[i:i + budget])[:budget - len(chosen)]
-        if len(chosen) >= budget:
-            break
-    return chosen
+def _send(task: Task, battle_ids: list[str]) -> None:
+    task.apply_async((battle_ids,), expires=TASK_EXPIRES)
 
 
-def _with_value(rt: Runtime, battle_ids: list[str], round_s: float = 0.0) -> list[str]:
-    """The battles a flush would send something for now: no idle flush, none in the end game
-    (worker/engine/endgame.py has those), none while a batch must settle first, and none whose end
-    game starts before its next turn in a round of `round_s` s (schedule.skips_turn): those
-    are due again when their end game starts, and it promotes them."""
-    if not battle_ids:
-        return []
-    pipe = pipeline(rt.redis)
-    pipe.zmscore(keys.ACTIVE, battle_ids)
-    for bid in battle_ids:
-        bk = BattleKeys(bid)
-        pipe.hlen(bk.pending)
-        pipe.hget(bk.inflight, "state")
-        pipe.zscore(keys.ENDGAME_DUE, bid)
-    ends, *res = pipe.execute()
-    now = rt.clock()
-    ahead = rt.tclock.latest() - now  # the end game starts by the latest Tencent's clock
-    out, idle, later = [], [], {}
-    for i, bid in enumerate(battle_ids):
-        pending, state, endgame_due = res[3 * i:3 * i + 3]
-        if endgame_due is not None:
-            continue
-        if not pending and not state:
-            idle.append(bid)
-            continue
-        window_at = (ends[i] or 0.0) - endgame.FINAL_WINDOW - ahead
-        if ends[i] and schedule.skips_turn(window_at - now, round_s, rt.settings.flush_interval):
-            later[bid] = max(now, window_at)
-            continue
-        out.append(bid)
-    forget_idle(rt, idle)  # checked again against a concurrent ingest
-    if later:
-        rt.redis.zadd(keys.FLUSH_DUE, later, xx=True)
-    return out
-
-
-def run_tick(rt: Runtime, dispatch=None) -> dict[str, int]:
-    """One tick; `dispatch(task, battle_ids)` sends a control task (tests pass their own)."""
-    dispatch = _batched(dispatch or (lambda task, ids: task.apply_async((ids,),
-                                                                         expires=TASK_EXPIRES)))
-    out = {"flush": 0, "reconcile": 0, "resolve": 0, "held_rooms": 0, "finalized": 0}
-    try:  # the ingest side: what reconcile may judge, and batches of dead drains
-        out["given_back"] = watermark.give_back_stuck(rt) + drain.recover(rt)
-        out["ingest_lag_ms"] = int(watermark.advance(rt).lag * 1000)
-    except redis.RedisError as err:
-        log.warning("ingest watermark not advanced: %s", type(err).__name__)
-    now = rt.clock()
-    s = rt.settings
-    last = rt.redis.getset(keys.TICK_AT, now)
-    span = schedule.tick_span(now, None if last is None else float(last), s.flush_interval)
-    # The end game first: its battles and the share of the budget it keeps.
-    out["reserve"] = reserved = endgame.plan(rt, now)
-    # Flushes: at most one per battle per SCORER_FLUSH_INTERVAL, within what the budget has
-    # left after the end game's reserve, oldest first (fair share: the end game has deadlines).
-    budget = schedule.per_tick_budget(s.api_rate, s.flush_interval, reserved=reserved,
-                                      span=span)
-    round_s = schedule.round_seconds(rt.redis.zcard(keys.FLUSH_DUE), s.api_rate, reserved)
-    due = _pick(rt, keys.FLUSH_DUE, now, budget, keep=lambda ids: _with_value(rt, ids, round_s),
-                near_end_first=False)
-    if due:
-        rt.redis.zadd(keys.FLUSH_DUE, {b: now + s.flush_interval for b in due}, xx=True)
-        dispatch(flush, due)
-        out["flush"] = len(due)
-    # Reconciles read get_gift_count once per room (2 per battle): half that budget per tick.
-    recon_budget = schedule.per_tick_budget(s.api_rate, s.flush_interval, share=0.5,
-                                            span=span)
-    for zkey, name in ((keys.RECONCILE_DUE, "reconcile"), (keys.UNRESOLVED, "resolve")):
-        due = _pick(rt, zkey, now, recon_budget)
-        if due:
-            # Provisional: the task itself sets the real next time when it runs; if it dies,
-            # this retries soon (a late first read would make a late baseline).
-            retry = now + max(1.0, min(5.0, s.reconcile_interval))
-            rt.redis.zadd(zkey, {b: retry for b in due}, xx=True)
-            dispatch(reconcile, due)
-            out[name] = len(due)
-    # Audits read get_battle_info, which only read-backs and unresolved battles share: a
-    # quarter of its budget (an audit per battle every 30 s up to 1,350 battles; beyond,
-    # oldest first), after a Redis restart every active battle at once.
-    try:
-        out["redis_restarted"] = int(audit.check_restart(rt))
-    except redis.RedisError as err:
-        log.warning("Redis restart check failed: %s", type(err).__name__)
-    audit_budget = schedule.per_tick_budget(s.api_rate, s.flush_interval, share=0.25,
-                                            span=span)
-    due = _pick(rt, keys.AUDIT_DUE, now, audit_budget)
-    if due:
-        rt.redis.zadd(keys.AUDIT_DUE, {b: now + 5.0 for b in due}, xx=True)  # provisional
-        dispatch(audit_task, due)
-        out["audit"] = len(due)
-    for room in _due(rt, keys.HELD_ROOMS, now)[:200]:
-        battles.drain_held(rt, room, sweep=True)
-        out["held_rooms"] += 1
-    ended = rt.redis.zrangebyscore(keys.ACTIVE, "-inf", now - FINAL_GRACE, start=0, num=200)
-    out["finalized"] = finalize(rt, ended)
-    last = float(rt.redis.get(keys.SAFETY_SWEEP) or 0)
-    if now - last >= SAFETY_SWEEP:
-        rt.redis.set(keys.SAFETY_SWEEP, now)
-        safety_sweep(rt)
-    return out
-
-
-class _batched:
-    """Collects battle ids per task and sends them BATCH at a time."""
-
-    def __init__(self, send) -> None:
-        self.send = send
-
-    def __call__(self, task, battle_ids) -> None:
-        ids = [battle_ids] if isinstance(battle_ids, str) else list(battle_ids)
-        for i in range(0, len(ids), BATCH):
-            self.send(task, ids[i:i + BATCH])
-
-
-def safety_sweep(rt: Runtime) -> None:
-    """Mark due every active battle that has pending or in-flight value."""
-    held = holding_value(rt, rt.redis.zrange(keys.ACTIVE, 0, -1))
-    if held:
-        rt.redis.zadd(keys.FLUSH_DUE, {bid: rt.clock() for bid in held}, nx=True)
-
-
-def finalize(rt: Runtime, battle_ids: list[str]) -> int:
-    """Close ended battles once nothing is pending: compare, expire their keys, forget them;
-    returns how many closed. (One read for them all: at 40 endings a second, a read per
-    battle and per key made the tick too slow to tick.)"""
-    if not battle_ids:
-        return 0
-    pipe = pipeline(rt.redis)
-    for bid in battle_ids:
-        bk = BattleKeys(bid)
-        pipe.hlen(bk.pending)
-        pipe.exists(bk.inflight)
-        pipe.hgetall(bk.meta)
-        pipe.hgetall(bk.applied)
-    res = pipe.execute()
-    closed = 0
-    for i, bid in enumerate(battle_ids):
-        pending, inflight, meta, applied = res[4 * i:4 * i + 4]
-        if pending or inflight:
-            # a flush will get 100006 and record the rest as unapplied
-            rt.redis.zadd(keys.FLUSH_DUE, {bid: rt.clock()}, nx=True)
-            continue
-        _close(rt, bid, meta, {k: int(v) for k, v in applied.items()})
-        closed += 1
-    return closed
-
-
-def _close(rt: Runtime, battle_id: str, meta: dict[str, str], applied: dict[str, int]) -> None:
-    bk = BattleKeys(battle_id)
-    battle = Battle.from_meta(battle_id, meta)
-    end_scores = json.loads(meta.get("end_scores") or "null")
-    mapping = {"status": "finished", "finished_at": time.time(),
-               "final_applied": json.dumps(applied)}
-    if end_scores is not None and battle is not None:
-        diff = {r: (applied.get(r, 0), s) for r, s in end_scores.items()
-                if applied.get(r, 0) != s and r in battle.rooms}
-        if diff:
-            bump(rt.redis, "end_mismatch")
-            mapping["end_mismatch"] = json.dumps(diff)
-            log.warning("battle %s ended with scores that differ from our ledger: %s",
-                        battle_id, diff, extra={"battle_id": battle_id})
-    pipe = pipeline(rt.redis)
-    pipe.hset(bk.meta, mapping=mapping)
-    expire_at = int(rt.clock() + battles.KEEP_AFTER_END)
-    for key in bk.all():
-        if key not in (bk.lock, bk.rlock):
-            pipe.expireat(key, expire_at)
-    for zkey in (keys.ACTIVE, keys.FLUSH_DUE, keys.ENDGAME_DUE, keys.RECONCILE_DUE,
-                 keys.UNRESOLVED, keys.AUDIT_DUE, keys.FINAL_DUE):
-        pipe.zrem(zkey, battle_id)
-    pipe.execute()
+def run_tick(rt: Runtime, dispatch: Callable[[Task, list[str]], None] | None = None
+             ) -> dict[str, int]:
+    """One tick without the tick lock; `dispatch(task, battle_ids)` sends a control task
+    (tests pass their own)."""
+    send = dispatch or _send
+    return engine_tick.run_tick(rt, lambda kind, ids: send(TASKS[kind], ids))

@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from celery.exceptions import Reject
 from celery.worker.request import Request
 
 from worker.doors.app import app
-
-from worker.engine import drain
-
+from worker.engine import drain, intake
+from worker.engine.ingest import REDIS_OUTAGE
+from worker.engine.runtime import get_runtime
 from worker.engine.state import keys
-from worker.engine.ingest import REDIS_OUTAGE, bulk_pairs, handle_durably
-from worker.engine.runtime import Runtime, get_runtime
-
-log = logging.getLogger("scorer.tasks")
-
-
-def summarize(kwargs: Any) -> str:
-    """What Flower and the worker's log show of an ingest task: ids, never the body."""
-    if not isinstance(kwargs, dict):
-        return "{}"
-    if "items" in kwargs:
-        items = kwargs["items"]
-        return json.dumps({"items": len(items) if isinstance(items, list) else "invalid"})
-    body = kwargs.get("body")
-    body = body if isinstance(body, dict) else {}
-    out = {"command": body.get("CallbackCommand"), "battle_id": body.get("BattleId"),
-           "room_id": body.get("RoomId"), "event_id": kwargs.get("event_id")}
-    return json.dumps({k: str(v)[:128] for k, v in out.items() if v is not None})
 
 
 class SummaryRequest(Request):
@@ -44,7 +25,7 @@ class SummaryRequest(Request):
 
     @property
     def kwargsrepr(self) -> str:
-        return summarize(self.kwargs)
+        return intake.summarize(self.kwargs)
 
 
 @contextmanager
@@ -60,24 +41,6 @@ def _requeue_on_outage() -> Iterator[None]:
         raise Reject(f"state Redis unavailable: {type(err).__name__}", requeue=True) from None
 
 
-def _ingest(rt: Runtime, pairs: list[tuple[Any, Any]]) -> dict[str, int]:
-    """Store the events (waiting out an outage), then start a drain if the queue backed up."""
-    with _requeue_on_outage():
-        counts = handle_durably(rt, pairs)
-    _maybe_drain(rt)
-    return counts
-
-
-def _maybe_drain(rt: Runtime) -> None:
-    """Start a drain when the ingest queue has backed up (see worker/engine/drain.py)."""
-    try:
-        token = drain.request(rt)
-        if token:
-            _send_drain(token)  # the broker may be gone again: its slot's lease frees it
-    except Exception as err:  # a drain is an optimization: ingest has already stored the events
-        log.warning("could not ask for a drain: %s", type(err).__name__)
-
-
 def _send_drain(token: str) -> None:
     drain_task.apply_async((token,), queue=keys.DRAIN_QUEUE, expires=drain.SLOT_LEASE)
 
@@ -85,7 +48,9 @@ def _send_drain(token: str) -> None:
 @app.task(name="scorer.webhook", ignore_result=True, Request=SummaryRequest)
 def webhook(body: dict, event_id: str | None = None) -> dict[str, int]:
     """One Tencent Live callback body (and the app's ledger id of the gift, if it has one)."""
-    return _ingest(get_runtime(), [(body, event_id)])
+    rt = get_runtime()
+    with _requeue_on_outage():
+        return intake.store(rt, [(body, event_id)], _send_drain)
 
 
 @app.task(name="scorer.webhooks", ignore_result=True, Request=SummaryRequest)
@@ -94,11 +59,7 @@ def webhooks(items: list[dict[str, Any]]) -> dict[str, int]:
     for all their gifts."""
     rt = get_runtime()
     with _requeue_on_outage():
-        pairs, bad = bulk_pairs(rt, items)
-    counts = _ingest(rt, pairs) if pairs else {}
-    if bad:
-        counts["dead_lettered"] = counts.get("dead_lettered", 0) + bad
-    return counts
+        return intake.store_items(rt, items, _send_drain)
 
 
 @app.task(name="scorer.drain", ignore_result=True)

@@ -9,7 +9,7 @@ import redis
 
 from scorer_local.stack import ROOT, RedisServer, celery_cmd, redis_server_bin, scorer_env
 
-__all__ = ["ROOT", "celery_cmd", "worker_env", "SDKAPPID", "SECRET"]
+__all__ = ["ROOT", "SDKAPPID", "SECRET", "celery_cmd", "worker_env"]
 
 SDKAPPID = 1400000001
 SECRET = "test-secret-key-0123456789abcdef"

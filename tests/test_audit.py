@@ -9,9 +9,9 @@ import pytest
 from tests.helpers import gift_body, start_body, wait_for
 from tests.test_pipeline import ROOMS, send
 from worker.engine import audit
-from worker.engine.state import keys
 from worker.engine.flush import AFTER_ERROR, flush_battle
 from worker.engine.ingest import handle
+from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
 from worker.engine.tencent.errors import Outcome, classify_code, classify_status
 

@@ -7,11 +7,11 @@ import subprocess
 
 import redis
 
+from scorer_local.stack import alive, children_running, cmdline
 from tests.conftest import ROOT, celery_cmd
 from tests.helpers import wait_for
-from worker.engine.state import keys
 from worker.doors.control_pool import app_spec
-from scorer_local.stack import alive, children_running, cmdline
+from worker.engine.state import keys
 
 
 def test_worker_starts_and_answers_ping(settings):

@@ -8,9 +8,9 @@ import httpx
 import pytest
 import TLSSigAPIv2
 
-from tests.conftest import SDKAPPID, SECRET
 from scorer_local.sandbox import Reject, verify_usersig
 from scorer_local.sandbox_control import SandboxControl
+from tests.conftest import SDKAPPID, SECRET
 from worker.engine.settings import Settings
 from worker.engine.tencent import Outcome, TencentClient, TencentError
 from worker.engine.tencent.errors import classify_code, classify_exception, classify_status

@@ -7,15 +7,15 @@ import time
 import pytest
 import redis
 
+from scorer_local.sandbox_control import SandboxControl
+from scorer_local.stack import RedisCluster
 from tests.conftest import SDKAPPID, SECRET
 from tests.helpers import gift_body, start_body
 from worker.engine.flush import flush_battle
 from worker.engine.ingest import handle
 from worker.engine.reconcile import reconcile_battle
 from worker.engine.runtime import build_runtime
-from scorer_local.sandbox_control import SandboxControl
 from worker.engine.settings import Settings
-from scorer_local.stack import RedisCluster
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,10 @@ import json
 import time
 
 from tests.helpers import gift_body, start_body
+from worker.engine.deadletters import dead_letter
+from worker.engine.ingest import handle
+from worker.engine.replay import replay
 from worker.engine.state import keys
-from worker.engine.deadletters import replay
-from worker.engine.ingest import dead_letter, handle
 
 
 def test_a_typoed_task_name_is_replayed_by_its_kwargs(rt, ctl):

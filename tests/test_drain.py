@@ -11,8 +11,8 @@ from celery import Celery
 
 from tests.helpers import gift_body, start_body
 from worker.engine import drain
-from worker.engine.state import keys
 from worker.engine.ingest import handle
+from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
 
 ROOMS = {"room_a": "owner_a", "room_b": "owner_b"}
@@ -142,9 +142,9 @@ def test_sigkill_of_draining_processes_at_random_moments(settings, rt, battle, p
     import signal
     import subprocess
 
+    from scorer_local.stack import Processes, children_map
     from tests.conftest import worker_env
     from tests.helpers import wait_for
-    from scorer_local.stack import Processes, children_map
 
     n = 6000
     total = _queue_gifts(producer, n)

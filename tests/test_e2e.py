@@ -13,11 +13,11 @@ import pytest
 import redis
 from celery import Celery
 
+from scorer_local.sandbox_control import SandboxControl
+from scorer_local.stack import Processes
 from tests.conftest import worker_env
 from tests.helpers import end_body, gift_body, start_body, wait_for
 from worker.engine.state import counters
-from scorer_local.sandbox_control import SandboxControl
-from scorer_local.stack import Processes
 
 DURATION = 30  # seconds
 

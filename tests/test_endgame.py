@@ -8,7 +8,6 @@ import time
 import pytest
 
 from worker.engine import endgame
-
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
 from worker.engine.state.limiter import RedisRateLimiter
@@ -86,3 +85,18 @@ def test_a_battle_whose_batch_is_in_flight_under_its_lock_takes_no_slot(rt):
     assert rt.redis.zscore(keys.ENDGAME_DUE, "b") is not None and not calls
     rt.redis.delete(bk.lock)  # settled and released: now it goes
     assert endgame.run_round(rt, lambda *a, **k: calls.append(a) or "ok") == 1
+
+
+def test_near_the_end_a_call_waits_less_for_its_answer():
+    """Within NEAR_END s of its end (the latest Tencent's clock may read) a call under the
+    battle's lock waits NEAR_END_READ s; further off, or unregistered, the client's default."""
+    from types import SimpleNamespace
+
+    from worker.engine.battles import Battle
+
+    rt = SimpleNamespace(tclock=SimpleNamespace(latest=lambda: 1000.0))
+    soon = Battle("b", 900.0, 1000.0 + endgame.NEAR_END, {})
+    later = Battle("b", 900.0, 1000.1 + endgame.NEAR_END, {})
+    assert endgame.near_end(rt, soon) and endgame.read_timeout(rt, soon) == endgame.NEAR_END_READ
+    assert not endgame.near_end(rt, later) and endgame.read_timeout(rt, later) is None
+    assert not endgame.near_end(rt, None) and endgame.read_timeout(rt, None) is None

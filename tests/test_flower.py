@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
+from scorer_local.stack import Processes, free_port
 from tests.conftest import worker_env
 from tests.helpers import wait_for
-from scorer_local.stack import Processes, free_port
 
 TASKS = {"scorer.webhook", "scorer.webhooks", "scorer.flush", "scorer.reconcile",
          "scorer.tick"}
@@ -29,7 +29,7 @@ def test_flower_lists_every_task(settings, tmp_path):
                 return None
             names = {t.split(" ")[0] for w in r.json().values()
                      for t in w.get("registered", [])}
-            return names if TASKS <= names else None
+            return names if names >= TASKS else None
 
         assert wait_for(registered, timeout=60, interval=1, what="flower sees the tasks")
         assert httpx.get(f"http://127.0.0.1:{port}/api/workers", timeout=10).status_code == 401

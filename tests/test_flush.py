@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import time
 
-
 from tests.helpers import start_body
+from tests.test_pipeline import ROOMS, send
 from worker.engine.flush import LANDING_WINDOW, flush_battle
 from worker.engine.ingest import handle
 from worker.engine.state.keys import BattleKeys
-from tests.test_pipeline import ROOMS, send
-
 
 
 def _calls(ctl, api="set_battle_score") -> int:
@@ -49,8 +47,8 @@ def test_a_takeover_does_not_resend_a_request_that_may_still_land(rt, ctl):
 def test_a_batch_in_flight_under_a_live_lock_is_busy_not_unsettled(rt, ctl):
     """An end-game flush that meets another flush's request in flight comes back in a moment,
     not when that request's landing window closes (which may be past the battle's end)."""
-    from worker.engine.state import keys
     from worker.engine.flush import RETRY_SOON
+    from worker.engine.state import keys
 
     info = ctl.create_battle(ROOMS, duration_ms=120_000, start=time.time() - 1)
     bid = info["BattleId"]
@@ -93,3 +91,100 @@ def test_one_100006_per_battle(rt, ctl):
     assert flush_battle(rt, bid) == "after_end"
     assert _calls(ctl) == before
     assert rt.redis.hget(BattleKeys(bid).unapplied, "room_a") == "7"
+
+
+# Unit tests of the flush's pieces: no Redis, no sandbox.
+
+
+def test_totals_clamp_at_zero_and_moved_is_what_the_ledger_gains():
+    from worker.engine.overwrite import moved, totals
+
+    target = totals({"a": 5, "b": 2}, {"a": 3, "b": -9}, {"a", "b", "c"})
+    assert target == {"a": 8, "b": 0, "c": 0}
+    assert moved(target, {"a": 5, "b": 2}, ["a", "b"]) == {"a": 3, "b": -2}
+
+
+def test_a_read_back_verdict_per_room():
+    from worker.engine.settle import verdict
+
+    assert verdict(None, 5, 8) == "absent"
+    assert verdict(8, 5, 8) == "applied"
+    assert verdict(5, 5, 8) == "unsent"
+    assert verdict(7, 5, 8) == "other"
+    assert verdict(0, 0, 0) == "applied"  # a delta of 0 (or clamped) reads as applied
+
+
+def test_an_inflight_record_says_when_it_can_be_judged():
+    from worker.engine.inflight import AFTER_ERROR, NEAR_END_AFTER, Inflight, settle_of
+    from worker.engine.near_end import NEAR_END_READ
+
+    assert settle_of("12.5", "1", None) == 12.5
+    assert settle_of(None, "1", None) == 1 + LANDING_WINDOW
+    assert settle_of(None, None, "2") == 2 + LANDING_WINDOW  # a record of an older version
+    inf = Inflight.parse(["id", "f1", "state", "ambiguous", "r:a", "3", "sent_at", "10"])
+    assert (inf.id, inf.state, inf.scores, inf.sent_at) == ("f1", "ambiguous", {"a": 3}, 10.0)
+    assert inf.settle_at == 10 + LANDING_WINDOW
+    inf.sending(20.0, near=False)
+    assert (inf.sent_at, inf.settle_at) == (20.0, 20 + LANDING_WINDOW)
+    inf.sending(20.0, near=True)
+    assert inf.settle_at == 20 + NEAR_END_READ + 1.0
+    inf.unanswered(30.0, near=False)
+    assert inf.settle_at == 30 + AFTER_ERROR
+    inf.unanswered(30.0, near=True)
+    assert inf.settle_at == 30 + NEAR_END_AFTER
+
+
+class _Lock:
+    def __init__(self, lost: bool = False) -> None:
+        self.lost = lost
+
+
+class _Client:
+    def __init__(self, error=None) -> None:
+        self.error, self.calls = error, []
+
+    def set_battle_score(self, battle_id, op_type, scores, **kw):
+        from worker.engine.tencent.models import SetBattleScoreResult
+
+        self.calls.append((battle_id, op_type, scores, kw))
+        if self.error:
+            raise self.error
+        return SetBattleScoreResult.model_validate(
+            {"Result": [{"RoomId": "b", "ResultCode": 1}], "RequestId": "r1"})
+
+
+class _Runtime:
+    def __init__(self, client: _Client) -> None:
+        self.client = client
+
+
+def test_the_one_optype_2_writer():
+    """One attempt, OpType 2, on the slot the caller holds; a failure is logged and None, an
+    ambiguous one also calls `on_ambiguous`; a lost lock makes no call."""
+    import logging
+
+    import pytest
+
+    from worker.engine.inflight import LockLost
+    from worker.engine.overwrite import overwrite
+    from worker.engine.tencent.client import ADMITTED
+    from worker.engine.tencent.errors import Outcome, TencentError
+    from worker.engine.tencent.models import OpType
+
+    log = logging.getLogger("test")
+    client = _Client()
+    res = overwrite(_Runtime(client), "b1", None, _Lock(), {"a": 3, "b": 4}, "test", log)
+    assert res is not None and res.split(["a", "b"]) == (["a"], ["b"])
+    ((bid, op, scores, kw),) = client.calls
+    assert (bid, op, scores) == ("b1", OpType.OVERWRITE, {"a": 3, "b": 4})
+    assert kw == {"max_wait": ADMITTED, "max_attempts": 1, "read_timeout": None}
+    seen = []
+    for outcome in (Outcome.ambiguous, Outcome.final):
+        failing = _Client(TencentError("set_battle_score", outcome, "boom"))
+        assert overwrite(_Runtime(failing), "b1", None, _Lock(), {"a": 3}, "test", log,
+                         max_wait=0.0, on_ambiguous=lambda: seen.append(1)) is None
+        assert len(seen) == 1 and failing.calls[0][3]["max_wait"] == 0.0
+    untouched = _Client()
+    with pytest.raises(LockLost):
+        overwrite(_Runtime(untouched), "b1", None, _Lock(lost=True), {"a": 3}, "test", log)
+    assert not untouched.calls

@@ -10,13 +10,13 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scorer_local.sandbox_control import SandboxControl
 from tests.conftest import SDKAPPID
 from tests.helpers import gift_body, start_body
+from worker.doors.receiver.serve import Receiver
 from worker.engine import events
 from worker.engine.flush import flush_battle
 from worker.engine.ingest import handle
-from worker.doors.receiver.serve import Receiver
-from scorer_local.sandbox_control import SandboxControl
 
 _n = itertools.count()
 OUTCOMES = ("ingested", "duplicate", "held", "not_to_owner", "ignored", "lifecycle",

@@ -10,8 +10,8 @@ import time
 import pytest
 import redis
 
-from worker.engine.state.lock import HOST, BattleLock
 from scorer_local.stack import ROOT
+from worker.engine.state.lock import HOST, BattleLock
 
 
 def test_heartbeat_keeps_the_lock_past_its_ttl(redis_url):

@@ -11,13 +11,13 @@ import time
 import httpx
 import pytest
 
+from scorer_local.sandbox_control import SandboxControl
 from tests.conftest import ROOT, SDKAPPID, SECRET, worker_env
 from tests.helpers import gift_body, start_body
 from worker.doors import logs, metrics, metrics_http
+from worker.doors.receiver.serve import Receiver, Rejected, check, expected_sign
 from worker.engine.flush import flush_battle
 from worker.engine.ingest import handle
-from worker.doors.receiver.serve import Receiver, Rejected, check, expected_sign
-from scorer_local.sandbox_control import SandboxControl
 
 
 def test_tencent_sign_example():

@@ -7,9 +7,9 @@ import time
 import pytest
 
 from tests.helpers import end_body, gift_body, start_body
-from worker.engine.state import keys, counters
 from worker.engine.flush import AFTER_ERROR, flush_battle
 from worker.engine.ingest import handle
+from worker.engine.state import counters, keys
 from worker.engine.state.keys import BattleKeys
 
 ROOMS = {"room_a": "owner_a", "room_b": "owner_b"}
@@ -101,7 +101,7 @@ def test_crash_after_claim_is_resumed_by_next_owner(rt, ctl, battle):
 
 
 def test_invalid_body_is_dead_lettered_and_replayable(rt, ctl, battle):
-    from worker.engine import deadletters
+    from worker.engine import deadletters, replay
 
     bid, start = battle
     handle(rt, [(start_body(bid, start, 120_000, ROOMS), None)])
@@ -113,7 +113,7 @@ def test_invalid_body_is_dead_lettered_and_replayable(rt, ctl, battle):
     assert len(entries) == 1 and "Count" in entries[0]["reason"]
     assert entries[0]["body"] == bad and entries[0]["event_id"] == "bad1"
     # Replaying unchanged keeps it (with its reason); nothing is lost.
-    deadletters.replay(rt)
+    replay.replay(rt)
     assert len(deadletters.list_entries(rt)) == 1
     assert counters.read(rt.redis)["dead_lettered"] == 2
 

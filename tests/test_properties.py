@@ -9,12 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scorer_local.sandbox_control import SandboxControl
 from tests.helpers import gift_body, start_body
 from worker.engine.battles import read_applied
 from worker.engine.flush import LANDING_WINDOW, flush_battle, totals
 from worker.engine.ingest import handle
 from worker.engine.state.keys import BattleKeys
-from scorer_local.sandbox_control import SandboxControl
 
 ROOM_NAMES = ("pa", "pb")
 _battles = itertools.count()

@@ -20,11 +20,11 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from scorer_local.stack import RedisServer, free_port
 from tests.conftest import ROOT, SDKAPPID
 from tests.helpers import wait_for
-from worker.doors.receiver.serve import Limits, Receiver, expected_sign
 from worker.doors.receiver.broker import CeleryBroker
-from scorer_local.stack import RedisServer, free_port
+from worker.doors.receiver.serve import Limits, Receiver, expected_sign
 
 pytestmark = pytest.mark.timeout(60)
 

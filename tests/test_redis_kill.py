@@ -24,11 +24,11 @@ import pytest
 import redis
 from celery import Celery
 
+from scorer_local.stack import Processes, RedisServer, alive, children_running, scorer_env
 from tests.conftest import SDKAPPID, SECRET
 from tests.helpers import gift_body, start_body, wait_for
-from worker.engine.state import keys
 from worker.doors.control_pool import PROCESSES
-from scorer_local.stack import Processes, RedisServer, alive, children_running, scorer_env
+from worker.engine.state import keys
 
 KILLS = 2
 DOWN_SECONDS = 2.0

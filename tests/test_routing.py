@@ -15,7 +15,8 @@ import time
 import pytest
 
 from worker.engine import battles
-from worker.engine.battles import Gift, _index_value, find_battle
+from worker.engine.records import Gift
+from worker.engine.roomindex import find_battle, index_value, parse_index_value
 from worker.engine.state.keys import BattleKeys, RoomKeys
 
 ROOM = "room_a"
@@ -25,8 +26,8 @@ OLD, NEW = "battle_old", "battle_new"
 
 def _overlapping_index(t0: float, old_first: bool = True) -> dict[str, str]:
     """OLD planned [t0, t0+300) but ended early; NEW started at t0+100 for 300 s."""
-    old = (OLD, _index_value(t0, t0 + 300.0, OWNER))
-    new = (NEW, _index_value(t0 + 100.0, t0 + 400.0, OWNER))
+    old = (OLD, index_value(t0, t0 + 300.0, OWNER))
+    new = (NEW, index_value(t0 + 100.0, t0 + 400.0, OWNER))
     return dict([old, new] if old_first else [new, old])
 
 
@@ -50,15 +51,24 @@ def test_find_battle_prefers_the_latest_start_in_overlapping_windows(old_first):
 def test_find_battle_ignores_unknown_start_and_owner_and_breaks_ties_by_battle_id():
     t0 = 1_700_000_000.0
     index = {
-        "b_tie_1": _index_value(t0, t0 + 300.0, OWNER),
-        "b_tie_2": _index_value(t0, t0 + 300.0, OWNER),
-        "b_no_owner": _index_value(t0 + 50.0, t0 + 300.0, None),  # owner unknown: skipped
-        "b_no_start": _index_value(0.0, 0.0, OWNER),  # start unknown: skipped
+        "b_tie_1": index_value(t0, t0 + 300.0, OWNER),
+        "b_tie_2": index_value(t0, t0 + 300.0, OWNER),
+        "b_no_owner": index_value(t0 + 50.0, t0 + 300.0, None),  # owner unknown: skipped
+        "b_no_start": index_value(0.0, 0.0, OWNER),  # start unknown: skipped
     }
     assert find_battle(index, int(t0) + 60) == ("b_tie_2", OWNER, t0 + 300.0)
     reordered = dict(reversed(list(index.items())))
     assert find_battle(reordered, int(t0) + 60) == ("b_tie_2", OWNER, t0 + 300.0)
 
+
+def test_the_index_value_round_trips_and_keeps_the_format_the_lua_copy_parses():
+    """index_value/parse_index_value are the one Python pair; ROUTE_OR_HOLD matches
+    '^(%S+) (%S+) (%S+)$' with '-' for an unknown owner."""
+    assert index_value(1_700_000_000.5, 1_700_000_300.5, OWNER) == \
+        f"1700000000.5 1700000300.5 {OWNER}"
+    assert index_value(0.0, 0.0, None) == "0.0 0.0 -"
+    assert parse_index_value(index_value(12.25, 300.0, OWNER)) == (12.25, 300.0, OWNER)
+    assert parse_index_value(index_value(0.0, 0.0, None)) == (0.0, 0.0, None)
 
 def _pending(rt, battle_id: str) -> dict[str, str]:
     return rt.redis.hgetall(BattleKeys(battle_id).pending)
@@ -103,8 +113,8 @@ def test_route_or_hold_script_agrees_with_find_battle_on_overlapping_windows(rt)
 
     # The two copies of the rule agree on every second around both windows, and on ties.
     # Byte order (Python's) puts "x_tie" above "X_tie_9"; a locale's collation may not.
-    rt.redis.hset(rk.battles, mapping={"X_tie_9": _index_value(t0 + 120.0, t0 + 200.0, OWNER),
-                                       "x_tie": _index_value(t0 + 120.0, t0 + 200.0, OWNER)})
+    rt.redis.hset(rk.battles, mapping={"X_tie_9": index_value(t0 + 120.0, t0 + 200.0, OWNER),
+                                       "x_tie": index_value(t0 + 120.0, t0 + 200.0, OWNER)})
     index = rt.redis.hgetall(rk.battles)
     for second in range(int(t0) - 2, int(t0) + 403):
         hit = find_battle(index, second)

@@ -7,8 +7,8 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import SDKAPPID, SECRET
 from scorer_local.sandbox_control import SandboxControl
+from tests.conftest import SDKAPPID, SECRET
 from worker.engine.settings import Settings
 from worker.engine.tencent import TencentClient, TencentError
 

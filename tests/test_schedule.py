@@ -1,12 +1,13 @@
-"""Flush scheduling under the API budget: oldest first, nobody starves; the end game has deadlines."""
+"""Flush scheduling under the API budget: oldest first, nobody starves; the end game has deadlines
+(worker/engine/schedule.py, and the tick that applies it, worker/engine/tick.py)."""
 
 from __future__ import annotations
 
 import time
 
-from worker.engine.state.keys import BattleKeys
-from worker.engine.state import keys
 from worker.engine import schedule
+from worker.engine.state import keys
+from worker.engine.state.keys import BattleKeys
 
 
 def test_choose_is_oldest_first_or_near_end_first_when_asked():
@@ -59,11 +60,10 @@ def test_tick_dispatches_within_budget_and_starves_nobody(rt):
 def test_a_battle_entering_its_end_game_is_served_even_behind_a_long_queue(rt, monkeypatch):
     """Deadlines are the end game's: a battle entering its final window with value waiting
     is promoted to it, however many battles wait for a freshness flush."""
-    import tasks.control as control
     from tasks.control import flush, run_tick
-    from worker.engine import endgame
+    from worker.engine import endgame, tick
 
-    monkeypatch.setattr(control, "MAX_DISPATCH", 10)
+    monkeypatch.setattr(tick, "MAX_DISPATCH", 10)
     rt.settings.api_rate, rt.settings.flush_interval = 12, 1.0
     now = rt.clock()
     rt.redis.zadd(keys.FLUSH_DUE, {f"b{i}": now - 100 + i for i in range(50)})

@@ -6,9 +6,9 @@ import threading
 
 from celery import Celery
 
+from scorer_local.stack import Processes
 from tests.conftest import SECRET, worker_env
 from tests.helpers import gift_body, wait_for
-from scorer_local.stack import Processes
 
 
 def test_task_events_show_summaries_and_logs_hold_no_secret(settings, tmp_path, redis_url):

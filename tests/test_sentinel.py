@@ -14,11 +14,11 @@ import redis
 from celery import Celery
 from pydantic import ValidationError
 
+from scorer_local.stack import Processes, RedisServer, free_port, redis_server_bin, stop_all
 from tests.conftest import ROOT, SDKAPPID, SECRET, worker_env
 from tests.helpers import gift_body, start_body, wait_for
-from worker.engine.state import keys
 from worker.engine.settings import SENTINEL_PORT, Settings, parse_sentinel_url
-from scorer_local.stack import Processes, RedisServer, free_port, redis_server_bin, stop_all
+from worker.engine.state import keys
 
 MASTER = "mymaster"
 MASTER_PASSWORD = "master-pw-5f2a"

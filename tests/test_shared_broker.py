@@ -13,11 +13,11 @@ import pytest
 import redis
 from celery import Celery
 
+from scorer_local.sandbox_control import SandboxControl
+from scorer_local.stack import Processes
 from tests.conftest import ROOT, worker_env
 from tests.helpers import gift_body, start_body, wait_for
 from worker.engine.state import keys
-from scorer_local.sandbox_control import SandboxControl
-from scorer_local.stack import Processes
 
 QUEUE = "scorer"
 ROOMS = {"sb_r1": "sb_o1", "sb_r2": "sb_o2"}

@@ -65,7 +65,7 @@ def test_processes_share_what_they_learn(redis_url):
 
 
 def test_a_stepped_clock_widens_the_bounds_instead_of_lying(redis_url):
-    r, clock, tc = _fresh(redis_url)
+    _r, clock, tc = _fresh(redis_url)
     _learn(tc, clock, 0.0)
     _answer(tc, clock, 3.0)  # NTP stepped one clock by 3 s
     lo, hi = tc.bounds()

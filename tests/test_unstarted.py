@@ -1,7 +1,7 @@
 """Battles known only from a create webhook that never start are given up, not polled forever.
 
 The tick dispatches `scorer.reconcile` for due battles of bs:unresolved; each pass asks
-get_battle_info. A declined PK invitation never starts: after a bound (worker/engine/reconcile.py,
+get_battle_info. A declined PK invitation never starts: after a bound (worker/engine/unstarted.py,
 GIVE_UP_*) the battle is given up: out of bs:unresolved, status given_up, its rooms no longer
 route gifts to it, every key expiring, and no get_battle_info call for it ever again.
 """
@@ -16,10 +16,10 @@ import pytest
 
 from tests.helpers import gift_body, start_body
 from worker.engine import battles, events
-from worker.engine.state import keys
 from worker.engine.ingest import handle
-from worker.engine.state.keys import BattleKeys, RoomKeys
 from worker.engine.reconcile import reconcile_battle
+from worker.engine.state import keys
+from worker.engine.state.keys import BattleKeys, RoomKeys
 from worker.engine.tencent.models import BattleInfo, BattleRoom
 
 ROOMS = {"room_a": "owner_a", "room_b": "owner_b"}
@@ -219,7 +219,7 @@ def test_a_redelivered_create_webhook_costs_no_more_calls(rt, ctl, clock):
 
 def test_a_running_battle_is_never_given_up(rt, ctl, clock):
     """give_up loses to a register() that made the battle running (a start webhook raced)."""
-    from worker.engine.reconcile import give_up
+    from worker.engine.unstarted import give_up
 
     bid = "battle_running_1"
     start = clock.t - 1

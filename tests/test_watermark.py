@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from worker.engine.state import keys
-
 from worker.engine import watermark
+from worker.engine.state import keys
 
 
 def _advance(rt, times: int = 3) -> watermark.Watermark:

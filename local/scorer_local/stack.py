@@ -15,6 +15,20 @@ from pathlib import Path
 
 import redis
 
+from scorer_local.procs import (
+    alive,
+    children_map,
+    children_running,
+    cmdline,
+    process_tree_cpu,
+    process_tree_rss,
+)
+
+__all__ = ["ROOT", "Processes", "RedisCluster", "RedisServer", "SandboxProcess", "alive",
+           "celery_cmd", "children_map", "children_running", "cmdline", "free_port",
+           "process_tree_cpu", "process_tree_rss", "redis_server_bin", "scorer_env",
+           "stop_all", "wait_for_redis"]
+
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (local/scorer_local/stack.py)
 
 
@@ -40,6 +54,14 @@ def redis_server_bin() -> str | None:
     if path:
         return path
     return "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+
+
+def _redis_cmd(binary: str, port: int, data_dir: str, appendonly: bool,
+               *extra: str) -> list[str]:
+    """A loopback redis-server command line: no snapshots, quiet, data in `data_dir`."""
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes" if appendonly else "no", "--dir", data_dir,
+            "--loglevel", "warning", *extra]
 
 
 def wait_for_redis(port: int, deadline: float, proc: subprocess.Popen | None = None) -> None:
@@ -88,14 +110,13 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10) -> "RedisServer":
+    def start(self, timeout: float = 10) -> RedisServer:
         binary = redis_server_bin()
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.appendonly else "no", "--dir", self.dir,
-             "--daemonize", "no", "--loglevel", "warning", "--maxmemory-policy", "noeviction"],
+            _redis_cmd(binary, self.port, self.dir, self.appendonly,
+                       "--daemonize", "no", "--maxmemory-policy", "noeviction"),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         wait_for_redis(self.port, time.time() + timeout, self.proc)
         return self
@@ -143,10 +164,10 @@ class Processes:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, *celery_args: str) -> subprocess.Popen:
-        log = open(self.logdir / f"{name}.log", "ab")
         cmd = [sys.executable, "-m", "celery", "-A", self.app, *celery_args]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.logdir / f"{name}.log", "ab") as log:  # the child keeps its own copy
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
 
@@ -199,16 +220,15 @@ class RedisCluster:
     def url(self) -> str:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
 
-    def start(self, timeout: float = 30) -> "RedisCluster":
+    def start(self, timeout: float = 30) -> RedisCluster:
         binary = redis_server_bin()
         if binary is None:
             raise RuntimeError("redis-server is not installed")
         for node in self.nodes:
             node.proc = subprocess.Popen(
-                [binary, "--port", str(node.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", node.dir, "--cluster-enabled", "yes",
-                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000",
-                 "--loglevel", "warning"],
+                _redis_cmd(binary, node.port, node.dir, False, "--cluster-enabled", "yes",
+                           "--cluster-config-file", "nodes.conf",
+                           "--cluster-node-timeout", "5000"),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + timeout
         for node in self.nodes:
@@ -231,75 +251,6 @@ class RedisCluster:
             node.cleanup()
 
 
-def children_map() -> dict[int, list[int]]:
-    """Parent pid → child pids, for every process (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def cmdline(pid: int) -> str:
-    """A process's command line, arguments joined by spaces ('' once it is gone)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    except OSError:
-        return ""
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie is not alive)."""
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (ProcessLookupError, OSError, IndexError):
-        return False
-
-
-def children_running(parent: int, needle: str) -> set[int]:
-    """The live children of `parent` whose command line holds `needle`."""
-    return {pid for pid in children_map().get(parent, [])
-            if needle in cmdline(pid) and alive(pid)}
-
-
-def process_tree_rss(pid: int) -> int:
-    """Resident memory in bytes of a process and all its descendants (Linux /proc)."""
-    children = children_map()
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        todo.extend(children.get(p, []))
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return total
-
-
-def process_tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used so far by a process and its descendants, the reaped
-    ones included (a prefork child replaced during a run still counts)."""
-    children = children_map()
-    tick = os.sysconf("SC_CLK_TCK")
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        todo.extend(children.get(p, []))
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
-
-
 class SandboxProcess:
     """The Tencent sandbox as its own process on a free loopback port (benchmarks)."""
 
@@ -309,10 +260,10 @@ class SandboxProcess:
         port = free_port()
         env = {**os.environ, "SCORER_SDKAPPID": str(sdkappid), "SCORER_SECRET_KEY": secret_key,
                "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.doors.cli", "sandbox", "--port", str(port)], env=env,
-            stdout=open(Path(logdir) / "sandbox.log", "w"), stderr=subprocess.STDOUT,
-            start_new_session=True)
+        with open(Path(logdir) / "sandbox.log", "w") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker.doors.cli", "sandbox", "--port", str(port)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{port}"
         self.ctl = SandboxControl(self.url)
         for _ in range(100):

@@ -15,5 +15,5 @@ app.config_from_object("worker.doors.celeryconfig")
 # Control tasks run in a thread-pool worker beside the ingest processes (see the module).
 app.steps["worker"].add(ControlPool)
 
-import worker.doors.signals  # noqa: E402,F401  (logging hooks; the beat's tick-publish record)
+import worker.doors.signals  # noqa: E402  (logging hooks; the beat's tick-publish record)
 import worker.doors.unknown_tasks  # noqa: E402,F401  (dead-letters messages of unknown tasks)

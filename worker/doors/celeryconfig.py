@@ -1,23 +1,25 @@
 """Celery configuration for a Redis broker, chosen for exactly-once scoring (read the why's)."""
 
 from datetime import timedelta
+from typing import Any
 
 from kombu import Queue
 
-from worker.engine.state import keys
 from worker.engine.schedule import tick_seconds
 from worker.engine.settings import is_sentinel_url, load_settings, sentinel_kwargs
+from worker.engine.state import keys
 
 # Only what Celery needs (broker, queue, tick): Flower and the receiver load this configuration
 # too, and their containers never hold the Tencent credentials. The worker and the beat still
-# refuse to start without them: worker/doors/signals.py loads the full settings as logging is set up.
+# refuse to start without them: worker/doors/signals.py loads the full settings as logging is
+# set up.
 _settings = load_settings(require=())
 
 broker_url = _settings.redis_url
 # Keep retrying a lost broker forever, also at start-up: a worker must outlive a Redis restart.
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None
-broker_transport_options = {
+broker_transport_options: dict[str, Any] = {
     # kombu restores an unacknowledged message to its queue once it has been held this long,
     # whether or not its consumer is still working on it. So it must exceed the longest time a
     # consumer may legitimately hold one: a prefork task up to task_time_limit, and a warm

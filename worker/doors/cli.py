@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import socket
 import sys
 import threading
-import time
+from typing import TYPE_CHECKING
 
+# The operator views (stats, battles, one battle, dead letters) live in their own module.
+from worker.doors.cli_views import cmd_battle, cmd_battles, cmd_dead_letters, cmd_stats
 from worker.engine.settings import load_settings
 
-
-def _rt():
-    from worker.engine.runtime import build_runtime
-
-    return build_runtime(load_settings())
+if TYPE_CHECKING:
+    from worker.engine.settings import Settings
 
 
-def cmd_check_config(args) -> int:
+def cmd_check_config(args: argparse.Namespace) -> int:
     """Print the effective settings (secret masked) and the resolved API base URL."""
     s = load_settings()
     width = max(len(k) for k in s.masked())
@@ -31,7 +29,7 @@ def cmd_check_config(args) -> int:
     return 0
 
 
-def _probe(settings) -> int:
+def _probe(settings: Settings) -> int:
     """One signed read call, to prove the credentials and region work."""
     from worker.engine.tencent import Outcome, TencentClient, TencentError
 
@@ -54,34 +52,34 @@ def _probe(settings) -> int:
     return 0
 
 
-def cmd_sandbox(args) -> int:
+def cmd_sandbox(args: argparse.Namespace) -> int:
     """Run the local Tencent sandbox."""
     from scorer_local import sandbox
 
     return sandbox.main(args.rest)
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo."""
     from scorer_local import demo
 
     return demo.main(args.rest)
 
 
-def cmd_receive(args) -> int:
+def cmd_receive(args: argparse.Namespace) -> int:
     """Run the signed webhook receiver."""
     from worker.doors.receiver import serve as receiver
 
     return receiver.main(args.rest)
 
 
-def cmd_metrics(args) -> int:
+def cmd_metrics(args: argparse.Namespace) -> int:
     """Serve /metrics (cluster-wide, from Redis) and /healthz until SIGTERM or SIGINT."""
-    from worker.doors import metrics_http
+    from worker.doors import logs, metrics_http
 
     s = load_settings(require=())  # Redis and the queue name only: never the Tencent key
     port = args.port if args.port is not None else (s.metrics_port or 9808)
-    metrics_http.configure_logging(s)
+    logs.to_stderr(s, ("scorer",))
     state, broker = metrics_http.clients(s)
     try:
         server, _thread = metrics_http.start(args.host, port, state, broker, s.queue)
@@ -100,7 +98,7 @@ def cmd_metrics(args) -> int:
     return 0
 
 
-def cmd_health(args) -> int:
+def cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 when the service is healthy, else 1 with one line on stderr (healthchecks)."""
     if args.service == "metrics":
         from worker.doors.metrics_http import get_status
@@ -116,7 +114,7 @@ def cmd_health(args) -> int:
         name = args.name or f"celery@{socket.gethostname()}"
         try:
             replies = app.control.ping(destination=[name], timeout=args.timeout)
-        except Exception as err:  # noqa: BLE001 (a broken broker is an unhealthy worker)
+        except Exception as err:  # a broken broker is an unhealthy worker
             replies, why = [], type(err).__name__
         else:
             why = "no reply"
@@ -128,7 +126,7 @@ def cmd_health(args) -> int:
     return _health_beat(args)
 
 
-def _health_beat(args) -> int:
+def _health_beat(args: argparse.Namespace) -> int:
     from redis import RedisError
 
     from worker.doors import metrics, metrics_http
@@ -150,81 +148,6 @@ def _health_beat(args) -> int:
     if age > max_age:
         print(f"beat: last tick published {age:.1f}s ago (max {max_age:g}s)", file=sys.stderr)
         return 1
-    return 0
-
-
-def cmd_stats(args) -> int:
-    """Print the event counters."""
-    from worker.engine.state import counters
-
-    rt = _rt()
-    for k, v in counters.read(rt.redis).items():
-        print(f"{k:<24} {v}")
-    return 0
-
-
-def cmd_battles(args) -> int:
-    """List active battles: rooms, owners, confirmed and pending score, end time."""
-    from worker.engine.state import keys
-    from worker.engine.battles import Battle
-    from worker.engine.state.keys import BattleKeys
-
-    rt = _rt()
-    ids = rt.redis.zrange(keys.ACTIVE, 0, -1)
-    if not ids:
-        print("no active battles")
-    for bid in ids:
-        b = Battle.load(rt, bid)
-        if b is None:
-            continue
-        bk = BattleKeys(bid)
-        applied = rt.redis.hgetall(bk.applied)
-        pending = rt.redis.hgetall(bk.pending)
-        last = rt.redis.lindex(bk.flushes, 0)
-        last_at = json.loads(last)["at"] if last else None
-        ends = time.strftime("%H:%M:%S", time.localtime(b.end)) if b.end else "?"
-        print(f"{bid}  status={b.status}  ends={ends}  last_flush="
-              f"{'-' if last_at is None else f'{time.time() - last_at:.1f}s ago'}")
-        for room, owner in b.rooms.items():
-            print(f"  {room:<20} owner={owner or '?':<16} confirmed={applied.get(room, 0):>8}"
-                  f"  pending={pending.get(room, 0)}")
-    return 0
-
-
-def cmd_battle(args) -> int:
-    """One battle: its ledger, flush history, and the score Tencent holds."""
-    from worker.engine.state.keys import BattleKeys
-
-    rt = _rt()
-    bk = BattleKeys(args.battle_id)
-    meta = rt.redis.hgetall(bk.meta)
-    if not meta:
-        print(f"unknown battle {args.battle_id}", file=sys.stderr)
-        return 1
-    out = {"meta": meta}
-    for name in ("pending", "inflight", "applied", "ledger", "corr", "unapplied", "recon"):
-        out[name] = rt.redis.hgetall(getattr(bk, name))
-    out["flushes"] = [json.loads(x) for x in rt.redis.lrange(bk.flushes, 0, 19)]
-    try:
-        info = rt.client.get_battle_info(args.battle_id)
-        out["tencent"] = {r.RoomId: r.Score for r in info.rooms}
-    except Exception as err:  # the operator still gets our side
-        out["tencent"] = f"unavailable: {err}"
-    print(json.dumps(out, indent=2, default=str))
-    return 0
-
-
-def cmd_dead_letters(args) -> int:
-    """List or replay dead letters."""
-    from worker.engine import deadletters
-
-    rt = _rt()
-    if args.action == "list":
-        for i, entry in enumerate(deadletters.list_entries(rt, args.limit)):
-            print(json.dumps({"index": i, **entry}))
-        return 0
-    counts = deadletters.replay(rt)
-    print(json.dumps(counts))
     return 0
 
 

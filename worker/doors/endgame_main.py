@@ -1,13 +1,14 @@
-"""`python -m worker.doors.endgame_main`: the end game in a process of its own, beside the control workers.
+"""`python -m worker.doors.endgame_main`: the end game in a process of its own, beside the
+control workers.
 
-The end game's runner thread (worker/engine/endgame.py) used to live in a control worker, beside up to
-eight task threads flushing and reconciling and sixteen of its own: at 10,000 battles that
-process was CPU-bound, and a round waited for the GIL behind them. Its due battles aged to
-1.8 s, admitted calls left late and bunched up at Tencent (100012), and 20 to 400 battles in
-10,000 missed their last value. In a process of its own the runner only competes for a core,
-and the kernel wakes a mostly idle process at once. The control pool starts it
-(worker/doors/control_pool.py); while it beats (`bs:endgame:dedicated`), the runner threads of the
-control workers stand by.
+The end game's runner thread (worker/engine/endgame.py) used to live in a control worker,
+beside up to eight task threads flushing and reconciling and sixteen of its own: at 10,000
+battles that process was CPU-bound, and a round waited for the GIL behind them. Its due
+battles aged to 1.8 s, admitted calls left late and bunched up at Tencent (100012), and 20 to
+400 battles in 10,000 missed their last value. In a process of its own the runner only
+competes for a core, and the kernel wakes a mostly idle process at once. The control pool
+starts it (worker/doors/control_pool.py); while it beats (`bs:endgame:dedicated`), the runner
+threads of the control workers stand by.
 """
 
 from __future__ import annotations
@@ -17,24 +18,17 @@ import signal
 import sys
 import threading
 
+from worker.doors.logs import to_stderr
 from worker.engine import endgame
 from worker.engine.flush import flush_battle
-from worker.doors.logs import configure
 from worker.engine.runtime import get_runtime
 from worker.engine.settings import get_settings
 
 
 def main() -> int:
     """Run the end game until SIGTERM."""
-    settings = get_settings()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        "[%(asctime)s: %(levelname)s/endgame] %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
-    secrets = [settings.secret_key.get_secret_value()]
-    if settings.callback_token:
-        secrets.append(settings.callback_token.get_secret_value())
-    configure([handler], settings.log_format, secrets)
+    # Every logger of the process (the root), named "endgame" in text lines.
+    to_stderr(get_settings(), ("",), "[%(asctime)s: %(levelname)s/endgame] %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its URLs carry the UserSig
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -68,7 +68,7 @@ def _patch_restore_unacked() -> None:
         return None
 
     setattr(restore_unacked, _PATCHED, True)
-    qos.restore_unacked = restore_unacked
+    qos.restore_unacked = restore_unacked  # type: ignore[method-assign]  # the patch
 
 
 def _patch_connparams() -> None:
@@ -85,4 +85,4 @@ def _patch_connparams() -> None:
         return original(self, *args, **kwargs)
 
     setattr(_connparams, _PATCHED, True)
-    channel._connparams = _connparams
+    channel._connparams = _connparams  # type: ignore[method-assign]  # the patch

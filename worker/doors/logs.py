@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from worker.engine.settings import Settings
+
+#: The text format of a process's own stderr log (a worker's and the beat's are Celery's).
+TEXT_FORMAT = "[%(asctime)s: %(levelname)s/%(name)s] %(message)s"
 #: Record attributes copied into JSON lines when a log call passes them in `extra`.
 CONTEXT_FIELDS = ("battle_id", "room_id", "flush_id", "request_id", "event_id", "source",
                   "status", "api", "outcome")
@@ -48,7 +56,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def secrets_of(settings) -> list[str]:
+def secrets_of(settings: Settings) -> list[str]:
     """Every secret a process with these settings may hold, for the log filter: the Tencent
     key and the callback token (when set), the Sentinels' password, the Redis URLs'
     passwords. One list for the worker, beat, the metrics process and the receiver."""
@@ -82,3 +90,19 @@ def configure(handlers: list[logging.Handler], fmt: str, secrets: list[str]) -> 
         if fmt == "json":
             h.setFormatter(JsonFormatter())
         h.addFilter(redact)
+
+
+def to_stderr(settings: Settings, loggers: Iterable[str] = ("scorer",),
+              text_format: str = TEXT_FORMAT) -> logging.Handler:
+    """Send these loggers (INFO and up, not propagated; "" is the root) to stderr, text or
+    JSON (SCORER_LOG_FORMAT), every secret of `settings` redacted as a last line of defence:
+    the log of a process Celery does not set up (metrics, the receiver, the end game)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(text_format))
+    configure([handler], settings.log_format, secrets_of(settings))
+    for name in loggers:
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return handler

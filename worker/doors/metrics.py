@@ -21,6 +21,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+from worker.engine.settings import Settings
 from worker.engine.state import counters, keys
 from worker.engine.state.counters import BUCKETS
 from worker.engine.state.pipeline import pipeline
@@ -42,6 +43,8 @@ OLDEST_SCAN = 100
 #: see a series from the start rather than an absent one.
 EXTRA_EVENTS = ("audit_corrections", "given_up", "late_drift")
 INF = float("inf")
+#: SCORER_QUEUE's default, which is Celery's own default queue (`celery`).
+DEFAULT_QUEUE: str = Settings.model_fields["queue"].default
 
 
 def record_beat_publish(redis, now: float | None = None) -> None:
@@ -67,8 +70,8 @@ def queue_names(input_queue: str) -> dict[str, str]:
     default `celery` when SCORER_QUEUE is another (role `default`): a producer left on the
     default queue fills it and nobody of ours consumes it (alert ScorerDefaultQueueFilling)."""
     names = {"input": input_queue, "drain": keys.DRAIN_QUEUE, "control": keys.CONTROL_QUEUE}
-    if input_queue != "celery":
-        names["default"] = "celery"
+    if input_queue != DEFAULT_QUEUE:
+        names["default"] = DEFAULT_QUEUE
     return names
 
 
@@ -89,7 +92,7 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 class ScorerCollector:
     """Reads the shared state at scrape time (state Redis, and the broker's for the queues)."""
 
-    def __init__(self, redis, broker=None, queue: str = "celery") -> None:
+    def __init__(self, redis, broker=None, queue: str = DEFAULT_QUEUE) -> None:
         self.redis = redis
         self.broker = redis if broker is None else broker
         self.queue = queue
@@ -97,7 +100,7 @@ class ScorerCollector:
     def collect(self):
         """All families; those of a Redis that does not answer are left out."""
         now = time.time()
-        up = {}
+        up: dict[str, int] = {}
         for name, part in (("state", self._state), ("broker", self._queues)):
             if name == "broker" and self.broker is self.redis and not up["state"]:
                 up[name] = 0  # the same Redis just failed: do not wait on it twice
@@ -207,8 +210,8 @@ class ScorerCollector:
             _gauge("scorer_battles_active", "Battles registered and not yet finalized",
                    len(active)),
             _gauge("scorer_battles_due", "Battles with value waiting to be flushed", due),
-            _gauge("scorer_pending_value", "Value ingested or corrected, not yet sent (all battles)",
-                   pending_sum),
+            _gauge("scorer_pending_value",
+                   "Value ingested or corrected, not yet sent (all battles)", pending_sum),
             _gauge("scorer_flush_lag_seconds", "How long the most overdue flush has waited",
                    lag),
             _gauge("scorer_oldest_pending_seconds",
@@ -240,7 +243,7 @@ class ScorerCollector:
         return total, next(holding, None)
 
 
-def registry_for(redis, broker=None, queue: str = "celery") -> CollectorRegistry:
+def registry_for(redis, broker=None, queue: str = DEFAULT_QUEUE) -> CollectorRegistry:
     """A registry with only the scorer's collector."""
     reg = CollectorRegistry()
     reg.register(ScorerCollector(redis, broker, queue))

@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import redis as redis_lib
 from prometheus_client.exposition import choose_encoder
+
+if TYPE_CHECKING:
+    from worker.engine.settings import Settings
 
 log = logging.getLogger("scorer.metrics")
 
@@ -31,7 +34,8 @@ SOCKET_TIMEOUT = 10.0
 REDIS_TIMEOUT = 2.0
 
 
-def connect(url: str, timeout: float = REDIS_TIMEOUT, settings=None):
+def connect(url: str, timeout: float = REDIS_TIMEOUT,
+            settings: Settings | None = None) -> redis_lib.Redis:
     """A Redis client that fails within `timeout` (runtime.connect's quick client), through
     the Sentinels `settings` name for a sentinel:// URL."""
     from worker.engine.runtime import connect as redis_connect
@@ -41,7 +45,7 @@ def connect(url: str, timeout: float = REDIS_TIMEOUT, settings=None):
     return redis_connect(url, master, secret, quick=timeout)
 
 
-def clients(settings):
+def clients(settings: Settings) -> tuple[redis_lib.Redis, redis_lib.Redis]:
     """(state Redis, broker Redis) for `settings`: one client when they are the same URL."""
     state = connect(settings.state_url, settings=settings)
     broker = state if settings.redis_url == settings.state_url else connect(
@@ -49,21 +53,8 @@ def clients(settings):
     return state, broker
 
 
-def configure_logging(settings) -> None:
-    """The metrics process's log: stderr, text or JSON (SCORER_LOG_FORMAT), Redis passwords
-    redacted as a last line of defence (no code path logs a URL)."""
-    from worker.doors import logs
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/%(name)s] %(message)s"))
-    logs.configure([handler], settings.log_format, logs.secrets_of(settings))
-    logger = logging.getLogger("scorer")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-
-
 class _Handler(BaseHTTPRequestHandler):
+    server: MetricsServer
     server_version = "battle-scorer-metrics"
     timeout = SOCKET_TIMEOUT  # applied to the connection by StreamRequestHandler.setup
 
@@ -150,10 +141,14 @@ class MetricsServer(ThreadingHTTPServer):
             self._slots.release()
 
 
-def start(addr: str, port: int, redis, broker=None, queue: str = "celery"):
+def start(addr: str, port: int, redis: redis_lib.Redis, broker: redis_lib.Redis | None = None,
+          queue: str | None = None) -> tuple[MetricsServer, threading.Thread]:
     """Serve on (addr, port) in a daemon thread; returns (server, thread). Port 0: any free
-    port (read it from `server.server_address[1]`)."""
-    from worker.doors.metrics import registry_for
+    port (read it from `server.server_address[1]`). `queue`: SCORER_QUEUE (its default when
+    None)."""
+    from worker.doors.metrics import DEFAULT_QUEUE, registry_for
+
+    queue = DEFAULT_QUEUE if queue is None else queue
 
     broker = redis if broker is None else broker
     pings = {"state": redis} if broker is redis else {"state": redis, "broker": broker}

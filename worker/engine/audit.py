@@ -1,4 +1,4 @@
-"""Score audit: compare the score Tencent holds with the ledger's applied total; overwrite a difference.
+"""Score audit: compare the score Tencent holds with the ledger's applied total; heal a difference.
 
 Why: exactly-once rests on our ledger, and some faults put a write on Tencent that the ledger
 does not show: a request that lands after the client gave up on it (its batch was settled
@@ -20,19 +20,28 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import TYPE_CHECKING
 
-from worker.engine.state import keys
-from worker.engine.state.pipeline import pipeline
-from worker.engine.endgame import END_MARGIN, FINAL_LEAD, read_timeout
 from worker.engine.battles import Battle, read_applied
-from worker.engine.state.keys import BattleKeys
-from worker.engine.state.lock import BattleLock
-from worker.engine.state.limiter import LOW, RateLimitTimeout
+from worker.engine.inflight import LockLost
+from worker.engine.near_end import END_MARGIN, FINAL_LEAD, read_timeout
+from worker.engine.overwrite import overwrite
 from worker.engine.runtime import Runtime
 from worker.engine.schedule import AUDIT_INTERVAL
+from worker.engine.state import keys
 from worker.engine.state.counters import bump
+from worker.engine.state.keys import BattleKeys
+from worker.engine.state.limiter import LOW
+from worker.engine.state.lock import BattleLock
+from worker.engine.state.pipeline import pipeline
 from worker.engine.tencent.client import ADMITTED
-from worker.engine.tencent.errors import Outcome, TencentError
+from worker.engine.tencent.errors import RateLimitTimeout, TencentError
+from worker.engine.tencent.models import OpType, SetBattleScoreResult
+
+if TYPE_CHECKING:
+    from redis.client import Pipeline
+
+    from worker.engine.state.pipeline import SerialBatch
 
 log = logging.getLogger("scorer.audit")
 
@@ -49,7 +58,8 @@ RETRY = 0.5
 SLOT_WAIT = 0.5
 
 
-def schedule(rt: Runtime, battle_ids: list[str], at: float, pipe=None) -> None:
+def schedule(rt: Runtime, battle_ids: list[str], at: float,
+             pipe: Pipeline | SerialBatch | None = None) -> None:
     """Make the audits of these battles due at `at`, or sooner if already due sooner."""
     if battle_ids:
         (pipe or rt.redis).zadd(keys.AUDIT_DUE, {b: at for b in battle_ids}, lt=True)
@@ -123,6 +133,7 @@ def audit_battle(rt: Runtime, battle_id: str, forced: bool = False) -> str:
 
 
 def _next(rt: Runtime, battle: Battle) -> None:
+    """Due again AUDIT_INTERVAL from now, once more just before the end, or no more."""
     at = rt.clock() + AUDIT_INTERVAL
     if battle.end - END_LEAD > rt.clock():
         at = min(at, battle.end - END_LEAD)  # one more just before the buzzer
@@ -133,11 +144,12 @@ def _next(rt: Runtime, battle: Battle) -> None:
 
 
 def _audit_locked(rt: Runtime, battle: Battle, lock: BattleLock) -> str:
+    """Read the battle's score and overwrite any room that differs from `applied`."""
     bk = BattleKeys(battle.battle_id)
     try:
         info = rt.client.get_battle_info(battle.battle_id, max_wait=ADMITTED, max_attempts=1,
                                          read_timeout=read_timeout(rt, battle))
-    except (TencentError, RateLimitTimeout) as err:
+    except TencentError as err:
         log.warning("audit read of %s failed: %s", battle.battle_id, err)
         return "failed"
     if info.Status == 2 or rt.tclock.earliest() >= info.EndTime > 0:
@@ -154,10 +166,11 @@ def _audit_locked(rt: Runtime, battle: Battle, lock: BattleLock) -> str:
     res = _overwrite(rt, battle, lock, target, "audit overwrite")
     if res is None:
         return "failed"  # OpType 2 is idempotent: the next audit reads and writes again
-    codes = res.codes()
-    fixed = {r: diff[r] for r in target if codes.get(r, 0) == 0}
-    record = json.dumps({"id": "audit", "at": rt.clock(), "op": 2, "scores": target,
-                         "outcome": "audit", "held_before": {r: h for r, (_, h) in fixed.items()},
+    ok, _ = res.split(target)
+    fixed = {r: diff[r] for r in ok}
+    record = json.dumps({"id": "audit", "at": rt.clock(), "op": OpType.OVERWRITE,
+                         "scores": target, "outcome": "audit",
+                         "held_before": {r: h for r, (_, h) in fixed.items()},
                          "request_id": res.RequestId})
     pipe = pipeline(rt.redis)
     pipe.lpush(bk.flushes, record)
@@ -189,17 +202,12 @@ def last_write(rt: Runtime, battle: Battle | None) -> str:
 
 
 def _overwrite(rt: Runtime, battle: Battle, lock: BattleLock, target: dict[str, int],
-               what: str):
-    """OpType 2 of `target` under `lock`, on a slot the caller holds; the answer, or None
-    (the lock was lost, or the call failed: an ambiguous one is audited again, since it may
-    land after a later flush)."""
-    if lock.lost:  # frozen past the ttl: another writer may hold the battle now
-        return None
+               what: str) -> SetBattleScoreResult | None:
+    """OpType 2 of `target` under `lock`, on a slot the caller holds (overwrite.overwrite);
+    the answer, or None (the lock was lost, or the call failed: an ambiguous one is audited
+    again, since it may land after a later flush)."""
     try:
-        return rt.client.set_battle_score(battle.battle_id, 2, target, max_wait=ADMITTED,
-                                          max_attempts=1, read_timeout=read_timeout(rt, battle))
-    except (TencentError, RateLimitTimeout) as err:
-        log.warning("%s of %s failed: %s", what, battle.battle_id, err)
-        if isinstance(err, TencentError) and err.outcome is Outcome.ambiguous:
-            after_ambiguity(rt, battle, battle.battle_id)
+        return overwrite(rt, battle.battle_id, battle, lock, target, what, log,
+                         on_ambiguous=lambda: after_ambiguity(rt, battle, battle.battle_id))
+    except LockLost:  # frozen past the ttl: another writer may hold the battle now
         return None

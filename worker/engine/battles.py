@@ -1,19 +1,28 @@
-"""Battles: registration from webhooks and get_battle_info, gift routing, and held gifts."""
+"""Battles: registration from webhooks and get_battle_info, gift routing, and held gifts.
+
+Their records (Battle, Gift) are in worker/engine/records.py, their end in
+worker/engine/ending.py.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 
-from worker.engine.state.pipeline import pipeline
+from redis.client import Pipeline
+
 from worker.engine import endgame
-from worker.engine.state import keys
-from worker.engine.schedule import AUDIT_INTERVAL
-from worker.engine.state.keys import BattleKeys, RoomKeys
+from worker.engine.deadletters import dead_letter
+from worker.engine.records import Battle, Gift
+from worker.engine.roomindex import find_battle, index_value
 from worker.engine.runtime import Runtime
-from worker.engine.state.lock import BattleLock
+from worker.engine.schedule import AUDIT_INTERVAL
+from worker.engine.state import keys
 from worker.engine.state.counters import bump_many
+from worker.engine.state.keys import BattleKeys, RoomKeys
+from worker.engine.state.lock import BattleLock
+from worker.engine.state.pipeline import SerialBatch, pipeline
+from worker.engine.tencent.models import BattleInfo
 
 log = logging.getLogger("scorer.battles")
 
@@ -24,63 +33,9 @@ KEEP_AFTER_END = 24 * 3600
 HOLD_SECONDS = 60
 
 
-@dataclass(frozen=True)
-class Gift:
-    """A validated gift, reduced to what scoring needs."""
-
-    event_id: str
-    room: str
-    to: tuple[str, ...]
-    second: int
-    value: int
-
-    def to_json(self, deadline: float) -> str:
-        return json.dumps({"e": self.event_id, "r": self.room, "to": list(self.to),
-                           "t": self.second, "v": self.value, "d": deadline})
-
-    @classmethod
-    def from_json(cls, raw: str) -> tuple["Gift", float]:
-        d = json.loads(raw)
-        return cls(d["e"], d["r"], tuple(d["to"]), int(d["t"]), int(d["v"])), float(d["d"])
-
-
-@dataclass
-class Battle:
-    """A battle's registration as stored in its meta hash."""
-
-    battle_id: str
-    start: float  # 0 while unknown
-    end: float
-    rooms: dict[str, str | None]  # RoomId → owner (None while unknown)
-    status: str = "running"
-    ended_at: float = 0.0  # when Tencent told us it has ended (end webhook, 100006), else 0
-
-    @classmethod
-    def load(cls, rt: Runtime, battle_id: str) -> "Battle | None":
-        return cls.from_meta(battle_id, rt.redis.hgetall(BattleKeys(battle_id).meta))
-
-    @classmethod
-    def from_meta(cls, battle_id: str, m: dict[str, str]) -> "Battle | None":
-        """The battle of a meta hash read elsewhere (None if it is empty)."""
-        if not m:
-            return None
-        return cls(battle_id, float(m.get("start", 0)), float(m.get("end", 0)),
-                   json.loads(m.get("rooms", "{}")), m.get("status", "running"),
-                   float(m.get("ended_at") or m.get("ended_by_webhook") or 0.0))
-
-    def has_ended(self, now: float, margin: float) -> bool:
-        """True once no write can land: Tencent said so, or `margin` s past its known end."""
-        return bool(self.ended_at) or (self.start > 0 and self.end > 0
-                                       and now >= self.end + margin)
-
-
 def read_applied(rt: Runtime, battle_id: str) -> dict[str, int]:
     """RoomId → the score Tencent holds by our account (the `applied` ledger)."""
     return {k: int(v) for k, v in rt.redis.hgetall(BattleKeys(battle_id).applied).items()}
-
-
-def _index_value(start: float, end: float, owner: str | None) -> str:
-    return f"{start!r} {end!r} {owner or '-'}"
 
 
 def register(rt: Runtime, battle_id: str, start: float, duration_ms: int,
@@ -93,7 +48,7 @@ def register(rt: Runtime, battle_id: str, start: float, duration_ms: int,
     if known and known.start and known.status != "created" and all(known.rooms.values()):
         return known  # a duplicate start/create webhook, or info we already have
     if known and known.start and not start:  # a create webhook after the start: keep timing
-        start, duration_ms = known.start, int(round((known.end - known.start) * 1000))
+        start, duration_ms = known.start, round((known.end - known.start) * 1000)
     end = start + duration_ms / 1000.0 if start else 0.0
     if known:  # keep owners we already know when a later source lacks them
         rooms = {r: rooms.get(r) or known.rooms.get(r) for r in {**known.rooms, **rooms}}
@@ -107,7 +62,7 @@ def register(rt: Runtime, battle_id: str, start: float, duration_ms: int,
     # The room index is written BEFORE held gifts are drained (see ROUTE_OR_HOLD).
     for room, owner in rooms.items():
         rk = RoomKeys(room)
-        pipe.hset(rk.battles, battle_id, _index_value(start, end, owner))
+        pipe.hset(rk.battles, battle_id, index_value(start, end, owner))
         pipe.expireat(rk.battles, expire_at)
     if status == "running":
         pipe.zadd(keys.ACTIVE, {battle_id: end})
@@ -128,37 +83,17 @@ def register(rt: Runtime, battle_id: str, start: float, duration_ms: int,
         pipe = pipeline(rt.redis)
         for room in rooms:
             pipe.llen(RoomKeys(room).held)
-        for room, n in zip(rooms, pipe.execute()):
+        for room, n in zip(rooms, pipe.execute(), strict=True):
             if n:
                 drain_held(rt, room)
     return battle
 
 
-def register_info(rt: Runtime, info) -> Battle:
+def register_info(rt: Runtime, info: BattleInfo) -> Battle:
     """Register from a get_battle_info answer (fills in a battle the worker never heard of)."""
     rooms = {r.RoomId: r.Owner_Account for r in info.rooms}
     return register(rt, info.BattleId, float(info.StartTime), info.Duration, rooms,
                     "get_battle_info")
-
-
-def find_battle(index: dict[str, str], second: int) -> tuple[str, str, float] | None:
-    """(BattleId, owner, end) of the battle of a room's `index` that a gift at `second` scores.
-
-    The routing rule (ROUTE_OR_HOLD in worker/engine/state/scripts.py is a Lua copy; keep both alike):
-    among the battles whose window [start, end) holds `second`, with start > 0 and owner
-    known, the one with the LATEST start wins; on equal starts, the greater BattleId (byte
-    order). A room is in one battle at a time, but a battle that ended early (its end webhook
-    lost) keeps its planned window in the index, and the room's next battle may start inside
-    it: from that start on, the gifts are the new battle's.
-    """
-    best: tuple[float, str, str, float] | None = None  # (start, BattleId, owner, end)
-    for battle_id, value in index.items():
-        start_s, end_s, owner = value.split(" ", 2)
-        start, end = float(start_s), float(end_s)
-        if start > 0 and owner != "-" and start <= second < end:
-            if best is None or (start, battle_id) > (best[0], best[1]):
-                best = (start, battle_id, owner, end)
-    return None if best is None else (best[1], best[2], best[3])
 
 
 def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
@@ -170,12 +105,12 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
     pipe = pipeline(rt.redis)
     for room in rooms:
         pipe.hgetall(RoomKeys(room).battles)
-    index = dict(zip(rooms, pipe.execute()))
+    index = dict(zip(rooms, pipe.execute(), strict=True))
 
     pipe = pipeline(rt.redis)
     plan: list[tuple[str, Gift, int]] = []  # (what, gift, position of its reply)
     by_battle: dict[str, list[Gift]] = {}
-    ending: set[str] = set()  # battles in their end game: flushed at once (worker/engine/endgame.py)
+    ending: set[str] = set()  # in their end game: flushed at once (worker/engine/endgame.py)
     ends: dict[str, float] = {}
     now, latest = rt.clock(), rt.tclock.latest()
     for g in gifts:
@@ -223,13 +158,12 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
             counts[kind if res == 1 else "duplicate"] += 1
     refused: list[Gift] = []
     for bgifts, pos in scored:
-        for g, flag in zip(bgifts, results[pos]):
+        for g, flag in zip(bgifts, results[pos], strict=True):
             if flag == 2:
                 refused.append(g)
             else:
                 counts["ingested" if flag == 1 else "duplicate"] += 1
     if refused:  # kept with the reason, never silently dropped
-        from worker.engine.ingest import dead_letter  # (ingest imports this module)
         for g in refused:
             dead_letter(rt, {"gift": json.loads(g.to_json(0))}, g.event_id,
                         "room total would exceed MAX_SCORE (2**53)")
@@ -240,7 +174,7 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
     return counts
 
 
-def _count_outside(pipe, g: Gift) -> None:
+def _count_outside(pipe: Pipeline | SerialBatch, g: Gift) -> None:
     """Queue counting a gift as outside any battle score, once per event id."""
     rk = RoomKeys(g.room)
     pipe.sadd(rk.seen_outside, g.event_id)
@@ -270,7 +204,7 @@ def drain_held(rt: Runtime, room: str, sweep: bool = False) -> dict[str, int]:
         items = [Gift.from_json(x) for x in raw]
         routable = [g for g, _ in items if find_battle(index, g.second)]
         expired = [g for g, d in items if d <= now and not find_battle(index, g.second)]
-        kept = [(x, d) for x, (g, d) in zip(raw, items)
+        kept = [(x, d) for x, (g, d) in zip(raw, items, strict=True)
                 if d > now and not find_battle(index, g.second)]
         counts = route(rt, routable) if routable else {}
         counts["held"] = counts.get("held", 0) - len(routable)  # no longer held
@@ -292,32 +226,3 @@ def drain_held(rt: Runtime, room: str, sweep: bool = False) -> dict[str, int]:
         pipe.execute()
     bump_many(rt.redis, counts)
     return counts
-
-
-def record_end(rt: Runtime, ev) -> None:
-    """Keep Tencent's final scores from the end webhook; finalize() compares them later.
-
-    A battle first heard of at its end is registered from the end webhook itself, so gifts
-    held for it are accounted as after-the-end rather than outside any battle.
-    """
-    bk = BattleKeys(ev.BattleId)
-    battle = Battle.load(rt, ev.BattleId)
-    if (battle is None or not battle.start) and ev.StartTime and ev.Duration:
-        battle = register(rt, ev.BattleId, float(ev.StartTime), ev.Duration,
-                          {r.RoomId: r.Owner_Account for r in ev.rooms}, "end_webhook")
-    scores = {r.RoomId: r.Score for r in ev.rooms if r.Score is not None}
-    mapping = {"end_scores": json.dumps(scores), "ended_by_webhook": rt.clock()}
-    if ev.EndTime and battle and battle.start and ev.EndTime < battle.end:
-        # Ended early (owners left): the window closes at EndTime.
-        mapping["end"] = float(ev.EndTime)
-        pipe = pipeline(rt.redis)
-        for room, owner in battle.rooms.items():
-            pipe.hset(RoomKeys(room).battles, ev.BattleId,
-                      _index_value(battle.start, float(ev.EndTime), owner))
-        pipe.zadd(keys.ACTIVE, {ev.BattleId: float(ev.EndTime)})
-        pipe.execute()
-    pipe = pipeline(rt.redis)
-    pipe.hset(bk.meta, mapping=mapping)
-    if battle is None:  # an end we cannot place in any battle: keep it, but not forever
-        pipe.expire(bk.meta, KEEP_AFTER_END)
-    pipe.execute()

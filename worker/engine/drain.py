@@ -25,14 +25,15 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-from worker.engine.state import keys
+from typing import Any
 
 from worker.engine import watermark
-from worker.engine.ingest import bulk_pairs, dead_letter, handle_durably
+from worker.engine.deadletters import dead_letter
+from worker.engine.ingest import bulk_pairs, handle_durably
 from worker.engine.runtime import Runtime
+from worker.engine.state import keys
 
 log = logging.getLogger("scorer.drain")
 
@@ -66,8 +67,8 @@ class Message:
     """The parts of a Celery message the drain needs."""
 
     task: str | None
-    args: list = field(default_factory=list)
-    kwargs: dict = field(default_factory=dict)
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
     eta: Any = None
     readable: bool = True  # False: not JSON protocol 1/2 (left to Celery or dead-lettered)
 
@@ -87,7 +88,7 @@ def decode(raw: str | bytes) -> Message:
     task = headers.get("task")
     if env.get("content-type") != "application/json" or headers.get("compression"):
         return Message(task, readable=False)
-    body = env.get("body")
+    body: Any = env.get("body")
     try:
         if props.get("body_encoding") == "base64":
             body = base64.b64decode(body)
@@ -122,9 +123,9 @@ def webhook_args(msg: Message) -> tuple[Any, Any]:
     return body, event_id
 
 
-def ingest_messages(rt: Runtime, raws: list[str], known: Callable[[str], bool]) -> Counter:
+def ingest_messages(rt: Runtime, raws: list[str], known: Callable[[str], bool]) -> Counter[str]:
     """Ingest the webhooks among `raws`; give other tasks back to the queue; keep bad ones."""
-    counts: Counter = Counter(messages=len(raws))
+    counts: Counter[str] = Counter(messages=len(raws))
     pairs: list[tuple[Any, Any]] = []
     back: list[str] = []
     for raw in raws:
@@ -203,7 +204,7 @@ def drain(rt: Runtime, token: str, known: Callable[[str], bool],
     Returns the counts, with `more` = 1 when the flood goes on (the caller starts a
     successor). The slot `token` is released on the way out.
     """
-    totals: Counter = Counter(batches=0, messages=0)
+    totals: Counter[str] = Counter(batches=0, messages=0)
     started = clock()
     more = False
     try:

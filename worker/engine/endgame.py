@@ -1,8 +1,8 @@
-"""The end game: in a battle's last seconds, value is flushed as soon as it lands, soonest end first.
+"""The end game: in a battle's last seconds, value is flushed as it lands, soonest end first.
 
 A battle is decided in its last seconds, and after its end nothing can be corrected. So once a
-battle is within FINAL_WINDOW of its end (on Tencent's clock, worker/engine/tencent/clock.py), value that
-lands is not left for the next tick:
+battle is within FINAL_WINDOW of its end (on Tencent's clock, worker/engine/tencent/clock.py),
+value that lands is not left for the next tick:
 - ingest marks the battle in ENDGAME_DUE the moment it stores the value (`mark`), and the tick
   promotes battles that entered the window with value already waiting (`plan`);
 - one runner thread (`ensure_runner`: started in every process that runs ticks, one of them
@@ -17,6 +17,9 @@ lands is not left for the next tick:
 The guarantee this buys (README, "In time"): a gift whose webhook reaches the worker 1 s or more
 before the end, by Tencent's clock, is in the final score, as long as the budget can carry one
 flush per ending battle (SCORER_API_RATE x 0.9 endings a second) and ingest keeps up.
+
+The rounds themselves are in worker/engine/endgame_rounds.py, and the timings every call
+under a battle's lock keeps near its end in worker/engine/near_end.py (both re-exported here).
 """
 
 from __future__ import annotations
@@ -26,73 +29,54 @@ import math
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from typing import Callable
-
-from worker.engine.state import keys
-from worker.engine.state.pipeline import pipeline
-from worker.engine.state.keys import BattleKeys
-from worker.engine.state.lock import BattleLock
-from worker.engine.state.limiter import HIGH
+from worker.engine.endgame_rounds import (  # noqa: F401 (re-exported: the rounds)
+    COALESCE,
+    ROUND_MAX,
+    THREADS,
+    Flush,
+    run_finals,
+    run_round,
+)
+from worker.engine.near_end import (  # noqa: F401 (re-exported: the end game's timings)
+    END_MARGIN,
+    FINAL_LEAD,
+    NEAR_END,
+    NEAR_END_READ,
+    near_end,
+    read_timeout,
+)
 from worker.engine.runtime import Runtime
+from worker.engine.state import keys
+from worker.engine.state.lock import BattleLock
+from worker.engine.state.pipeline import pipeline
+
+if TYPE_CHECKING:
+    from redis.client import Pipeline
+
+    from worker.engine.state.pipeline import SerialBatch
 
 log = logging.getLogger("scorer.endgame")
 
 #: Seconds before its end (Tencent's clock) from which a battle's value is flushed at once.
 FINAL_WINDOW = 1.5
-#: Value waits this long for more of the same moment before an end-game flush.
-COALESCE = 0.03
 #: The rounds' period between ticks.
 POLL = 0.02
-#: Threads of the end-game flushes (each waits on one Tencent round trip at a time).
-THREADS = 16
-#: End-game battles looked at per round, soonest end first.
-ROUND_MAX = 200
 #: The runner re-plans (promotes battles entering the window, renews the reserve) this often.
 PLAN_EVERY = 0.25
 #: Battles ending within this many seconds past the window count toward the reserve.
 HORIZON = 1.0
-#: A battle is past any call this long after its end by the earliest Tencent's clock may read.
-END_MARGIN = 0.05
-
-#: Near its end (within NEAR_END s, by the latest Tencent's clock may read) a call under a
-#: battle's lock (a flush, a settling or audit OpType 2, a read-back) waits NEAR_END_READ s for its
-#: answer, not the client's 5 s: Tencent may hold a request past the end, where it is
-#: refused when it lands, and meanwhile the lock kept the battle's last flush out (a
-#: reconcile overwrite that waited 5 s cost a battle its last 77 coins in bench.chaos).
-NEAR_END = 8.0
-NEAR_END_READ = 1.5
-#: A battle whose ambiguous write may still land gets one last absolute write (OpType 2 of
-#: the ledger) this long before its end by the latest Tencent's clock (keys.FINAL_DUE): a
-#: request Tencent held past its client's timeout landed in a battle's last second, after
-#: its last flush, 17 coins over (bench.chaos).
-FINAL_LEAD = 0.35
-
-
-def near_end(rt: Runtime, battle) -> bool:
-    """True when `battle` (a battles.Battle, or None) may end within NEAR_END s."""
-    return bool(battle and battle.end and battle.end - rt.tclock.latest() <= NEAR_END)
-
-
-def read_timeout(rt: Runtime, battle) -> float | None:
-    """How long a write under the battle's lock waits for its answer (None: the default)."""
-    return NEAR_END_READ if near_end(rt, battle) else None
-
-
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = 0
-_running: set[str] = set()
-_mu = threading.Lock()
 
 
 def in_window(end: float, latest: float) -> bool:
     """True when a battle ending at `end` is in its final window, `latest` being the latest
     Tencent's clock may read now (`rt.tclock.latest()`, read once per batch of gifts)."""
-    return 0 < end and end - latest <= FINAL_WINDOW
+    return end > 0 and end - latest <= FINAL_WINDOW
 
 
-def mark(pipe, battle_ids: list[str], now: float) -> None:
+def mark(pipe: Pipeline | SerialBatch, battle_ids: list[str], now: float) -> None:
     """Queue (in `pipe`) end-game flushes of battles that just got value."""
     if battle_ids:
         pipe.zadd(keys.ENDGAME_DUE, {b: now for b in battle_ids}, nx=True)
@@ -112,11 +96,12 @@ def plan(rt: Runtime, now: float) -> int:
         pipe.zmscore(keys.FLUSH_DUE, ids)
         pipe.zmscore(keys.ENDGAME_DUE, ids)
         due, marked = pipe.execute()
-        promote = [b for (b, end), d in zip(ending, due)
+        promote = [b for (b, end), d in zip(ending, due, strict=True)
                    if d is not None and d <= now and end - latest <= FINAL_WINDOW]
         if promote:
             rt.redis.zadd(keys.ENDGAME_DUE, {b: now for b in promote}, nx=True)
-        with_value = sum(1 for d, m in zip(due, marked) if d is not None or m is not None)
+        with_value = sum(1 for d, m in zip(due, marked, strict=True)
+                         if d is not None or m is not None)
     limiter = rt.client.limiter
     calls = reserve(with_value, limiter.window_ms / 1000.0)
     limiter.set_reserve("set_battle_score", calls)
@@ -137,98 +122,14 @@ def reserve(ending_with_value: int, window: float) -> int:
     return math.ceil(ending_with_value * window / (FINAL_WINDOW + HORIZON))
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _pool, _pool_pid
-    if _pool is None or _pool_pid != os.getpid():
-        _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="endgame")
-        _pool_pid = os.getpid()
-        _running.clear()
-    return _pool
-
-
-#: flush(rt, battle_id, lane=..., admitted=...) -> outcome: worker.engine.flush.flush_battle
-Flush = Callable[..., str]
-
-
-def run_finals(rt: Runtime, flush: Flush) -> int:
-    """Start the last absolute writes that are due (keys.FINAL_DUE); returns how many."""
-    due = rt.redis.zrangebyscore(keys.FINAL_DUE, "-inf", rt.tclock.latest(), start=0,
-                                 num=ROUND_MAX)
-    started = 0
-    for bid in due:
-        if rt.client.limiter.try_acquire("set_battle_score", HIGH) > 0:
-            break  # next round
-        rt.redis.zrem(keys.FINAL_DUE, bid)
-        _executor().submit(_flush, rt, bid, flush, True)
-        started += 1
-    return started
-
-
-def run_round(rt: Runtime, flush: Flush) -> int:
-    """Flush end-game battles whose value has coalesced, soonest end first, while the HIGH lane
-    admits calls; returns how many flushes started."""
-    now = rt.clock()
-    due = rt.redis.zrangebyscore(keys.ENDGAME_DUE, "-inf", now - COALESCE, start=0,
-                                 num=ROUND_MAX)
-    if not due:
-        return 0
-    pipe = pipeline(rt.redis)
-    pipe.zmscore(keys.ACTIVE, due)
-    for bid in due:
-        bk = BattleKeys(bid)
-        pipe.hlen(bk.pending)
-        pipe.exists(bk.inflight)
-        pipe.exists(bk.lock)
-    ends, *res = pipe.execute()
-    idle = [b for k, b in enumerate(due) if not res[3 * k] and not res[3 * k + 1]]
-    if idle:  # flushed meanwhile by the tick's flushes: no slot for them
-        rt.redis.zrem(keys.ENDGAME_DUE, *idle)
-    # A batch in flight under a held lock: its flush settles it in a moment, and a flush now
-    # would only find it busy. It stays due, and takes no slot until the lock is free.
-    held = {b for k, b in enumerate(due) if res[3 * k + 1] and res[3 * k + 2]}
-    order = sorted((e if e is not None else 0.0, b) for b, e in zip(due, ends)
-                   if b not in idle and b not in held)
-    started = 0
-    pool = _executor()
-    for _, bid in order:
-        with _mu:
-            if bid in _running:
-                continue  # its flush is on its way; the value that came since waits for it
-        if rt.client.limiter.try_acquire("set_battle_score", HIGH) > 0:
-            break  # the budget is full this instant: next round, soonest end still first
-        rt.redis.zrem(keys.ENDGAME_DUE, bid)
-        with _mu:
-            _running.add(bid)
-        pool.submit(_flush, rt, bid, flush)
-        started += 1
-    return started
-
-
-def _flush(rt: Runtime, battle_id: str, flush: Flush, final: bool = False) -> None:
-    try:
-        if final:
-            outcome = flush(rt, battle_id, lane=HIGH, admitted=True, final=True)
-            if outcome in ("busy", "failed", "rate_limited", "retry_later", "lock_lost"):
-                rt.redis.zadd(keys.FINAL_DUE, {battle_id: 0}, nx=True)  # next round
-            log.info("last absolute write of %s: %s", battle_id, outcome)
-            return
-        outcome = flush(rt, battle_id, lane=HIGH, admitted=True)
-        if outcome in ("busy", "rate_limited", "retry_later", "lock_lost"):
-            rt.redis.zadd(keys.ENDGAME_DUE, {battle_id: rt.clock()}, nx=True)
-    except Exception:  # the battle stays in FLUSH_DUE: the tick brings it back
-        log.exception("end-game flush failed", extra={"battle_id": battle_id})
-    finally:
-        with _mu:
-            _running.discard(battle_id)
-
-
 _runner_pid = 0
+_runner_mu = threading.Lock()
 
 
 def ensure_runner(rt: Runtime, flush: Flush) -> None:
     """Start this process's end-game runner thread once (again after a fork)."""
     global _runner_pid
-    with _mu:
+    with _runner_mu:
         if _runner_pid == os.getpid():
             return
         _runner_pid = os.getpid()

@@ -17,7 +17,8 @@ COMMANDS = (GIFT, CREATE, START, END)
 #: Bounds that keep hostile input from becoming huge Redis keys or numbers.
 MAX_ID = 128
 MAX_VALUE = 10**12  # coins in one gift event (Coins, or Coins x Count): far above any real
-# gift, far below MAX_SCORE (worker/engine/tencent/models.py), the bound of a room's score on Tencent
+# gift, far below MAX_SCORE (worker/engine/tencent/models.py), the bound of a room's score on
+# Tencent
 MAX_RECEIVERS = 64
 MAX_ROOMS = 32
 #: Unix seconds between 2020 and 2100: anything else is a unit or type mistake.
@@ -121,7 +122,11 @@ class EndEvent(_Body):
         return ([self.FromRoomInfo] if self.FromRoomInfo else []) + list(self.ToRoomList)
 
 
-MODELS: dict[str, type[_Body]] = {GIFT: GiftEvent, CREATE: CreateEvent, START: StartEvent,
+#: A parsed callback, and the lifecycle ones among them (a battle created, started or ended).
+Event = GiftEvent | CreateEvent | StartEvent | EndEvent
+Lifecycle = CreateEvent | StartEvent | EndEvent
+
+MODELS: dict[str, type[Event]] = {GIFT: GiftEvent, CREATE: CreateEvent, START: StartEvent,
                                   END: EndEvent}
 
 
@@ -145,7 +150,7 @@ def command_of(body: Any) -> str:
     return cmd
 
 
-def parse(body: Any) -> _Body | None:
+def parse(body: Any) -> Event | None:
     """The typed event for a body; None for a command the worker ignores; InvalidEvent if bad."""
     cmd = command_of(body)
     model = MODELS.get(cmd or "")
@@ -161,7 +166,7 @@ def parse(body: Any) -> _Body | None:
         raise InvalidEvent(f"{cmd}: {where}: {first.get('msg', 'invalid')}") from None
 
 
-def derive_event_id(body: dict) -> str:
+def derive_event_id(body: dict[str, Any]) -> str:
     """A stable id for a gift body that came without the app's ledger id.
 
     Two genuinely different gifts with identical sender, receivers, room, gift, count, coins

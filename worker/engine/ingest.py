@@ -2,51 +2,30 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
 
-from worker.engine.state.pipeline import pipeline
-from worker.engine import battles, events
-from worker.engine.state import keys
-from worker.engine.battles import Gift
+from worker.engine import battles, ending, events
+from worker.engine.deadletters import dead_letter
+from worker.engine.records import Gift
 from worker.engine.runtime import Runtime
 from worker.engine.state.counters import bump_many
+from worker.engine.state.pipeline import pipeline
+
+__all__ = ["OUTAGE_RETRY_SECONDS", "REDIS_OUTAGE", "apply_lifecycle", "bulk_pairs",
+           "dead_letter", "handle", "handle_durably"]
 
 log = logging.getLogger("scorer.ingest")
 
-#: A dead letter keeps at most this much of the original body (a giant body is itself the bug).
-MAX_DEAD_BODY = 64 * 1024
-#: Dead letters kept; past this the oldest go and `dead_letters_dropped` counts them.
-MAX_DEAD_LETTERS = 100_000
 #: Redis errors that mean "not stored, try again": ingest waits them out rather than drop.
 REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 #: How long one ingest keeps retrying a Redis outage before it gives the events back to the
 #: queue (the task layer requeues them); shorter than the task time limit.
 OUTAGE_RETRY_SECONDS = 60.0
-
-
-def dead_letter(rt: Runtime, body: Any, event_id: Any, reason: str, pipe=None) -> None:
-    """Keep an event that cannot be scored, with its reason, for listing and replay."""
-    try:
-        raw = json.dumps(body, default=repr)
-    except (TypeError, ValueError, RecursionError):
-        raw = json.dumps(repr(body)[:MAX_DEAD_BODY])
-    if len(raw) > MAX_DEAD_BODY:
-        raw = json.dumps({"truncated": raw[:MAX_DEAD_BODY]})
-    entry = json.dumps({"reason": reason, "event_id": None if event_id is None else
-                        str(event_id)[:200], "at": rt.clock(), "body": json.loads(raw)})
-    p = pipe or pipeline(rt.redis)
-    p.rpush(keys.DEAD_LETTERS, entry)
-    p.ltrim(keys.DEAD_LETTERS, -MAX_DEAD_LETTERS, -1)
-    if pipe is None:
-        p.execute()
-    log.warning("dead-lettered event: %s", reason,
-                extra={"event_id": None if event_id is None else str(event_id)[:200]})
-
 
 def handle(rt: Runtime, items: Iterable[tuple[Any, Any]]) -> dict[str, int]:
     """Apply (body, event_id) pairs: gifts in two Redis round trips, lifecycle events one by one.
@@ -56,7 +35,7 @@ def handle(rt: Runtime, items: Iterable[tuple[Any, Any]]) -> dict[str, int]:
     """
     counts = {"received": 0, "dead_lettered": 0, "ignored": 0, "lifecycle": 0}
     gifts: list[Gift] = []
-    lifecycle: list[Any] = []
+    lifecycle: list[events.Lifecycle] = []
     dead = pipeline(rt.redis)
     mode = rt.settings.gift_value.value
     for body, event_id in items:
@@ -86,16 +65,16 @@ def handle(rt: Runtime, items: Iterable[tuple[Any, Any]]) -> dict[str, int]:
     return counts
 
 
-def apply_lifecycle(rt: Runtime, ev) -> None:
+def apply_lifecycle(rt: Runtime, ev: events.Lifecycle) -> None:
     """Register a created or started battle, or close an ended one."""
     if isinstance(ev, events.StartEvent):
         battles.register(rt, ev.BattleId, float(ev.StartTime), ev.Duration,
                          {r.RoomId: r.Owner_Account for r in ev.rooms}, "start_webhook")
     elif isinstance(ev, events.CreateEvent):
-        rooms = {r: None for r in [ev.FromRoomId, *ev.ToRoomIdList]}
+        rooms: dict[str, str | None] = {r: None for r in [ev.FromRoomId, *ev.ToRoomIdList]}
         battles.register(rt, ev.BattleId, 0.0, ev.Duration, rooms, "create_webhook")
     elif isinstance(ev, events.EndEvent):
-        battles.record_end(rt, ev)
+        ending.record_end(rt, ev)
 
 
 def bulk_pairs(rt: Runtime, items: Any) -> tuple[list[tuple[Any, Any]], int]:

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, cast
 
 import redis
+from redis import Redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
+from worker.engine import redis_urls
+from worker.engine.settings import Settings, get_settings
 from worker.engine.state import scripts
 from worker.engine.state.counters import record_call
 from worker.engine.state.limiter import RedisRateLimiter
-from worker.engine.settings import Settings, get_settings, is_sentinel_url
-from worker.engine.tencent.clock import TencentClock
 from worker.engine.tencent import TencentClient
+from worker.engine.tencent.clock import TencentClock
 
 
 def connect(url: str, sentinel_master: str | None = None,
@@ -28,6 +32,7 @@ def connect(url: str, sentinel_master: str | None = None,
     `quick`: a client that must say "down" within its caller's own deadline (a metrics scrape,
     a health check, the beat's hook): `quick` s timeouts and one immediate retry (a pooled
     connection a Redis restart closed), not redis-py's default retries with back-off."""
+    options: dict[str, Any]
     if quick is not None:
         options = {"decode_responses": True, "socket_timeout": quick,
                    "socket_connect_timeout": quick, "retry": Retry(NoBackoff(), 1)}
@@ -37,33 +42,34 @@ def connect(url: str, sentinel_master: str | None = None,
         options = {"decode_responses": True, "health_check_interval": 10,
                    "socket_keepalive": True, "retry_on_timeout": True, "socket_timeout": 10,
                    "socket_connect_timeout": 5}
-    if url.startswith("redis+cluster://"):
+    if redis_urls.is_cluster_url(url):
         from redis.cluster import RedisCluster
 
-        cluster = {"decode_responses": True}
+        cluster: dict[str, Any] = {"decode_responses": True}
         if quick is not None:
             cluster.update(socket_timeout=quick, socket_connect_timeout=quick)
-        return RedisCluster.from_url("redis://" + url[len("redis+cluster://"):], **cluster)
-    if is_sentinel_url(url):
+        # Typed as one Redis: the engine sends a Cluster the same commands (pipeline.py
+        # batches them serially where a cluster pipeline refuses EVALSHA).
+        return cast(redis.Redis, RedisCluster.from_url(redis_urls.cluster_node_url(url),
+                                                        **cluster))
+    if redis_urls.is_sentinel_url(url):
         return _sentinel_master(url, sentinel_master, sentinel_password, quick, **options)
     return redis.Redis.from_url(url, **options)
 
 
 def _sentinel_master(url: str, master: str | None, sentinel_password: str | None,
-                     quick: float | None, **options) -> redis.Redis:
+                     quick: float | None, **options: Any) -> redis.Redis:
     """The master's client through its Sentinels, as kombu's Sentinel transport builds it: the
     URL's user, password and database go to the master, the Sentinels get `sentinel_kwargs`.
     The client asks a Sentinel for the master's address on each new connection, so it follows
     a failover (connections to the old master are dropped)."""
     from redis.sentinel import Sentinel
 
-    from worker.engine.settings import parse_sentinel_url, sentinel_kwargs
-
     if not master:
         raise ValueError("a sentinel:// URL needs the master's name (SCORER_SENTINEL_MASTER)")
-    parsed = parse_sentinel_url(url)
+    parsed = redis_urls.parse_sentinel_url(url)
     sentinel = Sentinel(list(parsed.nodes),
-                        sentinel_kwargs=sentinel_kwargs(sentinel_password, quick))
+                        sentinel_kwargs=redis_urls.sentinel_kwargs(sentinel_password, quick))
     return sentinel.master_for(master, db=parsed.db, username=parsed.username,
                                password=parsed.password, **options)
 
@@ -72,22 +78,21 @@ def _sentinel_master(url: str, master: str | None, sentinel_password: str | None
 class Runtime:
     """What the tasks of one process share."""
 
+    # `Redis`, not `redis.Redis`, in this class: the field `redis` hides the module here.
     settings: Settings
-    redis: redis.Redis
+    redis: Redis
     client: TencentClient
     clock: Callable[[], float] = time.time
-    scripts: dict = field(default_factory=dict)
-    tclock: TencentClock | None = None
+    #: Tencent's clock, made from `redis` and `clock` (see __post_init__).
+    tclock: TencentClock = field(init=False)
+    _broker: Redis | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.tclock is None:
-            # through `self.clock` at each call: tests move a runtime's clock by replacing it
-            self.tclock = TencentClock(self.redis, lambda: self.clock())
-
-    _broker: redis.Redis | None = None
+        # through `self.clock` at each call: tests move a runtime's clock by replacing it
+        self.tclock = TencentClock(self.redis, lambda: self.clock())
 
     @property
-    def broker(self) -> redis.Redis:
+    def broker(self) -> Redis:
         """The broker's Redis (kombu's queues live there): the state Redis when they are one."""
         if self._broker is None:
             same = self.settings.redis_url == self.settings.state_url
@@ -96,15 +101,11 @@ class Runtime:
                 self.settings.sentinel_secret)
         return self._broker
 
-    def script(self, name: str, broker: bool = False):
-        """A registered Lua script by its name in worker.engine.state.scripts (EVALSHA, loaded on demand),
-        on the state Redis, or on the broker's for the scripts about its queues."""
-        key = f"broker:{name}" if broker else name
-        s = self.scripts.get(key)
-        if s is None:
-            client = self.broker if broker else self.redis
-            s = self.scripts[key] = client.register_script(getattr(scripts, name))
-        return s
+    def script(self, name: str, broker: bool = False) -> Script:
+        """A Lua script by its name in worker.engine.state.scripts (scripts.load: registered
+        once per client, EVALSHA, loaded on demand), on the state Redis, or on the broker's
+        for the scripts about its queues."""
+        return scripts.load(self.broker if broker else self.redis, name)
 
 
 def build_runtime(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
+from typing import Any
 
-from kombu.utils.url import url_to_parts
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The Redis URL rules live in redis_urls; these names stay importable from here (the doors,
+# the tests and older callers import them from settings).
+from worker.engine.redis_urls import _REFUSED as _REFUSED
+from worker.engine.redis_urls import SENTINEL_PORT as SENTINEL_PORT
+from worker.engine.redis_urls import SentinelURL as SentinelURL
+from worker.engine.redis_urls import check_redis_url as check_redis_url
+from worker.engine.redis_urls import is_sentinel_url as is_sentinel_url
+from worker.engine.redis_urls import mask_url_password as _mask_url_password
+from worker.engine.redis_urls import parse_sentinel_url as parse_sentinel_url
+from worker.engine.redis_urls import sentinel_kwargs as sentinel_kwargs
 
 #: Tencent REST domains by region (tencent-api.md §1).
 REGION_DOMAINS: dict[str, str] = {
@@ -97,7 +107,7 @@ class Settings(BaseSettings):
 
     @field_validator("callback_token", "sentinel_master", "sentinel_password", mode="before")
     @classmethod
-    def _optional_blank_is_unset(cls, v):
+    def _optional_blank_is_unset(cls, v: object) -> object:
         # `SCORER_CALLBACK_TOKEN=` (compose passes unset variables through empty) means "no
         # token", not a token of zero characters that would sign every request the same way;
         # likewise no Sentinel master or password rather than an empty one.
@@ -160,142 +170,6 @@ class Settings(BaseSettings):
         return out
 
 
-#: Why a Redis URL scheme is refused (a cluster only as the broker: the state may be one).
-_REFUSED = {
-    "redis+cluster": "kombu cannot use a Redis Cluster as the Celery broker: give a single"
-                     " Redis here and the cluster in SCORER_STATE_REDIS_URL",
-    "unix": "a Unix socket is not supported: the worker's own Redis client connects over TCP"
-            " only; give a redis:// or rediss:// URL",
-}
-_REFUSED["redis+socket"] = _REFUSED["unix"]
-
-#: The port of a Sentinel whose URL names none (kombu's SentinelTransport.default_port).
-SENTINEL_PORT = 26379
-
-
-def check_redis_url(url: str | None, broker: bool) -> str | None:
-    """A valid SCORER_REDIS_URL (`broker`) or SCORER_STATE_REDIS_URL, or ValueError saying why.
-
-    The broker URL is opened by kombu (the Celery transport) and by the worker's own redis-py
-    client (worker/engine/runtime.py `connect`: drains and the watermark read kombu's lists directly),
-    so it must be a form both open: redis://, rediss://, or sentinel:// (kombu's Sentinel
-    transport, one Sentinel or a ';' list of them, with SCORER_SENTINEL_MASTER). kombu would
-    also take redis+socket://, but `connect` opens TCP only. The state URL is opened by
-    `connect` only, which also opens a Redis Cluster (redis+cluster://, plain TCP).
-    Never echoes the URL: it may hold a password.
-    """
-    if url in (None, ""):
-        return None
-    scheme, sep, _ = url.partition("://")
-    scheme = scheme.lower()
-    if not sep:
-        raise ValueError("must be a URL such as redis://host:6379/0")
-    if scheme == "sentinel":
-        parse_sentinel_url(url)
-        return url
-    if ";" in url:
-        raise ValueError("holds several URLs (';'): give one Redis; only Sentinels may be"
-                         " listed (sentinel://h1:26379;sentinel://h2:26379)")
-    if scheme in ("redis", "rediss") or (scheme == "redis+cluster" and not broker):
-        return url
-    if scheme in _REFUSED:
-        raise ValueError(_REFUSED[scheme])
-    raise ValueError("must be a redis://, rediss:// or sentinel:// URL" if broker
-                     else "must be a redis://, rediss://, sentinel:// or redis+cluster:// URL")
-
-
-def is_sentinel_url(url: str | None) -> bool:
-    """True for a sentinel:// URL (or a ';' list of them): kombu's Redis Sentinel transport."""
-    return url is not None and url.partition("://")[0].lower() == "sentinel"
-
-
-@dataclass(frozen=True)
-class SentinelURL:
-    """What a sentinel:// URL says: the Sentinels to ask, and how to talk to the master."""
-
-    nodes: tuple[tuple[str, int], ...]
-    username: str | None
-    password: str | None
-    db: int
-
-
-def parse_sentinel_url(url: str) -> SentinelURL:
-    """Parse `sentinel://[user:password@]host[:port][/db]`, or kombu's ';' list of such URLs,
-    exactly as kombu does (kombu.utils.url.url_to_parts; port 26379 if none; db 0 if none);
-    ValueError saying why, never echoing the URL.
-
-    kombu asks every Sentinel of the list for the master, but takes the user, password and
-    database from the one URL it is connected through, which changes on failover (kombu's
-    Connection.maybe_switch_next): so every URL of a list must carry the same three.
-    """
-    if any(c.isspace() for c in url):
-        # kombu splits on ';' alone: " sentinel://h2" would be parsed with a wrong host.
-        raise ValueError("must not hold spaces (';' alone separates the Sentinels)")
-    nodes: list[tuple[str, int]] = []
-    auth: set[tuple[str | None, str | None, int]] = set()
-    for part in url.split(";"):
-        scheme, sep, _ = part.partition("://")
-        if not part:
-            raise ValueError("holds an empty URL between ';'")
-        if not sep or scheme.lower() != "sentinel":
-            raise ValueError("mixes sentinel:// with other URLs: every URL of a ';' list must"
-                             " be a sentinel:// URL")
-        if "?" in part or "#" in part:
-            raise ValueError("sentinel:// URLs take no options ('?') or fragment ('#')")
-        try:
-            parts = url_to_parts(part)
-        except ValueError:  # urllib's: a port that is no number, a broken [IPv6] host
-            raise ValueError("holds an invalid host or port") from None
-        if not parts.hostname:
-            raise ValueError("names no host: sentinel://host:26379/0")
-        if parts.port == 0:
-            raise ValueError("holds an invalid port (a number from 1 to 65535)")
-        db = parts.path or "0"
-        if not (db.isascii() and db.isdigit()):
-            raise ValueError("holds an invalid database: a number after the port, such as"
-                             " sentinel://host:26379/0")
-        nodes.append((parts.hostname, parts.port or SENTINEL_PORT))
-        auth.add((parts.username, parts.password, int(db)))
-    if len(auth) > 1:
-        raise ValueError("lists Sentinels with different users, passwords or databases: kombu"
-                         " takes them from whichever URL it is connected through, so give every"
-                         " URL the same")
-    (username, password, db), = auth
-    return SentinelURL(tuple(nodes), username, password, db)
-
-
-def sentinel_kwargs(password: str | None, timeout: float | None = None) -> dict:
-    """Connection options for the Sentinels themselves (redis-py's and kombu's
-    `sentinel_kwargs`): timeouts and a single attempt, so that a dead Sentinel costs at most
-    seconds before the next one is asked, and SCORER_SENTINEL_PASSWORD if they want one."""
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    # One attempt per Sentinel: the list is the retry. redis-py's default (3 retries with
-    # back-off) spends ~4 s on a Sentinel that refuses connections before asking the next,
-    # and every fresh client pays it again (kombu builds one per connection pool). A master
-    # not found at all is retried by the master's own connection retries.
-    # `timeout`: a quick client's (runtime.connect(quick=...)), which must say "down" within
-    # its caller's deadline even when a Sentinel hangs rather than refuses.
-    kwargs: dict = {"socket_timeout": timeout or 10, "socket_connect_timeout": timeout or 5,
-                    "socket_keepalive": True, "retry": Retry(NoBackoff(), 0)}
-    if password:
-        kwargs["password"] = password
-    return kwargs
-
-
-def _mask_url_password(url: str) -> str:
-    """Hide a password embedded in a Redis URL (in each URL of a ';' list of Sentinels)."""
-    if ";" in url:
-        return ";".join(_mask_url_password(part) for part in url.split(";"))
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not at or ":" not in creds:
-        return url
-    user = creds.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:****@{host}"
-
-
 class PartialSettings(Settings):
     """Settings without the Tencent credentials required: for the processes that never sign a
     Tencent call (the receiver, the metrics exporter, Flower and whatever else only needs
@@ -306,7 +180,7 @@ class PartialSettings(Settings):
 
     @field_validator("sdkappid", "secret_key", mode="before")
     @classmethod
-    def _blank_is_unset(cls, v):
+    def _blank_is_unset(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
 
 
@@ -331,7 +205,8 @@ def describe_error(err: ValidationError) -> str:
     return f"configuration error: {var} is invalid: {msg}"
 
 
-def load_settings(*, require: Iterable[str] = TENCENT_CREDENTIALS, **overrides) -> Settings:
+def load_settings(*, require: Iterable[str] = TENCENT_CREDENTIALS,
+                  **overrides: Any) -> Settings:
     """Build Settings from the environment; on error print one line to stderr and exit 2.
 
     `require`: which of the Tencent credentials this process needs (both by default). A

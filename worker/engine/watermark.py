@@ -32,11 +32,12 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
-from worker.engine.state import keys
 from worker.engine.runtime import Runtime
+from worker.engine.state import keys
 
 log = logging.getLogger("scorer.watermark")
 
@@ -90,8 +91,10 @@ def give_back_stuck(rt: Runtime, limit: int = 1000) -> int:
     """
     broker = rt.broker
     secs, usecs = broker.time()
-    tags = broker.zrangebyscore(keys.KOMBU_UNACKED_INDEX, "-inf",
-                                secs + usecs / 1e6 - STUCK_SECONDS, start=0, num=limit)
+    # delivery tags, as str (decode_responses; no scores asked)
+    tags = cast("list[str]", broker.zrangebyscore(keys.KOMBU_UNACKED_INDEX, "-inf",
+                                                  secs + usecs / 1e6 - STUCK_SECONDS,
+                                                  start=0, num=limit))
     moved = 0
     for tag in tags:
         raw = broker.hget(keys.KOMBU_UNACKED, tag)

@@ -1,11 +1,11 @@
-"""The receiver's ASGI application: routes, read deadline, size limit, enqueue, access log."""
+"""The receiver's ASGI application: routes, read deadline, size limit, enqueue; each request
+recorded (metrics, access log: worker/doors/receiver/exchange.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +22,13 @@ from worker.doors.receiver.check import (
     fail,
     parse_body,
     parse_query,
+)
+from worker.doors.receiver.exchange import (
+    Exchange,
+    access_log,
+    describe_error,
+    has_body,
+    header,
 )
 from worker.doors.receiver.metrics import ReceiverMetrics
 
@@ -52,42 +59,6 @@ class Limits:
 
 class ClientGone(Exception):
     """The client closed the connection before its request was read: nobody to answer."""
-
-
-@dataclass
-class Exchange:
-    """One request as the access log and metrics see it (never its query or body)."""
-
-    method: str
-    path: str
-    route: str
-    started: float
-    deadline: float
-    status: int = 0
-    size: int = 0
-    has_event_id: bool = False
-    body_read: bool = False
-
-
-def header(scope: dict, name: bytes) -> bytes | None:
-    """The first value of a request header (names are lower case in ASGI)."""
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value
-    return None
-
-
-def safe_path(path: str) -> str:
-    """The path for a log line: control characters escaped (no forged lines), 200 chars."""
-    return path.encode("unicode_escape").decode("ascii")[:200]
-
-
-_CREDENTIALS = re.compile(r"//[^/@\s]*@")
-
-
-def describe_error(exc: BaseException) -> str:
-    """An exception for a log line, any user:password in a URL removed."""
-    return _CREDENTIALS.sub("//****@", f"{type(exc).__name__}: {exc}")[:300]
 
 
 class ReceiverApp:
@@ -128,7 +99,7 @@ class ReceiverApp:
             # (the pipeline retries) rather than let uvicorn log a traceback and send 500.
             if not ex.status:
                 await self._answer(ex, send, 503, fail("shutting down"), close=True)
-        except Exception as exc:  # noqa: BLE001  (a defect of ours: one line, not a traceback)
+        except Exception as exc:  # a defect of ours: one line, not a traceback
             log.error("receiver: %s while answering %s %s", type(exc).__name__, method, path)
             if not ex.status:
                 await self._answer(ex, send, 500, fail("internal error"), close=True)
@@ -151,12 +122,12 @@ class ReceiverApp:
             await self._answer(ex, send, 405, fail("method not allowed"), close=True,
                                headers=[(b"allow", allow)])
         elif ex.route == "healthz":
-            await self._answer(ex, send, 200, {"status": "ok"}, close=_has_body(scope))
+            await self._answer(ex, send, 200, {"status": "ok"}, close=has_body(scope))
         elif ex.route == "readyz":
             await self._readyz(ex, scope, send)
         else:
             data, ctype = self.metrics.render()
-            await self._answer(ex, send, 200, data, close=_has_body(scope),
+            await self._answer(ex, send, 200, data, close=has_body(scope),
                                content_type=ctype.encode())
 
     async def _callback(self, ex: Exchange, scope: dict, receive: Callable,
@@ -209,7 +180,7 @@ class ReceiverApp:
         try:
             job = loop.run_in_executor(self.enqueue_pool, self.enqueue, body, event_id)
             await asyncio.wait_for(job, self.limits.enqueue_timeout)
-        except Exception as exc:  # noqa: BLE001  (whatever went wrong, it was not taken)
+        except Exception as exc:  # whatever went wrong, it was not taken
             # 503 makes the pipeline retry. If the publish went through after all (a timeout
             # on a slow broker), the retry is a duplicate: the worker counts an event id, or
             # a body's derived id, once.
@@ -223,11 +194,11 @@ class ReceiverApp:
         try:
             job = loop.run_in_executor(self.ready_pool, self.ready)
             await asyncio.wait_for(job, self.limits.ready_timeout)
-        except Exception as exc:  # noqa: BLE001  (any failure means not ready)
+        except Exception as exc:  # any failure means not ready
             log.warning("readiness: broker unreachable: %s", describe_error(exc))
             await self._answer(ex, send, 503, {"status": "broker unreachable"}, close=True)
             return
-        await self._answer(ex, send, 200, {"status": "ready"}, close=_has_body(scope))
+        await self._answer(ex, send, 200, {"status": "ready"}, close=has_body(scope))
 
     async def _answer(self, ex: Exchange, send: Callable, status: int, payload: dict | bytes,
                       close: bool = False, content_type: bytes = b"application/json",
@@ -266,18 +237,3 @@ class ReceiverApp:
         self.metrics.refused(label)
         self.metrics.answered("unparsed", status)
         access_log("-", "-", status, time.monotonic() - started, 0, False)
-
-
-def _has_body(scope: dict) -> bool:
-    """Whether a request we answer without reading carries a body (then we close)."""
-    length = header(scope, b"content-length")
-    return header(scope, b"transfer-encoding") is not None or length not in (None, b"0")
-
-
-def access_log(method: str, path: str, status: int, seconds: float, size: int,
-               has_event_id: bool) -> None:
-    """One line per request: method, path (never the query: it holds Sign), status,
-    duration, body size, and whether an event id came with it (never the body)."""
-    log.info("%s %s %d %.1fms body=%dB event_id=%s", method, safe_path(path), status,
-             seconds * 1000, size, "yes" if has_event_id else "no",
-             extra={"status": status, "source": "receiver"})

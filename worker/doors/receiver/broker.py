@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from worker.engine.intake import summarize
 
 #: Seconds to connect to (or hear back from) the broker before giving up.
 BROKER_TIMEOUT = 2.0
-
-
-def summary(body: dict, event_id: str | None) -> str:
-    """What Flower shows for a task (kwargsrepr): the command and ids, never the body."""
-    return json.dumps({"command": body.get("CallbackCommand"), "battle_id": body.get("BattleId"),
-                       "room_id": body.get("RoomId"), "event_id": event_id}, default=str)
 
 
 def fast_fail_options(timeout: float) -> dict[str, Any]:
@@ -52,18 +47,18 @@ class CeleryBroker:
         """Send one body to `scorer.webhook`; raises if the broker did not take it."""
         try:
             self._send(body, event_id)
-        except Exception:  # noqa: BLE001  (retried once; the second failure propagates)
+        except Exception:  # retried once; the second failure propagates
             # A pooled connection can be stale (the broker restarted since its last use):
             # one more try on a fresh one, so a restart does not cost each connection a 503.
             self._send(body, event_id)
 
     def _send(self, body: dict, event_id: str | None) -> None:
+        kwargs: dict[str, Any] = {"body": body, "event_id": event_id}
         with self.pool.acquire(block=True, timeout=self.timeout) as conn:
             try:
-                self.app.send_task(
-                    "scorer.webhook", kwargs={"body": body, "event_id": event_id},
-                    queue=self.queue, kwargsrepr=summary(body, event_id),
-                    connection=conn, retry=False)
+                # What Flower shows of it (kwargsrepr): the command and ids, never the body.
+                self.app.send_task("scorer.webhook", kwargs=kwargs, queue=self.queue,
+                                   kwargsrepr=summarize(kwargs), connection=conn, retry=False)
             except Exception:
                 _discard(conn)
                 raise
@@ -85,5 +80,5 @@ def _discard(conn: Any) -> None:
     """Drop a connection's broken transport; its next use connects afresh."""
     try:
         conn.collect()
-    except Exception:  # noqa: BLE001, S110  (best effort: the broker is gone anyway)
+    except Exception:  # best effort: the broker is gone anyway
         pass

@@ -17,9 +17,7 @@ docs/receiver.md for routes, limits, timeouts, status codes and metrics.
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -114,7 +112,7 @@ class Receiver:
         stop accepting, let requests in flight finish (up to limits.shutdown_timeout).
         `announce(url)` is called once the socket is bound."""
         sockets = self._prepare()
-        if announce is not None:
+        if announce is not None and self.url is not None:  # (_prepare has set it)
             announce(self.url)
         try:
             self._server.run(sockets=sockets)
@@ -137,23 +135,9 @@ class Receiver:
             self.broker.close()
 
 
-def _configure_logging(settings: Any) -> None:
-    """Access log and uvicorn's errors to stderr, text or JSON, secrets redacted."""
-    from worker.doors import logs
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/%(name)s] %(message)s"))
-    # Whichever secrets this process holds (it needs no Tencent key: it never signs a call).
-    logs.configure([handler], settings.log_format, logs.secrets_of(settings))
-    for name in ("scorer", "uvicorn"):
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
 def main(argv: list[str] | None = None) -> int:
     """`battle-scorer receive [--host H] [--port P]`: serve until SIGTERM or SIGINT."""
+    from worker.doors import logs
     from worker.doors.receiver.broker import CeleryBroker
     from worker.engine.settings import load_settings
 
@@ -164,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     s = load_settings(require=("sdkappid",))  # no SCORER_SECRET_KEY in its container
     token = s.callback_token.get_secret_value() if s.callback_token else None
-    _configure_logging(s)
+    # The access log and uvicorn's errors, with whichever secrets this process holds
+    # redacted (it needs no Tencent key: it never signs a call).
+    logs.to_stderr(s, ("scorer", "uvicorn"))
     limits = Limits()
     broker = CeleryBroker(queue=s.queue, pool_size=limits.enqueue_threads)
     rec = Receiver(s.sdkappid, token, host=args.host, port=args.port, limits=limits,

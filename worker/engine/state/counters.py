@@ -3,8 +3,12 @@ process adds to the same (the metrics exporter, worker/doors/metrics.py, reads t
 
 from __future__ import annotations
 
-from worker.engine.state.pipeline import pipeline
+from typing import cast
+
+import redis
+
 from worker.engine.state import keys
+from worker.engine.state.pipeline import Batch, pipeline
 
 #: The counters `battle-scorer stats` and the metrics endpoint report.
 FIELDS = ("received", "ingested", "duplicate", "held", "outside", "not_to_owner",
@@ -14,13 +18,13 @@ FIELDS = ("received", "ingested", "duplicate", "held", "outside", "not_to_owner"
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-def bump(redis_or_pipe, field: str, n: int = 1) -> None:
+def bump(redis_or_pipe: redis.Redis | Batch, field: str, n: int = 1) -> None:
     """Add `n` to one counter (no-op for 0)."""
     if n:
         redis_or_pipe.hincrby(keys.STATS, field, n)
 
 
-def bump_many(redis, counts: dict[str, int]) -> None:
+def bump_many(redis: redis.Redis, counts: dict[str, int]) -> None:
     """Add several counters in one round trip."""
     counts = {k: v for k, v in counts.items() if v}
     if not counts:
@@ -31,13 +35,15 @@ def bump_many(redis, counts: dict[str, int]) -> None:
     pipe.execute()
 
 
-def read(redis) -> dict[str, int]:
+def read(redis: redis.Redis) -> dict[str, int]:
     """All counters, zero for those never bumped."""
-    raw = redis.hgetall(keys.STATS)
+    # Replies are str: every client of the state is made with decode_responses (connect).
+    raw = cast("dict[str, str]", redis.hgetall(keys.STATS))
     return {f: int(raw.get(f, 0)) for f in sorted(set(FIELDS) | set(raw))}
 
 
-def record_call(redis, api: str, outcome: str, seconds: float, waited: float = 0.0) -> None:
+def record_call(redis: redis.Redis, api: str, outcome: str, seconds: float,
+                waited: float = 0.0) -> None:
     """Count one Tencent call, its latency bucket and any rate-limiter wait (one round trip)."""
     le = next((b for b in BUCKETS if seconds <= b), "+Inf")
     pipe = pipeline(redis)

@@ -18,8 +18,9 @@ def _tag_safe(ident: str) -> str:
 class BattleKeys:
     """The keys of one battle (all in the slot of `{b:<id>}`)."""
 
-    __slots__ = ("battle_id", "meta", "pending", "inflight", "applied", "ledger", "corr",
-                 "unapplied", "seen", "secs", "lock", "rlock", "flushes", "recon")
+    # Unsorted on purpose: all() lists the keys in this order, the meta hash first (GIVE_UP).
+    __slots__ = ("battle_id", "meta", "pending", "inflight", "applied", "ledger",  # noqa: RUF023
+                 "corr", "unapplied", "seen", "secs", "lock", "rlock", "flushes", "recon")
 
     def __init__(self, battle_id: str) -> None:
         base = f"{PREFIX}:{{b:{_tag_safe(battle_id)}}}"
@@ -46,7 +47,7 @@ class BattleKeys:
 class RoomKeys:
     """The keys of one room (all in the slot of `{r:<id>}`)."""
 
-    __slots__ = ("room_id", "battles", "held", "drain", "seen_outside")
+    __slots__ = ("room_id", "battles", "held", "drain", "seen_outside")  # noqa: RUF023
 
     def __init__(self, room_id: str) -> None:
         base = f"{PREFIX}:{{r:{_tag_safe(room_id)}}}"
@@ -75,7 +76,8 @@ STATS = f"{PREFIX}:stats"
 CLOCK = f"{PREFIX}:clock"
 #: string: lock of the one end-game runner (worker/engine/endgame.py).
 ENDGAME_LOCK = f"{PREFIX}:endgame:lock"
-#: string: pid of the dedicated end-game process, renewed while it runs (worker/doors/endgame_main.py).
+#: string: pid of the dedicated end-game process, renewed while it runs
+#: (worker/doors/endgame_main.py).
 ENDGAME_DEDICATED = f"{PREFIX}:endgame:dedicated"
 #: zset BattleId → when value first waited: battles in their end game with value to flush.
 ENDGAME_DUE = f"{PREFIX}:due:endgame"

@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
+
+import redis
 
 from worker.engine.state import keys, scripts
-from worker.engine.tencent.errors import RateLimitTimeout  # noqa: F401  (re-exported)
 
+# Re-exported: RateLimitTimeout is a Tencent error now, raised here.
+from worker.engine.tencent.errors import RateLimitTimeout as RateLimitTimeout
 
 #: Share of SCORER_API_RATE the limiter admits (see the module docstring).
 HEADROOM = 0.9
@@ -43,14 +47,14 @@ def admitted_per_second(rate: int) -> float:
 class RedisRateLimiter:
     """Blocks until a call of `api` fits in `rate` calls per sliding window, for all processes."""
 
-    def __init__(self, redis, rate: int, window_ms: int = WINDOW_MS, margin_ms: int = MARGIN_MS,
-                 headroom: float = HEADROOM, max_wait: float = 5.0,
-                 sleep=time.sleep) -> None:
+    def __init__(self, redis: redis.Redis, rate: int, window_ms: int = WINDOW_MS,
+                 margin_ms: int = MARGIN_MS, headroom: float = HEADROOM, max_wait: float = 5.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.redis = redis
         self.rate = max(1, int(rate * headroom))
         self.window_ms = window_ms + margin_ms
         self.max_wait = max_wait
-        self._script = redis.register_script(scripts.RATE)
+        self._script = scripts.load(redis, "RATE")
         self._sleep = sleep
         self.waited_total = 0.0  # seconds spent waiting (metrics)
 

@@ -28,6 +28,10 @@ import socket
 import threading
 import time
 import uuid
+from typing import cast
+
+import redis
+from redis.commands.core import Script
 
 from worker.engine.state import scripts
 
@@ -92,14 +96,14 @@ class _Heartbeat:
         self._mu = threading.Lock()
         self._pid = 0
 
-    def add(self, lock: "BattleLock") -> None:
+    def add(self, lock: BattleLock) -> None:
         with self._mu:
             self._locks[id(lock)] = lock
             if self._pid != os.getpid():  # first use in this process (threads die in a fork)
                 self._pid = os.getpid()
                 threading.Thread(target=self._run, daemon=True, name="lock-heartbeat").start()
 
-    def remove(self, lock: "BattleLock") -> None:
+    def remove(self, lock: BattleLock) -> None:
         with self._mu:
             self._locks.pop(id(lock), None)
 
@@ -128,7 +132,7 @@ os.register_at_fork(after_in_child=_HEARTBEAT._reset)
 class BattleLock:
     """Context manager: `with BattleLock(r, key) as lock:` — `lock.held` says if we got it."""
 
-    def __init__(self, redis, key: str, ttl_ms: int = DEFAULT_TTL_MS) -> None:
+    def __init__(self, redis: redis.Redis, key: str, ttl_ms: int = DEFAULT_TTL_MS) -> None:
         self.redis = redis
         self.key = key
         self.ttl_ms = ttl_ms
@@ -136,13 +140,13 @@ class BattleLock:
         self.held = False
         self.lost = False
         self.renewed = 0.0  # monotonic time of the last renewal (or of taking it)
-        self._renew = redis.register_script(scripts.LOCK_RENEW)
-        self._release = redis.register_script(scripts.LOCK_RELEASE)
+        self._renew: Script = scripts.load(redis, "LOCK_RENEW")
+        self._release: Script = scripts.load(redis, "LOCK_RELEASE")
 
-    def __enter__(self) -> "BattleLock":
+    def __enter__(self) -> BattleLock:
         self.held = bool(self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
         if not self.held:
-            holder = self.redis.get(self.key)
+            holder = cast("str | None", self.redis.get(self.key))  # decode_responses
             if holder and _holder_is_dead_here(holder):
                 # Compare-and-delete, then try once more: two stealers cannot both win.
                 self._release(keys=[self.key], args=[holder])
@@ -153,7 +157,7 @@ class BattleLock:
             _HEARTBEAT.add(self)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         _HEARTBEAT.remove(self)
         if self.held:
             try:

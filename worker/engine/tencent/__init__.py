@@ -3,4 +3,4 @@
 from worker.engine.tencent.client import TencentClient
 from worker.engine.tencent.errors import Outcome, TencentError
 
-__all__ = ["TencentClient", "TencentError", "Outcome"]
+__all__ = ["Outcome", "TencentClient", "TencentError"]

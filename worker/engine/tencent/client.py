@@ -7,7 +7,8 @@ import os
 import random
 import secrets
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import httpx
 from pydantic import ValidationError
@@ -16,10 +17,10 @@ from worker.engine.settings import Settings
 from worker.engine.tencent.errors import (
     SIG_EXPIRED,
     Outcome,
+    RateLimitTimeout,
     TencentError,
     classify_code,
     classify_exception,
-    RateLimitTimeout,
     classify_status,
 )
 from worker.engine.tencent.models import (

@@ -22,7 +22,10 @@ from __future__ import annotations
 import email.utils
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
+
+import redis
 
 from worker.engine.state import keys, scripts
 
@@ -37,10 +40,10 @@ CACHE_SECONDS = 0.5
 class TencentClock:
     """The shared offset estimate: `observe_date` feeds it, `latest`/`earliest` read it."""
 
-    def __init__(self, redis, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, redis: redis.Redis, clock: Callable[[], float] = time.time) -> None:
         self.redis = redis
         self.clock = clock
-        self._script = redis.register_script(scripts.CLOCK_OBSERVE)
+        self._script = scripts.load(redis, "CLOCK_OBSERVE")
         self._mu = threading.Lock()
         self._cached: tuple[float, float, float] | None = None  # lo, hi, read at
         self._read_at = -1e9
@@ -51,7 +54,8 @@ class TencentClock:
         with self._mu:
             stale = now - self._read_at >= CACHE_SECONDS
         if stale:
-            raw = self.redis.hmget(keys.CLOCK, "lo", "hi", "at")
+            # str replies (decode_responses): all three are written together, by CLOCK_OBSERVE
+            raw = cast("list[str]", self.redis.hmget(keys.CLOCK, "lo", "hi", "at"))
             cached = None
             if raw[0] is not None:
                 cached = (float(raw[0]), float(raw[1]), float(raw[2]))

@@ -1,4 +1,4 @@
-"""The one place that classifies every Tencent call outcome: success, retryable, ambiguous, final."""
+"""Every Tencent call outcome classified in one place: success, retryable, ambiguous, final."""
 
 from __future__ import annotations
 

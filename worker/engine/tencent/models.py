@@ -7,7 +7,6 @@ from enum import IntEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-
 #: The largest score a room can be sent or hold: JSON's exact integers (2**53). One rule from
 #: ingest (events.MAX_VALUE per gift) to the call: a batch past it is refused, not retried.
 MAX_SCORE = 2**53
@@ -16,7 +15,7 @@ class _Loose(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
-def _as_str(v):
+def _as_str(v: object) -> str | None:
     # Tencent sometimes sends account ids as bare numbers.
     return v if v is None or isinstance(v, str) else str(v)
 
@@ -66,7 +65,8 @@ class SetBattleScoreResult(_Loose):
         """`rooms` split into those set (ResultCode 0, or not mentioned in the answer) and
         those refused (any other ResultCode, e.g. 1: the room does not exist)."""
         codes = self.codes()
-        ok, failed = [], []
+        ok: list[str] = []
+        failed: list[str] = []
         for room in rooms:
             (ok if codes.get(room, 0) == 0 else failed).append(room)
         return ok, failed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import TLSSigAPIv2
 
@@ -18,7 +19,8 @@ class UserSigCache:
     """Holds one UserSig for the admin identifier; thread-safe; never reveals the key."""
 
     def __init__(self, sdkappid: int, secret_key: str, identifier: str,
-                 lifetime: int = SIG_LIFETIME, clock=time.time) -> None:
+                 lifetime: int = SIG_LIFETIME,
+                 clock: Callable[[], float] = time.time) -> None:
         self._api = TLSSigAPIv2.TLSSigAPIv2(sdkappid, secret_key)
         self._identifier = identifier
         self._lifetime = lifetime

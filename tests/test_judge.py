@@ -1,0 +1,230 @@
+"""The reconcile rule (worker/engine/judge.py) as tables of cases: no Redis, no process, no clock.
+
+Times are seconds from T, a wall time on a whole second; a read is taken in [t0, t0 + 0.2],
+so its uncertain window is the seconds [t0 - SKEW, t0 + 1 + SKEW] (gifts there may or may not
+be in its total R).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from worker.engine import judge
+from worker.engine.judge import (
+    FINAL_WINDOW,
+    JUDGE_DELAY,
+    MAX_OBSERVATIONS,
+    PAIR_GAP,
+    READ_LAG,
+    SKEW,
+    TYPICAL_LAG,
+    Read,
+)
+
+T = 1_700_000_000
+#: The watermark far past every read: all of them judgeable.
+PAST = T + 100.0
+NOW = T + 100.0
+
+
+def read(at: float, total: int, took: float = 0.2) -> Read:
+    """A get_gift_count read taken at T + `at` (for `took` s) that answered `total`."""
+    return {"t0": T + at, "t1": T + at + took, "R": total}
+
+
+def ledger(**by_second: int) -> dict[int, int]:
+    """Ingested value per second: ledger(s10=5) is 5 coins at T + 10."""
+    return {T + int(k[1:]): v for k, v in by_second.items()}
+
+
+# (id, reads, ledger, base, last, corrected, mark, expected fields of the RoomJudgement)
+JUDGE_CASES: list[tuple[str, list[Read], dict[int, int], int | None, int | None, int, float,
+                        dict[str, Any]]] = [
+    ("a first read is the baseline only",
+     [read(10, 100)], {}, None, None, 0, PAST,
+     dict(base=100, base_taken=True, judged=False, last=None, fix=0, sooner=None)),
+    ("the baseline is net of gifts ingested before the read's window",
+     [read(10, 130)], ledger(s5=30), None, None, 0, PAST,
+     dict(base=100, base_taken=True, fix=0)),
+    ("a read the watermark has not passed by SKEW waits, and says when it can be judged",
+     [read(98, 100)], {}, 100, None, 0, read(98, 100)["t1"] + SKEW,
+     dict(waiting=[read(98, 100)], judged=False, base_taken=False,
+          sooner=read(98, 100)["t1"] + SKEW + TYPICAL_LAG)),
+    ("a waiting read overdue (a backlog) backs off with the watermark's lag",
+     [read(90, 100)], {}, 100, None, 0, T + 91.0,
+     dict(waiting=[read(90, 100)], sooner=NOW + min(NOW - (T + 91.0), READ_LAG))),
+    ("a gift inside the skew window: no evidence, the read is dropped",
+     [read(10, 999)], ledger(s11=5), 100, 40, 0, PAST,
+     dict(waiting=[], base=100, last=40, judged=False, fix=0, sooner=None)),
+    ("a gift on the window's first second (t0 - SKEW) drops it too",
+     [read(10, 999)], ledger(s8=5), None, None, 0, PAST,
+     dict(base=None, base_taken=False)),
+    ("a gift on the window's last second (t1 + SKEW, rounded up) drops it too",
+     [read(10, 999)], ledger(s13=5), None, None, 0, PAST,
+     dict(base=None, base_taken=False)),
+    ("a gift just before the window counts as ingested",
+     [read(10, 105)], ledger(s7=5), None, None, 0, PAST,
+     dict(base=100, base_taken=True)),
+    ("no drift: nothing to decide, nothing wanted sooner",
+     [read(10, 100)], {}, 100, None, 0, PAST,
+     dict(last=0, judged=True, fix=0, sooner=None)),
+    ("a first read of a drift is not decided: it wants its confirming read",
+     [read(10, 150)], {}, 100, None, 0, PAST,
+     dict(last=50, judged=True, fix=0, sooner=NOW + 1.0)),
+    ("two agreeing reads (one stored, one now) correct the drift",
+     [read(10, 150)], {}, 100, 50, 0, PAST,
+     dict(last=None, judged=True, fix=50, sooner=None)),
+    ("two agreeing reads in one pass correct the drift once",
+     [read(10, 150), read(11, 150)], {}, 100, None, 0, PAST,
+     dict(last=None, fix=50)),
+    ("a third read after a correction starts anew (no drift left)",
+     [read(10, 150), read(11, 150), read(12, 150)], {}, 100, None, 0, PAST,
+     dict(last=0, fix=50)),
+    ("two disagreeing reads wait (gifts in flight)",
+     [read(10, 150), read(11, 160)], {}, 100, None, 0, PAST,
+     dict(last=60, fix=0, sooner=NOW + 1.0)),
+    ("a stored drift the new read disagrees with is replaced",
+     [read(10, 160)], {}, 100, 50, 0, PAST,
+     dict(last=60, fix=0)),
+    ("a read that shows less than the ledger (a gift never counted) is a negative drift",
+     [read(10, 100)], ledger(s5=30), 100, None, 0, PAST,
+     dict(last=-30, fix=0, sooner=NOW + 1.0)),
+    ("... and two agreeing on it take the gift back",
+     [read(10, 100), read(11, 100)], ledger(s5=30), 100, None, 0, PAST,
+     dict(last=None, fix=-30)),
+    ("corrections already decided count: the same reads decide nothing twice",
+     [read(10, 150)], {}, 100, 50, 50, PAST,
+     dict(last=0, fix=0, sooner=None)),
+    ("zero drift twice is no correction",
+     [read(10, 100)], {}, 100, 0, 0, PAST,
+     dict(last=0, fix=0)),
+    ("the baseline and a first drift in one pass",
+     [read(10, 100), read(11, 120)], {}, None, None, 0, PAST,
+     dict(base=100, base_taken=True, last=20, judged=True, fix=0)),
+    ("judged reads are judged, a later one not yet judgeable waits",
+     [read(10, 150), read(99, 150)], {}, 100, 50, 0, T + 60.0,
+     dict(fix=50, waiting=[read(99, 150)], sooner=read(99, 150)["t1"] + SKEW + TYPICAL_LAG)),
+]
+
+
+@pytest.mark.parametrize(("reads", "secs", "base", "last", "corrected", "mark", "expected"),
+                         [c[1:] for c in JUDGE_CASES], ids=[c[0] for c in JUDGE_CASES])
+def test_judge_room(reads: list[Read], secs: dict[int, int], base: int | None,
+                    last: int | None, corrected: int, mark: float,
+                    expected: dict[str, Any]) -> None:
+    out = judge.judge_room(reads, secs, base, last, corrected, mark, NOW)
+    assert {k: getattr(out, k) for k in expected} == expected
+
+
+def test_judging_keeps_the_reads_it_is_given() -> None:
+    reads = [read(10, 150), read(99, 150)]
+    judge.judge_room(reads, {}, 100, None, 0, T + 60.0, NOW)
+    assert reads == [read(10, 150), read(99, 150)]
+
+
+# (id, confirmed drift per room, surely ended, decided, too late)
+DECIDE_CASES = [
+    ("a drift confirmed while the battle runs is decided", {"a": 50}, False, {"a": 50}, {}),
+    ("a drift confirmed after the end is not decided", {"a": 50, "b": -3}, True, {},
+     {"a": 50, "b": -3}),
+    ("a zero sum is no decision", {"a": 0, "b": 5}, False, {"b": 5}, {}),
+    ("nothing confirmed after the end: nothing late", {"a": 0}, True, {}, {}),
+]
+
+
+@pytest.mark.parametrize(("fixes", "ended", "decided", "late"),
+                         [c[1:] for c in DECIDE_CASES], ids=[c[0] for c in DECIDE_CASES])
+def test_decide(fixes: dict[str, int], ended: bool, decided: dict[str, int],
+                late: dict[str, int]) -> None:
+    assert judge.decide(fixes, ended) == (decided, late)
+
+
+# (id, last second with a gift (from T), reads waiting, now (from T), read?, sooner)
+READ_CASES: list[tuple[str, int | None, list[Read], float, bool, float | None]] = [
+    ("a quiet room with nothing waiting is read", None, [], 50.5, True, None),
+    ("an old gift does not matter", 47, [], 50.5, True, None),
+    ("a room still receiving gifts waits for the schedule (no polling)", 49, [], 50.5, False,
+     None),
+    ("a gift in the new read's window: read once it can be judged", 48, [], 50.5, False,
+     T + 48 + SKEW + 1.05),
+    ("the confirming read PAIR_GAP after the first", None, [read(49, 100)], 49.2 + PAIR_GAP + 0.1,
+     True, None),
+    ("not before", None, [read(49, 100)], 49.5, False, read(49, 100)["t1"] + PAIR_GAP),
+    ("two reads waiting: no third", None, [read(40, 100), read(41, 100)], 50.5, False, None),
+]
+
+
+@pytest.mark.parametrize(("last_gift", "waiting", "now", "wanted", "sooner"),
+                         [c[1:] for c in READ_CASES], ids=[c[0] for c in READ_CASES])
+def test_read_wanted(last_gift: int | None, waiting: list[Read], now: float, wanted: bool,
+                     sooner: float | None) -> None:
+    last = 0 if last_gift is None else T + last_gift
+    assert judge.read_wanted(last, waiting, T + now) == (wanted, sooner)
+
+
+@pytest.mark.parametrize(("lag", "blocked"), [(0.6, False), (READ_LAG, False),
+                                              (READ_LAG + 0.01, True), (30.0, True)])
+def test_no_read_while_the_watermark_lags(lag: float, blocked: bool) -> None:
+    assert judge.reads_blocked(NOW - lag, NOW) is blocked
+
+
+@pytest.mark.parametrize(("t1", "lag", "at"), [
+    (NOW - 1.0, 0.3, NOW - 1.0 + SKEW + TYPICAL_LAG),  # ingest keeps up: when expected
+    (NOW - 10.0, 0.3, NOW + 0.5),  # overdue: at least 0.5 s on
+    (NOW - 10.0, 2.0, NOW + 2.0),  # ... or the watermark's lag
+    (NOW - 10.0, 60.0, NOW + READ_LAG),  # ... at most READ_LAG
+])
+def test_judgeable_at(t1: float, lag: float, at: float) -> None:
+    assert judge.judgeable_at(t1, NOW, lag) == at
+
+
+def test_watermark_lag_is_at_least_a_tick() -> None:
+    assert judge.watermark_lag(NOW + 5, NOW) == 0.3
+    assert judge.watermark_lag(NOW - 7, NOW) == 7
+
+
+def test_a_first_read_wants_its_confirming_read_a_later_one_its_judging() -> None:
+    reads, sooner = judge.add_read([], read(10, 100), 0.3)
+    assert reads == [read(10, 100)] and sooner == read(10, 100)["t1"] + PAIR_GAP
+    reads, sooner = judge.add_read(reads, read(11, 100), 0.3)
+    assert len(reads) == 2 and sooner == read(11, 100)["t1"] + SKEW + TYPICAL_LAG
+
+
+def test_reads_kept_are_bounded() -> None:
+    reads = [read(i, i) for i in range(MAX_OBSERVATIONS)]
+    kept, _ = judge.add_read(reads, read(99, 99), 0.3)
+    assert kept == [*reads[1:], read(99, 99)]
+
+
+def test_room_ledger_reads_its_own_rooms_seconds() -> None:
+    secs = {f"a|{T}": 1, f"a|{T + 1}": 2, f"b|{T}": 4, f"x|a|{T + 2}": 8}
+    assert judge.room_ledger(secs, "a") == {T: 1, T + 1: 2}
+    assert judge.room_ledger(secs, "x|a") == {T + 2: 8}
+    assert judge.last_second(judge.room_ledger(secs, "a")) == T + 1
+    assert judge.last_second({}) == 0
+
+
+@pytest.mark.parametrize(("end", "interval", "due"), [
+    (NOW, 2.0, None),  # ended: no more passes
+    (NOW - 5, 2.0, None),
+    (NOW + 600, 30.0, NOW + 30.0),  # every interval
+    (NOW + 30.0 + FINAL_WINDOW, 30.0, NOW + JUDGE_DELAY),  # the last stretch: every JUDGE_DELAY
+    (NOW + 5, 2.0, NOW + 2.0),  # ... or the interval if shorter
+])
+def test_next_due_at(end: float, interval: float, due: float | None) -> None:
+    assert judge.next_due_at(NOW, end, interval) == due
+
+
+@pytest.mark.parametrize(("due", "sooner", "all_waiting", "expected"), [
+    (None, NOW + 1, False, None),  # ended: never rescheduled
+    (NOW + 30, None, False, NOW + 30),
+    (NOW + 30, NOW + 2, False, NOW + 2),  # a sooner pass pays off
+    (NOW + 3, NOW + 9, False, NOW + 3),
+    (NOW + 3, NOW + 9, True, NOW + 9),  # every room waits on a read: exactly then
+    (NOW + 30, NOW - 4, False, NOW + 0.5),  # never within half a second
+])
+def test_reschedule(due: float | None, sooner: float | None, all_waiting: bool,
+                    expected: float | None) -> None:
+    assert judge.reschedule(due, sooner, all_waiting, NOW) == expected

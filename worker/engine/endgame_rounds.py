@@ -1,0 +1,113 @@
+"""The end game's rounds: due end-game flushes and last writes on a thread pool, soonest first."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from worker.engine.runtime import Runtime
+from worker.engine.state import keys
+from worker.engine.state.keys import BattleKeys
+from worker.engine.state.limiter import HIGH
+from worker.engine.state.pipeline import pipeline
+
+log = logging.getLogger("scorer.endgame")
+
+#: Value waits this long for more of the same moment before an end-game flush.
+COALESCE = 0.03
+#: Threads of the end-game flushes (each waits on one Tencent round trip at a time).
+THREADS = 16
+#: End-game battles looked at per round, soonest end first.
+ROUND_MAX = 200
+
+#: flush(rt, battle_id, lane=..., admitted=...) -> outcome: worker.engine.flush.flush_battle
+Flush = Callable[..., str]
+
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+_running: set[str] = set()
+_mu = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool, _pool_pid
+    if _pool is None or _pool_pid != os.getpid():
+        _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="endgame")
+        _pool_pid = os.getpid()
+        _running.clear()
+    return _pool
+
+
+def run_finals(rt: Runtime, flush: Flush) -> int:
+    """Start the last absolute writes that are due (keys.FINAL_DUE); returns how many."""
+    due = rt.redis.zrangebyscore(keys.FINAL_DUE, "-inf", rt.tclock.latest(), start=0,
+                                 num=ROUND_MAX)
+    started = 0
+    for bid in due:
+        if rt.client.limiter.try_acquire("set_battle_score", HIGH) > 0:
+            break  # next round
+        rt.redis.zrem(keys.FINAL_DUE, bid)
+        _executor().submit(_flush, rt, bid, flush, True)
+        started += 1
+    return started
+
+
+def run_round(rt: Runtime, flush: Flush) -> int:
+    """Flush end-game battles whose value has coalesced, soonest end first, while the HIGH lane
+    admits calls; returns how many flushes started."""
+    now = rt.clock()
+    due = rt.redis.zrangebyscore(keys.ENDGAME_DUE, "-inf", now - COALESCE, start=0,
+                                 num=ROUND_MAX)
+    if not due:
+        return 0
+    pipe = pipeline(rt.redis)
+    pipe.zmscore(keys.ACTIVE, due)
+    for bid in due:
+        bk = BattleKeys(bid)
+        pipe.hlen(bk.pending)
+        pipe.exists(bk.inflight)
+        pipe.exists(bk.lock)
+    ends, *res = pipe.execute()
+    idle = [b for k, b in enumerate(due) if not res[3 * k] and not res[3 * k + 1]]
+    if idle:  # flushed meanwhile by the tick's flushes: no slot for them
+        rt.redis.zrem(keys.ENDGAME_DUE, *idle)
+    # A batch in flight under a held lock: its flush settles it in a moment, and a flush now
+    # would only find it busy. It stays due, and takes no slot until the lock is free.
+    held = {b for k, b in enumerate(due) if res[3 * k + 1] and res[3 * k + 2]}
+    order = sorted((e if e is not None else 0.0, b) for b, e in zip(due, ends, strict=True)
+                   if b not in idle and b not in held)
+    started = 0
+    pool = _executor()
+    for _, bid in order:
+        with _mu:
+            if bid in _running:
+                continue  # its flush is on its way; the value that came since waits for it
+        if rt.client.limiter.try_acquire("set_battle_score", HIGH) > 0:
+            break  # the budget is full this instant: next round, soonest end still first
+        rt.redis.zrem(keys.ENDGAME_DUE, bid)
+        with _mu:
+            _running.add(bid)
+        pool.submit(_flush, rt, bid, flush)
+        started += 1
+    return started
+
+
+def _flush(rt: Runtime, battle_id: str, flush: Flush, final: bool = False) -> None:
+    try:
+        if final:
+            outcome = flush(rt, battle_id, lane=HIGH, admitted=True, final=True)
+            if outcome in ("busy", "failed", "rate_limited", "retry_later", "lock_lost"):
+                rt.redis.zadd(keys.FINAL_DUE, {battle_id: 0}, nx=True)  # next round
+            log.info("last absolute write of %s: %s", battle_id, outcome)
+            return
+        outcome = flush(rt, battle_id, lane=HIGH, admitted=True)
+        if outcome in ("busy", "rate_limited", "retry_later", "lock_lost"):
+            rt.redis.zadd(keys.ENDGAME_DUE, {battle_id: rt.clock()}, nx=True)
+    except Exception:  # the battle stays in FLUSH_DUE: the tick brings it back
+        log.exception("end-game flush failed", extra={"battle_id": battle_id})
+    finally:
+        with _mu:
+            _running.discard(battle_id)
