@@ -3,7 +3,7 @@
 N battles (default 5,000) with 2 rooms each, ending staggered over 50 s, a few gifts each:
 flushing every battle every second would need N calls/s against a budget of 200. Shows what
 the worker does under overload: memory stays flat, the API budget is used to the limit and
-never exceeded, and every battle's last value goes in its end game (worker/engine/endgame.py), so
+never exceeded, and every battle's last value goes in its end game (worker/engine/flush/endgame.py), so
 each one ends exact. The naive baseline (bench/naive.py: one call per gift) runs the same
 load in the same invocation (`--modes`).
 """

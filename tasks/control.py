@@ -1,4 +1,4 @@
-"""Control tasks on their own queue: tick, flush, reconcile and audit (worker/engine/tick.py)."""
+"""Control tasks on their own queue: tick, flush, reconcile and audit (worker/engine/tick/dispatch.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from collections.abc import Callable
 from celery import Task
 
 from worker.doors.app import app
-from worker.engine import audit
-from worker.engine import tick as engine_tick
-from worker.engine.flush import flush_battle
-from worker.engine.reconcile import reconcile_battle
+from worker.engine.flush.flusher import flush_battle
+from worker.engine.reconcile import audit
+from worker.engine.reconcile.reconciler import reconcile_battle
 from worker.engine.runtime import Runtime, get_runtime
+from worker.engine.tick import dispatch as engine_tick
 
 #: A dispatched control task older than this is dropped; the next tick sends a fresh one.
 TASK_EXPIRES = 30

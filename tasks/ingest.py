@@ -10,8 +10,8 @@ from celery.exceptions import Reject
 from celery.worker.request import Request
 
 from worker.doors.app import app
-from worker.engine import drain, intake
-from worker.engine.ingest import REDIS_OUTAGE
+from worker.engine.ingest import drain, intake
+from worker.engine.ingest.gifts import REDIS_OUTAGE
 from worker.engine.runtime import get_runtime
 from worker.engine.state import keys
 

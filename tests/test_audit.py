@@ -8,9 +8,9 @@ import pytest
 
 from tests.helpers import gift_body, start_body, wait_for
 from tests.test_pipeline import ROOMS, send
-from worker.engine import audit
-from worker.engine.flush import AFTER_ERROR, flush_battle
-from worker.engine.ingest import handle
+from worker.engine.flush.flusher import AFTER_ERROR, flush_battle
+from worker.engine.ingest.gifts import handle
+from worker.engine.reconcile import audit
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
 from worker.engine.tencent.errors import Outcome, classify_code, classify_status
@@ -166,7 +166,7 @@ def test_near_the_end_a_held_request_is_settled_before_the_end_not_after(rt, ctl
     """A request Tencent holds past the end is refused when it lands. Near its end a battle's
     request waits 1.5 s for its answer (not 5 s) and is settled with OpType 2 at once, so its
     value is in before the end (on main: waited 5 + 1 s, read after the end, value lost)."""
-    from worker.engine.endgame import NEAR_END_READ
+    from worker.engine.flush.endgame import NEAR_END_READ
 
     bid = _started(rt, ctl, duration_ms=7_000)
     end = time.time() + 6.0
@@ -188,8 +188,8 @@ def test_a_battle_whose_write_may_still_land_gets_a_last_absolute_write(rt, ctl)
     """A request held past its client's timeout can land in the last second, after the last
     flush (17 coins over in bench.chaos): such a battle is due for one last OpType 2 of the
     ledger just before its end (keys.FINAL_DUE), which the end game runs."""
-    from worker.engine import endgame
-    from worker.engine.battles import Battle
+    from worker.engine.battles.registry import Battle
+    from worker.engine.flush import endgame
 
     bid = _started(rt, ctl, duration_ms=60_000)
     send(rt, ctl, "room_b", 5, "fin1")

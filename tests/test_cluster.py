@@ -11,9 +11,9 @@ from scorer_local.sandbox_control import SandboxControl
 from scorer_local.stack import RedisCluster
 from tests.conftest import SDKAPPID, SECRET
 from tests.helpers import gift_body, start_body
-from worker.engine.flush import flush_battle
-from worker.engine.ingest import handle
-from worker.engine.reconcile import reconcile_battle
+from worker.engine.flush.flusher import flush_battle
+from worker.engine.ingest.gifts import handle
+from worker.engine.reconcile.reconciler import reconcile_battle
 from worker.engine.runtime import build_runtime
 from worker.engine.settings import Settings
 

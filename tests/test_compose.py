@@ -272,7 +272,7 @@ def test_timers_are_ordered(services):
     soft, hard = conf["task_soft_time_limit"], conf["task_time_limit"]
     visibility = conf["broker_transport_options"]["visibility_timeout"]
     grace = seconds(services["worker"]["stop_grace_period"])
-    outage = _assignments(ROOT / "worker" / "engine" / "ingest.py")["OUTAGE_RETRY_SECONDS"]
+    outage = _assignments(ROOT / "worker" / "engine" / "ingest" / "gifts.py")["OUTAGE_RETRY_SECONDS"]
     assert outage < soft < hard < grace < visibility, (outage, soft, hard, grace, visibility)
 
 

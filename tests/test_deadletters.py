@@ -6,9 +6,9 @@ import json
 import time
 
 from tests.helpers import gift_body, start_body
-from worker.engine.deadletters import dead_letter
-from worker.engine.ingest import handle
-from worker.engine.replay import replay
+from worker.engine.ingest.deadletters import dead_letter
+from worker.engine.ingest.gifts import handle
+from worker.engine.ingest.replay import replay
 from worker.engine.state import keys
 
 

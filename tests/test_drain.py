@@ -10,8 +10,8 @@ import pytest
 from celery import Celery
 
 from tests.helpers import gift_body, start_body
-from worker.engine import drain
-from worker.engine.ingest import handle
+from worker.engine.ingest import drain
+from worker.engine.ingest.gifts import handle
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
 
@@ -108,7 +108,7 @@ def test_a_drain_that_dies_loses_nothing_and_counts_nothing_twice(producer, rt, 
 
 
 def test_other_tasks_go_back_to_celery_and_unknown_ones_are_kept(producer, rt, battle):
-    from worker.engine import deadletters
+    from worker.engine.ingest import deadletters
 
     producer.send_task("bench.noop")
     producer.send_task("scorer.webhook", countdown=60,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from worker.engine import endgame
+from worker.engine.flush import endgame
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
 from worker.engine.state.limiter import RedisRateLimiter
@@ -92,7 +92,7 @@ def test_near_the_end_a_call_waits_less_for_its_answer():
     battle's lock waits NEAR_END_READ s; further off, or unregistered, the client's default."""
     from types import SimpleNamespace
 
-    from worker.engine.battles import Battle
+    from worker.engine.battles.registry import Battle
 
     rt = SimpleNamespace(tclock=SimpleNamespace(latest=lambda: 1000.0))
     soon = Battle("b", 900.0, 1000.0 + endgame.NEAR_END, {})

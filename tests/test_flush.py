@@ -6,8 +6,8 @@ import time
 
 from tests.helpers import start_body
 from tests.test_pipeline import ROOMS, send
-from worker.engine.flush import LANDING_WINDOW, flush_battle
-from worker.engine.ingest import handle
+from worker.engine.flush.flusher import LANDING_WINDOW, flush_battle
+from worker.engine.ingest.gifts import handle
 from worker.engine.state.keys import BattleKeys
 
 
@@ -47,7 +47,7 @@ def test_a_takeover_does_not_resend_a_request_that_may_still_land(rt, ctl):
 def test_a_batch_in_flight_under_a_live_lock_is_busy_not_unsettled(rt, ctl):
     """An end-game flush that meets another flush's request in flight comes back in a moment,
     not when that request's landing window closes (which may be past the battle's end)."""
-    from worker.engine.flush import RETRY_SOON
+    from worker.engine.flush.flusher import RETRY_SOON
     from worker.engine.state import keys
 
     info = ctl.create_battle(ROOMS, duration_ms=120_000, start=time.time() - 1)
@@ -97,7 +97,7 @@ def test_one_100006_per_battle(rt, ctl):
 
 
 def test_totals_clamp_at_zero_and_moved_is_what_the_ledger_gains():
-    from worker.engine.overwrite import moved, totals
+    from worker.engine.flush.overwrite import moved, totals
 
     target = totals({"a": 5, "b": 2}, {"a": 3, "b": -9}, {"a", "b", "c"})
     assert target == {"a": 8, "b": 0, "c": 0}
@@ -105,7 +105,7 @@ def test_totals_clamp_at_zero_and_moved_is_what_the_ledger_gains():
 
 
 def test_a_read_back_verdict_per_room():
-    from worker.engine.settle import verdict
+    from worker.engine.flush.settle import verdict
 
     assert verdict(None, 5, 8) == "absent"
     assert verdict(8, 5, 8) == "applied"
@@ -115,8 +115,8 @@ def test_a_read_back_verdict_per_room():
 
 
 def test_an_inflight_record_says_when_it_can_be_judged():
-    from worker.engine.inflight import AFTER_ERROR, NEAR_END_AFTER, Inflight, settle_of
-    from worker.engine.near_end import NEAR_END_READ
+    from worker.engine.flush.inflight import AFTER_ERROR, NEAR_END_AFTER, Inflight, settle_of
+    from worker.engine.flush.near_end import NEAR_END_READ
 
     assert settle_of("12.5", "1", None) == 12.5
     assert settle_of(None, "1", None) == 1 + LANDING_WINDOW
@@ -165,8 +165,8 @@ def test_the_one_optype_2_writer():
 
     import pytest
 
-    from worker.engine.inflight import LockLost
-    from worker.engine.overwrite import overwrite
+    from worker.engine.flush.inflight import LockLost
+    from worker.engine.flush.overwrite import overwrite
     from worker.engine.tencent.client import ADMITTED
     from worker.engine.tencent.errors import Outcome, TencentError
     from worker.engine.tencent.models import OpType

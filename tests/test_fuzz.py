@@ -14,9 +14,9 @@ from scorer_local.sandbox_control import SandboxControl
 from tests.conftest import SDKAPPID
 from tests.helpers import gift_body, start_body
 from worker.doors.receiver.serve import Receiver
-from worker.engine import events
-from worker.engine.flush import flush_battle
-from worker.engine.ingest import handle
+from worker.engine.flush.flusher import flush_battle
+from worker.engine.ingest import events
+from worker.engine.ingest.gifts import handle
 
 _n = itertools.count()
 OUTCOMES = ("ingested", "duplicate", "held", "not_to_owner", "ignored", "lifecycle",

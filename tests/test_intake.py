@@ -1,4 +1,4 @@
-"""Ingest messages (worker/engine/intake.py): what Flower may show of them, and how a bulk
+"""Ingest messages (worker/engine/ingest/intake.py): what Flower may show of them, and how a bulk
 message's items are stored, with a drain asked for once the queue backs up."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from scorer_local.bodies import gift_body, start_body
-from worker.engine import drain, intake
+from worker.engine.ingest import drain, intake
 
 
 def test_a_summary_shows_ids_and_never_the_body():

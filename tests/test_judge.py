@@ -1,4 +1,4 @@
-"""The reconcile rule (worker/engine/judge.py) as tables of cases: no Redis, no process, no clock.
+"""The reconcile rule (worker/engine/reconcile/judge.py) as tables of cases: no Redis, no process, no clock.
 
 Times are seconds from T, a wall time on a whole second; a read is taken in [t0, t0 + 0.2],
 so its uncertain window is the seconds [t0 - SKEW, t0 + 1 + SKEW] (gifts there may or may not
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from worker.engine import judge
-from worker.engine.judge import (
+from worker.engine.reconcile import judge
+from worker.engine.reconcile.judge import (
     FINAL_WINDOW,
     JUDGE_DELAY,
     MAX_OBSERVATIONS,

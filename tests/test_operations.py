@@ -16,8 +16,8 @@ from tests.conftest import ROOT, SDKAPPID, SECRET, worker_env
 from tests.helpers import gift_body, start_body
 from worker.doors import logs, metrics, metrics_http
 from worker.doors.receiver.serve import Receiver, Rejected, check, expected_sign
-from worker.engine.flush import flush_battle
-from worker.engine.ingest import handle
+from worker.engine.flush.flusher import flush_battle
+from worker.engine.ingest.gifts import handle
 
 
 def test_tencent_sign_example():

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from tests.helpers import end_body, gift_body, start_body
-from worker.engine.flush import AFTER_ERROR, flush_battle
-from worker.engine.ingest import handle
+from worker.engine.flush.flusher import AFTER_ERROR, flush_battle
+from worker.engine.ingest.gifts import handle
 from worker.engine.state import counters, keys
 from worker.engine.state.keys import BattleKeys
 
@@ -101,7 +101,7 @@ def test_crash_after_claim_is_resumed_by_next_owner(rt, ctl, battle):
 
 
 def test_invalid_body_is_dead_lettered_and_replayable(rt, ctl, battle):
-    from worker.engine import deadletters, replay
+    from worker.engine.ingest import deadletters, replay
 
     bid, start = battle
     handle(rt, [(start_body(bid, start, 120_000, ROOMS), None)])
@@ -119,7 +119,7 @@ def test_invalid_body_is_dead_lettered_and_replayable(rt, ctl, battle):
 
 
 def test_gift_outside_battle_window_is_outside_after_hold(rt, ctl, battle, monkeypatch):
-    from worker.engine import battles
+    from worker.engine.battles import registry as battles
 
     bid, start = battle
     handle(rt, [(start_body(bid, start, 120_000, ROOMS), None)])
@@ -143,7 +143,7 @@ def test_gift_to_a_guest_is_not_a_battle_score(rt, ctl, battle):
 
 
 def test_after_end_value_is_recorded_unapplied(rt, ctl, battle, monkeypatch):
-    from worker.engine import flush
+    from worker.engine.flush import flusher as flush
 
     monkeypatch.setattr(flush, "START_SKEW", 0.0)  # it started 1 s ago: not clock skew here
     bid, start = battle

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from scorer_local.sandbox_control import SandboxControl
 from tests.helpers import gift_body, start_body
-from worker.engine.battles import read_applied
-from worker.engine.flush import LANDING_WINDOW, flush_battle, totals
-from worker.engine.ingest import handle
+from worker.engine.battles.registry import read_applied
+from worker.engine.flush.flusher import LANDING_WINDOW, flush_battle, totals
+from worker.engine.ingest.gifts import handle
 from worker.engine.state.keys import BattleKeys
 
 ROOM_NAMES = ("pa", "pb")

@@ -7,11 +7,11 @@ import time
 import pytest
 
 from tests.helpers import gift_body, start_body
-from worker.engine import watermark
-from worker.engine.flush import flush_battle
-from worker.engine.ingest import handle
-from worker.engine.judge import PAIR_GAP, SKEW
-from worker.engine.reconcile import reconcile_battle
+from worker.engine.flush.flusher import flush_battle
+from worker.engine.ingest import watermark
+from worker.engine.ingest.gifts import handle
+from worker.engine.reconcile.judge import PAIR_GAP, SKEW
+from worker.engine.reconcile.reconciler import reconcile_battle
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
 

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from worker.engine import battles
-from worker.engine.records import Gift
-from worker.engine.roomindex import find_battle, index_value, parse_index_value
+from worker.engine.battles import registry as battles
+from worker.engine.battles.records import Gift
+from worker.engine.battles.roomindex import find_battle, index_value, parse_index_value
 from worker.engine.state.keys import BattleKeys, RoomKeys
 
 ROOM = "room_a"

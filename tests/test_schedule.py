@@ -1,13 +1,13 @@
 """Flush scheduling under the API budget: oldest first, nobody starves; the end game has deadlines
-(worker/engine/schedule.py, and the tick that applies it, worker/engine/tick.py)."""
+(worker/engine/tick/schedule.py, and the tick that applies it, worker/engine/tick/dispatch.py)."""
 
 from __future__ import annotations
 
 import time
 
-from worker.engine import schedule
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
+from worker.engine.tick import schedule
 
 
 def test_choose_is_oldest_first_or_near_end_first_when_asked():
@@ -61,7 +61,8 @@ def test_a_battle_entering_its_end_game_is_served_even_behind_a_long_queue(rt, m
     """Deadlines are the end game's: a battle entering its final window with value waiting
     is promoted to it, however many battles wait for a freshness flush."""
     from tasks.control import flush, run_tick
-    from worker.engine import endgame, tick
+    from worker.engine.flush import endgame
+    from worker.engine.tick import dispatch as tick
 
     monkeypatch.setattr(tick, "MAX_DISPATCH", 10)
     rt.settings.api_rate, rt.settings.flush_interval = 12, 1.0
@@ -97,7 +98,7 @@ def test_tick_leaves_a_battle_to_its_end_game_when_its_turn_would_come_too_late(
     """With a 10 s round, a battle whose end game starts in 4 s is not flushed now: it is due
     again when its end game starts, and the tick spends the call on another battle."""
     from tasks.control import flush, run_tick
-    from worker.engine import endgame
+    from worker.engine.flush import endgame
 
     rt.settings.api_rate, rt.settings.flush_interval = 20, 1.0  # 18/s: 180 battles = 10 s
     now = rt.clock()

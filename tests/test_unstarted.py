@@ -1,7 +1,7 @@
 """Battles known only from a create webhook that never start are given up, not polled forever.
 
 The tick dispatches `scorer.reconcile` for due battles of bs:unresolved; each pass asks
-get_battle_info. A declined PK invitation never starts: after a bound (worker/engine/unstarted.py,
+get_battle_info. A declined PK invitation never starts: after a bound (worker/engine/battles/unstarted.py,
 GIVE_UP_*) the battle is given up: out of bs:unresolved, status given_up, its rooms no longer
 route gifts to it, every key expiring, and no get_battle_info call for it ever again.
 """
@@ -15,9 +15,10 @@ import time
 import pytest
 
 from tests.helpers import gift_body, start_body
-from worker.engine import battles, events
-from worker.engine.ingest import handle
-from worker.engine.reconcile import reconcile_battle
+from worker.engine.battles import registry as battles
+from worker.engine.ingest import events
+from worker.engine.ingest.gifts import handle
+from worker.engine.reconcile.reconciler import reconcile_battle
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys, RoomKeys
 from worker.engine.tencent.models import BattleInfo, BattleRoom
@@ -219,7 +220,7 @@ def test_a_redelivered_create_webhook_costs_no_more_calls(rt, ctl, clock):
 
 def test_a_running_battle_is_never_given_up(rt, ctl, clock):
     """give_up loses to a register() that made the battle running (a start webhook raced)."""
-    from worker.engine.unstarted import give_up
+    from worker.engine.battles.unstarted import give_up
 
     bid = "battle_running_1"
     start = clock.t - 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from worker.engine import watermark
+from worker.engine.ingest import watermark
 from worker.engine.state import keys
 
 

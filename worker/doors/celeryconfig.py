@@ -5,9 +5,9 @@ from typing import Any
 
 from kombu import Queue
 
-from worker.engine.schedule import tick_seconds
 from worker.engine.settings import is_sentinel_url, load_settings, sentinel_kwargs
 from worker.engine.state import keys
+from worker.engine.tick.schedule import tick_seconds
 
 # Only what Celery needs (broker, queue, tick): Flower and the receiver load this configuration
 # too, and their containers never hold the Tencent credentials. The worker and the beat still
@@ -82,7 +82,7 @@ task_routes = {
 }
 # Time limits bind prefork tasks only (ingest and drains; Celery's thread pool, which runs
 # the control tasks, ignores them). The longest legitimate one is an ingest waiting out a Redis
-# outage: worker/engine/ingest.py retries for 60 s (OUTAGE_RETRY_SECONDS) before it gives the events
+# outage: worker/engine/ingest/gifts.py retries for 60 s (OUTAGE_RETRY_SECONDS) before it gives the events
 # back, plus its last attempt, bounded by redis-py's timeouts and retries (a refused
 # connection fails in ~10 s); a drain adds its 5 s of batches. A limit below that would cut an
 # ingest mid-retry and, with acks_late, acknowledge a message whose events were not stored.

@@ -130,7 +130,7 @@ def _health_beat(args: argparse.Namespace) -> int:
     from redis import RedisError
 
     from worker.doors import metrics, metrics_http
-    from worker.engine.schedule import tick_seconds
+    from worker.engine.tick.schedule import tick_seconds
 
     s = load_settings(require=())
     # Beat publishes every tick (0.25 s by default): 40 ticks missed is stuck, not jitter.

@@ -32,7 +32,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_battles(args: argparse.Namespace) -> int:
     """List active battles: rooms, owners, confirmed and pending score, end time."""
-    from worker.engine.battles import Battle
+    from worker.engine.battles.registry import Battle
     from worker.engine.state import keys
     from worker.engine.state.keys import BattleKeys
 
@@ -83,8 +83,8 @@ def cmd_battle(args: argparse.Namespace) -> int:
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     """List or replay dead letters."""
-    from worker.engine import deadletters
-    from worker.engine.replay import replay
+    from worker.engine.ingest import deadletters
+    from worker.engine.ingest.replay import replay
 
     rt = _rt()
     if args.action == "list":

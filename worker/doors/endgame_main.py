@@ -1,7 +1,7 @@
 """`python -m worker.doors.endgame_main`: the end game in a process of its own, beside the
 control workers.
 
-The end game's runner thread (worker/engine/endgame.py) used to live in a control worker,
+The end game's runner thread (worker/engine/flush/endgame.py) used to live in a control worker,
 beside up to eight task threads flushing and reconciling and sixteen of its own: at 10,000
 battles that process was CPU-bound, and a round waited for the GIL behind them. Its due
 battles aged to 1.8 s, admitted calls left late and bunched up at Tencent (100012), and 20 to
@@ -19,8 +19,8 @@ import sys
 import threading
 
 from worker.doors.logs import to_stderr
-from worker.engine import endgame
-from worker.engine.flush import flush_battle
+from worker.engine.flush import endgame
+from worker.engine.flush.flusher import flush_battle
 from worker.engine.runtime import get_runtime
 from worker.engine.settings import get_settings
 

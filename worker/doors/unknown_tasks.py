@@ -5,7 +5,7 @@ not one of its tasks (a producer's typo, another app's task sent to the wrong qu
 otherwise be logged by Celery as "unregistered task" and rejected, which on Redis drops it.
 Celery rejects it first and then sends `task_unknown`; this hook keeps the message in the
 dead-letter store (`battle-scorer deadletters`), where it can be read and replayed. The drain
-path does the same for the messages it takes in bulk (worker/engine/drain.py).
+path does the same for the messages it takes in bulk (worker/engine/ingest/drain.py).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def dead_letter_unknown(sender: Any = None, message: Any = None, name: Any = Non
                         id: Any = None, **_: Any) -> None:  # Celery passes `id`
     """Keep an unknown task's message in the dead-letter store (never raises into Celery)."""
     try:
-        from worker.engine.deadletters import dead_letter
+        from worker.engine.ingest.deadletters import dead_letter
         from worker.engine.runtime import get_runtime
         from worker.engine.state.counters import bump
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.engine.intake import summarize
+from worker.engine.ingest.intake import summarize
 
 #: Seconds to connect to (or hear back from) the broker before giving up.
 BROKER_TIMEOUT = 2.0

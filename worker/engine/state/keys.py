@@ -74,7 +74,7 @@ DEAD_LETTERS = f"{PREFIX}:deadletters"
 STATS = f"{PREFIX}:stats"
 #: hash lo, hi, at: bounds on Tencent's clock minus ours (worker/engine/tencent/clock.py).
 CLOCK = f"{PREFIX}:clock"
-#: string: lock of the one end-game runner (worker/engine/endgame.py).
+#: string: lock of the one end-game runner (worker/engine/flush/endgame.py).
 ENDGAME_LOCK = f"{PREFIX}:endgame:lock"
 #: string: pid of the dedicated end-game process, renewed while it runs
 #: (worker/doors/endgame_main.py).
@@ -82,9 +82,9 @@ ENDGAME_DEDICATED = f"{PREFIX}:endgame:dedicated"
 #: zset BattleId → when value first waited: battles in their end game with value to flush.
 ENDGAME_DUE = f"{PREFIX}:due:endgame"
 #: zset BattleId → its end less endgame.FINAL_LEAD (Tencent's clock): battles whose ambiguous
-#: write may still land get one last absolute write then (worker/engine/endgame.py).
+#: write may still land get one last absolute write then (worker/engine/flush/endgame.py).
 FINAL_DUE = f"{PREFIX}:due:final"
-#: zset BattleId → when its next score audit is due (worker/engine/audit.py).
+#: zset BattleId → when its next score audit is due (worker/engine/reconcile/audit.py).
 AUDIT_DUE = f"{PREFIX}:due:audit"
 #: set of BattleIds audited even with nothing applied (after a Redis restart), expires.
 AUDIT_FORCED = f"{PREFIX}:audit:forced"
@@ -112,7 +112,7 @@ def rate_high_key(api: str) -> str:
 TICK_LOCK = f"{PREFIX}:tick:lock"
 #: string: time of the last safety sweep.
 SAFETY_SWEEP = f"{PREFIX}:tick:sweep"
-#: string: time of the last tick (its budget covers the time since: worker/engine/schedule.py).
+#: string: time of the last tick (its budget covers the time since: worker/engine/tick/schedule.py).
 TICK_AT = f"{PREFIX}:tick:at"
 #: string: when the beat last published `scorer.tick` (its health check; expires, 300 s)
 BEAT_PUBLISHED = f"{PREFIX}:beat:published"
@@ -137,7 +137,7 @@ DRAIN_QUEUE = "scorer.drain"
 DRAIN_CLAIMS = f"{PREFIX}:drain:claims"
 #: zset drain token → lease expiry: drains requested or running, so they stay bounded.
 DRAIN_SLOTS = f"{PREFIX}:drain:slots"
-#: hash: the ingest watermark and its checkpoint (worker/engine/watermark.py).
+#: hash: the ingest watermark and its checkpoint (worker/engine/ingest/watermark.py).
 INGEST_WATERMARK = f"{PREFIX}:ingest:watermark"
 #: kombu's Redis transport: delivered, unacknowledged messages (hash) and their times (zset).
 KOMBU_UNACKED = "unacked"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from worker.engine.runtime import Runtime
 
 if TYPE_CHECKING:  # battles imports the end game, which imports this module
-    from worker.engine.records import Battle
+    from worker.engine.battles.records import Battle
 
 #: A battle is known to have ended (no call can land) this long after its end by the earliest
 #: Tencent's clock may read (worker/engine/tencent/clock.py).

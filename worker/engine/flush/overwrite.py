@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from worker.engine.battles import Battle
-from worker.engine.inflight import LockLost
-from worker.engine.near_end import read_timeout
+from worker.engine.battles.registry import Battle
+from worker.engine.flush.inflight import LockLost
+from worker.engine.flush.near_end import read_timeout
 from worker.engine.runtime import Runtime
 from worker.engine.state.lock import BattleLock
 from worker.engine.tencent.client import ADMITTED

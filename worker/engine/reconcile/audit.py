@@ -22,12 +22,11 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from worker.engine.battles import Battle, read_applied
-from worker.engine.inflight import LockLost
-from worker.engine.near_end import END_MARGIN, FINAL_LEAD, read_timeout
-from worker.engine.overwrite import overwrite
+from worker.engine.battles.registry import Battle, read_applied
+from worker.engine.flush.inflight import LockLost
+from worker.engine.flush.near_end import END_MARGIN, FINAL_LEAD, read_timeout
+from worker.engine.flush.overwrite import overwrite
 from worker.engine.runtime import Runtime
-from worker.engine.schedule import AUDIT_INTERVAL
 from worker.engine.state import keys
 from worker.engine.state.counters import bump
 from worker.engine.state.keys import BattleKeys
@@ -37,6 +36,7 @@ from worker.engine.state.pipeline import pipeline
 from worker.engine.tencent.client import ADMITTED
 from worker.engine.tencent.errors import RateLimitTimeout, TencentError
 from worker.engine.tencent.models import OpType, SetBattleScoreResult
+from worker.engine.tick.schedule import AUDIT_INTERVAL
 
 if TYPE_CHECKING:
     from redis.client import Pipeline

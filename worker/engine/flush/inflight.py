@@ -7,8 +7,8 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from worker.engine.battles import Battle
-from worker.engine.near_end import END_MARGIN, NEAR_END_READ, near_end
+from worker.engine.battles.registry import Battle
+from worker.engine.flush.near_end import END_MARGIN, NEAR_END_READ, near_end
 from worker.engine.runtime import Runtime
 from worker.engine.state.counters import bump
 from worker.engine.state.keys import BattleKeys

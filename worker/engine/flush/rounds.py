@@ -23,7 +23,7 @@ THREADS = 16
 #: End-game battles looked at per round, soonest end first.
 ROUND_MAX = 200
 
-#: flush(rt, battle_id, lane=..., admitted=...) -> outcome: worker.engine.flush.flush_battle
+#: flush(rt, battle_id, lane=..., admitted=...) -> outcome: worker.engine.flush.flusher.flush_battle
 Flush = Callable[..., str]
 
 _pool: ThreadPoolExecutor | None = None

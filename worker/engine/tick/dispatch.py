@@ -1,9 +1,9 @@
 """The beat's tick: which due battles get a control task, in batches, and how a batch runs.
 
 A tick reads the due lists (flush, reconcile, unresolved, audit), keeps within the API budget
-(worker/engine/schedule.py), and hands each kind's battle ids to `dispatch(kind, battle_ids)`
+(worker/engine/tick/schedule.py), and hands each kind's battle ids to `dispatch(kind, battle_ids)`
 BATCH at a time: the task layer (tasks/control.py) turns a kind into its Celery task. It also
-sweeps held gifts, finalizes ended battles (worker/engine/ending.py) and, every SAFETY_SWEEP
+sweeps held gifts, finalizes ended battles (worker/engine/battles/ending.py) and, every SAFETY_SWEEP
 s, marks due the battles an interrupted ingest left with value but not due.
 """
 
@@ -16,14 +16,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from worker.engine import audit, battles, drain, endgame, schedule, watermark
-from worker.engine.ending import FINAL_GRACE, finalize
-from worker.engine.flush import flush_battle, forget_idle, holding_value
+from worker.engine.battles import registry as battles
+from worker.engine.battles.ending import FINAL_GRACE, finalize
+from worker.engine.flush import endgame
+from worker.engine.flush.flusher import flush_battle, forget_idle, holding_value
+from worker.engine.ingest import drain, watermark
+from worker.engine.reconcile import audit
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
 from worker.engine.state.lock import BattleLock
 from worker.engine.state.pipeline import pipeline
+from worker.engine.tick import schedule
 
 log = logging.getLogger("scorer.control")
 
@@ -86,7 +90,7 @@ def _pick(rt: Runtime, zkey: str, now: float, budget: int,
           keep: Callable[[list[str]], list[str]] = _keep_all,
           near_end_first: bool = True) -> list[str]:
     """Due battles of `zkey` within `budget`, oldest first, with battles near their end first
-    if `near_end_first` (see worker/engine/schedule.py); `keep(ids)` drops candidates that need no
+    if `near_end_first` (see worker/engine/tick/schedule.py); `keep(ids)` drops candidates that need no
     call."""
     if not near_end_first:  # the oldest due, page by page: no need to read them all
         chosen: list[str] = []
@@ -129,7 +133,7 @@ def _pick(rt: Runtime, zkey: str, now: float, budget: int,
 
 def _with_value(rt: Runtime, battle_ids: list[str], round_s: float = 0.0) -> list[str]:
     """The battles a flush would send something for now: no idle flush, none in the end game
-    (worker/engine/endgame.py has those), none while a batch must settle first, and none whose end
+    (worker/engine/flush/endgame.py has those), none while a batch must settle first, and none whose end
     game starts before its next turn in a round of `round_s` s (schedule.skips_turn): those
     are due again when their end game starts, and it promotes them."""
     if not battle_ids:

@@ -1,7 +1,7 @@
 """Battles: registration from webhooks and get_battle_info, gift routing, and held gifts.
 
-Their records (Battle, Gift) are in worker/engine/records.py, their end in
-worker/engine/ending.py.
+Their records (Battle, Gift) are in worker/engine/battles/records.py, their end in
+worker/engine/battles/ending.py.
 """
 
 from __future__ import annotations
@@ -11,18 +11,18 @@ import logging
 
 from redis.client import Pipeline
 
-from worker.engine import endgame
-from worker.engine.deadletters import dead_letter
-from worker.engine.records import Battle, Gift
-from worker.engine.roomindex import find_battle, index_value
+from worker.engine.battles.records import Battle, Gift
+from worker.engine.battles.roomindex import find_battle, index_value
+from worker.engine.flush import endgame
+from worker.engine.ingest.deadletters import dead_letter
 from worker.engine.runtime import Runtime
-from worker.engine.schedule import AUDIT_INTERVAL
 from worker.engine.state import keys
 from worker.engine.state.counters import bump_many
 from worker.engine.state.keys import BattleKeys, RoomKeys
 from worker.engine.state.lock import BattleLock
 from worker.engine.state.pipeline import SerialBatch, pipeline
 from worker.engine.tencent.models import BattleInfo
+from worker.engine.tick.schedule import AUDIT_INTERVAL
 
 log = logging.getLogger("scorer.battles")
 
@@ -67,7 +67,7 @@ def register(rt: Runtime, battle_id: str, start: float, duration_ms: int,
     if status == "running":
         pipe.zadd(keys.ACTIVE, {battle_id: end})
         pipe.zadd(keys.RECONCILE_DUE, {battle_id: rt.clock()}, nx=True)
-        # Its score audits (worker/engine/audit.py): the first one interval after the start.
+        # Its score audits (worker/engine/reconcile/audit.py): the first one interval after the start.
         pipe.zadd(keys.AUDIT_DUE, {battle_id: max(rt.clock(), start) + AUDIT_INTERVAL},
                   nx=True)
         pipe.zrem(keys.UNRESOLVED, battle_id)
@@ -110,7 +110,7 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
     pipe = pipeline(rt.redis)
     plan: list[tuple[str, Gift, int]] = []  # (what, gift, position of its reply)
     by_battle: dict[str, list[Gift]] = {}
-    ending: set[str] = set()  # in their end game: flushed at once (worker/engine/endgame.py)
+    ending: set[str] = set()  # in their end game: flushed at once (worker/engine/flush/endgame.py)
     ends: dict[str, float] = {}
     now, latest = rt.clock(), rt.tclock.latest()
     for g in gifts:

@@ -1,8 +1,8 @@
 """Flush: claim a battle's pending deltas, send them, settle the answer exactly once.
 
-The batch's record and its scripts are in worker/engine/inflight.py, the settling of a batch
-that may have landed in worker/engine/settle.py, the one OpType 2 writer in
-worker/engine/overwrite.py and the due list in worker/engine/flush_due.py.
+The batch's record and its scripts are in worker/engine/flush/inflight.py, the settling of a batch
+that may have landed in worker/engine/flush/settle.py, the one OpType 2 writer in
+worker/engine/flush/overwrite.py and the due list in worker/engine/flush/due.py.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import time
 
-from worker.engine import audit, settle
-from worker.engine.battles import Battle, read_applied
-from worker.engine.flush_due import (  # noqa: F401 (re-exported: the tick and tests use them)
+from worker.engine.battles.registry import Battle, read_applied
+from worker.engine.flush import settle
+from worker.engine.flush.due import (  # noqa: F401 (re-exported: the tick and tests use them)
     RETRY_SOON,
     due_at,
     due_soon,
@@ -24,15 +24,16 @@ from worker.engine.flush_due import (  # noqa: F401 (re-exported: the tick and t
     needs_and_battle,
     settle_time,
 )
-from worker.engine.inflight import (  # noqa: F401 (re-exported: reconcile and tests use them)
+from worker.engine.flush.inflight import (  # noqa: F401 (re-exported: reconcile and tests use them)
     AFTER_ERROR,
     LANDING_WINDOW,
     Claim,
     Inflight,
     LockLost,
 )
-from worker.engine.near_end import read_timeout
-from worker.engine.overwrite import moved, totals
+from worker.engine.flush.near_end import read_timeout
+from worker.engine.flush.overwrite import moved, totals
+from worker.engine.reconcile import audit
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from worker.engine.battles import Battle
-from worker.engine.inflight import settle_of
-from worker.engine.near_end import END_MARGIN
+from worker.engine.battles.registry import Battle
+from worker.engine.flush.inflight import settle_of
+from worker.engine.flush.near_end import END_MARGIN
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys

@@ -3,7 +3,7 @@
 A reconcile pass over a battle known only from its create webhook (or without its owners)
 asks get_battle_info instead of reconciling (`resolve_unstarted`); one that never starts is
 given up (`give_up`), and a very late webhook may revive it (`revived`). Not to be confused
-with the flush path's resolving of an in-flight batch (worker/engine/flush.py).
+with the flush path's resolving of an in-flight batch (worker/engine/flush/flusher.py).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import logging
 
-from worker.engine import battles
-from worker.engine.records import Battle
-from worker.engine.roomindex import index_value
+from worker.engine.battles import registry as battles
+from worker.engine.battles.records import Battle
+from worker.engine.battles.roomindex import index_value
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.counters import bump

@@ -1,10 +1,10 @@
 """Reconcile: compare each room's authoritative total (get_gift_count) with the ledger; fix drift.
 
 A pass over one battle (`reconcile_battle`) reads the battle's reconcile state from Redis,
-judges its stored reads with the rule in worker/engine/judge.py (which has the argument: the
+judges its stored reads with the rule in worker/engine/reconcile/judge.py (which has the argument: the
 skew window, the baseline, two agreeing reads), decides confirmed drift in one atomic step
 for the flush path to deliver, takes the new reads that could be judged, and schedules the
-next pass. A battle not known to have started is handed to worker/engine/unstarted.py.
+next pass. A battle not known to have started is handed to worker/engine/battles/unstarted.py.
 """
 
 from __future__ import annotations
@@ -12,10 +12,15 @@ from __future__ import annotations
 import json
 import logging
 
-from worker.engine import battles, endgame, judge, unstarted, watermark
-from worker.engine.flush import LockLost
-from worker.engine.judge import FINAL_WINDOW, JUDGE_DELAY, PAIR_GAP, SKEW, Read
-from worker.engine.records import Battle
+from worker.engine.battles import registry as battles
+from worker.engine.battles import unstarted
+from worker.engine.battles.records import Battle
+from worker.engine.battles.unstarted import GIVEN_UP, give_up, give_up_after, resolve_unstarted
+from worker.engine.flush import endgame
+from worker.engine.flush.flusher import LockLost
+from worker.engine.ingest import watermark
+from worker.engine.reconcile import judge
+from worker.engine.reconcile.judge import FINAL_WINDOW, JUDGE_DELAY, PAIR_GAP, SKEW, Read
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.counters import bump
@@ -23,7 +28,6 @@ from worker.engine.state.keys import BattleKeys
 from worker.engine.state.lock import BattleLock
 from worker.engine.state.pipeline import pipeline
 from worker.engine.tencent.errors import TencentError
-from worker.engine.unstarted import GIVEN_UP, give_up, give_up_after, resolve_unstarted
 
 #: The rule's timers and the unstarted battles' names stay importable from here.
 __all__ = ["FINAL_WINDOW", "GIVEN_UP", "JUDGE_DELAY", "PAIR_GAP", "SKEW", "Reconciler",
@@ -106,7 +110,7 @@ class Reconciler:
 
     def _readable(self, updates: dict[str, str], recon: dict[str, str],
                   ledgers: dict[str, dict[int, int]], mark: float, now: float) -> dict[str, str]:
-        """Rooms whose fresh read could be judged (see worker/engine/judge.py) → their owner."""
+        """Rooms whose fresh read could be judged (see worker/engine/reconcile/judge.py) → their owner."""
         if judge.reads_blocked(mark, now):
             return {}
         rooms: dict[str, str] = {}

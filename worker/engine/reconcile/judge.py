@@ -1,13 +1,13 @@
 """The reconcile rule, pure: judge get_gift_count reads against the ledger and decide drift.
 
-No Redis and no clock here: the reconcile pass (worker/engine/reconcile.py) reads the state,
+No Redis and no clock here: the reconcile pass (worker/engine/reconcile/reconciler.py) reads the state,
 passes the time in, and stores what this module returns. The rule (docs/design.md has the
 argument):
 - An observation is one `get_gift_count` read R of (room, owner) taken between wall times t0
   and t1. A gift's webhook may lead or trail Tencent's counting by up to SKEW seconds, so gifts
   with Time in [t0 - SKEW, t1 + SKEW] may or may not be in R.
 - An observation is judged only once every webhook that could matter has been ingested (the
-  ingest watermark, worker/engine/watermark.py, has passed t1 + SKEW: it counts a webhook only
+  ingest watermark, worker/engine/ingest/watermark.py, has passed t1 + SKEW: it counts a webhook only
   once it is stored), and only if no ingested gift of that room fell in its uncertain window:
   otherwise it is no evidence and is dropped.
 - So a read is taken only when it can be judged: not while the watermark lags (a backlog),

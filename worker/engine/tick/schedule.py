@@ -7,7 +7,7 @@ next tick: nobody starves. Worst case: with N due battles and budget B per tick,
 ceil(N / B) ticks.
 
 Freshness flushes are a fair share, with no deadline: a battle's last seconds belong to the end
-game (worker/engine/endgame.py, its own lane of the limiter). Letting battles near their end
+game (worker/engine/flush/endgame.py, its own lane of the limiter). Letting battles near their end
 jump this queue too starved the rest: at 2,000 battles ending 40 a second, the 200 battles
 within 5 s of their end wanted 200 flushes a second of the 100 left, and p99 freshness went
 to 50 s.
@@ -22,7 +22,7 @@ import math
 
 from worker.engine.state.limiter import WINDOW_MS, admitted_per_second
 
-#: Each running battle's score is audited this often (worker/engine/audit.py), within a quarter
+#: Each running battle's score is audited this often (worker/engine/reconcile/audit.py), within a quarter
 #: of get_battle_info's budget.
 AUDIT_INTERVAL = 30.0
 

@@ -7,8 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from worker.engine import drain
-from worker.engine.ingest import bulk_pairs, handle_durably
+from worker.engine.ingest import drain
+from worker.engine.ingest.gifts import bulk_pairs, handle_durably
 from worker.engine.runtime import Runtime
 
 log = logging.getLogger("scorer.tasks")
@@ -52,7 +52,7 @@ def store_items(rt: Runtime, items: Any, send_drain: SendDrain) -> dict[str, int
 
 
 def _maybe_drain(rt: Runtime, send_drain: SendDrain) -> None:
-    """Start a drain when the ingest queue has backed up (see worker/engine/drain.py)."""
+    """Start a drain when the ingest queue has backed up (see worker/engine/ingest/drain.py)."""
     try:
         token = drain.request(rt)
         if token:

@@ -1,7 +1,7 @@
 """The dead-letter store: events that could not be scored, kept with their reason, and read.
 
 A Redis list (keys.DEAD_LETTERS), oldest first. Ingest, the drain and the unknown-task hook
-write to it; operators list it; worker/engine/replay.py runs its entries through ingest again
+write to it; operators list it; worker/engine/ingest/replay.py runs its entries through ingest again
 with the bookkeeping below (it is the one module here that needs ingest, so this module
 never imports it).
 """

@@ -18,8 +18,8 @@ The guarantee this buys (README, "In time"): a gift whose webhook reaches the wo
 before the end, by Tencent's clock, is in the final score, as long as the budget can carry one
 flush per ending battle (SCORER_API_RATE x 0.9 endings a second) and ingest keeps up.
 
-The rounds themselves are in worker/engine/endgame_rounds.py, and the timings every call
-under a battle's lock keeps near its end in worker/engine/near_end.py (both re-exported here).
+The rounds themselves are in worker/engine/flush/rounds.py, and the timings every call
+under a battle's lock keeps near its end in worker/engine/flush/near_end.py (both re-exported here).
 """
 
 from __future__ import annotations
@@ -32,21 +32,21 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from worker.engine.endgame_rounds import (  # noqa: F401 (re-exported: the rounds)
-    COALESCE,
-    ROUND_MAX,
-    THREADS,
-    Flush,
-    run_finals,
-    run_round,
-)
-from worker.engine.near_end import (  # noqa: F401 (re-exported: the end game's timings)
+from worker.engine.flush.near_end import (  # noqa: F401 (re-exported: the end game's timings)
     END_MARGIN,
     FINAL_LEAD,
     NEAR_END,
     NEAR_END_READ,
     near_end,
     read_timeout,
+)
+from worker.engine.flush.rounds import (  # noqa: F401 (re-exported: the rounds)
+    COALESCE,
+    ROUND_MAX,
+    THREADS,
+    Flush,
+    run_finals,
+    run_round,
 )
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys

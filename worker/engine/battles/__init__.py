@@ -1,0 +1,1 @@
+"""Battles: registration, routing of gifts to rooms, the end, and battles that never start."""

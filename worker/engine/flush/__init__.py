@@ -1,0 +1,1 @@
+"""Flush: pending value sent to Tencent once, ambiguity settled, the end game."""

@@ -1,0 +1,1 @@
+"""Reconcile: Tencent's counts and scores read back, drift judged and corrected."""

@@ -1,0 +1,1 @@
+"""The tick: which battles are due, within the API budget, and their dispatch."""
