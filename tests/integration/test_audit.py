@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.helpers import gift_body, start_body, wait_for
-from tests.test_pipeline import ROOMS, send
+from tests.integration.test_pipeline import ROOMS, send
 from worker.engine.flush.flusher import AFTER_ERROR, flush_battle
 from worker.engine.ingest.gifts import handle
 from worker.engine.reconcile import audit

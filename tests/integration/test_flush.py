@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from tests.helpers import start_body
-from tests.test_pipeline import ROOMS, send
+from tests.integration.test_pipeline import ROOMS, send
 from worker.engine.flush.flusher import LANDING_WINDOW, flush_battle
 from worker.engine.ingest.gifts import handle
 from worker.engine.state.keys import BattleKeys

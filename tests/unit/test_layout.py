@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = {"worker": ROOT / "worker", "tasks": ROOT / "tasks",
            "scorer_local": ROOT / "local" / "scorer_local"}
