@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import socket
 import sys
 import threading
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 # The operator views (stats, battles, one battle, dead letters) live in their own module.
@@ -52,18 +54,27 @@ def _probe(settings: Settings) -> int:
     return 0
 
 
+def _local_world(name: str) -> ModuleType:
+    """A module of the local world (local/: the sandbox, the demo), which production images do
+    not install: a missing one stops the command with one line saying how to get it."""
+    try:
+        return importlib.import_module(f"scorer_local.{name}")
+    except ModuleNotFoundError as err:
+        if err.name is None or not err.name.startswith("scorer_local"):
+            raise
+        raise SystemExit(f"battle-scorer {name}: the local world is not installed here "
+                         "(production images leave it out): from a checkout, "
+                         "pip install -e ./local, or run `make run`") from None
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """Run the local Tencent sandbox."""
-    from scorer_local import sandbox
-
-    return sandbox.main(args.rest)
+    return int(_local_world("sandbox").main(args.rest))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo."""
-    from scorer_local import demo
-
-    return demo.main(args.rest)
+    return int(_local_world("demo").main(args.rest))
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
