@@ -1,4 +1,4 @@
-"""Control tasks on their own queue: tick, flush, reconcile and audit (worker/engine/tick/dispatch.py)."""
+"""Control tasks on their own queue: tick, flush, reconcile, audit (worker/engine/tick/)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from worker.engine.reconcile import audit
 from worker.engine.reconcile.reconciler import reconcile_battle
 from worker.engine.runtime import Runtime, get_runtime
 from worker.engine.tick import dispatch as engine_tick
+from worker.engine.timers import TIMERS
 
 #: A dispatched control task older than this is dropped; the next tick sends a fresh one.
-TASK_EXPIRES = 30
+TASK_EXPIRES = TIMERS.control.task_expires
 
 
 @app.task(name="scorer.flush", ignore_result=True)

@@ -3,7 +3,6 @@ images' inputs (Dockerfile, constraints.txt, pyproject.toml) agree with it."""
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -16,6 +15,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from tests.conftest import ROOT
+from worker.engine.timers import TIMERS
 
 COMPOSE = shutil.which("docker-compose")
 needs_compose = pytest.mark.skipif(
@@ -248,31 +248,14 @@ def test_every_service_rotates_its_logs(services):
         assert {"max-size", "max-file"} <= set(logging.get("options", {})), name
 
 
-def _assignments(path) -> dict[str, object]:
-    """Top-level literal assignments of a module, read without importing it."""
-    out = {}
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.AnnAssign) and node.value is not None:
-            node = ast.Assign(targets=[node.target], value=node.value)
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = node.targets[0]
-            if isinstance(target, ast.Name):
-                try:
-                    out[target.id] = ast.literal_eval(node.value)
-                except ValueError:
-                    pass
-    return out
-
-
 @needs_compose
 def test_timers_are_ordered(services):
     """soft time limit < hard time limit < stop grace < visibility timeout, and the soft limit
-    leaves an ingest its whole Redis-outage retry (see worker/doors/celeryconfig.py)."""
-    conf = _assignments(ROOT / "worker" / "doors" / "celeryconfig.py")
-    soft, hard = conf["task_soft_time_limit"], conf["task_time_limit"]
-    visibility = conf["broker_transport_options"]["visibility_timeout"]
+    leaves an ingest its whole Redis-outage retry (worker/engine/timers.py: CeleryTimers)."""
+    soft, hard = TIMERS.celery.soft_time_limit, TIMERS.celery.time_limit
+    visibility = TIMERS.celery.visibility_timeout
     grace = seconds(services["worker"]["stop_grace_period"])
-    outage = _assignments(ROOT / "worker" / "engine" / "ingest" / "gifts.py")["OUTAGE_RETRY_SECONDS"]
+    outage = TIMERS.ingest.outage_retry
     assert outage < soft < hard < grace < visibility, (outage, soft, hard, grace, visibility)
 
 
@@ -299,7 +282,8 @@ def test_env_example_sets_every_variable_compose_requires():
 
 def test_dockerfile_pins_its_base_and_installs_with_constraints():
     text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11\.\d+-slim-\w+ AS scorer$", text, re.MULTILINE), "unpinned base"
+    assert re.search(r"^FROM python:3\.11\.\d+-slim-\w+ AS scorer$", text, re.MULTILINE), \
+        "unpinned base"
     assert re.search(r'^ARG EXTRAS=""$', text, re.MULTILINE)
     # The production image is the default (last) stage and never copies the local world.
     stages = re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]

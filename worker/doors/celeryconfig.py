@@ -8,6 +8,7 @@ from kombu import Queue
 from worker.engine.settings import is_sentinel_url, load_settings, sentinel_kwargs
 from worker.engine.state import keys
 from worker.engine.tick.schedule import tick_seconds
+from worker.engine.timers import TIMERS
 
 # Only what Celery needs (broker, queue, tick): Flower and the receiver load this configuration
 # too, and their containers never hold the Tencent credentials. The worker and the beat still
@@ -28,8 +29,8 @@ broker_transport_options: dict[str, Any] = {
     # 10 s through the beat's tick (watermark.give_back_stuck), control and drain messages
     # expire long before (30 s), and flushes resume from Redis. Ordering, checked by
     # tests/test_compose.py: soft limit < hard limit < stop grace < visibility timeout.
-    "visibility_timeout": 180,
-    "health_check_interval": 10,
+    "visibility_timeout": TIMERS.celery.visibility_timeout,
+    "health_check_interval": TIMERS.celery.health_check_interval,
     "socket_keepalive": True,
 }
 if is_sentinel_url(broker_url):
@@ -82,12 +83,13 @@ task_routes = {
 }
 # Time limits bind prefork tasks only (ingest and drains; Celery's thread pool, which runs
 # the control tasks, ignores them). The longest legitimate one is an ingest waiting out a Redis
-# outage: worker/engine/ingest/gifts.py retries for 60 s (OUTAGE_RETRY_SECONDS) before it gives the events
-# back, plus its last attempt, bounded by redis-py's timeouts and retries (a refused
+# outage: worker/engine/ingest/gifts.py retries for 60 s (OUTAGE_RETRY_SECONDS) before it gives
+# the events back, plus its last attempt, bounded by redis-py's timeouts and retries (a refused
 # connection fails in ~10 s); a drain adds its 5 s of batches. A limit below that would cut an
 # ingest mid-retry and, with acks_late, acknowledge a message whose events were not stored.
-task_soft_time_limit = 100
-task_time_limit = 120
+# (worker/engine/timers.py, CeleryTimers; tests/unit/test_timers.py checks the ordering.)
+task_soft_time_limit = TIMERS.celery.soft_time_limit
+task_time_limit = TIMERS.celery.time_limit
 
 include = ["tasks.ingest", "tasks.control"]
 
@@ -98,7 +100,7 @@ beat_schedule = {
     "scorer-tick": {
         "task": "scorer.tick",
         "schedule": timedelta(seconds=TICK_SECONDS),
-        "options": {"queue": keys.CONTROL_QUEUE, "expires": 5},
+        "options": {"queue": keys.CONTROL_QUEUE, "expires": TIMERS.celery.tick_expires},
     },
 }
-beat_max_loop_interval = 1
+beat_max_loop_interval = TIMERS.celery.beat_max_loop_interval

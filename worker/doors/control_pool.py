@@ -32,12 +32,13 @@ from typing import Any
 from celery import bootsteps
 
 from worker.engine.state import keys
+from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.control_pool")
 
 #: Threads of each control worker: control tasks carry batches of battles and run them on
 #: their own small thread pool, so a few concurrent tasks keep the API budget busy.
-THREADS = 8
+THREADS = TIMERS.control.threads
 #: Control workers a worker starts: one per core, at most two. A flush costs the control
 #: worker about 5 ms of CPU under the GIL (a dozen Redis round trips and one HTTPS call):
 #: one process saturated near 100 flushes/s at 2,000 battles (84 % of a core, the budget
@@ -47,9 +48,9 @@ PROCESSES = max(1, min(2, os.cpu_count() or 1))
 #: workers: in a control worker its runner waited for the GIL behind the flush threads.
 ENDGAME_PROCESS = True
 #: A control worker that exits on its own is started again after this delay (doubling, capped).
-RESTART_DELAY = (1.0, 30.0)
+RESTART_DELAY = TIMERS.control.restart_delay
 #: On shutdown, the control worker gets this long to finish its tasks before SIGKILL.
-STOP_GRACE = 20.0
+STOP_GRACE = TIMERS.control.stop_grace
 #: Set in the control worker's environment (it must not start one of its own), with the pid
 #: of the worker that started it.
 CHILD_ENV = "SCORER_CONTROL_POOL_CHILD"

@@ -15,11 +15,12 @@ from worker.engine.state import keys
 from worker.engine.state.counters import bump
 from worker.engine.state.keys import BattleKeys, RoomKeys
 from worker.engine.state.pipeline import pipeline
+from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.control")
 
 #: A battle is finalized this long after its end (late answers, the end webhook).
-FINAL_GRACE = 10.0
+FINAL_GRACE = TIMERS.battles.final_grace
 
 
 def record_end(rt: Runtime, ev: EndEvent) -> None:

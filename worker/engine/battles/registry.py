@@ -23,14 +23,15 @@ from worker.engine.state.lock import BattleLock
 from worker.engine.state.pipeline import SerialBatch, pipeline
 from worker.engine.tencent.models import BattleInfo
 from worker.engine.tick.schedule import AUDIT_INTERVAL
+from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.battles")
 
 #: A finished battle's keys (and its de-duplication set) live this long after its end: longer
 #: than any battle, and than any redelivery or replay of its webhooks.
-KEEP_AFTER_END = 24 * 3600
+KEEP_AFTER_END = TIMERS.battles.keep_after_end
 #: A gift whose room is in no known battle waits this long for a late start webhook.
-HOLD_SECONDS = 60
+HOLD_SECONDS = TIMERS.battles.hold_seconds
 
 
 def read_applied(rt: Runtime, battle_id: str) -> dict[str, int]:
@@ -67,7 +68,8 @@ def register(rt: Runtime, battle_id: str, start: float, duration_ms: int,
     if status == "running":
         pipe.zadd(keys.ACTIVE, {battle_id: end})
         pipe.zadd(keys.RECONCILE_DUE, {battle_id: rt.clock()}, nx=True)
-        # Its score audits (worker/engine/reconcile/audit.py): the first one interval after the start.
+        # Its score audits (worker/engine/reconcile/audit.py): the first one interval after the
+        # start.
         pipe.zadd(keys.AUDIT_DUE, {battle_id: max(rt.clock(), start) + AUDIT_INTERVAL},
                   nx=True)
         pipe.zrem(keys.UNRESOLVED, battle_id)

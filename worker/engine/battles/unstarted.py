@@ -20,6 +20,7 @@ from worker.engine.state.counters import bump
 from worker.engine.state.keys import BattleKeys, RoomKeys
 from worker.engine.state.pipeline import pipeline
 from worker.engine.tencent.errors import TencentError
+from worker.engine.timers import TIMERS
 
 #: The reconcile pass's logger: these are its outcomes.
 log = logging.getLogger("scorer.reconcile")
@@ -28,19 +29,17 @@ log = logging.getLogger("scorer.reconcile")
 #: its owners, is asked about with get_battle_info: RESOLVE_MIN_DELAY apart at first (never
 #: faster: the old fixed retry), then further apart, half the time waited so far, at most
 #: RESOLVE_MAX_DELAY (a start webhook registers it at once anyway; this is the fallback).
-RESOLVE_MIN_DELAY = 5.0
-RESOLVE_MAX_DELAY = 60.0
+RESOLVE_MIN_DELAY = TIMERS.battles.resolve_min_delay
+RESOLVE_MAX_DELAY = TIMERS.battles.resolve_max_delay
 #: An invitation that is declined or times out never starts, and nothing else would ever stop
 #: the polling: the battle is given up `give_up_after(duration)` after it was first seen
 #: unresolved (meta `unresolved_since`, taken from `registered_at` on the first pass:
 #: register() rewrites `registered_at` at every registration, a redelivered create webhook
 #: included). That is its planned Duration (at least GIVE_UP_MIN_DURATION: a create webhook may
-#: carry none) plus GIVE_UP_GRACE for the invitation to be answered: by then even a battle that
-#: did start within the grace, its start webhook lost, has ended, so no score could be written
-#: any more. With 60 s + 60 s a typical 5-minute PK is given up 6 minutes after its creation,
-#: after 14 get_battle_info calls. A start known but owners missing: at its end + grace.
-GIVE_UP_MIN_DURATION = 60.0
-GIVE_UP_GRACE = 60.0
+#: carry none) plus GIVE_UP_GRACE for the invitation to be answered (worker/engine/timers.py,
+#: BattleTimers, says why). A start known but owners missing: at its end + grace.
+GIVE_UP_MIN_DURATION = TIMERS.battles.give_up_min_duration
+GIVE_UP_GRACE = TIMERS.battles.give_up_grace
 GIVEN_UP = "given_up"
 
 

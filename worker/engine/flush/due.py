@@ -9,9 +9,10 @@ from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
 from worker.engine.state.pipeline import pipeline
+from worker.engine.timers import TIMERS
 
 #: A battle whose flush could not run (busy, no slot, a retryable answer) is due again this soon.
-RETRY_SOON = 0.2
+RETRY_SOON = TIMERS.flush.retry_soon
 
 
 def needs(rt: Runtime, battle_id: str) -> str:

@@ -52,6 +52,7 @@ from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.lock import BattleLock
 from worker.engine.state.pipeline import pipeline
+from worker.engine.timers import TIMERS
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
@@ -60,14 +61,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("scorer.endgame")
 
-#: Seconds before its end (Tencent's clock) from which a battle's value is flushed at once.
-FINAL_WINDOW = 1.5
-#: The rounds' period between ticks.
-POLL = 0.02
-#: The runner re-plans (promotes battles entering the window, renews the reserve) this often.
-PLAN_EVERY = 0.25
-#: Battles ending within this many seconds past the window count toward the reserve.
-HORIZON = 1.0
+#: The end game's timers (worker/engine/timers.py, EndGameTimers): FINAL_WINDOW s before its
+#: end (Tencent's clock) a battle's value is flushed at once; rounds run every POLL s; the
+#: runner re-plans (promotes battles entering the window, renews the reserve) every PLAN_EVERY
+#: s; battles ending within HORIZON s past the window count toward the reserve.
+FINAL_WINDOW = TIMERS.endgame.final_window
+POLL = TIMERS.endgame.poll
+PLAN_EVERY = TIMERS.endgame.plan_every
+HORIZON = TIMERS.endgame.horizon
 
 
 def in_window(end: float, latest: float) -> bool:
@@ -136,8 +137,9 @@ def ensure_runner(rt: Runtime, flush: Flush) -> None:
     threading.Thread(target=_run, args=(rt, flush), daemon=True, name="endgame").start()
 
 
-#: A dedicated end-game process (worker/doors/endgame_main.py) says it runs by renewing this key.
-DEDICATED_TTL_MS = 2000
+#: A dedicated end-game process (worker/doors/endgame_main.py) says it runs by renewing its key
+#: with this ttl.
+DEDICATED_TTL_MS = TIMERS.endgame.dedicated_ttl_ms
 
 
 def _dedicated_alive(rt: Runtime) -> bool:

@@ -46,26 +46,19 @@ from worker.engine.tencent.errors import (
     TencentError,
 )
 from worker.engine.tencent.models import MAX_SCORE, OpType
+from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.flush")
 
-#: Send → resolve rounds within one flush (a read-back that finds the batch not applied sends
-#: it again) before leaving the batch to the schedule. Only the first send may wait for the
-#: limiter, and not under the lock (see `flush_battle`); later calls go only if a slot is free
-#: at once. A retryable answer ends the flush: the battle is due again RETRY_SOON.
-MAX_ROUNDS = 2
-#: A flush waits this long for a battle lock another flush holds (its batch is about to settle)
-#: before giving the battle back to the schedule.
-LOCK_WAIT = 0.3
-#: A freshness flush (LOW lane) waits this long for a call slot, holding no lock (a control
-#: thread, though: the tick dispatched no more than the lane carries, so waits are short).
-SLOT_WAIT = 0.5
-#: A battle whose write was refused by our configuration or a proxy (401, 403, 70003, ...)
-#: is tried again this much later: a key rotation or a proxy's limit may pass, and the value
-#: stays pending until the battle ends (then it is recorded unapplied, with its reason).
-REFUSED_RETRY = 5.0
-#: A 100006 this close to the start may be our clock running ahead: retried, not final.
-START_SKEW = 5.0
+#: The flush's timers, each with its reason in worker/engine/timers.py (FlushTimers). Only the
+#: first send may wait for the limiter, and not under the lock (see `flush_battle`); later
+#: calls go only if a slot is free at once. A retryable answer ends the flush: the battle is
+#: due again RETRY_SOON.
+MAX_ROUNDS = TIMERS.flush.max_rounds
+LOCK_WAIT = TIMERS.flush.lock_wait
+SLOT_WAIT = TIMERS.flush.slot_wait
+REFUSED_RETRY = TIMERS.flush.refused_retry
+START_SKEW = TIMERS.flush.start_skew
 
 
 class Flusher(Claim):

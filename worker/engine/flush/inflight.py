@@ -15,19 +15,20 @@ from worker.engine.state.keys import BattleKeys
 from worker.engine.state.lock import BattleLock
 from worker.engine.tencent.client import ADMITTED
 from worker.engine.tencent.models import OpType
+from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.flush")
 
 #: A request whose answer we never got may still be applied for a while: Tencent may be
 #: holding it. A read-back taken sooner could see "not applied", and a re-send would then count
 #: the batch twice, so a batch is judged only once it cannot land any more (or after the end):
-#: - its sender died (SIGKILL, lock taken over): LANDING_WINDOW after it was sent (the client
-#:   reads for up to 5 s, so nothing is known to have ended the request sooner);
-#: - its sender saw the request end (a reset, a timeout): AFTER_ERROR after that moment.
-LANDING_WINDOW = 6.0
-AFTER_ERROR = 1.0
-#: Near its end (near_end.near_end) a request is judged this long after it ended.
-NEAR_END_AFTER = 0.3
+#: - its sender died (SIGKILL, lock taken over): LANDING_WINDOW after it was sent;
+#: - its sender saw the request end (a reset, a timeout): AFTER_ERROR after that moment;
+#: - near its end (near_end.near_end): NEAR_END_AFTER after it ended.
+#: Why each is what it is: worker/engine/timers.py (FlushTimers).
+LANDING_WINDOW = TIMERS.flush.landing_window
+AFTER_ERROR = TIMERS.flush.after_error
+NEAR_END_AFTER = TIMERS.flush.near_end_after
 
 
 #: A field of the in-flight hash as Redis answers it, or as already parsed.

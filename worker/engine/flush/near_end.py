@@ -5,25 +5,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from worker.engine.runtime import Runtime
+from worker.engine.timers import TIMERS
 
 if TYPE_CHECKING:  # battles imports the end game, which imports this module
     from worker.engine.battles.records import Battle
 
-#: A battle is known to have ended (no call can land) this long after its end by the earliest
+#: A battle is known to have ended (no call can land) END_MARGIN after its end by the earliest
 #: Tencent's clock may read (worker/engine/tencent/clock.py).
-END_MARGIN = 0.05
+END_MARGIN = TIMERS.endgame.end_margin
 #: Near its end (within NEAR_END s, by the latest Tencent's clock may read) a call under a
-#: battle's lock (a flush, a settling or audit OpType 2, a read-back) waits NEAR_END_READ s for its
-#: answer, not the client's 5 s: Tencent may hold a request past the end, where it is
-#: refused when it lands, and meanwhile the lock kept the battle's last flush out (a
-#: reconcile overwrite that waited 5 s cost a battle its last 77 coins in bench.chaos).
-NEAR_END = 8.0
-NEAR_END_READ = 1.5
+#: battle's lock (a flush, a settling or audit OpType 2, a read-back) waits NEAR_END_READ s for
+#: its answer, not the client's 5 s.
+NEAR_END = TIMERS.endgame.near_end
+NEAR_END_READ = TIMERS.endgame.near_end_read
 #: A battle whose ambiguous write may still land gets one last absolute write (OpType 2 of
-#: the ledger) this long before its end by the latest Tencent's clock (keys.FINAL_DUE): a
-#: request Tencent held past its client's timeout landed in a battle's last second, after
-#: its last flush, 17 coins over (bench.chaos).
-FINAL_LEAD = 0.35
+#: the ledger) FINAL_LEAD before its end by the latest Tencent's clock (keys.FINAL_DUE).
+#: Why each is what it is (bench.chaos): worker/engine/timers.py (EndGameTimers).
+FINAL_LEAD = TIMERS.endgame.final_lead
 
 
 def near_end(rt: Runtime, battle: Battle | None) -> bool:

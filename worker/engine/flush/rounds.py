@@ -13,15 +13,15 @@ from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
 from worker.engine.state.limiter import HIGH
 from worker.engine.state.pipeline import pipeline
+from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.endgame")
 
-#: Value waits this long for more of the same moment before an end-game flush.
-COALESCE = 0.03
-#: Threads of the end-game flushes (each waits on one Tencent round trip at a time).
-THREADS = 16
-#: End-game battles looked at per round, soonest end first.
-ROUND_MAX = 200
+#: Value waits COALESCE s for more of the same moment before an end-game flush, on THREADS
+#: threads, ROUND_MAX battles looked at per round (worker/engine/timers.py, EndGameTimers).
+COALESCE = TIMERS.endgame.coalesce
+THREADS = TIMERS.endgame.threads
+ROUND_MAX = TIMERS.endgame.round_max
 
 #: flush(rt, battle_id, lane=..., admitted=...) -> outcome: worker.engine.flush.flusher.flush_battle
 Flush = Callable[..., str]

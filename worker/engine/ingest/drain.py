@@ -34,6 +34,7 @@ from worker.engine.ingest.deadletters import dead_letter
 from worker.engine.ingest.gifts import bulk_pairs, handle_durably
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
+from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.drain")
 
@@ -41,21 +42,21 @@ WEBHOOK = "scorer.webhook"
 WEBHOOKS = "scorer.webhooks"
 
 #: Queue length at which an ingest task asks for a drain.
-THRESHOLD = 8
+THRESHOLD = TIMERS.drain.threshold
 #: Messages per claim: big enough to amortize, small enough to settle in tens of ms.
-BATCH = 500
+BATCH = TIMERS.drain.batch
 #: A drain keeps going while claims bring at least this many messages (the flood goes on).
-MIN_BATCH = 16
+MIN_BATCH = TIMERS.drain.min_batch
 #: Pause before the next claim after a partial one, so a steady flow comes in batches.
-PAUSE = 0.02
+PAUSE = TIMERS.drain.pause
 #: Drains requested or running at once (across the deployment).
-MAX_SLOTS = 4
+MAX_SLOTS = TIMERS.drain.max_slots
 #: A slot whose drain task never ran (lost, expired) is freed after this many seconds.
-SLOT_LEASE = 30.0
+SLOT_LEASE = TIMERS.drain.slot_lease
 #: A claim held longer than this is given back to the queue (its drain died or stalled).
-CLAIM_LEASE = 10.0
+CLAIM_LEASE = TIMERS.drain.claim_lease
 #: One drain task runs this long at most, then hands over to a successor (Flower shows each).
-RUN_SECONDS = 5.0
+RUN_SECONDS = TIMERS.drain.run_seconds
 
 
 class BadMessage(ValueError):

@@ -17,6 +17,7 @@ from worker.engine.ingest.deadletters import dead_letter
 from worker.engine.runtime import Runtime
 from worker.engine.state.counters import bump_many
 from worker.engine.state.pipeline import pipeline
+from worker.engine.timers import TIMERS
 
 __all__ = ["OUTAGE_RETRY_SECONDS", "REDIS_OUTAGE", "apply_lifecycle", "bulk_pairs",
            "dead_letter", "handle", "handle_durably"]
@@ -27,7 +28,7 @@ log = logging.getLogger("scorer.ingest")
 REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 #: How long one ingest keeps retrying a Redis outage before it gives the events back to the
 #: queue (the task layer requeues them); shorter than the task time limit.
-OUTAGE_RETRY_SECONDS = 60.0
+OUTAGE_RETRY_SECONDS = TIMERS.ingest.outage_retry
 
 def handle(rt: Runtime, items: Iterable[tuple[Any, Any]]) -> dict[str, int]:
     """Apply (body, event_id) pairs: gifts in two Redis round trips, lifecycle events one by one.

@@ -38,11 +38,12 @@ import redis
 
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
+from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.watermark")
 
 #: An ingest message unacknowledged this long has lost its consumer (see the module docstring).
-STUCK_SECONDS = 10.0
+STUCK_SECONDS = TIMERS.ingest.stuck
 
 
 @dataclass(frozen=True)

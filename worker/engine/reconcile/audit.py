@@ -37,6 +37,7 @@ from worker.engine.tencent.client import ADMITTED
 from worker.engine.tencent.errors import RateLimitTimeout, TencentError
 from worker.engine.tencent.models import OpType, SetBattleScoreResult
 from worker.engine.tick.schedule import AUDIT_INTERVAL
+from worker.engine.timers import TIMERS
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
@@ -45,17 +46,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("scorer.audit")
 
-#: A settled ambiguity is audited this long after it settled: a write that outlived its
-#: client's 5 s timeout has landed or expired by then.
-AFTER_AMBIGUITY = 10.0
-#: ... but no later than this long before the battle's end: a double count must be healed
-#: before the buzzer, and the audit must be done before the end game (its last 1.5 s) needs
-#: the battle's lock (a read and a write, each allowed 1.5 s there).
-END_LEAD = 3.0
-#: An audit that could not run (no slot, lock busy, batch in flight) is due again this soon.
-RETRY = 0.5
-#: How long an audit waits for a get_battle_info slot (holding no lock).
-SLOT_WAIT = 0.5
+#: A settled ambiguity is audited AFTER_AMBIGUITY after it settled, but no later than END_LEAD
+#: before the battle's end; an audit that could not run (no slot, lock busy, batch in flight)
+#: is due again RETRY later; it waits SLOT_WAIT for a get_battle_info slot (holding no lock).
+#: Why each is what it is: worker/engine/timers.py (AuditTimers).
+AFTER_AMBIGUITY = TIMERS.audit.after_ambiguity
+END_LEAD = TIMERS.audit.end_lead
+RETRY = TIMERS.audit.retry
+SLOT_WAIT = TIMERS.audit.slot_wait
 
 
 def schedule(rt: Runtime, battle_ids: list[str], at: float,

@@ -1,15 +1,15 @@
 """The reconcile rule, pure: judge get_gift_count reads against the ledger and decide drift.
 
-No Redis and no clock here: the reconcile pass (worker/engine/reconcile/reconciler.py) reads the state,
-passes the time in, and stores what this module returns. The rule (docs/design.md has the
-argument):
+No Redis and no clock here: the reconcile pass (worker/engine/reconcile/reconciler.py) reads
+the state, passes the time in, and stores what this module returns. The rule (docs/design.md
+has the argument):
 - An observation is one `get_gift_count` read R of (room, owner) taken between wall times t0
   and t1. A gift's webhook may lead or trail Tencent's counting by up to SKEW seconds, so gifts
   with Time in [t0 - SKEW, t1 + SKEW] may or may not be in R.
 - An observation is judged only once every webhook that could matter has been ingested (the
-  ingest watermark, worker/engine/ingest/watermark.py, has passed t1 + SKEW: it counts a webhook only
-  once it is stored), and only if no ingested gift of that room fell in its uncertain window:
-  otherwise it is no evidence and is dropped.
+  ingest watermark, worker/engine/ingest/watermark.py, has passed t1 + SKEW: it counts a
+  webhook only once it is stored), and only if no ingested gift of that room fell in its
+  uncertain window: otherwise it is no evidence and is dropped.
 - So a read is taken only when it can be judged: not while the watermark lags (a backlog),
   not while two reads of the room wait to be judged (the second, the confirming one, is taken
   PAIR_GAP after the first), and not when a gift of the room already lies in the new read's
@@ -34,22 +34,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypedDict
 
+from worker.engine.timers import TIMERS
+
 #: Webhooks lead or trail Tencent's counting by up to this many seconds (tencent-api.md §4).
-SKEW = 2
+SKEW = TIMERS.reconcile.skew
 #: Observations kept per room while waiting to be judged.
 MAX_OBSERVATIONS = 6
 #: In the last `FINAL_WINDOW` seconds plus one interval, reconcile runs every JUDGE_DELAY.
-FINAL_WINDOW = 12.0
-JUDGE_DELAY = SKEW + 1.5
-#: No new read while the ingest watermark trails the present by more than this: the read
-#: could not be judged until the backlog is gone, and a read then tells the same.
-READ_LAG = SKEW + 3.0
-#: How far the watermark trails the present when ingest keeps up (a tick or two).
-TYPICAL_LAG = 0.6
-#: A room's confirming read is taken this long after the first, not a judging cycle later:
-#: the two are judged together, so a drift is confirmed in one cycle (a quiet window between
-#: two bursts of gifts is often only a few seconds long).
-PAIR_GAP = 1.0
+FINAL_WINDOW = TIMERS.reconcile.final_window
+JUDGE_DELAY = TIMERS.reconcile.judge_delay
+#: No new read while the ingest watermark trails the present by more than READ_LAG; it trails
+#: it by TYPICAL_LAG when ingest keeps up; a room's confirming read comes PAIR_GAP after the
+#: first. Why each is what it is: worker/engine/timers.py (ReconcileTimers).
+READ_LAG = TIMERS.reconcile.read_lag
+TYPICAL_LAG = TIMERS.reconcile.typical_lag
+PAIR_GAP = TIMERS.reconcile.pair_gap
 
 
 class Read(TypedDict):

@@ -29,12 +29,13 @@ from worker.engine.state import keys, scripts
 
 # Re-exported: RateLimitTimeout is a Tencent error now, raised here.
 from worker.engine.tencent.errors import RateLimitTimeout as RateLimitTimeout
+from worker.engine.timers import TIMERS
 
 #: Share of SCORER_API_RATE the limiter admits (see the module docstring).
-HEADROOM = 0.9
+HEADROOM = TIMERS.state.headroom
 #: The sliding window, and the margin it is widened by (see the module docstring).
-WINDOW_MS = 1000
-MARGIN_MS = 0
+WINDOW_MS = TIMERS.state.window_ms
+MARGIN_MS = TIMERS.state.margin_ms
 #: Lanes: `HIGH` calls have a deadline, `LOW` ones yield the reserve to them.
 HIGH, LOW = "high", "low"
 

@@ -34,8 +34,10 @@ import redis
 from redis.commands.core import Script
 
 from worker.engine.state import scripts
+from worker.engine.timers import TIMERS
 
-DEFAULT_TTL_MS = 6_000
+#: A lock's ttl (renewed every third of it: see the module docstring).
+DEFAULT_TTL_MS = TIMERS.state.lock_ttl_ms
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 _PID_NS = "/proc/self/ns/pid"
 

@@ -32,6 +32,7 @@ from worker.engine.tencent.models import (
     SetBattleScoreResult,
 )
 from worker.engine.tencent.usersig import UserSigCache
+from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.tencent")
 # httpx logs every request at INFO with its full URL, whose query holds the UserSig (a
@@ -48,7 +49,8 @@ SERVICES = {
 }
 
 #: Explicit timeouts: connecting is cheap to retry; a slow read is the ambiguous case.
-DEFAULT_TIMEOUT = httpx.Timeout(connect=2.0, read=5.0, write=5.0, pool=5.0)
+DEFAULT_TIMEOUT = httpx.Timeout(connect=TIMERS.tencent.connect, read=TIMERS.tencent.read,
+                                write=TIMERS.tencent.write, pool=TIMERS.tencent.pool)
 
 
 class Limiter(Protocol):
@@ -66,7 +68,7 @@ class Limiter(Protocol):
 class NoLimiter:
     """A limiter that never waits (tests and one-off CLI probes)."""
 
-    window_ms = 1000
+    window_ms = TIMERS.state.window_ms
 
     def acquire(self, api: str, max_wait: float | None = None, lane: str = "high") -> float:
         return 0.0

@@ -28,13 +28,14 @@ from typing import cast
 import redis
 
 from worker.engine.state import keys, scripts
+from worker.engine.timers import TIMERS
 
 #: With no sample, the offset is assumed within this many seconds either way.
-DEFAULT_SPREAD = 0.5
+DEFAULT_SPREAD = TIMERS.clock.default_spread
 #: Seconds of widening per second of age: clocks drift and NTP slews (100 ppm is generous).
-DRIFT = 1e-4
+DRIFT = TIMERS.clock.drift
 #: A process re-reads the shared bounds this often.
-CACHE_SECONDS = 0.5
+CACHE_SECONDS = TIMERS.clock.cache_seconds
 
 
 class TencentClock:

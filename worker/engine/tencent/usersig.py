@@ -8,11 +8,13 @@ from collections.abc import Callable
 
 import TLSSigAPIv2
 
+from worker.engine.timers import TIMERS
+
 #: Lifetime of a generated UserSig. Long enough to be cheap, short enough that a leaked
 #: one ages out within a day.
-SIG_LIFETIME = 24 * 3600
+SIG_LIFETIME = TIMERS.tencent.sig_lifetime
 #: Renew once less than this fraction of the lifetime is left (well before expiry).
-RENEW_FRACTION = 0.25
+RENEW_FRACTION = TIMERS.tencent.renew_fraction
 
 
 class UserSigCache:

@@ -28,18 +28,19 @@ from worker.engine.state.keys import BattleKeys
 from worker.engine.state.lock import BattleLock
 from worker.engine.state.pipeline import pipeline
 from worker.engine.tick import schedule
+from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.control")
 
 #: Battles dispatched per tick and per kind: bounds one tick's work under a flood.
-MAX_DISPATCH = 2000
+MAX_DISPATCH = TIMERS.tick.max_dispatch
 #: Every this many seconds the tick re-checks active battles for pending value not marked due
 #: (an ingest that died between its two Redis commands).
-SAFETY_SWEEP = 5.0
-#: Battles per control message, and threads per process working through one message: one
-#: Celery message per battle would cost more than the flush itself at hundreds of battles.
-BATCH = 20
-THREADS = 8
+SAFETY_SWEEP = TIMERS.tick.safety_sweep
+#: Battles per control message, and threads per process working through one message
+#: (worker/engine/timers.py, TickTimers).
+BATCH = TIMERS.tick.batch
+THREADS = TIMERS.tick.threads
 
 #: Sends one control message: `dispatch(kind, battle_ids)`, kind "flush", "reconcile" or "audit".
 Dispatch = Callable[[str, list[str]], None]
@@ -90,8 +91,8 @@ def _pick(rt: Runtime, zkey: str, now: float, budget: int,
           keep: Callable[[list[str]], list[str]] = _keep_all,
           near_end_first: bool = True) -> list[str]:
     """Due battles of `zkey` within `budget`, oldest first, with battles near their end first
-    if `near_end_first` (see worker/engine/tick/schedule.py); `keep(ids)` drops candidates that need no
-    call."""
+    if `near_end_first` (see worker/engine/tick/schedule.py); `keep(ids)` drops candidates that
+    need no call."""
     if not near_end_first:  # the oldest due, page by page: no need to read them all
         chosen: list[str] = []
         seen: set[str] = set()
@@ -133,9 +134,9 @@ def _pick(rt: Runtime, zkey: str, now: float, budget: int,
 
 def _with_value(rt: Runtime, battle_ids: list[str], round_s: float = 0.0) -> list[str]:
     """The battles a flush would send something for now: no idle flush, none in the end game
-    (worker/engine/flush/endgame.py has those), none while a batch must settle first, and none whose end
-    game starts before its next turn in a round of `round_s` s (schedule.skips_turn): those
-    are due again when their end game starts, and it promotes them."""
+    (worker/engine/flush/endgame.py has those), none while a batch must settle first, and none
+    whose end game starts before its next turn in a round of `round_s` s (schedule.skips_turn):
+    those are due again when their end game starts, and it promotes them."""
     if not battle_ids:
         return []
     pipe = pipeline(rt.redis)

@@ -21,10 +21,11 @@ from __future__ import annotations
 import math
 
 from worker.engine.state.limiter import WINDOW_MS, admitted_per_second
+from worker.engine.timers import TIMERS
 
-#: Each running battle's score is audited this often (worker/engine/reconcile/audit.py), within a quarter
-#: of get_battle_info's budget.
-AUDIT_INTERVAL = 30.0
+#: Each running battle's score is audited this often (worker/engine/reconcile/audit.py),
+#: within a quarter of get_battle_info's budget.
+AUDIT_INTERVAL = TIMERS.audit.interval
 
 
 def tick_seconds(flush_interval: float) -> float:
@@ -39,7 +40,7 @@ def urgent_window(flush_interval: float) -> float:
 
 
 #: A tick's budget covers at most this much time since the previous tick.
-MAX_SPAN = 1.0
+MAX_SPAN = TIMERS.tick.max_span
 
 
 def tick_span(now: float, last: float | None, flush_interval: float) -> float:

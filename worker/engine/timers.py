@@ -1,0 +1,299 @@
+"""Every timer of the scorer in one typed object: durations, periods, TTLs, threads, batches.
+
+`TIMERS` holds the defaults, a frozen dataclass per concern, each field saying why (with the
+measurement where there was one). A module binds its name at import (`LOCK_WAIT =
+TIMERS.flush.lock_wait`) and reads that name at call time: tests monkeypatch the module's name.
+The number lives here only: change it after measuring; tests/unit/test_timers.py keeps the
+measured values and the orderings the code relies on. Derived values are properties. Seconds
+unless named `_ms`. Operators' settings are in worker/engine/settings.py. The bottom layer: it
+imports nothing from the project; the doors and tasks/ read it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class StateTimers:
+    """The battle lock (worker/engine/state/lock.py) and the rate limiter (state/limiter.py)."""
+
+    lock_ttl_ms: int = 6_000
+    """A lock's ttl: renewed every third of it, it expires only with its holder dead or frozen."""
+    headroom: float = 0.9
+    """Share of SCORER_API_RATE admitted: at 100 % (and a 50 ms margin) a handful of calls in
+    3,000 arrived bunched and answered 100012, at 90 % none (bench/RESULTS.md; state/limiter.py)."""
+    window_ms: int = 1000
+    """The limiter's sliding window: never more than the rate in ANY such window."""
+    margin_ms: int = 0
+    """The margin the window is widened by (none: the headroom absorbs the jitter)."""
+
+
+@dataclass(frozen=True)
+class TencentTimers:
+    """The Tencent client's timeouts (worker/engine/tencent/client.py) and its UserSig."""
+
+    connect: float = 2.0
+    """Connecting is cheap to retry: a connection that failed never carried the request."""
+    read: float = 5.0
+    """A slow read is the ambiguous case (the request may land): judging a batch that got no
+    answer waits past it (FlushTimers.landing_window, AuditTimers.after_ambiguity)."""
+    write: float = 5.0
+    """Sending the request."""
+    pool: float = 5.0
+    """Waiting for a pooled connection."""
+    sig_lifetime: int = 24 * 3600
+    """A UserSig's lifetime: cheap, yet a leaked one ages out within a day."""
+    renew_fraction: float = 0.25
+    """Renew once less than this fraction of the lifetime is left (well before expiry)."""
+
+
+@dataclass(frozen=True)
+class ClockTimers:
+    """Tencent's clock as bounds on its offset from ours (worker/engine/tencent/clock.py)."""
+
+    default_spread: float = 0.5
+    """With no sample, the offset is assumed within this many seconds either way."""
+    drift: float = 1e-4
+    """Widening per second of age: clocks drift and NTP slews (100 ppm is generous)."""
+    cache_seconds: float = 0.5
+    """A process re-reads the shared bounds this often."""
+
+
+@dataclass(frozen=True)
+class IngestTimers:
+    """Storing webhooks (worker/engine/ingest/gifts.py) and the watermark (ingest/watermark.py)."""
+
+    outage_retry: float = 60.0
+    """An ingest retries a Redis outage this long, then gives the events back to the queue (the
+    task layer requeues them); shorter than the task time limit."""
+    stuck: float = 10.0
+    """An ingest message unacknowledged this long has lost its consumer (given back by the tick)."""
+
+
+@dataclass(frozen=True)
+class DrainTimers:
+    """Draining a backed-up ingest queue in claimed batches (worker/engine/ingest/drain.py)."""
+
+    threshold: int = 8
+    """Queue length at which an ingest task asks for a drain."""
+    batch: int = 500
+    """Messages per claim: big enough to amortize, small enough to settle in tens of ms."""
+    min_batch: int = 16
+    """A drain keeps going while claims bring at least this many messages (the flood goes on)."""
+    pause: float = 0.02
+    """Pause before the next claim after a partial one, so a steady flow comes in batches."""
+    max_slots: int = 4
+    """Drains requested or running at once (across the deployment)."""
+    slot_lease: float = 30.0
+    """A slot whose drain task never ran (lost, expired: the task expires then) is freed."""
+    claim_lease: float = 10.0
+    """A claim held longer than this is given back to the queue (its drain died or stalled)."""
+    run_seconds: float = 5.0
+    """One drain task runs this long at most, then hands over to a successor (Flower shows it)."""
+
+
+@dataclass(frozen=True)
+class BattleTimers:
+    """Battles' lives (worker/engine/battles/registry.py, ending.py, unstarted.py)."""
+
+    keep_after_end: int = 24 * 3600
+    """A finished battle's keys (and de-duplication set) live this long after its end: longer
+    than any battle, and than any redelivery or replay of its webhooks."""
+    hold_seconds: int = 60
+    """A gift whose room is in no known battle waits this long for a late start webhook."""
+    final_grace: float = 10.0
+    """A battle is finalized this long after its end (late answers, the end webhook)."""
+    resolve_min_delay: float = 5.0
+    """A battle known only from its create webhook (a PK invitation), or without owners, is asked
+    about this far apart at first (the old fixed retry), then half the time waited so far ..."""
+    resolve_max_delay: float = 60.0
+    """... at most this far apart (a start webhook registers it at once; this is the fallback)."""
+    give_up_min_duration: float = 60.0
+    """An invitation that never starts is given up its planned Duration (at least this: a create
+    webhook may carry none) plus `give_up_grace` after it was first seen unresolved ..."""
+    give_up_grace: float = 60.0
+    """... by then even a battle started within it, its start webhook lost, has ended. With 60 s
+    + 60 s a 5-minute PK is given up 6 minutes after its creation, after 14 get_battle_info."""
+
+
+@dataclass(frozen=True)
+class FlushTimers:
+    """A flush (worker/engine/flush/flusher.py), its in-flight batch (inflight.py), its due list."""
+
+    max_rounds: int = 2
+    """Send → resolve rounds in one flush (a read-back finding the batch not applied sends it
+    again) before the batch is left to the schedule; only the first send may wait for a slot."""
+    lock_wait: float = 0.3
+    """A flush waits this long for a lock another flush holds (its batch is about to settle)."""
+    slot_wait: float = 0.5
+    """A freshness flush (LOW lane) waits this long for a call slot, holding no lock (a control
+    thread, though: the tick dispatched no more than the lane carries, so waits are short)."""
+    retry_soon: float = 0.2
+    """A flush that could not run (busy, no slot, a retryable answer) is due again this soon."""
+    refused_retry: float = 5.0
+    """A write refused by our configuration or a proxy (401, 403, 70003, ...) is tried again this
+    much later (a key rotation or a proxy's limit may pass); it stays pending till the end."""
+    start_skew: float = 5.0
+    """A 100006 this close to the start may be our clock running ahead: retried, not final."""
+    landing_window: float = 6.0
+    """A request never answered may still land, and a read-back taken sooner could see "not
+    applied" and a re-send count it twice. So a batch whose sender died is judged this long
+    after it was sent (the client reads for up to 5 s: nothing ended the request sooner) ..."""
+    after_error: float = 1.0
+    """... and one whose sender saw the request end (a reset, a timeout) this long after that."""
+    near_end_after: float = 0.3
+    """Near its end (EndGameTimers.near_end) a request is judged this long after it ended."""
+
+
+@dataclass(frozen=True)
+class EndGameTimers:
+    """A battle's last seconds (worker/engine/flush/near_end.py, endgame.py, rounds.py)."""
+
+    end_margin: float = 0.05
+    """A battle has surely ended (no call can land) this long after its end, by Tencent's clock."""
+    near_end: float = 8.0
+    """Within this of its end (the latest Tencent's clock may read), a call under a battle's lock
+    waits `near_end_read` for its answer, not the client's 5 s: ..."""
+    near_end_read: float = 1.5
+    """... Tencent may hold a request past the end, and the lock kept the last flush out
+    meanwhile (an overwrite that waited 5 s cost a battle its last 77 coins in bench.chaos)."""
+    final_lead: float = 0.35
+    """A battle whose ambiguous write may still land gets a last OpType 2 of the ledger this long
+    before its end: a request held past its client's timeout landed in a battle's last second,
+    after its last flush, 17 coins over (bench.chaos)."""
+    final_window: float = 1.5
+    """Seconds before its end (Tencent's clock) from which a battle's value is flushed at once."""
+    poll: float = 0.02
+    """The rounds' period between ticks."""
+    plan_every: float = 0.25
+    """The runner re-plans (promotes, renews the reserve), looks for a dedicated one, this often."""
+    horizon: float = 1.0
+    """Battles ending within this many seconds past the window count toward the reserve."""
+    dedicated_ttl_ms: int = 2000
+    """A dedicated end-game process (doors/endgame_main.py) renews its key with this ttl."""
+    coalesce: float = 0.03
+    """Value waits this long for more of the same moment before an end-game flush."""
+    threads: int = 16
+    """Threads of the end-game flushes (each waits on one Tencent round trip at a time)."""
+    round_max: int = 200
+    """End-game battles looked at per round, soonest end first."""
+
+
+@dataclass(frozen=True)
+class ReconcileTimers:
+    """The reconcile rule's timings (worker/engine/reconcile/judge.py)."""
+
+    skew: int = 2
+    """Webhooks lead or trail Tencent's counting by up to this many seconds (tencent-api.md §4)."""
+    final_window: float = 12.0
+    """In a battle's last `final_window` s plus one interval, reconcile runs every judge_delay."""
+    typical_lag: float = 0.6
+    """How far the watermark trails the present when ingest keeps up (a tick or two)."""
+    pair_gap: float = 1.0
+    """A room's confirming read comes this long after the first, judged with it: a drift is
+    confirmed in one cycle (a quiet window between two bursts is often only a few seconds)."""
+
+    @property
+    def judge_delay(self) -> float:
+        """Reconcile's period in a battle's last stretch: the skew and 1.5 s."""
+        return self.skew + 1.5
+
+    @property
+    def read_lag(self) -> float:
+        """No read while the ingest watermark trails the present by more than this (the skew and
+        3 s): it could not be judged until the backlog is gone, and a read then tells the same."""
+        return self.skew + 3.0
+
+
+@dataclass(frozen=True)
+class AuditTimers:
+    """Score audits (worker/engine/reconcile/audit.py; scheduled by worker/engine/tick/)."""
+
+    interval: float = 30.0
+    """Each running battle's score is audited this often (a quarter of get_battle_info's budget)."""
+    after_ambiguity: float = 10.0
+    """A settled ambiguity is audited this long after it settled: a write that outlived its
+    client's 5 s timeout has landed or expired by then ..."""
+    end_lead: float = 3.0
+    """... but no later than this long before the battle's end: a double count must be healed
+    before the buzzer, and the audit be done before the end game (its last 1.5 s) needs the
+    battle's lock (a read and a write, each allowed 1.5 s there)."""
+    retry: float = 0.5
+    """An audit that could not run (no slot, lock busy, batch in flight) is due again this soon."""
+    slot_wait: float = 0.5
+    """How long an audit waits for a get_battle_info slot (holding no lock)."""
+
+
+@dataclass(frozen=True)
+class TickTimers:
+    """The beat's tick (worker/engine/tick/dispatch.py, schedule.py)."""
+
+    max_dispatch: int = 2000
+    """Battles dispatched per tick and per kind: bounds one tick's work under a flood."""
+    safety_sweep: float = 5.0
+    """The tick re-checks active battles this often for value an interrupted ingest left not due."""
+    batch: int = 20
+    """Battles per control message (one message per battle would cost more than its flush)."""
+    threads: int = 8
+    """Threads per process working through control messages' battles."""
+    max_span: float = 1.0
+    """A tick's budget covers at most this much time since the previous tick."""
+
+
+@dataclass(frozen=True)
+class ControlTimers:
+    """Control tasks (tasks/control.py) and their thread-pool workers (doors/control_pool.py)."""
+
+    task_expires: int = 30
+    """A dispatched control task older than this is dropped; the next tick sends a fresh one."""
+    threads: int = 8
+    """Threads of each control worker: control tasks carry batches of battles and run them on
+    their own small pool (TickTimers.threads), so a few concurrent tasks keep the budget busy."""
+    restart_delay: tuple[float, float] = (1.0, 30.0)
+    """A control worker that exits is started again after the first, doubling up to the second."""
+    stop_grace: float = 20.0
+    """On shutdown, the control worker gets this long to finish its tasks before SIGKILL."""
+
+
+@dataclass(frozen=True)
+class CeleryTimers:
+    """Celery's timers (worker/doors/celeryconfig.py says more of why)."""
+
+    visibility_timeout: int = 180
+    """kombu restores an unacknowledged message held this long: above the longest legitimate hold
+    (a task's `time_limit`, a warm shutdown's stop_grace_period, 150 s), or those run twice."""
+    health_check_interval: int = 10
+    """The broker connection is checked this often."""
+    soft_time_limit: int = 100
+    """Prefork tasks: an ingest's outage retry and last attempt (~10 s) and a drain's run fit; a
+    lower limit cuts an ingest mid-retry and (acks_late) acknowledges events never stored."""
+    time_limit: int = 120
+    """The hard limit, above the soft one."""
+    tick_expires: int = 5
+    """A `scorer.tick` that beat published and no worker took within this long is dropped."""
+    beat_max_loop_interval: int = 1
+    """Beat wakes at least this often."""
+
+
+@dataclass(frozen=True)
+class Timers:
+    """Every timer, by concern (each documented in its class); `TIMERS` holds the defaults."""
+
+    state: StateTimers = field(default_factory=StateTimers)
+    tencent: TencentTimers = field(default_factory=TencentTimers)
+    clock: ClockTimers = field(default_factory=ClockTimers)
+    ingest: IngestTimers = field(default_factory=IngestTimers)
+    drain: DrainTimers = field(default_factory=DrainTimers)
+    battles: BattleTimers = field(default_factory=BattleTimers)
+    flush: FlushTimers = field(default_factory=FlushTimers)
+    endgame: EndGameTimers = field(default_factory=EndGameTimers)
+    reconcile: ReconcileTimers = field(default_factory=ReconcileTimers)
+    audit: AuditTimers = field(default_factory=AuditTimers)
+    tick: TickTimers = field(default_factory=TickTimers)
+    control: ControlTimers = field(default_factory=ControlTimers)
+    celery: CeleryTimers = field(default_factory=CeleryTimers)
+
+
+#: The defaults, read by every module at import.
+TIMERS = Timers()
