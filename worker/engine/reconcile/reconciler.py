@@ -1,10 +1,11 @@
 """Reconcile: compare each room's authoritative total (get_gift_count) with the ledger; fix drift.
 
 A pass over one battle (`reconcile_battle`) reads the battle's reconcile state from Redis,
-judges its stored reads with the rule in worker/engine/reconcile/judge.py (which has the argument: the
-skew window, the baseline, two agreeing reads), decides confirmed drift in one atomic step
-for the flush path to deliver, takes the new reads that could be judged, and schedules the
-next pass. A battle not known to have started is handed to worker/engine/battles/unstarted.py.
+judges its stored reads with the rule in worker/engine/reconcile/judge.py (which has the
+argument: the skew window, the baseline, two agreeing reads), decides confirmed drift in one
+atomic step for the flush path to deliver, takes the new reads that could be judged, and
+schedules the next pass. A battle not known to have started is handed to
+worker/engine/battles/unstarted.py.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class Reconciler:
 
     def _readable(self, updates: dict[str, str], recon: dict[str, str],
                   ledgers: dict[str, dict[int, int]], mark: float, now: float) -> dict[str, str]:
-        """Rooms whose fresh read could be judged (see worker/engine/reconcile/judge.py) → their owner."""
+        """Rooms whose fresh read could be judged (see reconcile/judge.py) → their owner."""
         if judge.reads_blocked(mark, now):
             return {}
         rooms: dict[str, str] = {}

@@ -33,7 +33,8 @@ return out
 
 # Route a gift by its room and second, or hold it until its battle is known. Atomic with the
 # registration of battles in the room index, so a gift can never fall between the two.
-# The rule is find_battle's in worker/engine/battles/roomindex.py (see its docstring; keep both alike):
+# The rule is find_battle's in worker/engine/battles/roomindex.py (see its docstring; keep
+# both alike):
 # the latest start among the windows holding the second, ties to the greater BattleId in byte
 # order (compared byte by byte here: Lua's `<` on strings follows the server's locale). The
 # index value format ("start end owner", owner '-' while unknown) is roomindex.py's too.
