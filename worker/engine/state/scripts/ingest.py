@@ -6,7 +6,9 @@ from __future__ import annotations
 # pending delta, ledger and per-second sums. One call per battle per batch, so a bulk message
 # costs one command per battle rather than one per gift.
 # A gift that would take its room's ledger past MAX_SCORE (2**53, worker/engine/tencent/models.py)
-# is refused before it is marked seen: no batch can then exceed what Tencent holds.
+# is refused before it is marked seen: no batch can then exceed what Tencent holds. The bound
+# is compared as v > 2**53 - ledger: Lua numbers are doubles, and ledger + v rounds 2**53 + 1
+# down to 2**53 (tests/unit/battles/test_registry.py).
 # KEYS: seen, pending, ledger, secs   ARGV: expire_at, then event_id, room, value, second per gift
 # Returns one flag per gift: 1 if new, 0 if a duplicate, 2 if refused (out of bounds).
 INGEST = """
@@ -15,7 +17,7 @@ for j = 2, #ARGV, 4 do
   local v = tonumber(ARGV[j + 2])
   if redis.call('SISMEMBER', KEYS[1], ARGV[j]) == 1 then
     out[#out + 1] = 0
-  elseif v < 0 or (tonumber(redis.call('HGET', KEYS[3], ARGV[j + 1])) or 0) + v > 9007199254740992 then
+  elseif v < 0 or v > 9007199254740992 - (tonumber(redis.call('HGET', KEYS[3], ARGV[j + 1])) or 0) then
     out[#out + 1] = 2
   else
     redis.call('SADD', KEYS[1], ARGV[j])

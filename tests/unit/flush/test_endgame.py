@@ -1,0 +1,104 @@
+"""Unit tests of worker/engine/flush/endgame.py: the final window, its marks, plan and reserve."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.conftest import T0
+from worker.engine.flush import endgame
+from worker.engine.runtime import Runtime
+from worker.engine.state import keys
+
+RESERVE = keys.rate_reserve_key("set_battle_score")
+
+
+def no_flush(*args: object, **kwargs: object) -> str:
+    """A flush that must not be called."""
+    raise AssertionError("no end-game flush was due")
+
+
+def test_a_battle_is_in_its_final_window_from_final_window_before_its_end() -> None:
+    latest = 1000.0
+    assert endgame.in_window(latest + endgame.FINAL_WINDOW, latest)
+    assert not endgame.in_window(latest + endgame.FINAL_WINDOW + 0.01, latest)
+    assert endgame.in_window(latest - 5, latest)  # past its end: still flushed at once
+    assert not endgame.in_window(0.0, latest)  # end unknown
+
+
+def test_mark_queues_each_battle_once_at_the_time_its_value_first_waited(
+        frt: Runtime) -> None:
+    pipe = frt.redis.pipeline()
+    endgame.mark(pipe, ["b1", "b2"], T0)
+    endgame.mark(pipe, ["b1"], T0 + 1)  # more value: it keeps its place
+    endgame.mark(pipe, [], T0 + 2)
+    pipe.execute()
+    assert frt.redis.zrange(keys.ENDGAME_DUE, 0, -1, withscores=True) == [("b1", T0),
+                                                                          ("b2", T0)]
+
+
+@pytest.mark.parametrize("window", [1.0, 2.0])
+def test_the_reserve_is_one_last_flush_per_ending_battle_spread_over_the_horizon(
+        window: float) -> None:
+    span = endgame.FINAL_WINDOW + endgame.HORIZON
+    assert endgame.reserve(0, window) == 0
+    assert endgame.reserve(1, window) == 1
+    assert endgame.reserve(40, window) == round(40 * window / span)
+    assert endgame.reserve(41, window) == round(40 * window / span) + 1  # rounded up
+
+
+def test_plan_promotes_battles_entering_the_window_with_value_and_keeps_their_reserve(
+        frt: Runtime) -> None:
+    # By Tencent's clock (+-0.5 s with no sample): the window ends at T0 + 0.5 + 1.5.
+    frt.redis.zadd(keys.ACTIVE, {"entering": T0 + 1.0, "not_due_yet": T0 + 1.2,
+                                 "horizon": T0 + 2.5, "idle": T0 + 1.0, "far": T0 + 60,
+                                 "over": T0 - 5})
+    frt.redis.zadd(keys.FLUSH_DUE, {"entering": T0 - 1, "not_due_yet": T0 + 5,
+                                    "horizon": T0 - 1, "far": T0 - 1, "over": T0 - 1})
+    calls = endgame.plan(frt, T0)
+    assert frt.redis.zrange(keys.ENDGAME_DUE, 0, -1, withscores=True) == [("entering", T0)]
+    # Three battles with value end within the window and horizon: ceil(3 x 1 s / 2.5 s).
+    assert calls == 2 and frt.redis.get(RESERVE) == "2"
+    assert 0 < frt.redis.pttl(RESERVE) <= 2000  # it lapses if the ticks stop
+    frt.redis.delete(keys.ACTIVE)
+    assert endgame.plan(frt, T0) == 0
+    assert not frt.redis.exists(RESERVE)
+
+
+def test_the_runner_runs_only_while_it_holds_the_end_game_lock(frt: Runtime) -> None:
+    asked: list[bool] = []
+
+    def once() -> bool:
+        asked.append(True)
+        return len(asked) == 1
+
+    frt.redis.set(keys.ENDGAME_LOCK, "another-runner")
+    endgame._hold_and_run(frt, no_flush, once)
+    assert asked == []  # another runner holds it: this one stands by
+    frt.redis.delete(keys.ENDGAME_LOCK)
+    frt.redis.zadd(keys.ACTIVE, {"b1": T0 + 1.0})
+    frt.redis.zadd(keys.FLUSH_DUE, {"b1": T0 - 1})
+    endgame._hold_and_run(frt, no_flush, once)
+    assert asked == [True, True]  # one round, then `go` said stop
+    assert frt.redis.zscore(keys.ENDGAME_DUE, "b1") == T0  # its plan ran
+    assert not frt.redis.exists(keys.ENDGAME_LOCK)  # and it let the lock go
+
+
+def test_the_runner_thread_is_started_once_per_process(
+        frt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[str] = []
+
+    class Thread:
+        """Records the thread instead of starting it."""
+
+        def __init__(self, target: object, args: tuple[object, ...], daemon: bool,
+                     name: str) -> None:
+            self.name = name
+
+        def start(self) -> None:
+            started.append(self.name)
+
+    monkeypatch.setattr(endgame.threading, "Thread", Thread)
+    monkeypatch.setattr(endgame, "_runner_pid", 0)  # (as in a fresh or forked process)
+    endgame.ensure_runner(frt, no_flush)
+    endgame.ensure_runner(frt, no_flush)
+    assert started == ["endgame"]

@@ -1,0 +1,135 @@
+"""Unit tests of worker/engine/reconcile/reconciler.py: one reconcile pass over one battle."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import respx
+
+from tests.unit.conftest import T0
+from tests.unit.flush.answers import BATTLE_INFO, GIFT_COUNT, answer, info, ints, sent, start
+from worker.engine.battles import registry
+from worker.engine.battles.records import Battle
+from worker.engine.flush.inflight import LockLost
+from worker.engine.reconcile import reconciler
+from worker.engine.reconcile.judge import JUDGE_DELAY, Read
+from worker.engine.reconcile.reconciler import Reconciler, reconcile_battle
+from worker.engine.runtime import Runtime
+from worker.engine.state import keys
+from worker.engine.state.counters import read
+from worker.engine.state.keys import BattleKeys
+from worker.engine.state.lock import BattleLock
+
+BK = BattleKeys("b1")
+#: The watermark that judges reads taken before T0 - 9 but lets no new read be taken (it lags
+#: by more than READ_LAG).
+LAGGING = T0 - 6.0
+#: The watermark of an ingest that keeps up.
+KEEPING_UP = T0 - 0.5
+
+
+def a_read(at: float, total: int) -> Read:
+    """A get_gift_count read taken at `at` (0.2 s long) that answered `total`."""
+    return {"t0": at, "t1": at + 0.2, "R": total}
+
+
+def running(rt: Runtime, mark: float, **recon: object) -> None:
+    """Battle b1 (T0 - 100 to T0 + 300) with its reconcile state `recon` (lists as JSON) and
+    the ingest watermark at `mark`."""
+    start(rt, at=T0 - 100, seconds=400)
+    if recon:
+        rt.redis.hset(BK.recon, mapping={k.replace("_", ":"): v if isinstance(v, str)
+                                         else json.dumps(v) for k, v in recon.items()})
+    rt.redis.hset(keys.INGEST_WATERMARK, "w", mark)
+
+
+def test_a_drift_two_reads_agree_on_is_decided_once_for_the_flush_path(frt: Runtime) -> None:
+    reads = [a_read(T0 - 20, 110), a_read(T0 - 15, 110)]  # 10 more than the baseline, twice
+    running(frt, LAGGING, base_r1="100", obs_r1=reads)
+    assert reconcile_battle(frt, "b1") == "corrected"
+    # Decided in one step: the room's corrections and its pending value; no write here.
+    assert ints(frt, BK.pending) == {"r1": 10} and ints(frt, BK.corr) == {"r1": 10}
+    assert frt.redis.zscore(keys.FLUSH_DUE, "b1") == T0
+    assert read(frt.redis)["reconcile_corrections"] == 1
+    assert frt.redis.hget(BK.recon, "obs:r1") == "[]"
+    # The same reads judged again (a pass whose updates were lost) decide nothing twice.
+    frt.redis.hset(BK.recon, mapping={"obs:r1": json.dumps(reads), "last:r1": ""})
+    assert reconcile_battle(frt, "b1") == "ok"
+    assert ints(frt, BK.pending) == {"r1": 10} and ints(frt, BK.corr) == {"r1": 10}
+
+
+def test_the_first_read_is_the_baseline_and_a_lone_drift_waits_for_its_second(
+        frt: Runtime) -> None:
+    running(frt, LAGGING, obs_r1=[a_read(T0 - 20, 130)])
+    frt.redis.hset(BK.secs, f"r1|{int(T0) - 50}", 30)  # ingested before the read's window
+    assert reconcile_battle(frt, "b1") == "ok"
+    assert frt.redis.hget(BK.recon, "base:r1") == "100"  # what the room held before, net
+    frt.redis.hset(BK.recon, "obs:r1", json.dumps([a_read(T0 - 15, 140)]))
+    assert reconcile_battle(frt, "b1") == "ok"
+    assert frt.redis.hget(BK.recon, "last:r1") == "10"
+    assert not frt.redis.exists(BK.pending)
+    assert frt.redis.zscore(keys.RECONCILE_DUE, "b1") == T0 + 1.0  # its second read, soon
+
+
+def test_a_drift_confirmed_after_the_end_is_only_reported(frt: Runtime) -> None:
+    running(frt, T0 + 294, base_r1="100",
+            obs_r1=[a_read(T0 + 280, 110), a_read(T0 + 285, 110)])
+    frt.clock = lambda: T0 + 301  # surely ended, whatever Tencent's clock
+    assert reconcile_battle(frt, "b1") == "ok"
+    assert not frt.redis.exists(BK.pending) and not frt.redis.exists(BK.corr)
+    assert read(frt.redis)["late_drift"] == 1
+    assert frt.redis.zscore(keys.RECONCILE_DUE, "b1") is None  # no pass after the end
+
+
+def test_fresh_reads_are_taken_while_ingest_keeps_up_and_judged_soon(
+        frt: Runtime, respx_mock: respx.MockRouter) -> None:
+    running(frt, KEEPING_UP)
+    route = respx_mock.post(GIFT_COUNT).mock(return_value=answer({"TotalCoins": 120}))
+    assert reconcile_battle(frt, "b1") == "ok"
+    assert sorted((b["RoomId"], b["From_Account"]) for b in sent(route)) == [("r1", "o1"),
+                                                                             ("r2", "o2")]
+    assert json.loads(frt.redis.hget(BK.recon, "obs:r2")) == [{"t0": T0, "t1": T0, "R": 120}]
+    # Every room waits on a read: the next pass when the confirming reads are due.
+    assert frt.redis.zscore(keys.RECONCILE_DUE, "b1") == T0 + 1.0
+
+
+def test_no_read_while_ingest_lags(frt: Runtime) -> None:
+    running(frt, T0 - 10)  # a backlog: a read now could not be judged (no route is mocked)
+    assert reconcile_battle(frt, "b1") == "ok"
+    assert frt.redis.zscore(keys.RECONCILE_DUE, "b1") == T0 + frt.settings.reconcile_interval
+
+
+def test_a_battle_not_started_is_resolved_and_a_given_up_one_costs_no_call(
+        frt: Runtime, respx_mock: respx.MockRouter) -> None:
+    registry.register(frt, "b1", 0, 300_000, {"r1": None}, "create")
+    route = respx_mock.post(BATTLE_INFO).mock(return_value=info("b1", {"r1": 0}))
+    assert reconcile_battle(frt, "b1") == "unresolved"
+    assert route.call_count == 1
+    frt.redis.hset(BK.meta, "status", "given_up")
+    frt.redis.zadd(keys.RECONCILE_DUE, {"b1": T0})
+    assert reconcile_battle(frt, "b1") == "given_up"
+    assert route.call_count == 1
+    assert frt.redis.zscore(keys.RECONCILE_DUE, "b1") is None
+    frt.redis.set(BK.rlock, "another-pass")
+    assert reconcile_battle(frt, "b1") == "busy"
+
+
+def test_a_pass_that_lost_its_lock_decides_nothing(frt: Runtime) -> None:
+    running(frt, LAGGING, base_r1="100", obs_r1=[a_read(T0 - 20, 110), a_read(T0 - 15, 110)])
+    battle = Battle.load(frt, "b1")
+    assert battle is not None
+    lost = BattleLock(frt.redis, BK.rlock)  # never taken: its token is not the lock's
+    with pytest.raises(LockLost):
+        Reconciler(frt, battle, lost).run()
+    assert not frt.redis.exists(BK.pending) and not frt.redis.exists(BK.corr)
+
+
+def test_passes_come_every_interval_then_every_judge_delay_near_the_end(frt: Runtime) -> None:
+    battle = start(frt, at=T0 - 100, seconds=400)  # ends at T0 + 300
+    interval = frt.settings.reconcile_interval
+    assert reconciler.next_due(frt, battle) == T0 + interval
+    frt.clock = lambda: T0 + 295
+    assert reconciler.next_due(frt, battle) == T0 + 295 + min(interval, JUDGE_DELAY)
+    frt.clock = lambda: T0 + 300
+    assert reconciler.next_due(frt, battle) is None

@@ -1,0 +1,136 @@
+"""Unit tests of worker/engine/tick/dispatch.py: what one tick dispatches, in batches, in budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.conftest import T0
+from tests.unit.flush.answers import start
+from worker.engine.battles.records import Gift
+from worker.engine.battles.registry import HOLD_SECONDS, route
+from worker.engine.flush import endgame
+from worker.engine.runtime import Runtime
+from worker.engine.state import keys
+from worker.engine.state.keys import BattleKeys, RoomKeys
+from worker.engine.tick import dispatch, schedule
+
+Sent = list[tuple[str, list[str]]]
+
+
+@pytest.fixture(autouse=True)
+def _quiet(frt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No end-game runner thread, and a Redis that answers INFO (fakeredis does not)."""
+    monkeypatch.setattr(dispatch.endgame, "ensure_runner", lambda rt, flush: None)
+    monkeypatch.setattr(frt.redis, "info", lambda section: {"run_id": "unit"})
+
+
+def with_value(rt: Runtime, due: dict[str, float], end: float = T0 + 3600) -> None:
+    """Battles due for a flush at `due`, ending at `end`, each with value pending."""
+    for bid in due:
+        rt.redis.hset(BattleKeys(bid).pending, "r1", 1)
+        rt.redis.zadd(keys.ACTIVE, {bid: end})
+    rt.redis.zadd(keys.FLUSH_DUE, due)
+
+
+def tick(rt: Runtime) -> tuple[dict[str, int], Sent]:
+    """One tick; returns its counts and the control messages it sent."""
+    sent: Sent = []
+    out = dispatch.run_tick(rt, lambda kind, ids: sent.append((kind, ids)))
+    return out, sent
+
+
+def test_flushes_go_oldest_first_within_the_budget_in_batches(
+        frt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dispatch, "BATCH", 4)
+    with_value(frt, {f"b{i:02}": T0 - 100 + i for i in range(30)})
+    frt.redis.zadd(keys.FLUSH_DUE, {"idle": T0 - 200})  # nothing to send: forgotten
+    budget = schedule.per_tick_budget(frt.settings.api_rate, frt.settings.flush_interval)
+    out, sent = tick(frt)
+    flushed = [ids for kind, ids in sent if kind == "flush"]
+    assert [len(ids) for ids in flushed] == [4, 4, 1] and out["flush"] == budget == 9
+    assert [b for ids in flushed for b in ids] == [f"b{i:02}" for i in range(9)]
+    assert frt.redis.zscore(keys.FLUSH_DUE, "idle") is None
+    # Dispatched: due again a flush interval on; the rest keep their place in the line.
+    assert frt.redis.zscore(keys.FLUSH_DUE, "b00") == T0 + frt.settings.flush_interval
+    assert frt.redis.zscore(keys.FLUSH_DUE, "b09") == T0 - 91
+
+
+def test_reconciles_pick_battles_near_their_end_first_within_their_budget(
+        frt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(frt.settings, "api_rate", 20)  # one reconcile a tick
+    frt.redis.zadd(keys.ACTIVE, {"old": T0 + 3600, "ending": T0 + 2})
+    frt.redis.zadd(keys.RECONCILE_DUE, {"old": T0 - 30, "ending": T0 - 1})
+    out, sent = tick(frt)
+    assert ("reconcile", ["ending"]) in sent and out["reconcile"] == 1
+    assert frt.redis.zscore(keys.RECONCILE_DUE, "ending") == T0 + max(
+        1.0, min(5.0, frt.settings.reconcile_interval))  # provisional: the task sets its own
+    assert frt.redis.zscore(keys.RECONCILE_DUE, "old") == T0 - 30
+
+
+def test_a_battle_about_to_end_is_picked_even_past_the_oldest_max_dispatch(
+        frt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dispatch, "MAX_DISPATCH", 3)
+    frt.redis.zadd(keys.ACTIVE, {f"b{i}": T0 + 3600 for i in range(5)})
+    frt.redis.zadd(keys.ACTIVE, {"ending": T0 + 1})
+    frt.redis.zadd(keys.AUDIT_DUE, {**{f"b{i}": T0 - 50 + i for i in range(5)},
+                                    "ending": T0 - 1})
+    assert dispatch._pick(frt, keys.AUDIT_DUE, T0, budget=2) == ["ending", "b0"]
+
+
+def test_oldest_first_pages_past_battles_that_need_no_call_and_over_equal_times(
+        frt: Runtime) -> None:
+    ids = [f"b{i:02}" for i in range(12)]
+    frt.redis.zadd(keys.FLUSH_DUE, dict.fromkeys(ids, T0 - 5))  # all due the same instant
+
+    def even_only(batch: list[str]) -> list[str]:
+        return [b for b in batch if int(b[1:]) % 2 == 0]
+
+    chosen = dispatch._pick(frt, keys.FLUSH_DUE, T0, budget=4, keep=even_only,
+                            near_end_first=False)
+    assert chosen == ["b00", "b02", "b04", "b06"]
+    assert dispatch._pick(frt, keys.FLUSH_DUE, T0 - 10, budget=4, near_end_first=False) == []
+
+
+def test_no_freshness_flush_for_battles_the_end_game_has_or_will_have(frt: Runtime) -> None:
+    with_value(frt, {"far": T0 - 9})
+    with_value(frt, {"soon": T0 - 9}, end=T0 + 5)  # its end game starts in ~3 s
+    with_value(frt, {"marked": T0 - 9}, end=T0 + 1)
+    frt.redis.zadd(keys.ENDGAME_DUE, {"marked": T0 - 1})
+    frt.redis.zadd(keys.FLUSH_DUE, {"idle": T0 - 9})
+    # A 10 s round: "soon" would not get its turn again before its end game.
+    assert dispatch._with_value(frt, ["far", "soon", "marked", "idle"], 10.0) == ["far"]
+    window_at = T0 + 5 - endgame.FINAL_WINDOW - (frt.tclock.latest() - T0)
+    assert frt.redis.zscore(keys.FLUSH_DUE, "soon") == window_at
+    assert frt.redis.zscore(keys.FLUSH_DUE, "idle") is None
+    # A round shorter than the flush interval: every battle keeps its turn.
+    assert dispatch._with_value(frt, ["far", "soon"], 0.1) == ["far", "soon"]
+
+
+def test_the_tick_finalizes_ended_battles_sweeps_held_gifts_and_marks_forgotten_value(
+        frt: Runtime) -> None:
+    start(frt, "ended", at=T0 - 100, seconds=60)  # ended T0 - 40
+    start(frt, "b1", seconds=600)
+    route(frt, [Gift("e1", "r9", ("o9",), int(T0), 5)])  # held: no battle in room r9
+    frt.redis.hset(BattleKeys("b1").pending, "r1", 3)  # an ingest died before its ZADD
+    frt.clock = lambda: T0 + HOLD_SECONDS
+    out, _ = tick(frt)
+    assert out["finalized"] == 1 and frt.redis.hget(BattleKeys("ended").meta,
+                                                    "status") == "finished"
+    assert out["held_rooms"] == 1 and frt.redis.smembers(RoomKeys("r9").seen_outside) == {"e1"}
+    assert frt.redis.zscore(keys.FLUSH_DUE, "b1") == T0 + HOLD_SECONDS  # the safety sweep
+    assert float(frt.redis.get(keys.SAFETY_SWEEP)) == T0 + HOLD_SECONDS
+
+
+def test_one_tick_at_a_time_and_one_failing_battle_does_not_stop_the_others(
+        frt: Runtime) -> None:
+    frt.redis.set(keys.TICK_LOCK, "another-tick")
+    assert dispatch.run(frt, lambda kind, ids: None) == {}
+
+    def work(rt: Runtime, battle_id: str) -> str:
+        if battle_id == "bad":
+            raise RuntimeError("boom")
+        return f"done {battle_id}"
+
+    assert dispatch.run_many(frt, work, ["b1"]) == {"b1": "done b1"}
+    assert dispatch.run_many(frt, work, ["b1", "bad", "b2"]) == {
+        "b1": "done b1", "bad": "error", "b2": "done b2"}
