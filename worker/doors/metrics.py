@@ -145,12 +145,14 @@ class ScorerCollector:
         pipe.zcard(keys.FLUSH_DUE)
         pipe.zcard(keys.HELD_ROOMS)
         pipe.llen(keys.DEAD_LETTERS)
+        pipe.get(keys.DEAD_LETTERS_DROPPED)
         pipe.get(keys.TICK_AT)
         pipe.get(BEAT_PUBLISHED)
         for zkey in (keys.FLUSH_DUE, keys.ENDGAME_DUE):
             pipe.zrangebyscore(zkey, "-inf", now, start=0, num=OLDEST_SCAN, withscores=True)
         (raw_stats, calls_raw, sums_raw, buckets_raw, wait_raw, active, first_due, due,
-         held, dead, tick_at, beat_at, flush_due, endgame_due) = pipe.execute()
+         held, dead, dropped, tick_at, beat_at, flush_due, endgame_due) = pipe.execute()
+        raw_stats["dead_letters_dropped"] = dropped or 0  # kept beside its list (one slot)
 
         ev = CounterMetricFamily("scorer_events", "Events by what became of them",
                                  labels=["outcome"])

@@ -151,6 +151,14 @@ class Settings(BaseSettings):
         """SCORER_SENTINEL_PASSWORD in clear (None if unset), for the Sentinel clients."""
         return self.sentinel_password.get_secret_value() if self.sentinel_password else None
 
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # repr() (a traceback, a debugger, a log of the object) shows the Redis URLs with their
+        # passwords masked, as masked() does; SecretStr fields mask themselves.
+        for name, value in super().__repr_args__():
+            if name and name.endswith("redis_url") and isinstance(value, str):
+                value = _mask_url_password(value)
+            yield name, value
+
     def masked(self) -> dict[str, str]:
         """The effective settings as printable strings, the secret masked."""
         out: dict[str, str] = {}

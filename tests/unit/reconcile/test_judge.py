@@ -1,4 +1,4 @@
-"""The reconcile rule (worker/engine/reconcile/judge.py) as tables of cases: no Redis, no process, no clock.
+"""The reconcile rule (reconcile/judge.py) as tables of cases: no Redis, no process, no clock.
 
 Times are seconds from T, a wall time on a whole second; a read is taken in [t0, t0 + 0.2],
 so its uncertain window is the seconds [t0 - SKEW, t0 + 1 + SKEW] (gifts there may or may not

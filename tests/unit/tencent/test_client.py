@@ -1,19 +1,29 @@
-"""The Tencent client against the sandbox: signing, UserSig renewal, every outcome class."""
+"""worker.engine.tencent.client: signing, retries, UserSig renewal, outcomes (sandbox, respx)."""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
+import respx
 import TLSSigAPIv2
 
 from scorer_local.sandbox import Reject, verify_usersig
 from scorer_local.sandbox_control import SandboxControl
 from tests.conftest import SDKAPPID, SECRET
+from tests.unit.conftest import API
 from worker.engine.settings import Settings
 from worker.engine.tencent import Outcome, TencentClient, TencentError
-from worker.engine.tencent.errors import classify_code, classify_exception, classify_status
+from worker.engine.tencent.client import ADMITTED, SERVICES
+from worker.engine.tencent.errors import (
+    RateLimitTimeout,
+    classify_code,
+    classify_exception,
+    classify_status,
+)
 from worker.engine.tencent.usersig import UserSigCache
 
 
@@ -180,3 +190,194 @@ def test_rate_limit_of_the_sandbox_answers_100012(sandbox, client, battle):
     with pytest.raises(TencentError) as err:
         client.call("get_battle_info", {"BattleId": bid}, max_attempts=1)
     assert err.value.code == 100012 and err.value.outcome is Outcome.retryable
+
+
+# -- Without the sandbox: respx answers at tests.unit.conftest.API, sleeps are recorded -----
+
+SCORE = f"/v4/{SERVICES['set_battle_score']}/set_battle_score"
+INFO = f"/v4/{SERVICES['get_battle_info']}/get_battle_info"
+GIFTS = f"/v4/{SERVICES['get_gift_count']}/get_gift_count"
+
+
+def _ok(response: dict | None = None, **top: object) -> httpx.Response:
+    """A Tencent answer: ErrorCode 0 (or as given), a RequestId, a Date header."""
+    body = {"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": "", "RequestId": "req-1",
+            "Response": response or {}, **top}
+    return httpx.Response(200, json=body, headers={"Date": "Fri, 15 Jan 2027 08:00:00 GMT"})
+
+
+class RecordingLimiter:
+    """A limiter that admits at once and records what it was asked."""
+
+    window_ms = 1000
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.asked: list[tuple[str, float | None, str]] = []
+        self.fail = fail
+
+    def acquire(self, api: str, max_wait: float | None = None, lane: str = "high") -> float:
+        self.asked.append((api, max_wait, lane))
+        if self.fail is not None:
+            raise self.fail
+        return 0.0
+
+    def try_acquire(self, api: str, lane: str = "high") -> float:
+        return 0.0
+
+    def set_reserve(self, api: str, calls: int) -> None:
+        pass
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def mock() -> Iterator[respx.MockRouter]:
+    with respx.mock(base_url=API, assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
+def unit_client(unit_settings: Settings, sleeps: list[float]) -> Iterator[TencentClient]:
+    c = TencentClient(unit_settings, RecordingLimiter(), backoff=0.2, sleep=sleeps.append)
+    yield c
+    c.close()
+
+
+def test_a_call_is_signed_and_sends_its_typed_body(mock: respx.MockRouter,
+                                                   unit_client: TencentClient) -> None:
+    route = mock.post(SCORE).mock(return_value=_ok({"Result": [
+        {"RoomId": "r1", "ResultCode": 0}, {"RoomId": "r2", "ResultCode": 1}]}))
+    res = unit_client.set_battle_score("b1", 1, {"r1": 5, "r2": 7})
+    assert res.split(["r1", "r2"]) == (["r1"], ["r2"]) and res.RequestId == "req-1"
+    request = route.calls.last.request
+    q = request.url.params
+    assert q["sdkappid"] == "1400000001" and q["identifier"] == "administrator"
+    assert q["contenttype"] == "json" and 0 <= int(q["random"]) < 2**32 and q["usersig"]
+    assert json.loads(request.content) == {"BattleId": "b1", "OpType": 1, "ScoreList": [
+        {"RoomId": "r1", "Score": 5}, {"RoomId": "r2", "Score": 7}]}
+    assert "unit-test-key" not in str(request.url) and "unit-test-key" not in repr(unit_client)
+
+
+def test_retryable_answers_back_off_exponentially_with_jitter(
+        mock: respx.MockRouter, unit_client: TencentClient, sleeps: list[float]) -> None:
+    mock.post(INFO).mock(side_effect=[httpx.Response(502), _ok(ErrorCode=100001),
+                                      _ok({"BattleId": "b1", "Duration": 60_000})])
+    assert unit_client.get_battle_info("b1").Duration == 60_000
+    assert len(sleeps) == 2
+    assert 0.1 <= sleeps[0] <= 0.3 and 0.2 <= sleeps[1] <= 0.6  # 0.2 x 2^n x [0.5, 1.5)
+
+
+def test_retryable_answers_give_up_after_max_attempts(
+        mock: respx.MockRouter, unit_client: TencentClient, sleeps: list[float]) -> None:
+    route = mock.post(INFO).mock(return_value=httpx.Response(503))
+    with pytest.raises(TencentError) as err:
+        unit_client.get_battle_info("b1", max_attempts=3)
+    assert err.value.outcome is Outcome.retryable and err.value.status == 503
+    assert route.call_count == 3 and len(sleeps) == 2
+
+
+@pytest.mark.parametrize("answer,outcome", [
+    (httpx.ReadTimeout, Outcome.ambiguous),  # it may have been applied: never sent again
+    (httpx.Response(200, text="<html>busy</html>"), Outcome.ambiguous),
+    (_ok(ErrorCode=100006, ErrorInfo="battle not running"), Outcome.final),
+    (httpx.Response(404), Outcome.refused),
+    (_ok(ErrorCode=70009), Outcome.refused),
+])
+def test_outcomes_other_than_retryable_raise_at_once(
+        mock: respx.MockRouter, unit_client: TencentClient, sleeps: list[float],
+        answer: object, outcome: Outcome) -> None:
+    route = mock.post(SCORE).mock(side_effect=[answer])
+    with pytest.raises(TencentError) as err:
+        unit_client.set_battle_score("b1", 1, {"r1": 1})
+    assert err.value.outcome is outcome and err.value.api == "set_battle_score"
+    assert route.call_count == 1 and sleeps == []
+
+
+def test_a_final_error_names_its_code_and_request(mock: respx.MockRouter,
+                                                  unit_client: TencentClient) -> None:
+    mock.post(SCORE).mock(return_value=_ok(ErrorCode=100002, ErrorInfo="x" * 500,
+                                           RequestId="req-9"))
+    with pytest.raises(TencentError) as err:
+        unit_client.set_battle_score("b1", 1, {"r1": 1})
+    assert (err.value.code, err.value.request_id) == (100002, "req-9")
+    assert "req-9" in str(err.value) and "x" * 201 not in str(err.value)  # info cut at 200
+
+
+def test_an_answer_that_breaks_the_model_is_ambiguous_not_a_validation_error(
+        mock: respx.MockRouter, unit_client: TencentClient) -> None:
+    mock.post(INFO).mock(return_value=_ok({"Duration": 1}))  # no BattleId
+    with pytest.raises(TencentError) as err:
+        unit_client.get_battle_info("b1")
+    assert err.value.outcome is Outcome.ambiguous and "malformed answer" in str(err.value)
+    mock.post(GIFTS).mock(return_value=_ok({"TotalCoins": "lots"}))
+    with pytest.raises(TencentError):
+        unit_client.get_gift_count("r1", "o1")
+
+
+def test_an_expired_sig_is_renewed_once_then_refused(mock: respx.MockRouter,
+                                                     unit_client: TencentClient,
+                                                     sleeps: list[float]) -> None:
+    route = mock.post(INFO).mock(return_value=_ok(ErrorCode=70001))
+    unit_client.sigs.get()
+    with pytest.raises(TencentError) as err:
+        unit_client.get_battle_info("b1")
+    assert err.value.outcome is Outcome.refused and "after renewal" in str(err.value)
+    assert route.call_count == 2 and sleeps == []
+    assert unit_client.sigs.generated == 2  # a fresh sig for the second attempt, no third
+
+
+def test_the_limiters_timeout_is_raised_before_anything_is_sent(
+        mock: respx.MockRouter, unit_settings: Settings, sleeps: list[float]) -> None:
+    route = mock.post(SCORE).mock(return_value=_ok())
+    limiter = RecordingLimiter(fail=RateLimitTimeout("set_battle_score", 0.5))
+    c = TencentClient(unit_settings, limiter, sleep=sleeps.append)
+    with pytest.raises(RateLimitTimeout):
+        c.set_battle_score("b1", 1, {"r1": 1}, max_wait=0.5, lane="low")
+    assert limiter.asked == [("set_battle_score", 0.5, "low")]  # asked once, not retried
+    assert route.call_count == 0 and sleeps == []
+
+
+def test_an_admitted_call_waits_for_no_slot_first_and_none_after(
+        mock: respx.MockRouter, unit_client: TencentClient) -> None:
+    mock.post(SCORE).mock(side_effect=[httpx.Response(502), _ok()])
+    unit_client.set_battle_score("b1", 1, {"r1": 1}, max_wait=ADMITTED)
+    limiter = unit_client.limiter
+    assert isinstance(limiter, RecordingLimiter)
+    assert limiter.asked == [("set_battle_score", 0.0, "high")]  # the retry: now or never
+
+
+def test_hooks_see_each_attempt_and_a_failing_clock_hook_fails_nothing(
+        mock: respx.MockRouter, unit_client: TencentClient) -> None:
+    mock.post(SCORE).mock(side_effect=[httpx.Response(500), _ok()])
+    calls: list[tuple[str, str]] = []
+    sent: list[bool] = []
+    unit_client.on_call = lambda api, outcome, seconds, waited: calls.append((api, outcome))
+
+    def bad_clock(date: str, sent_at: float, received: float) -> None:
+        raise ValueError(date)
+
+    unit_client.on_answer = bad_clock
+    unit_client.set_battle_score("b1", 1, {"r1": 1}, on_send=lambda: sent.append(True))
+    assert calls == [("set_battle_score", "retryable"), ("set_battle_score", "success")]
+    assert sent == [True, True]
+
+
+def test_a_read_timeout_applies_to_that_call_only(mock: respx.MockRouter,
+                                                  unit_client: TencentClient) -> None:
+    route = mock.post(INFO).mock(return_value=_ok({"BattleId": "b1"}))
+    unit_client.get_battle_info("b1", read_timeout=0.75)
+    unit_client.get_battle_info("b1")
+    first, second = (c.request.extensions["timeout"] for c in route.calls)
+    assert first["read"] == 0.75 and first["connect"] == 2.0
+    assert second["read"] == 5.0
+
+
+def test_urls_follow_the_region_unless_an_api_url_is_set(unit_settings: Settings) -> None:
+    c = TencentClient(unit_settings)
+    assert c.url("get_gift_count") == f"{API}/v4/live_engine_http_srv/get_gift_count"
+    china = Settings(_env_file=None, sdkappid=1, secret_key="k")
+    assert TencentClient(china).url("set_battle_score") == \
+        "https://console.tim.qq.com/v4/live_engine_http_pk/set_battle_score"

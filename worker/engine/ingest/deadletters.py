@@ -43,8 +43,8 @@ def dead_letter(rt: Runtime, body: Any, event_id: Any, reason: str,
     entry = json.dumps({"reason": reason, "event_id": None if event_id is None else
                         str(event_id)[:200], "at": rt.clock(), "body": json.loads(raw)})
     p = pipe or pipeline(rt.redis)
-    p.rpush(keys.DEAD_LETTERS, entry)
-    p.ltrim(keys.DEAD_LETTERS, -MAX_DEAD_LETTERS, -1)
+    rt.script("DEAD_LETTER")(keys=[keys.DEAD_LETTERS, keys.DEAD_LETTERS_DROPPED],
+                             args=[entry, MAX_DEAD_LETTERS], client=p)
     if pipe is None:
         p.execute()
     log.warning("dead-lettered event: %s", reason,

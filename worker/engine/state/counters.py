@@ -13,7 +13,7 @@ from worker.engine.state.pipeline import Batch, pipeline
 #: The counters `battle-scorer stats` and the metrics endpoint report.
 FIELDS = ("received", "ingested", "duplicate", "held", "outside", "not_to_owner",
           "dead_lettered", "ignored", "lifecycle", "replayed", "end_mismatch",
-          "reconcile_corrections", "unapplied")
+          "reconcile_corrections", "unapplied", "dead_letters_dropped")
 #: Upper bounds (seconds) of the Tencent call latency histogram.
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -39,6 +39,8 @@ def read(redis: redis.Redis) -> dict[str, int]:
     """All counters, zero for those never bumped."""
     # Replies are str: every client of the state is made with decode_responses (connect).
     raw = cast("dict[str, str]", redis.hgetall(keys.STATS))
+    # Counted by the dead-letter script beside its list (one slot), not in the stats hash.
+    raw["dead_letters_dropped"] = redis.get(keys.DEAD_LETTERS_DROPPED) or "0"
     return {f: int(raw.get(f, 0)) for f in sorted(set(FIELDS) | set(raw))}
 
 

@@ -1,7 +1,8 @@
 """The Lua scripts that make each state change atomic, and the one registry that loads them.
 
 Each script touches keys of one hash tag only (one Redis Cluster slot). They live in small
-modules by concern (ingest, flush, reconcile, lock, clock, rate, drain, watermark); every
+modules by concern (ingest, flush, reconcile, lock, clock, rate, drain, watermark,
+dead letters); every
 name stays importable from here (`scripts.INGEST`). Every caller gets its callable script
 from `load(client, name)`: registered once per client, run by EVALSHA, loaded on NOSCRIPT.
 """
@@ -12,6 +13,7 @@ import redis
 from redis.commands.core import Script
 
 from worker.engine.state.scripts.clock import CLOCK_OBSERVE
+from worker.engine.state.scripts.deadletters import DEAD_LETTER
 from worker.engine.state.scripts.drain import DRAIN_CLAIM, DRAIN_RECOVER, DRAIN_REQUEST
 from worker.engine.state.scripts.flush import ADOPT, CLAIM, COMMIT, MARK
 from worker.engine.state.scripts.ingest import INGEST, ROUTE_OR_HOLD
@@ -39,6 +41,7 @@ SOURCES: dict[str, str] = {
     "DRAIN_CLAIM": DRAIN_CLAIM,
     "DRAIN_RECOVER": DRAIN_RECOVER,
     "WATERMARK": WATERMARK,
+    "DEAD_LETTER": DEAD_LETTER,
 }
 
 __all__ = [*SOURCES, "SOURCES", "load"]

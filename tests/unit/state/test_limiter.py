@@ -1,0 +1,149 @@
+"""worker.engine.state.limiter: the shared sliding-window log, its headroom and its two lanes."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from tests.unit.conftest import T0
+from tests.unit.state.server_clock import ServerClock, freeze_server_time
+from worker.engine.state import keys
+from worker.engine.state.limiter import (
+    HEADROOM,
+    HIGH,
+    LOW,
+    WINDOW_MS,
+    RateLimitTimeout,
+    RedisRateLimiter,
+    admitted_per_second,
+)
+from worker.engine.tencent.errors import Outcome, TencentError
+
+API = "set_battle_score"
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> ServerClock:
+    """Redis's clock (the limiter's, through TIME), frozen at T0 until the test moves it."""
+    return freeze_server_time(monkeypatch, T0)
+
+
+def _limiter(r: fakeredis.FakeRedis, clock: ServerClock, rate: int = 10,
+             max_wait: float = 5.0) -> RedisRateLimiter:
+    """A limiter whose waits move Redis's clock instead of sleeping."""
+    return RedisRateLimiter(r, rate, max_wait=max_wait, sleep=clock.advance)
+
+
+def _admit(lim: RedisRateLimiter, lane: str = HIGH, api: str = API) -> int:
+    """How many calls of `lane` are admitted now, before the first refusal."""
+    n = 0
+    while lim.try_acquire(api, lane) == 0:
+        n += 1
+    return n
+
+
+def test_admitted_per_second_keeps_the_headroom() -> None:
+    assert HEADROOM == 0.9 and WINDOW_MS == 1000
+    assert admitted_per_second(200) == 180.0
+    assert admitted_per_second(1) == 1.0  # never zero: one call a window at least
+
+
+def test_admits_ninety_percent_of_the_rate_per_window(fake_redis: fakeredis.FakeRedis,
+                                                      clock: ServerClock) -> None:
+    lim = _limiter(fake_redis, clock, rate=10)
+    assert lim.rate == 9 and _admit(lim) == 9
+    assert fake_redis.zcard(keys.rate_key(API)) == 9
+    assert 0 < fake_redis.pttl(keys.rate_key(API)) <= 2 * WINDOW_MS
+
+
+def test_the_wait_is_until_the_oldest_call_leaves_the_window(fake_redis: fakeredis.FakeRedis,
+                                                             clock: ServerClock) -> None:
+    lim = _limiter(fake_redis, clock, rate=2)  # one call per window
+    assert lim.try_acquire(API) == 0
+    assert lim.try_acquire(API) == pytest.approx(1.001)
+    clock.advance(0.6)
+    assert lim.try_acquire(API) == pytest.approx(0.401)
+    clock.advance(0.401)
+    assert lim.try_acquire(API) == 0  # the window slid past the first call
+
+
+def test_apis_have_separate_budgets(fake_redis: fakeredis.FakeRedis,
+                                    clock: ServerClock) -> None:
+    lim = _limiter(fake_redis, clock, rate=5)
+    assert _admit(lim, api="set_battle_score") == 4
+    assert _admit(lim, api="get_gift_count") == 4
+
+
+def test_limiters_of_one_redis_share_one_budget(fake_redis: fakeredis.FakeRedis,
+                                                clock: ServerClock) -> None:
+    a, b = _limiter(fake_redis, clock), _limiter(fake_redis, clock)
+    for _ in range(5):
+        assert a.try_acquire(API) == 0
+    assert _admit(b) == 4
+
+
+def test_acquire_waits_then_returns_the_time_waited(fake_redis: fakeredis.FakeRedis,
+                                                    clock: ServerClock) -> None:
+    lim = _limiter(fake_redis, clock, rate=2)
+    assert lim.acquire(API) == 0.0
+    assert lim.acquire(API) == pytest.approx(1.001)
+    assert clock.t == pytest.approx(T0 + 1.001)
+    assert lim.waited_total == pytest.approx(1.001)
+
+
+def test_acquire_raises_a_retryable_tencent_error_past_its_max_wait(
+        fake_redis: fakeredis.FakeRedis, clock: ServerClock) -> None:
+    lim = _limiter(fake_redis, clock, rate=2, max_wait=0.5)
+    lim.acquire(API)
+    with pytest.raises(RateLimitTimeout) as err:
+        lim.acquire(API)
+    assert clock.t == T0  # it knew it could not make it: it did not wait first
+    assert isinstance(err.value, TencentError)
+    assert err.value.outcome is Outcome.retryable and err.value.api == API
+    with pytest.raises(RateLimitTimeout):
+        lim.acquire(API, max_wait=0)  # 0: admit now or raise
+    assert lim.acquire(API, max_wait=2.0) == pytest.approx(1.001)  # the caller's own bound
+
+
+def test_the_low_lane_leaves_the_reserve_to_calls_with_a_deadline(
+        fake_redis: fakeredis.FakeRedis, clock: ServerClock) -> None:
+    lim = _limiter(fake_redis, clock, rate=10)  # 9 a window
+    lim.set_reserve(API, 4)
+    assert _admit(lim, LOW) == 5
+    assert _admit(lim, HIGH) == 4  # the reserve is still there for deadlines
+
+
+def test_a_reserve_the_deadlines_used_costs_the_low_lane_nothing(
+        fake_redis: fakeredis.FakeRedis, clock: ServerClock) -> None:
+    lim = _limiter(fake_redis, clock, rate=10)
+    lim.set_reserve(API, 4)
+    assert sum(lim.try_acquire(API, HIGH) == 0 for _ in range(4)) == 4
+    assert _admit(lim, LOW) == 5  # the window's budget is used whole: 4 + 5 = 9
+    assert fake_redis.zcard(keys.rate_high_key(API)) == 4
+
+
+def test_the_low_lane_always_keeps_one_call(fake_redis: fakeredis.FakeRedis,
+                                            clock: ServerClock) -> None:
+    lim = _limiter(fake_redis, clock, rate=10)
+    lim.set_reserve(API, 100)
+    assert fake_redis.get(keys.rate_reserve_key(API)) == "8"  # capped at rate - 1
+    fake_redis.set(keys.rate_reserve_key(API), 100)  # even a reserve past the rate
+    assert _admit(lim, LOW) == 1
+
+
+def test_a_reserve_lapses_unless_renewed_and_zero_clears_it(fake_redis: fakeredis.FakeRedis,
+                                                           clock: ServerClock) -> None:
+    lim = _limiter(fake_redis, clock, rate=10)
+    lim.set_reserve(API, 4)
+    clock.advance(2.001)  # the tick stopped renewing it
+    assert _admit(lim, LOW) == 9
+    lim.set_reserve(API, 4)
+    lim.set_reserve(API, 0)
+    assert not fake_redis.exists(keys.rate_reserve_key(API))
+
+
+def test_the_limiter_module_re_exports_the_tencent_error() -> None:
+    from worker.engine.tencent import errors
+
+    assert RateLimitTimeout is errors.RateLimitTimeout
+    assert "5.0s" in str(RateLimitTimeout(API, 5.0))
