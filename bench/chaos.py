@@ -5,8 +5,9 @@ sandbox with faults on (502, a proxy's 429, 100001, latency, applied-but-respons
 that land 8 s late), and during the run: SIGKILL of worker processes and pool children at
 random moments, a Redis restart, two Redis SIGKILLs under appendfsync everysec, a beat
 restart, duplicate / reordered / lost webhooks, gifts approved but never counted, start
-webhooks that arrive late, a declined battle and a poison value. At the end every battle's final score on the sandbox is checked
-against the truth. Bounded in time; prints a table and exits non-zero unless all is exact.
+webhooks that arrive late, a declined battle and a poison value. At the end every battle's
+final score on the sandbox is checked against the truth. Bounded in time; prints a table and
+exits non-zero unless all is exact.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
                     continue
                 done_bursts.add(b)
                 if b == bursts[0]:  # a poison value, past events.MAX_VALUE: a dead letter
-                    bid0, rooms0 = battles[0]
+                    _bid0, rooms0 = battles[0]
                     room0 = next(iter(rooms0))
                     send(gift_body(room0, rooms0[room0], 10**13, now), f"poison-{seed}")
                     res.actions["poison value"] += 1
@@ -193,7 +194,7 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
                               | {"start webhook late": len(late_start)})
         state = ctl.state()
         res.faults = state["faults_injected"]
-        for i, (bid, rooms) in battles.items():
+        for _i, (bid, rooms) in battles.items():
             scores = state["battles"][bid]["scores"]
             exact = True
             for room in rooms:

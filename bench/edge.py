@@ -70,7 +70,7 @@ def run_edge(bench: Bench, mode: str, n: int, duration: float, rate: float, offs
             bench.producer.send_task("scorer.webhooks", kwargs={"items": items[k:k + 500]})
     # (Tencent time, battle index, room, coins): the ordinary stream, then the two marks
     plan = []
-    for i, (bid, rooms, end) in enumerate(battles):
+    for i, (_bid, rooms, end) in enumerate(battles):
         t = float(t0)
         while True:
             t += rng.expovariate(rate)
@@ -113,7 +113,7 @@ def run_edge(bench: Bench, mode: str, n: int, duration: float, rate: float, offs
     calls = bench.ctl.http.get("/sandbox/calls").json()["calls"]
     out.errors_100006 = sum(1 for c in calls if c["error_code"] == 100006)
     out.gifts = seq
-    for i, (bid, rooms, end) in enumerate(battles):
+    for i, (bid, _rooms, end) in enumerate(battles):
         score = sum(int(v) for v in state["battles"][bid]["scores"].values())
         base = sum(c for _, c in sent_at[i] if c not in (MARK_1S, MARK_HALF))
         rest = score - base  # what of the two marks counted, if every ordinary gift did

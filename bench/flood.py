@@ -3,9 +3,9 @@
 N battles (default 5,000) with 2 rooms each, ending staggered over 50 s, a few gifts each:
 flushing every battle every second would need N calls/s against a budget of 200. Shows what
 the worker does under overload: memory stays flat, the API budget is used to the limit and
-never exceeded, and every battle's last value goes in its end game (worker/engine/flush/endgame.py), so
-each one ends exact. The naive baseline (bench/naive.py: one call per gift) runs the same
-load in the same invocation (`--modes`).
+never exceeded, and every battle's last value goes in its end game
+(worker/engine/flush/endgame.py), so each one ends exact. The naive baseline (bench/naive.py:
+one call per gift) runs the same load in the same invocation (`--modes`).
 """
 
 from __future__ import annotations
@@ -126,8 +126,9 @@ def flood(bench: Bench, mode: str, args: argparse.Namespace) -> int:
           f"{max(mem) / 2**20:.1f} MiB")
     print(f"  flush lag (most overdue battle) median / max  "
           f"{sorted(lag)[len(lag) // 2]:.1f} / {max(lag):.1f} s")
+    calls = bench.ctl.http.get('/sandbox/calls').json()['calls']
     print(f"  100012 answers                     "
-          f"{sum(1 for c in bench.ctl.http.get('/sandbox/calls').json()['calls'] if c['error_code'] == 100012)}")
+          f"{sum(1 for c in calls if c['error_code'] == 100012)}")
     return exact
 
 

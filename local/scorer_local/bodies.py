@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 
-from worker.engine.ingest import events
+from worker.engine import events
 
 _senders = itertools.count(1)
 

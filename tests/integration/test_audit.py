@@ -1,4 +1,5 @@
-"""The ledger heals itself: late landings, a Redis that lost its last second, refused writes, poison values."""
+"""The ledger heals itself: late landings, a Redis that lost its last second, refused writes,
+poison values."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pytest
 
 from tests.helpers import gift_body, start_body, wait_for
 from tests.integration.test_pipeline import ROOMS, send
+from worker.engine.flush import audit
 from worker.engine.flush.flusher import AFTER_ERROR, flush_battle
 from worker.engine.ingest.gifts import handle
-from worker.engine.reconcile import audit
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
 from worker.engine.tencent.errors import Outcome, classify_code, classify_status

@@ -62,8 +62,8 @@ def test_control_queue_is_served_by_a_thread_pool_beside_the_ingest_processes(se
                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        firsts = wait_for(lambda: (c := children_running(worker.pid, "-Q scorer.control")) and len(c) == PROCESSES
-                          and c, 30, what="control workers")
+        firsts = wait_for(lambda: (c := children_running(worker.pid, "-Q scorer.control"))
+                          and len(c) == PROCESSES and c, 30, what="control workers")
         first = min(firsts)
         assert "-P threads" in cmdline(first)
 
@@ -82,17 +82,19 @@ def test_control_queue_is_served_by_a_thread_pool_beside_the_ingest_processes(se
                         what="every node")
         assert seen == {"iso": {"celery", "scorer.drain"}, **control}
         # The end game runs in a process of its own, and says so in Redis.
-        endgame = wait_for(lambda: children_running(worker.pid, "worker.doors.endgame_main"), 30, what="end-game process")
+        endgame = wait_for(lambda: children_running(worker.pid, "worker.doors.endgame_main"), 30,
+                           what="end-game process")
         r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         wait_for(lambda: r.get(keys.ENDGAME_DEDICATED) == str(min(endgame)), 30,
                  what="the dedicated end-game runner's beat")
         wait_for(lambda: r.get(keys.ENDGAME_LOCK), 30, what="the end-game lock taken")
         os.kill(first, signal.SIGKILL)
-        now = wait_for(lambda: (c := children_running(worker.pid, "-Q scorer.control")) and len(c) == PROCESSES
-                       and first not in c and c, 30, what="control worker restarted")
+        now = wait_for(lambda: (c := children_running(worker.pid, "-Q scorer.control"))
+                       and len(c) == PROCESSES and first not in c and c, 30,
+                       what="control worker restarted")
         os.kill(min(endgame), signal.SIGKILL)
-        again = wait_for(lambda: (c := children_running(worker.pid, "worker.doors.endgame_main")) and c != endgame and c,
-                         30, what="end-game process restarted")
+        again = wait_for(lambda: (c := children_running(worker.pid, "worker.doors.endgame_main"))
+                         and c != endgame and c, 30, what="end-game process restarted")
         os.kill(worker.pid, signal.SIGKILL)
         wait_for(lambda: not any(alive(p) for p in now | again), 30,
                  what="control workers gone with their parent")

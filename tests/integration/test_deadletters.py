@@ -6,7 +6,7 @@ import json
 import time
 
 from tests.helpers import gift_body, start_body
-from worker.engine.ingest.deadletters import dead_letter
+from worker.engine.deadletters import dead_letter
 from worker.engine.ingest.gifts import handle
 from worker.engine.ingest.replay import replay
 from worker.engine.state import keys

@@ -108,7 +108,7 @@ def test_a_drain_that_dies_loses_nothing_and_counts_nothing_twice(producer, rt, 
 
 
 def test_other_tasks_go_back_to_celery_and_unknown_ones_are_kept(producer, rt, battle):
-    from worker.engine.ingest import deadletters
+    from worker.engine import deadletters
 
     producer.send_task("bench.noop")
     producer.send_task("scorer.webhook", countdown=60,
@@ -141,6 +141,7 @@ def test_sigkill_of_draining_processes_at_random_moments(settings, rt, battle, p
     import random
     import signal
     import subprocess
+    from pathlib import Path
 
     from scorer_local.stack import Processes, children_map
     from tests.conftest import worker_env
@@ -162,7 +163,7 @@ def test_sigkill_of_draining_processes_at_random_moments(settings, rt, battle, p
         while time.time() < deadline and kills < 6 and rt.broker.llen("celery"):
             time.sleep(rng.uniform(0.05, 0.4))
             kids = [p for p in children_map().get(worker.pid, [])
-                    if "scorer.control" not in open(f"/proc/{p}/cmdline").read()]
+                    if "scorer.control" not in Path(f"/proc/{p}/cmdline").read_text()]
             if kids:
                 os.kill(rng.choice(kids), signal.SIGKILL)
                 kills += 1

@@ -89,7 +89,7 @@ def test_battles_end_exact_under_faults(stack, sandbox, rt):
     send(start_body(ids[2], start, DURATION * 1000, rooms[2]))  # late start webhook
     at(22)
     for i in range(3):
-        gift(i, list(rooms[i])[0], 7)
+        gift(i, next(iter(rooms[i])), 7)
     at(DURATION - 2 * 0.2 - 1)  # the last gifts, just inside the 2 x flush interval promise
     for i in range(3):
         gift(i, list(rooms[i])[1], 1)

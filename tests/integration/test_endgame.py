@@ -10,7 +10,7 @@ import pytest
 from worker.engine.flush import endgame
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
-from worker.engine.state.limiter import RedisRateLimiter
+from worker.engine.tencent.limiter import RedisRateLimiter
 
 
 def test_deadlines_compete_soonest_end_first(rt):

@@ -1,15 +1,15 @@
-"""The end of a battle (worker/engine/battles/ending.py): the end webhook's scores and early end, and
-finalize, which closes a battle only once nothing is pending."""
+"""The end of a battle (worker/engine/battles/ending.py): the end webhook's scores and early end,
+and finalize, which closes a battle only once nothing is pending."""
 
 from __future__ import annotations
 
 import json
 
 from scorer_local.bodies import end_body
+from worker.engine import events
 from worker.engine.battles import registry as battles
 from worker.engine.battles.ending import finalize, record_end
 from worker.engine.battles.roomindex import parse_index_value
-from worker.engine.ingest import events
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys, RoomKeys
 

@@ -14,8 +14,8 @@ from scorer_local.sandbox_control import SandboxControl
 from tests.conftest import SDKAPPID
 from tests.helpers import gift_body, start_body
 from worker.doors.receiver.serve import Receiver
+from worker.engine import events
 from worker.engine.flush.flusher import flush_battle
-from worker.engine.ingest import events
 from worker.engine.ingest.gifts import handle
 
 _n = itertools.count()
@@ -54,7 +54,7 @@ def mutated_gift(draw):
 
 bodies = st.one_of(json_values, mutated_gift(), st.just(_nested(200)),
                    st.fixed_dictionaries({"CallbackCommand": st.sampled_from(
-                       list(events.COMMANDS) + ["Live.Unknown"])}, optional={
+                       [*events.COMMANDS, "Live.Unknown"])}, optional={
                        "BattleId": json_values, "RoomId": st.text(max_size=300)}))
 FUZZ = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -11,15 +11,15 @@ import pytest
 import redis
 
 from scorer_local.stack import ROOT
-from worker.engine.state.lock import HOST, BattleLock
+from worker.engine.state.lock import HOST, RedisLock
 
 
 def test_heartbeat_keeps_the_lock_past_its_ttl(redis_url):
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    with BattleLock(r, "bs:test:lock", ttl_ms=600) as lock:
+    with RedisLock(r, "bs:test:lock", ttl_ms=600) as lock:
         assert lock.held
         time.sleep(1.5)  # more than two ttls: only the heartbeat keeps it
-        with BattleLock(r, "bs:test:lock") as other:
+        with RedisLock(r, "bs:test:lock") as other:
             assert not other.held
         assert r.get("bs:test:lock") == lock.token and not lock.lost
     assert r.get("bs:test:lock") is None
@@ -30,17 +30,17 @@ def test_lock_of_a_dead_process_here_is_taken_over_at_once(redis_url):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     r.set("bs:test:lock", f"{HOST}|{dead.pid}|x", px=60_000)
-    with BattleLock(r, "bs:test:lock") as lock:
+    with RedisLock(r, "bs:test:lock") as lock:
         assert lock.held
 
 
 def test_lock_of_a_live_process_or_another_host_waits_for_its_ttl(redis_url):
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     r.set("bs:test:lock", f"{HOST}|{os.getppid()}|x", px=60_000)
-    with BattleLock(r, "bs:test:lock") as lock:
+    with RedisLock(r, "bs:test:lock") as lock:
         assert not lock.held
     r.set("bs:test:lock", "elsewhere|1|x", px=60_000)
-    with BattleLock(r, "bs:test:lock") as lock:
+    with RedisLock(r, "bs:test:lock") as lock:
         assert not lock.held
 
 
@@ -60,7 +60,7 @@ def test_lock_of_another_pid_namespace_with_our_hostname_waits_for_its_ttl(redis
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a pid that does not exist here
     r.set("bs:test:lock", f"{_other_pid_namespace_here()}|{gone.pid}|x", px=60_000)
-    with BattleLock(r, "bs:test:lock") as lock:
+    with RedisLock(r, "bs:test:lock") as lock:
         assert not lock.held
     assert r.get("bs:test:lock") == f"{_other_pid_namespace_here()}|{gone.pid}|x"
 
@@ -74,9 +74,9 @@ sys.exit(subprocess.call([sys.executable, "-c", holder, url]))
 """
 _HOLDER = """
 import sys, redis
-from worker.engine.state.lock import BattleLock
+from worker.engine.state.lock import RedisLock
 r = redis.Redis.from_url(sys.argv[1], decode_responses=True)
-with BattleLock(r, "bs:test:lock", ttl_ms=60_000) as lock:
+with RedisLock(r, "bs:test:lock", ttl_ms=60_000) as lock:
     assert lock.held
     print(lock.token, flush=True)
     sys.stdin.read()  # hold it until the test closes stdin
@@ -110,7 +110,7 @@ def test_live_holder_in_another_pid_namespace_with_our_hostname_is_not_taken_ove
         else:
             pytest.skip(f"pid {pid} was taken here meanwhile")
         r = redis.Redis.from_url(redis_url, decode_responses=True)
-        with BattleLock(r, "bs:test:lock") as lock:
+        with RedisLock(r, "bs:test:lock") as lock:
             assert not lock.held
         assert r.get("bs:test:lock") == token
     finally:
@@ -129,7 +129,7 @@ def test_identity_names_hostname_boot_and_pid_namespace_without_a_bar(monkeypatc
     weird = lockmod._identity()
     assert weird.split("/")[0] == "we_ird_host_name" and "|" not in weird
     monkeypatch.setattr(lockmod, "HOST", weird)
-    token = BattleLock(redis.Redis(), "bs:test:lock").token  # no connection is made
+    token = RedisLock(redis.Redis(), "bs:test:lock").token  # no connection is made
     assert token.rpartition("|")[0].partition("|") == (weird, "|", str(os.getpid()))
 
 
@@ -146,8 +146,8 @@ def test_unknown_identity_never_takes_over_early(redis_url, monkeypatch, tmp_pat
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     r.set("bs:test:lock", f"{HOST}|{dead.pid}|x", px=60_000)
-    with BattleLock(r, "bs:test:lock") as lock:
+    with RedisLock(r, "bs:test:lock") as lock:
         assert not lock.held  # a dead holder of our namespace, but we cannot be sure: the ttl
     r.delete("bs:test:lock")
-    with BattleLock(r, "bs:test:lock") as lock:  # our own token names no namespace
+    with RedisLock(r, "bs:test:lock") as lock:  # our own token names no namespace
         assert lock.held and lock.token.startswith(f"{HOST.split('/')[0]}/?|{os.getpid()}|")

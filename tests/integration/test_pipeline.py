@@ -101,7 +101,8 @@ def test_crash_after_claim_is_resumed_by_next_owner(rt, ctl, battle):
 
 
 def test_invalid_body_is_dead_lettered_and_replayable(rt, ctl, battle):
-    from worker.engine.ingest import deadletters, replay
+    from worker.engine import deadletters
+    from worker.engine.ingest import replay
 
     bid, start = battle
     handle(rt, [(start_body(bid, start, 120_000, ROOMS), None)])

@@ -1,4 +1,5 @@
-"""Property: for one battle, any interleaving of gifts, duplicates, faults and crashes ends exact."""
+"""Property: for one battle, any interleaving of gifts, duplicates, faults and crashes ends
+exact."""
 
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def test_any_interleaving_ends_exact(rt, ctl, ops, start_late):
             res = rt.script("CLAIM")(keys=[bk.pending, bk.inflight, bk.lock],
                                      args=[f"dead-{n}", 0, "dead"])
             if res and op[1] and res[1] == f"dead-{n}":
-                scores = {k[2:]: int(v) for k, v in zip(res[::2], res[1::2])
+                scores = {k[2:]: int(v) for k, v in zip(res[::2], res[1::2], strict=False)
                           if k.startswith("r:")}
                 held = read_applied(rt, bid)
                 op_type, body = ((2, totals(held, scores, set(scores)))  # as flush sends it

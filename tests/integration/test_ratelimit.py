@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from worker.engine.state import keys
-from worker.engine.state.limiter import HIGH, LOW, RateLimitTimeout, RedisRateLimiter
+from worker.engine.tencent.limiter import HIGH, LOW, RateLimitTimeout, RedisRateLimiter
 
 
 def _hammer(url: str, rate: int, n: int, out) -> None:

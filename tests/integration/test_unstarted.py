@@ -1,9 +1,10 @@
 """Battles known only from a create webhook that never start are given up, not polled forever.
 
 The tick dispatches `scorer.reconcile` for due battles of bs:unresolved; each pass asks
-get_battle_info. A declined PK invitation never starts: after a bound (worker/engine/battles/unstarted.py,
-GIVE_UP_*) the battle is given up: out of bs:unresolved, status given_up, its rooms no longer
-route gifts to it, every key expiring, and no get_battle_info call for it ever again.
+get_battle_info. A declined PK invitation never starts: after a bound
+(worker/engine/battles/unstarted.py, GIVE_UP_*) the battle is given up: out of bs:unresolved,
+status given_up, its rooms no longer route gifts to it, every key expiring, and no
+get_battle_info call for it ever again.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import time
 import pytest
 
 from tests.helpers import gift_body, start_body
+from worker.engine import events
 from worker.engine.battles import registry as battles
-from worker.engine.ingest import events
 from worker.engine.ingest.gifts import handle
 from worker.engine.reconcile.reconciler import reconcile_battle
 from worker.engine.state import keys

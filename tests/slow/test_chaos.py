@@ -1,4 +1,5 @@
-"""A short chaos run in CI: kills, Redis restarts and SIGKILLs, late landings, faults; every battle exact.
+"""A short chaos run in CI: kills, Redis restarts and SIGKILLs, late landings, faults; every
+battle exact.
 
 The full-size run is `python -m bench.chaos` (docs/reliability.md has its figures).
 """

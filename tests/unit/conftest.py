@@ -16,8 +16,8 @@ import pytest
 
 from worker.engine.runtime import Runtime, set_runtime
 from worker.engine.settings import Settings
-from worker.engine.state.limiter import RedisRateLimiter
 from worker.engine.tencent import TencentClient
+from worker.engine.tencent.limiter import RedisRateLimiter
 
 #: The base URL of the unit tests' Tencent: nothing listens there; respx answers.
 API = "http://tencent.unit.invalid"

@@ -147,6 +147,24 @@ def test_no_import_cycle():
     assert _cycles(GRAPH) == []
 
 
+def _package(module: str) -> str:
+    """The engine part a module belongs to: worker.engine.<package> or a top-level module."""
+    return ".".join(module.split(".")[:3])
+
+
+def test_the_engine_packages_form_layers():
+    # The data paths read top to bottom (docs/design.md): between the engine's packages too,
+    # not only between modules, no import goes back up.
+    graph: dict[str, set[str]] = {}
+    for module in ENGINE:
+        for target in GRAPH[module]:
+            a, b = _package(module), _package(target)
+            if a != b and b.startswith("worker.engine."):
+                graph.setdefault(a, set()).add(b)
+    assert _cycles(graph) == []
+    assert "worker.engine.timers" not in graph, "timers.py is the bottom layer: it imports nothing"
+
+
 def test_the_cycle_check_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

@@ -14,7 +14,7 @@ from worker.engine import runtime
 from worker.engine.runtime import Runtime, build_runtime, connect, get_runtime, set_runtime
 from worker.engine.settings import Settings
 from worker.engine.state import keys, scripts
-from worker.engine.state.limiter import RedisRateLimiter
+from worker.engine.tencent.limiter import RedisRateLimiter
 
 
 def _kwargs(client: redis.Redis) -> dict[str, Any]:

@@ -83,7 +83,7 @@ def cmd_battle(args: argparse.Namespace) -> int:
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     """List or replay dead letters."""
-    from worker.engine.ingest import deadletters
+    from worker.engine import deadletters
     from worker.engine.ingest.replay import replay
 
     rt = _rt()

@@ -40,7 +40,7 @@ def dead_letter_unknown(sender: Any = None, message: Any = None, name: Any = Non
                         id: Any = None, **_: Any) -> None:  # Celery passes `id`
     """Keep an unknown task's message in the dead-letter store (never raises into Celery)."""
     try:
-        from worker.engine.ingest.deadletters import dead_letter
+        from worker.engine.deadletters import dead_letter
         from worker.engine.runtime import get_runtime
         from worker.engine.state.counters import bump
 

@@ -18,9 +18,9 @@ from worker.engine import redis_urls
 from worker.engine.settings import Settings, get_settings
 from worker.engine.state import scripts
 from worker.engine.state.counters import record_call
-from worker.engine.state.limiter import RedisRateLimiter
 from worker.engine.tencent import TencentClient
 from worker.engine.tencent.clock import TencentClock
+from worker.engine.tencent.limiter import RedisRateLimiter
 
 
 def connect(url: str, sentinel_master: str | None = None,

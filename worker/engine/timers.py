@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class StateTimers:
-    """The battle lock (worker/engine/state/lock.py) and the rate limiter (state/limiter.py)."""
+    """The battle lock (worker/engine/state/lock.py) and the rate limiter (tencent/limiter.py)."""
 
     lock_ttl_ms: int = 6_000
     """A lock's ttl: renewed every third of it, it expires only with its holder dead or frozen."""
     headroom: float = 0.9
     """Share of SCORER_API_RATE admitted: at 100 % (and a 50 ms margin) a handful of calls in
-    3,000 arrived bunched and answered 100012, at 90 % none (bench/RESULTS.md; state/limiter.py)."""
+    3,000 arrived bunched and answered 100012, at 90 % none (bench/RESULTS.md, tencent/limiter)."""
     window_ms: int = 1000
     """The limiter's sliding window: never more than the rate in ANY such window."""
     margin_ms: int = 0
@@ -208,7 +208,7 @@ class ReconcileTimers:
 
 @dataclass(frozen=True)
 class AuditTimers:
-    """Score audits (worker/engine/reconcile/audit.py; scheduled by worker/engine/tick/)."""
+    """Score audits (worker/engine/flush/audit.py; scheduled by worker/engine/tick/)."""
 
     interval: float = 30.0
     """Each running battle's score is audited this often (a quarter of get_battle_info's budget)."""

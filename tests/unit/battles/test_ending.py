@@ -12,7 +12,7 @@ from worker.engine.battles import ending
 from worker.engine.battles.records import Battle
 from worker.engine.battles.registry import KEEP_AFTER_END
 from worker.engine.battles.roomindex import parse_index_value
-from worker.engine.ingest.events import END, EndEvent, RoomInfo
+from worker.engine.events import END, EndEvent, RoomInfo
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.counters import read

@@ -28,7 +28,7 @@ from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.counters import read
 from worker.engine.state.keys import BattleKeys
-from worker.engine.state.lock import BattleLock
+from worker.engine.state.lock import RedisLock
 from worker.engine.tencent.errors import RateLimitTimeout
 
 BK = BattleKeys("b1")
@@ -201,7 +201,7 @@ def test_without_a_call_slot_or_with_the_lock_held_nothing_is_sent(
     # It keeps its turn: ahead of every battle already waiting.
     assert frt.redis.zrange(keys.FLUSH_DUE, 0, 0) == ["b1"]
     monkeypatch.setattr(flusher, "LOCK_WAIT", 0.03)
-    with BattleLock(frt.redis, BK.lock) as other:
+    with RedisLock(frt.redis, BK.lock) as other:
         assert other.held
         assert flusher.flush_battle(frt, "b1") == "busy"
     assert frt.redis.zscore(keys.FLUSH_DUE, "b1") == T0 + flusher.RETRY_SOON

@@ -22,7 +22,7 @@ from worker.engine.flush.near_end import NEAR_END_READ
 from worker.engine.runtime import Runtime
 from worker.engine.state.counters import read
 from worker.engine.state.keys import BattleKeys
-from worker.engine.state.lock import BattleLock
+from worker.engine.state.lock import RedisLock
 from worker.engine.tencent.client import ADMITTED
 from worker.engine.tencent.models import OpType
 
@@ -33,7 +33,7 @@ BK = BattleKeys("b1")
 def claim(frt: Runtime) -> Iterator[Claim]:
     """A flush's claim on battle b1, its lock held."""
     start(frt)
-    with BattleLock(frt.redis, BK.lock) as lock:
+    with RedisLock(frt.redis, BK.lock) as lock:
         assert lock.held
         yield Claim(frt, "b1", lock)
 

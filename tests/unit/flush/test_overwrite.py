@@ -16,15 +16,15 @@ from worker.engine.flush.near_end import NEAR_END_READ
 from worker.engine.flush.overwrite import moved, overwrite, totals
 from worker.engine.runtime import Runtime
 from worker.engine.state.keys import BattleKeys
-from worker.engine.state.lock import BattleLock
+from worker.engine.state.lock import RedisLock
 
 log = logging.getLogger("test.overwrite")
 
 
 @pytest.fixture
-def lock(frt: Runtime) -> Iterator[BattleLock]:
+def lock(frt: Runtime) -> Iterator[RedisLock]:
     """The lock of battle b1, held."""
-    with BattleLock(frt.redis, BattleKeys("b1").lock) as held:
+    with RedisLock(frt.redis, BattleKeys("b1").lock) as held:
         yield held
 
 
@@ -44,7 +44,7 @@ def test_moved_is_what_the_write_adds_to_the_ledger_for_the_rooms_it_set() -> No
 
 
 def test_overwrite_sends_one_optype_2_of_the_target_and_returns_the_answer(
-        frt: Runtime, lock: BattleLock, respx_mock: respx.MockRouter) -> None:
+        frt: Runtime, lock: RedisLock, respx_mock: respx.MockRouter) -> None:
     battle = start(frt)
     route = respx_mock.post(SET_SCORE).mock(return_value=scored({"r1": 0, "r2": 1}))
     res = overwrite(frt, "b1", battle, lock, {"r1": 15, "r2": 3}, "test write", log)
@@ -55,14 +55,14 @@ def test_overwrite_sends_one_optype_2_of_the_target_and_returns_the_answer(
 
 
 def test_near_the_end_the_write_waits_less_for_its_answer(
-        frt: Runtime, lock: BattleLock, respx_mock: respx.MockRouter) -> None:
+        frt: Runtime, lock: RedisLock, respx_mock: respx.MockRouter) -> None:
     battle = start(frt, at=T0 - 57)  # ends at T0 + 3
     route = respx_mock.post(SET_SCORE).mock(return_value=scored())
     assert overwrite(frt, "b1", battle, lock, {"r1": 1}, "test write", log) is not None
     assert route.calls[0].request.extensions["timeout"]["read"] == NEAR_END_READ
 
 
-def test_a_lost_lock_raises_before_any_call(frt: Runtime, lock: BattleLock) -> None:
+def test_a_lost_lock_raises_before_any_call(frt: Runtime, lock: RedisLock) -> None:
     battle = start(frt)
     lock.lost = True  # the heartbeat found our lock gone: another writer may hold the battle
     with pytest.raises(LockLost):  # (no route is mocked: a call would fail differently)
@@ -76,7 +76,7 @@ def test_a_lost_lock_raises_before_any_call(frt: Runtime, lock: BattleLock) -> N
     (httpx.Response(502), False),
 ])
 def test_a_failed_write_returns_none_and_only_an_ambiguous_one_is_reported(
-        frt: Runtime, lock: BattleLock, respx_mock: respx.MockRouter,
+        frt: Runtime, lock: RedisLock, respx_mock: respx.MockRouter,
         reply: httpx.Response | Exception, ambiguous: bool) -> None:
     battle = start(frt)
     route = respx_mock.post(SET_SCORE).mock(side_effect=[reply])

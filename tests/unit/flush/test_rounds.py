@@ -12,7 +12,7 @@ from worker.engine.flush import rounds
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
-from worker.engine.state.limiter import HIGH
+from worker.engine.tencent.limiter import HIGH
 
 
 class Inline:

@@ -21,13 +21,13 @@ from tests.unit.flush.answers import (
     start,
 )
 from worker.engine.flush import settle
+from worker.engine.flush.audit import AFTER_AMBIGUITY
 from worker.engine.flush.inflight import AFTER_ERROR, Claim, Inflight
 from worker.engine.flush.near_end import FINAL_LEAD
-from worker.engine.reconcile.audit import AFTER_AMBIGUITY
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
-from worker.engine.state.lock import BattleLock
+from worker.engine.state.lock import RedisLock
 
 BK = BattleKeys("b1")
 #: After the request ended without an answer, once it can be judged.
@@ -40,7 +40,7 @@ def claim(frt: Runtime) -> Iterator[Claim]:
     the ledger says was applied: r1 10, r2 3."""
     battle = start(frt)
     frt.redis.hset(BK.applied, mapping={"r1": 10, "r2": 3})
-    with BattleLock(frt.redis, BK.lock) as lock:
+    with RedisLock(frt.redis, BK.lock) as lock:
         yield Claim(frt, "b1", lock, admitted=True, battle=battle)
 
 

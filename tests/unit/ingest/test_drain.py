@@ -11,7 +11,8 @@ import pytest
 from tests.unit.conftest import T0
 from tests.unit.ingest.world import gift, ledger, start_battle
 from tests.unit.state.server_clock import ServerClock, freeze_server_time
-from worker.engine.ingest import deadletters, drain
+from worker.engine import deadletters
+from worker.engine.ingest import drain
 from worker.engine.ingest.drain import BadMessage, Message, decode, webhook_args
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys

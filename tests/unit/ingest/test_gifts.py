@@ -10,7 +10,8 @@ import redis
 
 from tests.unit.conftest import T0
 from tests.unit.ingest.world import BATTLE, gift, ledger, start, start_battle
-from worker.engine.ingest import deadletters, events, gifts
+from worker.engine import deadletters, events
+from worker.engine.ingest import gifts
 from worker.engine.ingest.gifts import bulk_pairs, handle, handle_durably
 from worker.engine.runtime import Runtime
 from worker.engine.settings import GiftValue

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from tests.unit.ingest.world import gift, ledger, start_battle
-from worker.engine.ingest import deadletters
-from worker.engine.ingest.deadletters import dead_letter, list_entries
+from worker.engine import deadletters
+from worker.engine.deadletters import dead_letter, list_entries
 from worker.engine.ingest.replay import replay
 from worker.engine.runtime import Runtime
 from worker.engine.state.counters import read

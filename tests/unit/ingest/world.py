@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 from tests.unit.conftest import T0
-from worker.engine.ingest import events
+from worker.engine import events
 from worker.engine.ingest.gifts import handle
 from worker.engine.runtime import Runtime
 from worker.engine.state.keys import BattleKeys

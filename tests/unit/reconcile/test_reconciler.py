@@ -19,7 +19,7 @@ from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.counters import read
 from worker.engine.state.keys import BattleKeys
-from worker.engine.state.lock import BattleLock
+from worker.engine.state.lock import RedisLock
 
 BK = BattleKeys("b1")
 #: The watermark that judges reads taken before T0 - 9 but lets no new read be taken (it lags
@@ -119,7 +119,7 @@ def test_a_pass_that_lost_its_lock_decides_nothing(frt: Runtime) -> None:
     running(frt, LAGGING, base_r1="100", obs_r1=[a_read(T0 - 20, 110), a_read(T0 - 15, 110)])
     battle = Battle.load(frt, "b1")
     assert battle is not None
-    lost = BattleLock(frt.redis, BK.rlock)  # never taken: its token is not the lock's
+    lost = RedisLock(frt.redis, BK.rlock)  # never taken: its token is not the lock's
     with pytest.raises(LockLost):
         Reconciler(frt, battle, lost).run()
     assert not frt.redis.exists(BK.pending) and not frt.redis.exists(BK.corr)

@@ -15,7 +15,7 @@ import pytest
 
 from worker.engine.state import lock as lockmod
 from worker.engine.state import scripts
-from worker.engine.state.lock import DEFAULT_TTL_MS, BattleLock
+from worker.engine.state.lock import DEFAULT_TTL_MS, RedisLock
 
 KEY = "bs:{b:x}:lock"
 #: Our identity in these tests: fixed, whatever /proc says on this host.
@@ -71,17 +71,17 @@ def _pass(hb: lockmod._Heartbeat) -> None:
 
 
 def test_the_first_taker_holds_and_the_second_does_not(fake_redis: fakeredis.FakeRedis) -> None:
-    with BattleLock(fake_redis, KEY) as first:
+    with RedisLock(fake_redis, KEY) as first:
         assert first.held and fake_redis.get(KEY) == first.token
         assert 0 < fake_redis.pttl(KEY) <= DEFAULT_TTL_MS
-        with BattleLock(fake_redis, KEY) as second:
+        with RedisLock(fake_redis, KEY) as second:
             assert not second.held
         assert fake_redis.get(KEY) == first.token  # the loser's exit releases nothing
     assert fake_redis.get(KEY) is None
 
 
 def test_a_token_names_our_identity_our_pid_and_is_unique(fake_redis: fakeredis.FakeRedis) -> None:
-    a, b = BattleLock(fake_redis, KEY), BattleLock(fake_redis, KEY)
+    a, b = RedisLock(fake_redis, KEY), RedisLock(fake_redis, KEY)
     host, pid, nonce = a.token.split("|")
     assert (host, pid) == (HOST, str(os.getpid())) and len(nonce) == 32
     assert a.token != b.token
@@ -89,7 +89,7 @@ def test_a_token_names_our_identity_our_pid_and_is_unique(fake_redis: fakeredis.
 
 def test_exit_never_releases_a_lock_that_is_no_longer_ours(
         fake_redis: fakeredis.FakeRedis) -> None:
-    with BattleLock(fake_redis, KEY, ttl_ms=100) as lock:
+    with RedisLock(fake_redis, KEY, ttl_ms=100) as lock:
         fake_redis.set(KEY, "someone-else|1|x")  # ours expired and another took it
     assert fake_redis.get(KEY) == "someone-else|1|x"
     assert lock.held  # what it believed: the scripts' fencing is what protects the state
@@ -112,7 +112,7 @@ def test_renew_and_release_are_fenced_by_the_token(fake_redis: fakeredis.FakeRed
 def test_a_dead_holder_of_our_pid_namespace_is_taken_over_at_once(
         fake_redis: fakeredis.FakeRedis) -> None:
     fake_redis.set(KEY, f"{HOST}|{NO_SUCH_PID}|x", px=60_000)
-    with BattleLock(fake_redis, KEY) as lock:
+    with RedisLock(fake_redis, KEY) as lock:
         assert lock.held and fake_redis.get(KEY) == lock.token
         assert fake_redis.pttl(KEY) <= DEFAULT_TTL_MS  # our ttl, not the dead holder's
 
@@ -130,7 +130,7 @@ def test_a_dead_holder_of_our_pid_namespace_is_taken_over_at_once(
 def test_any_other_holder_keeps_the_lock_until_its_ttl(fake_redis: fakeredis.FakeRedis,
                                                        holder: str) -> None:
     fake_redis.set(KEY, holder, px=60_000)
-    with BattleLock(fake_redis, KEY) as lock:
+    with RedisLock(fake_redis, KEY) as lock:
         assert not lock.held
     assert fake_redis.get(KEY) == holder
 
@@ -139,10 +139,10 @@ def test_without_an_identity_no_lock_is_taken_over_early(
         fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lockmod, "HOST", None)
     fake_redis.set(KEY, f"{HOST}|{NO_SUCH_PID}|x", px=60_000)
-    with BattleLock(fake_redis, KEY) as lock:
+    with RedisLock(fake_redis, KEY) as lock:
         assert not lock.held
     fake_redis.delete(KEY)
-    with BattleLock(fake_redis, KEY) as lock:
+    with RedisLock(fake_redis, KEY) as lock:
         assert lock.held
         assert lock.token.split("|")[0].endswith("/?")  # no one can take it over early
 
@@ -188,7 +188,7 @@ def test_the_heartbeat_renews_once_a_third_of_the_ttl_has_passed(
         fake_redis: fakeredis.FakeRedis,
         beat: tuple[lockmod._Heartbeat, _BeatTime]) -> None:
     hb, clock = beat
-    with BattleLock(fake_redis, KEY, ttl_ms=3000) as lock:
+    with RedisLock(fake_redis, KEY, ttl_ms=3000) as lock:
         assert hb._locks == {id(lock): lock}
         fake_redis.pexpire(KEY, 100)
         clock.mono += 0.9  # under ttl/3: not yet
@@ -204,7 +204,7 @@ def test_the_heartbeat_notices_a_lost_lock_and_stops_renewing_it(
         fake_redis: fakeredis.FakeRedis,
         beat: tuple[lockmod._Heartbeat, _BeatTime]) -> None:
     hb, clock = beat
-    with BattleLock(fake_redis, KEY, ttl_ms=3000) as lock:
+    with RedisLock(fake_redis, KEY, ttl_ms=3000) as lock:
         fake_redis.set(KEY, "taker|1|x")
         clock.mono += 2
         _pass(hb)
@@ -215,7 +215,7 @@ def test_the_heartbeat_notices_a_lost_lock_and_stops_renewing_it(
 def test_the_heartbeat_outlives_a_redis_blip(fake_redis: fakeredis.FakeRedis,
                                              beat: tuple[lockmod._Heartbeat, _BeatTime]) -> None:
     hb, clock = beat
-    with BattleLock(fake_redis, KEY, ttl_ms=3000) as lock:
+    with RedisLock(fake_redis, KEY, ttl_ms=3000) as lock:
         good = lock._renew
 
         def down(**kwargs: Any) -> int:
@@ -234,5 +234,5 @@ def test_a_lock_not_taken_is_never_renewed(fake_redis: fakeredis.FakeRedis,
                                            beat: tuple[lockmod._Heartbeat, _BeatTime]) -> None:
     hb, _ = beat
     fake_redis.set(KEY, "other|1|x", px=60_000)
-    with BattleLock(fake_redis, KEY):
+    with RedisLock(fake_redis, KEY):
         assert hb._locks == {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from worker.engine.ingest.events import MAX_VALUE
+from worker.engine.events import MAX_VALUE
 from worker.engine.tencent.models import (
     MAX_SCORE,
     BattleInfo,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.engine.state.limiter import HEADROOM, WINDOW_MS
+from worker.engine.tencent.limiter import HEADROOM, WINDOW_MS
 from worker.engine.tick import schedule
 
 

@@ -9,7 +9,7 @@ import time
 from worker.engine.battles.records import Battle
 from worker.engine.battles.registry import KEEP_AFTER_END, register
 from worker.engine.battles.roomindex import index_value
-from worker.engine.ingest.events import EndEvent
+from worker.engine.events import EndEvent
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.counters import bump

@@ -11,18 +11,17 @@ import logging
 
 from redis.client import Pipeline
 
+from worker.engine.battles import final_window
 from worker.engine.battles.records import Battle, Gift
 from worker.engine.battles.roomindex import find_battle, index_value
-from worker.engine.flush import endgame
-from worker.engine.ingest.deadletters import dead_letter
+from worker.engine.deadletters import dead_letter
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.counters import bump_many
 from worker.engine.state.keys import BattleKeys, RoomKeys
-from worker.engine.state.lock import BattleLock
+from worker.engine.state.lock import RedisLock
 from worker.engine.state.pipeline import SerialBatch, pipeline
 from worker.engine.tencent.models import BattleInfo
-from worker.engine.tick.schedule import AUDIT_INTERVAL
 from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.battles")
@@ -68,9 +67,9 @@ def register(rt: Runtime, battle_id: str, start: float, duration_ms: int,
     if status == "running":
         pipe.zadd(keys.ACTIVE, {battle_id: end})
         pipe.zadd(keys.RECONCILE_DUE, {battle_id: rt.clock()}, nx=True)
-        # Its score audits (worker/engine/reconcile/audit.py): the first one interval after the
+        # Its score audits (worker/engine/flush/audit.py): the first one interval after the
         # start.
-        pipe.zadd(keys.AUDIT_DUE, {battle_id: max(rt.clock(), start) + AUDIT_INTERVAL},
+        pipe.zadd(keys.AUDIT_DUE, {battle_id: max(rt.clock(), start) + TIMERS.audit.interval},
                   nx=True)
         pipe.zrem(keys.UNRESOLVED, battle_id)
     else:
@@ -132,7 +131,7 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
             continue
         by_battle.setdefault(battle_id, []).append(g)
         ends[battle_id] = end
-        if endgame.in_window(end, latest):
+        if final_window.in_window(end, latest):
             ending.add(battle_id)
     scored: list[tuple[list[Gift], int]] = []  # (a battle's gifts, position of its flags)
     for battle_id, bgifts in by_battle.items():
@@ -146,7 +145,7 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
                             client=pipe)
     if by_battle:  # one command for every battle of the batch (after their INGEST, as before)
         pipe.zadd(keys.FLUSH_DUE, {battle_id: now for battle_id in by_battle}, nx=True)
-        endgame.mark(pipe, sorted(ending), now)
+        final_window.mark(pipe, sorted(ending), now)
     results = pipe.execute()
     late_routed: list[Gift] = []
     for kind, g, pos in plan:
@@ -191,7 +190,7 @@ def drain_held(rt: Runtime, room: str, sweep: bool = False) -> dict[str, int]:
     Ingest and outside counting are idempotent by event id, so a crash mid-drain is harmless.
     """
     rk = RoomKeys(room)
-    with BattleLock(rt.redis, rk.drain, ttl_ms=10_000) as lock:
+    with RedisLock(rt.redis, rk.drain, ttl_ms=10_000) as lock:
         if not lock.held:
             return {}
         raw = rt.redis.lrange(rk.held, 0, -1)

@@ -32,6 +32,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from worker.engine.battles.final_window import (  # noqa: F401 (re-exported)
+    FINAL_WINDOW,
+    in_window,
+    mark,
+)
 from worker.engine.flush.near_end import (  # noqa: F401 (re-exported: the end game's timings)
     END_MARGIN,
     FINAL_LEAD,
@@ -50,14 +55,13 @@ from worker.engine.flush.rounds import (  # noqa: F401 (re-exported: the rounds)
 )
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
-from worker.engine.state.lock import BattleLock
+from worker.engine.state.lock import RedisLock
 from worker.engine.state.pipeline import pipeline
 from worker.engine.timers import TIMERS
 
 if TYPE_CHECKING:
-    from redis.client import Pipeline
 
-    from worker.engine.state.pipeline import SerialBatch
+    pass
 
 log = logging.getLogger("scorer.endgame")
 
@@ -65,22 +69,9 @@ log = logging.getLogger("scorer.endgame")
 #: end (Tencent's clock) a battle's value is flushed at once; rounds run every POLL s; the
 #: runner re-plans (promotes battles entering the window, renews the reserve) every PLAN_EVERY
 #: s; battles ending within HORIZON s past the window count toward the reserve.
-FINAL_WINDOW = TIMERS.endgame.final_window
 POLL = TIMERS.endgame.poll
 PLAN_EVERY = TIMERS.endgame.plan_every
 HORIZON = TIMERS.endgame.horizon
-
-
-def in_window(end: float, latest: float) -> bool:
-    """True when a battle ending at `end` is in its final window, `latest` being the latest
-    Tencent's clock may read now (`rt.tclock.latest()`, read once per batch of gifts)."""
-    return end > 0 and end - latest <= FINAL_WINDOW
-
-
-def mark(pipe: Pipeline | SerialBatch, battle_ids: list[str], now: float) -> None:
-    """Queue (in `pipe`) end-game flushes of battles that just got value."""
-    if battle_ids:
-        pipe.zadd(keys.ENDGAME_DUE, {b: now for b in battle_ids}, nx=True)
 
 
 def plan(rt: Runtime, now: float) -> int:
@@ -167,7 +158,7 @@ def _run(rt: Runtime, flush: Flush) -> None:
 def _hold_and_run(rt: Runtime, flush: Flush, go: Callable[[], bool]) -> None:
     """Take `bs:endgame:lock` if it is free and run rounds while we hold it and `go()`."""
     try:
-        with BattleLock(rt.redis, keys.ENDGAME_LOCK, ttl_ms=3000) as lock:
+        with RedisLock(rt.redis, keys.ENDGAME_LOCK, ttl_ms=3000) as lock:
             if lock.held:
                 run_while(rt, flush, lambda: not lock.lost and go())
     except Exception:  # Redis away: try again; the tick keeps flushing meanwhile

@@ -11,7 +11,7 @@ import logging
 import time
 
 from worker.engine.battles.registry import Battle, read_applied
-from worker.engine.flush import settle
+from worker.engine.flush import audit, settle
 from worker.engine.flush.due import (  # noqa: F401 (re-exported: the tick and tests use them)
     RETRY_SOON,
     due_at,
@@ -33,18 +33,17 @@ from worker.engine.flush.inflight import (  # noqa: F401 (re-exported: reconcile
 )
 from worker.engine.flush.near_end import read_timeout
 from worker.engine.flush.overwrite import moved, totals
-from worker.engine.reconcile import audit
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
-from worker.engine.state.limiter import HIGH, LOW
-from worker.engine.state.lock import BattleLock
+from worker.engine.state.lock import RedisLock
 from worker.engine.tencent.errors import (
     BATTLE_NOT_RUNNING,
     Outcome,
     RateLimitTimeout,
     TencentError,
 )
+from worker.engine.tencent.limiter import HIGH, LOW
 from worker.engine.tencent.models import MAX_SCORE, OpType
 from worker.engine.timers import TIMERS
 
@@ -195,7 +194,7 @@ def flush_battle(rt: Runtime, battle_id: str, lane: str = LOW, admitted: bool = 
             return "rate_limited"
     deadline = time.monotonic() + LOCK_WAIT
     while True:
-        with BattleLock(rt.redis, bk.lock) as lock:
+        with RedisLock(rt.redis, bk.lock) as lock:
             if lock.held:
                 try:
                     outcome = Flusher(rt, battle_id, lock, admitted=need == "call",

@@ -12,7 +12,7 @@ from worker.engine.flush.near_end import END_MARGIN, NEAR_END_READ, near_end
 from worker.engine.runtime import Runtime
 from worker.engine.state.counters import bump
 from worker.engine.state.keys import BattleKeys
-from worker.engine.state.lock import BattleLock
+from worker.engine.state.lock import RedisLock
 from worker.engine.tencent.client import ADMITTED
 from worker.engine.tencent.models import OpType
 from worker.engine.timers import TIMERS
@@ -81,7 +81,7 @@ class Claim:
     """One flush's hold on a battle's in-flight batch, under the battle's lock: the Lua scripts
     that claim, mark, adopt and commit it, each fenced by the lock's token."""
 
-    def __init__(self, rt: Runtime, battle_id: str, lock: BattleLock,
+    def __init__(self, rt: Runtime, battle_id: str, lock: RedisLock,
                  admitted: bool = False, battle: Battle | None = None) -> None:
         self.rt = rt
         self.bk = BattleKeys(battle_id)

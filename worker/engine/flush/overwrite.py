@@ -9,7 +9,7 @@ from worker.engine.battles.registry import Battle
 from worker.engine.flush.inflight import LockLost
 from worker.engine.flush.near_end import read_timeout
 from worker.engine.runtime import Runtime
-from worker.engine.state.lock import BattleLock
+from worker.engine.state.lock import RedisLock
 from worker.engine.tencent.client import ADMITTED
 from worker.engine.tencent.errors import Outcome, TencentError
 from worker.engine.tencent.models import OpType, SetBattleScoreResult
@@ -27,7 +27,7 @@ def moved(target: dict[str, int], held: dict[str, int], rooms: Iterable[str]) ->
     return {r: target[r] - held.get(r, 0) for r in rooms}
 
 
-def overwrite(rt: Runtime, battle_id: str, battle: Battle | None, lock: BattleLock,
+def overwrite(rt: Runtime, battle_id: str, battle: Battle | None, lock: RedisLock,
               target: dict[str, int], what: str, log: logging.Logger, *,
               max_wait: float = ADMITTED,
               on_ambiguous: Callable[[], None] | None = None) -> SetBattleScoreResult | None:

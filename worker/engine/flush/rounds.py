@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
-from worker.engine.state.limiter import HIGH
 from worker.engine.state.pipeline import pipeline
+from worker.engine.tencent.limiter import HIGH
 from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.endgame")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 from worker.engine.battles.registry import Battle, read_applied
+from worker.engine.flush import audit
 from worker.engine.flush.inflight import Claim, Inflight
 from worker.engine.flush.near_end import read_timeout
 from worker.engine.flush.overwrite import moved, overwrite, totals
-from worker.engine.reconcile import audit
 from worker.engine.tencent.errors import TencentError
 from worker.engine.tencent.models import OpType
 
@@ -63,7 +63,7 @@ def resolve(claim: Claim, inf: Inflight) -> str:
     # Not (all) applied by the read: the request may still land (a write can outlive its
     # client's timeout), so OpType 1 is never sent again here. The absolute total is set
     # with OpType 2 (idempotent), and an audit after the landing window catches a write
-    # that lands after it (worker/engine/reconcile/audit.py).
+    # that lands after it (worker/engine/flush/audit.py).
     audit.after_ambiguity(rt, claim.battle, claim.battle_id)
     return overwrite_batch(claim, inf, applied, target)
 

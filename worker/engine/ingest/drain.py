@@ -29,8 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.engine.deadletters import dead_letter
 from worker.engine.ingest import watermark
-from worker.engine.ingest.deadletters import dead_letter
 from worker.engine.ingest.gifts import bulk_pairs, handle_durably
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys

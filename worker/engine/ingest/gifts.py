@@ -9,11 +9,11 @@ from typing import Any
 
 import redis
 
+from worker.engine import events
 from worker.engine.battles import ending
 from worker.engine.battles import registry as battles
 from worker.engine.battles.records import Gift
-from worker.engine.ingest import events
-from worker.engine.ingest.deadletters import dead_letter
+from worker.engine.deadletters import dead_letter
 from worker.engine.runtime import Runtime
 from worker.engine.state.counters import bump_many
 from worker.engine.state.pipeline import pipeline

@@ -1,6 +1,6 @@
 """Replay: run dead letters through ingest again, after a fix; those still bad are kept again.
 
-Ingest writes to the store (worker/engine/ingest/deadletters.py), which never imports ingest: this
+Ingest writes to the store (worker/engine/deadletters.py), which never imports ingest: this
 module, which needs both, sits above them.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.engine.ingest import deadletters
+from worker.engine import deadletters
 from worker.engine.ingest.gifts import bulk_pairs, handle
 from worker.engine.runtime import Runtime
 

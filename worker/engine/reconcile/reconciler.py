@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import logging
 
+from worker.engine.battles import final_window, unstarted
 from worker.engine.battles import registry as battles
-from worker.engine.battles import unstarted
 from worker.engine.battles.records import Battle
 from worker.engine.battles.unstarted import GIVEN_UP, give_up, give_up_after, resolve_unstarted
 from worker.engine.flush import endgame
-from worker.engine.flush.flusher import LockLost
+from worker.engine.flush.inflight import LockLost
 from worker.engine.ingest import watermark
 from worker.engine.reconcile import judge
 from worker.engine.reconcile.judge import FINAL_WINDOW, JUDGE_DELAY, PAIR_GAP, SKEW, Read
@@ -26,7 +26,7 @@ from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.counters import bump
 from worker.engine.state.keys import BattleKeys
-from worker.engine.state.lock import BattleLock
+from worker.engine.state.lock import RedisLock
 from worker.engine.state.pipeline import pipeline
 from worker.engine.tencent.errors import TencentError
 
@@ -47,7 +47,7 @@ class Reconciler:
     """One reconcile pass over one battle, run while holding its reconcile lock (not the
     battle's: reads and their waits never hold what a flush needs)."""
 
-    def __init__(self, rt: Runtime, battle: Battle, lock: BattleLock) -> None:
+    def __init__(self, rt: Runtime, battle: Battle, lock: RedisLock) -> None:
         self.sooner: float | None = None
         self.lag = 0.3
         self.all_waiting = False
@@ -147,8 +147,8 @@ class Reconciler:
         now = rt.clock()
         pipe = pipeline(rt.redis)
         pipe.zadd(keys.FLUSH_DUE, {self.battle.battle_id: now}, nx=True)
-        if endgame.in_window(self.battle.end, rt.tclock.latest()):
-            endgame.mark(pipe, [self.battle.battle_id], now)
+        if final_window.in_window(self.battle.end, rt.tclock.latest()):
+            final_window.mark(pipe, [self.battle.battle_id], now)
         bump(pipe, "reconcile_corrections", len(fixes))
         pipe.execute()
         log.warning("reconcile corrects %s of %s", fixes, self.battle.battle_id,
@@ -185,7 +185,7 @@ def next_due(rt: Runtime, battle: Battle) -> float | None:
 def reconcile_battle(rt: Runtime, battle_id: str) -> str:
     """Reconcile one battle (or learn it with get_battle_info first); returns an outcome."""
     bk = BattleKeys(battle_id)
-    with BattleLock(rt.redis, bk.rlock) as lock:
+    with RedisLock(rt.redis, bk.rlock) as lock:
         if not lock.held:
             return "busy"
         meta = rt.redis.hgetall(bk.meta)

@@ -1,1 +1,1 @@
-"""The Redis state: key names, Lua scripts, the battle lock, rate limiter, pipelines, counters."""
+"""The Redis state: key names, Lua scripts, the owner lock, pipelines, counters."""

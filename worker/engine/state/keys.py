@@ -86,7 +86,7 @@ ENDGAME_DUE = f"{PREFIX}:due:endgame"
 #: zset BattleId → its end less endgame.FINAL_LEAD (Tencent's clock): battles whose ambiguous
 #: write may still land get one last absolute write then (worker/engine/flush/endgame.py).
 FINAL_DUE = f"{PREFIX}:due:final"
-#: zset BattleId → when its next score audit is due (worker/engine/reconcile/audit.py).
+#: zset BattleId → when its next score audit is due (worker/engine/flush/audit.py).
 AUDIT_DUE = f"{PREFIX}:due:audit"
 #: set of BattleIds audited even with nothing applied (after a Redis restart), expires.
 AUDIT_FORCED = f"{PREFIX}:audit:forced"

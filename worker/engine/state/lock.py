@@ -1,4 +1,6 @@
-"""A per-battle owner lock with a heartbeat: never taken over while its holder is alive.
+"""An owner lock in Redis with a heartbeat and a fencing token: never taken over while its
+holder is alive. Battles hold it (flush, reconcile: their `lock` and `rlock` keys), and so do
+the tick, a room's drain of held gifts and the end-game runner.
 
 A bare TTL would let a second worker take a battle while the first still has a request in
 flight (a slow Tencent answer), and the read-back that resolves an ambiguous call is only
@@ -94,18 +96,18 @@ class _Heartbeat:
         self._reset()
 
     def _reset(self) -> None:
-        self._locks: dict[int, BattleLock] = {}
+        self._locks: dict[int, RedisLock] = {}
         self._mu = threading.Lock()
         self._pid = 0
 
-    def add(self, lock: BattleLock) -> None:
+    def add(self, lock: RedisLock) -> None:
         with self._mu:
             self._locks[id(lock)] = lock
             if self._pid != os.getpid():  # first use in this process (threads die in a fork)
                 self._pid = os.getpid()
                 threading.Thread(target=self._run, daemon=True, name="lock-heartbeat").start()
 
-    def remove(self, lock: BattleLock) -> None:
+    def remove(self, lock: RedisLock) -> None:
         with self._mu:
             self._locks.pop(id(lock), None)
 
@@ -131,8 +133,8 @@ _HEARTBEAT = _Heartbeat()
 os.register_at_fork(after_in_child=_HEARTBEAT._reset)
 
 
-class BattleLock:
-    """Context manager: `with BattleLock(r, key) as lock:` — `lock.held` says if we got it."""
+class RedisLock:
+    """Context manager: `with RedisLock(r, key) as lock:` — `lock.held` says if we got it."""
 
     def __init__(self, redis: redis.Redis, key: str, ttl_ms: int = DEFAULT_TTL_MS) -> None:
         self.redis = redis
@@ -145,7 +147,7 @@ class BattleLock:
         self._renew: Script = scripts.load(redis, "LOCK_RENEW")
         self._release: Script = scripts.load(redis, "LOCK_RELEASE")
 
-    def __enter__(self) -> BattleLock:
+    def __enter__(self) -> RedisLock:
         self.held = bool(self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
         if not self.held:
             holder = cast("str | None", self.redis.get(self.key))  # decode_responses

@@ -18,14 +18,13 @@ import redis
 
 from worker.engine.battles import registry as battles
 from worker.engine.battles.ending import FINAL_GRACE, finalize
-from worker.engine.flush import endgame
+from worker.engine.flush import audit, endgame
 from worker.engine.flush.flusher import flush_battle, forget_idle, holding_value
 from worker.engine.ingest import drain, watermark
-from worker.engine.reconcile import audit
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
-from worker.engine.state.lock import BattleLock
+from worker.engine.state.lock import RedisLock
 from worker.engine.state.pipeline import pipeline
 from worker.engine.tick import schedule
 from worker.engine.timers import TIMERS
@@ -73,7 +72,7 @@ def _safe(fn: BattleWork, rt: Runtime, battle_id: str) -> str:
 def run(rt: Runtime, dispatch: Dispatch) -> dict[str, int]:
     """One tick of the beat under the tick lock ({} while another process holds it)."""
     endgame.ensure_runner(rt, flush_battle)  # the end game runs beside the tick, not in it
-    with BattleLock(rt.redis, keys.TICK_LOCK, ttl_ms=5000) as lock:
+    with RedisLock(rt.redis, keys.TICK_LOCK, ttl_ms=5000) as lock:
         if not lock.held:
             return {}
         return run_tick(rt, dispatch)

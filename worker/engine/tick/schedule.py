@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import math
 
-from worker.engine.state.limiter import WINDOW_MS, admitted_per_second
+from worker.engine.tencent.limiter import WINDOW_MS, admitted_per_second
 from worker.engine.timers import TIMERS
 
-#: Each running battle's score is audited this often (worker/engine/reconcile/audit.py),
+#: Each running battle's score is audited this often (worker/engine/flush/audit.py),
 #: within a quarter of get_battle_info's budget.
 AUDIT_INTERVAL = TIMERS.audit.interval
 

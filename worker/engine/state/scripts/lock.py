@@ -1,4 +1,4 @@
-"""Lua of the battle lock: renew or release it only while the token is ours."""
+"""Lua of the owner lock (state/lock.py): renew or release it only while the token is ours."""
 
 from __future__ import annotations
 

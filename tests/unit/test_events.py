@@ -2,7 +2,7 @@
 
 import pytest
 
-from worker.engine.ingest import events as e
+from worker.engine import events as e
 
 
 def gift(**gw):

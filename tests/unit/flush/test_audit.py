@@ -1,4 +1,4 @@
-"""Unit tests of worker/engine/reconcile/audit.py: Tencent's score read, a difference healed."""
+"""Unit tests of worker/engine/flush/audit.py: Tencent's score read, a difference healed."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import respx
 from tests.unit.conftest import T0
 from tests.unit.flush.answers import BATTLE_INFO, SET_SCORE, info, scored, scores_of, sent, start
 from worker.engine.battles.records import Battle
+from worker.engine.flush import audit
 from worker.engine.flush.near_end import FINAL_LEAD
-from worker.engine.reconcile import audit
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.counters import read

@@ -1,4 +1,4 @@
-"""worker.engine.ingest.deadletters: bad events kept with their reason, capped, oldest first."""
+"""worker.engine.deadletters: bad events kept with their reason, capped, oldest first."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from tests.unit.conftest import T0
-from worker.engine.ingest import deadletters
-from worker.engine.ingest.deadletters import (
+from worker.engine import deadletters
+from worker.engine.deadletters import (
     MAX_DEAD_BODY,
     count,
     dead_letter,

@@ -1,4 +1,4 @@
-"""worker.engine.state.limiter: the shared sliding-window log, its headroom and its two lanes."""
+"""worker.engine.tencent.limiter: the shared sliding-window log, its headroom and its two lanes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 from tests.unit.conftest import T0
 from tests.unit.state.server_clock import ServerClock, freeze_server_time
 from worker.engine.state import keys
-from worker.engine.state.limiter import (
+from worker.engine.tencent.errors import Outcome, TencentError
+from worker.engine.tencent.limiter import (
     HEADROOM,
     HIGH,
     LOW,
@@ -17,7 +18,6 @@ from worker.engine.state.limiter import (
     RedisRateLimiter,
     admitted_per_second,
 )
-from worker.engine.tencent.errors import Outcome, TencentError
 
 API = "set_battle_score"
 

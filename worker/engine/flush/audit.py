@@ -30,13 +30,12 @@ from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.counters import bump
 from worker.engine.state.keys import BattleKeys
-from worker.engine.state.limiter import LOW
-from worker.engine.state.lock import BattleLock
+from worker.engine.state.lock import RedisLock
 from worker.engine.state.pipeline import pipeline
 from worker.engine.tencent.client import ADMITTED
 from worker.engine.tencent.errors import RateLimitTimeout, TencentError
+from worker.engine.tencent.limiter import LOW
 from worker.engine.tencent.models import OpType, SetBattleScoreResult
-from worker.engine.tick.schedule import AUDIT_INTERVAL
 from worker.engine.timers import TIMERS
 
 if TYPE_CHECKING:
@@ -50,6 +49,7 @@ log = logging.getLogger("scorer.audit")
 #: before the battle's end; an audit that could not run (no slot, lock busy, batch in flight)
 #: is due again RETRY later; it waits SLOT_WAIT for a get_battle_info slot (holding no lock).
 #: Why each is what it is: worker/engine/timers.py (AuditTimers).
+AUDIT_INTERVAL = TIMERS.audit.interval
 AFTER_AMBIGUITY = TIMERS.audit.after_ambiguity
 END_LEAD = TIMERS.audit.end_lead
 RETRY = TIMERS.audit.retry
@@ -116,7 +116,7 @@ def audit_battle(rt: Runtime, battle_id: str, forced: bool = False) -> str:
     except RateLimitTimeout:
         rt.redis.zadd(keys.AUDIT_DUE, {battle_id: now + RETRY}, xx=True)
         return "rate_limited"
-    with BattleLock(rt.redis, bk.lock) as lock:
+    with RedisLock(rt.redis, bk.lock) as lock:
         if not lock.held or rt.redis.exists(bk.inflight):
             rt.redis.zadd(keys.AUDIT_DUE, {battle_id: now + RETRY}, xx=True)
             return "busy"
@@ -141,7 +141,7 @@ def _next(rt: Runtime, battle: Battle) -> None:
     rt.redis.zadd(keys.AUDIT_DUE, {battle.battle_id: at}, xx=True)
 
 
-def _audit_locked(rt: Runtime, battle: Battle, lock: BattleLock) -> str:
+def _audit_locked(rt: Runtime, battle: Battle, lock: RedisLock) -> str:
     """Read the battle's score and overwrite any room that differs from `applied`."""
     bk = BattleKeys(battle.battle_id)
     try:
@@ -190,7 +190,7 @@ def last_write(rt: Runtime, battle: Battle | None) -> str:
     if battle is None or battle.has_ended(rt.tclock.earliest(), END_MARGIN):
         return "ended"
     bk = BattleKeys(battle.battle_id)
-    with BattleLock(rt.redis, bk.lock) as lock:
+    with RedisLock(rt.redis, bk.lock) as lock:
         if not lock.held or rt.redis.exists(bk.inflight):
             return "busy"
         applied = read_applied(rt, battle.battle_id)
@@ -199,7 +199,7 @@ def last_write(rt: Runtime, battle: Battle | None) -> str:
     return "failed" if res is None else "final"
 
 
-def _overwrite(rt: Runtime, battle: Battle, lock: BattleLock, target: dict[str, int],
+def _overwrite(rt: Runtime, battle: Battle, lock: RedisLock, target: dict[str, int],
                what: str) -> SetBattleScoreResult | None:
     """OpType 2 of `target` under `lock`, on a slot the caller holds (overwrite.overwrite);
     the answer, or None (the lock was lost, or the call failed: an ambiguous one is audited
