@@ -7,8 +7,8 @@ from collections.abc import Callable
 from celery import Task
 
 from worker.doors.app import app
+from worker.engine.flush import audit
 from worker.engine.flush.flusher import flush_battle
-from worker.engine.reconcile import audit
 from worker.engine.reconcile.reconciler import reconcile_battle
 from worker.engine.runtime import Runtime, get_runtime
 from worker.engine.tick import dispatch as engine_tick

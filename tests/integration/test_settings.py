@@ -88,7 +88,7 @@ def test_dotenv_file_is_read(tmp_path, monkeypatch):
 
 
 # --- Redis URLs: what kombu (the broker) and the worker's own redis-py client both open -----
-# (sentinel:// in detail, with a real Sentinel: tests/test_sentinel.py)
+# (sentinel:// in detail, with a real Sentinel: tests/integration/test_sentinel.py)
 
 @pytest.mark.parametrize("url", ["redis://localhost:6379/0", "rediss://:pw@redis.example:6380/1",
                                  "sentinel://s1:26379/0",

@@ -28,7 +28,7 @@ broker_transport_options: dict[str, Any] = {
     # twice. Nothing waits on it: ingest messages of a lost consumer go back to the queue after
     # 10 s through the beat's tick (watermark.give_back_stuck), control and drain messages
     # expire long before (30 s), and flushes resume from Redis. Ordering, checked by
-    # tests/test_compose.py: soft limit < hard limit < stop grace < visibility timeout.
+    # tests/slow/test_compose.py: soft limit < hard limit < stop grace < visibility timeout.
     "visibility_timeout": TIMERS.celery.visibility_timeout,
     "health_check_interval": TIMERS.celery.health_check_interval,
     "socket_keepalive": True,

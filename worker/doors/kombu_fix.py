@@ -10,18 +10,19 @@
    (180 s, see celeryconfig); every task is idempotent, so a later redelivery is harmless.
 
 2. Ack after close (issue 13 item 9; kombu 5.7.0 with redis-py 8, Redis SIGKILLed under
-   load, tests/test_redis_kill.py). Celery 5.7 reacts to a lost connection by
+   load, tests/integration/test_redis_kill.py). Celery 5.7 reacts to a lost connection by
    `connection.collect()` then `connection.close()`. In collect, the consumer's channel fails
    to close (reading its pending BRPOP from the dead socket), the pidbox channel's close fails
    too and ends the loop over the channels, and the transport is released anyway
    (`transport.client = None`); close() then closes the consumer's channel, fix 1 skips the
-   restore, and the channel is left with `connection = None` and no connection pool (tests/
-   test_kombu_fix.py replays that sequence against a real redis-server). A task running at the
-   crash (acks_late: an ingest waiting out the outage) finishes later and Celery acks, or
-   rejects, its message on that channel: kombu rebuilds the pool from `self.connection.client`
-   and raises AttributeError("'NoneType' object has no attribute 'client'"), which
-   `Message.ack_log_error` does not catch (it catches connection errors): "Unrecoverable
-   error", and the worker process (the prefork worker or a control-pool worker) exits.
+   restore, and the channel is left with `connection = None` and no connection pool
+   (tests/integration/test_kombu_fix.py replays that sequence against a real redis-server). A
+   task running at the crash (acks_late: an ingest waiting out the outage) finishes later and
+   Celery acks, or rejects, its message on that channel: kombu rebuilds the pool from
+   `self.connection.client` and raises AttributeError("'NoneType' object has no attribute
+   'client'"), which `Message.ack_log_error` does not catch (it catches connection errors):
+   "Unrecoverable error", and the worker process (the prefork worker or a control-pool worker)
+   exits.
    Fix: a channel whose connection was released raises BrokerConnectionReleased (a redis-py
    ConnectionError, one of the transport's connection errors) instead, only in that state.
    Celery then logs "Couldn't ack" and goes on with its new connection; the message stays in
