@@ -14,9 +14,6 @@ from worker.engine.runtime import Runtime, get_runtime
 from worker.engine.tick import dispatch as engine_tick
 from worker.engine.timers import TIMERS
 
-#: A dispatched control task older than this is dropped; the next tick sends a fresh one.
-TASK_EXPIRES = TIMERS.control.task_expires
-
 
 @app.task(name="scorer.flush", ignore_result=True)
 def flush(battle_ids: list[str]) -> dict[str, str]:
@@ -47,7 +44,8 @@ TASKS: dict[str, Task] = {"flush": flush, "reconcile": reconcile, "audit": audit
 
 
 def _send(task: Task, battle_ids: list[str]) -> None:
-    task.apply_async((battle_ids,), expires=TASK_EXPIRES)
+    # A dispatched control task older than this is dropped; the next tick sends a fresh one.
+    task.apply_async((battle_ids,), expires=TIMERS.control.task_expires)
 
 
 def run_tick(rt: Runtime, dispatch: Callable[[Task, list[str]], None] | None = None

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
 from worker.engine.tick import schedule
+from worker.engine.timers import TIMERS
 
 
 def test_choose_is_oldest_first_or_near_end_first_when_asked():
@@ -64,7 +66,8 @@ def test_a_battle_entering_its_end_game_is_served_even_behind_a_long_queue(rt, m
     from worker.engine.flush import endgame
     from worker.engine.tick import dispatch as tick
 
-    monkeypatch.setattr(tick, "MAX_DISPATCH", 10)
+    monkeypatch.setattr(tick, "TIMERS",
+                        replace(TIMERS, tick=replace(TIMERS.tick, max_dispatch=10)))
     rt.settings.api_rate, rt.settings.flush_interval = 12, 1.0
     now = rt.clock()
     rt.redis.zadd(keys.FLUSH_DUE, {f"b{i}": now - 100 + i for i in range(50)})

@@ -83,10 +83,11 @@ task_routes = {
 }
 # Time limits bind prefork tasks only (ingest and drains; Celery's thread pool, which runs
 # the control tasks, ignores them). The longest legitimate one is an ingest waiting out a Redis
-# outage: worker/engine/ingest/gifts.py retries for 60 s (OUTAGE_RETRY_SECONDS) before it gives
-# the events back, plus its last attempt, bounded by redis-py's timeouts and retries (a refused
-# connection fails in ~10 s); a drain adds its 5 s of batches. A limit below that would cut an
-# ingest mid-retry and, with acks_late, acknowledge a message whose events were not stored.
+# outage: worker/engine/ingest/gifts.py retries for 60 s (TIMERS.ingest.outage_retry) before it
+# gives the events back, plus its last attempt, bounded by redis-py's timeouts and retries (a
+# refused connection fails in ~10 s); a drain adds its 5 s of batches. A limit below that would
+# cut an ingest mid-retry and, with acks_late, acknowledge a message whose events were not
+# stored.
 # (worker/engine/timers.py, CeleryTimers; tests/unit/test_timers.py checks the ordering.)
 task_soft_time_limit = TIMERS.celery.soft_time_limit
 task_time_limit = TIMERS.celery.time_limit

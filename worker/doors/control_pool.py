@@ -36,9 +36,9 @@ from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.control_pool")
 
-#: Threads of each control worker: control tasks carry batches of battles and run them on
-#: their own small thread pool, so a few concurrent tasks keep the API budget busy.
-THREADS = TIMERS.control.threads
+# Its timers are TIMERS.control (worker/engine/timers.py, ControlTimers): the threads of each
+# control worker, the restart delay of one that exits, the grace it gets on shutdown.
+
 #: Control workers a worker starts: one per core, at most two. A flush costs the control
 #: worker about 5 ms of CPU under the GIL (a dozen Redis round trips and one HTTPS call):
 #: one process saturated near 100 flushes/s at 2,000 battles (84 % of a core, the budget
@@ -47,10 +47,6 @@ PROCESSES = max(1, min(2, os.cpu_count() or 1))
 #: Start the end game as a process of its own (worker/doors/endgame_main.py) beside the control
 #: workers: in a control worker its runner waited for the GIL behind the flush threads.
 ENDGAME_PROCESS = True
-#: A control worker that exits on its own is started again after this delay (doubling, capped).
-RESTART_DELAY = TIMERS.control.restart_delay
-#: On shutdown, the control worker gets this long to finish its tasks before SIGKILL.
-STOP_GRACE = TIMERS.control.stop_grace
 #: Set in the control worker's environment (it must not start one of its own), with the pid
 #: of the worker that started it.
 CHILD_ENV = "SCORER_CONTROL_POOL_CHILD"
@@ -111,7 +107,7 @@ class ControlPool(bootsteps.StartStopStep):
             for i in range(PROCESSES):  # the first keeps the name it always had
                 node = f"{name}-control{i or ''}@{host}"
                 cmd = [sys.executable, "-m", "celery", "-A", app_spec(sys.argv), "worker",
-                       "-P", "threads", "-c", str(THREADS), "-Q", keys.CONTROL_QUEUE,
+                       "-P", "threads", "-c", str(TIMERS.control.threads), "-Q", keys.CONTROL_QUEUE,
                        "-n", node, "--without-mingle", "--without-gossip",
                        "-l", _level_name(getattr(worker, "loglevel", None))]
                 if getattr(worker, "logfile", None):
@@ -129,7 +125,7 @@ class ControlPool(bootsteps.StartStopStep):
     def _supervise(self, i: int) -> None:
         # Started from this long-lived thread: PR_SET_PDEATHSIG fires when the thread that
         # forked the child ends, so it must live as long as the worker.
-        delay = RESTART_DELAY[0]
+        delay, max_delay = TIMERS.control.restart_delay  # doubling up to the cap
         env = {**os.environ, CHILD_ENV: "1", PARENT_ENV: str(os.getpid())}
         while not self._stopping.is_set():
             try:
@@ -139,7 +135,7 @@ class ControlPool(bootsteps.StartStopStep):
                           err, delay)
                 if self._stopping.wait(delay):
                     return
-                delay = min(RESTART_DELAY[1], delay * 2)
+                delay = min(max_delay, delay * 2)
                 continue
             log.info("control worker started (pid %d)", proc.pid)
             while proc.poll() is None and not self._stopping.wait(0.5):
@@ -150,14 +146,14 @@ class ControlPool(bootsteps.StartStopStep):
                         proc.returncode, delay)
             if self._stopping.wait(delay):
                 return
-            delay = min(RESTART_DELAY[1], delay * 2)
+            delay = min(max_delay, delay * 2)
 
     def stop(self, worker: Any) -> None:
         self._stopping.set()
         running = [p for p in self.procs.values() if p.poll() is None]
         for proc in running:  # all at once: they finish their tasks side by side
             proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
+        deadline = time.monotonic() + TIMERS.control.stop_grace
         for proc in running:
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))

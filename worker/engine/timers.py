@@ -1,12 +1,13 @@
 """Every timer of the scorer in one typed object: durations, periods, TTLs, threads, batches.
 
 `TIMERS` holds the defaults, a frozen dataclass per concern, each field saying why (with the
-measurement where there was one). A module binds its name at import (`LOCK_WAIT =
-TIMERS.flush.lock_wait`) and reads that name at call time: tests monkeypatch the module's name.
-The number lives here only: change it after measuring; tests/unit/test_timers.py keeps the
-measured values and the orderings the code relies on. Derived values are properties. Seconds
-unless named `_ms`. Operators' settings are in worker/engine/settings.py. The bottom layer: it
-imports nothing from the project; the doors and tasks/ read it too.
+measurement where there was one). A module reads `TIMERS.flush.lock_wait` where it uses it
+(a test patches the module's `TIMERS` with a `dataclasses.replace`), binding a name only where
+another module or a test imports it. The number lives here only: change it after measuring;
+tests/unit/test_timers.py keeps the measured values and the orderings the code relies on.
+Derived values are properties. Seconds unless named `_ms`. Operators' settings are in
+worker/engine/settings.py. The bottom layer: it imports nothing from the project; the doors and
+tasks/ read it too.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -30,6 +31,7 @@ from worker.engine.state.counters import read
 from worker.engine.state.keys import BattleKeys
 from worker.engine.state.lock import RedisLock
 from worker.engine.tencent.errors import RateLimitTimeout
+from worker.engine.timers import TIMERS
 
 BK = BattleKeys("b1")
 
@@ -200,7 +202,8 @@ def test_without_a_call_slot_or_with_the_lock_held_nothing_is_sent(
         assert flusher.flush_battle(frt, "b1") == "rate_limited"
     # It keeps its turn: ahead of every battle already waiting.
     assert frt.redis.zrange(keys.FLUSH_DUE, 0, 0) == ["b1"]
-    monkeypatch.setattr(flusher, "LOCK_WAIT", 0.03)
+    monkeypatch.setattr(flusher, "TIMERS",
+                        replace(TIMERS, flush=replace(TIMERS.flush, lock_wait=0.03)))
     with RedisLock(frt.redis, BK.lock) as other:
         assert other.held
         assert flusher.flush_battle(frt, "b1") == "busy"

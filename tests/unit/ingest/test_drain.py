@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from worker.engine.ingest import drain
 from worker.engine.ingest.drain import BadMessage, Message, decode, webhook_args
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
+from worker.engine.timers import TIMERS
 
 KNOWN = {"scorer.webhook", "scorer.webhooks", "scorer.flush"}.__contains__
 
@@ -157,8 +159,8 @@ def test_stale_claims_go_back_to_the_consuming_end_oldest_first(frt: Runtime,
 def test_a_drain_claims_in_batches_and_releases_its_slot(frt: Runtime,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     start_battle(frt)
-    monkeypatch.setattr(drain, "BATCH", 20)
-    monkeypatch.setattr(drain, "MIN_BATCH", 5)
+    monkeypatch.setattr(drain, "TIMERS",
+                        replace(TIMERS, drain=replace(TIMERS.drain, batch=20, min_batch=5)))
     _queue(frt, *[message("scorer.webhook", kwargs={"body": gift("room_a", 1),
                                                     "event_id": f"e{i}"}) for i in range(47)])
     token = drain.take_slot(frt)
@@ -173,8 +175,8 @@ def test_a_drain_claims_in_batches_and_releases_its_slot(frt: Runtime,
 
 def test_a_drain_out_of_time_asks_for_a_successor_only_in_a_flood(
         frt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(drain, "BATCH", 10)
-    monkeypatch.setattr(drain, "MIN_BATCH", 4)
+    monkeypatch.setattr(drain, "TIMERS",
+                        replace(TIMERS, drain=replace(TIMERS.drain, batch=10, min_batch=4)))
     _queue(frt, *[message("scorer.webhook", kwargs={"body": gift("room_a", 1)})
                   for _ in range(25)])
     ticks = iter([0.0, 99.0])  # started, then past run_for after the first batch

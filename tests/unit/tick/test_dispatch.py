@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from tests.unit.conftest import T0
@@ -13,6 +15,7 @@ from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys, RoomKeys
 from worker.engine.tick import dispatch, schedule
+from worker.engine.timers import TIMERS
 
 Sent = list[tuple[str, list[str]]]
 
@@ -41,7 +44,7 @@ def tick(rt: Runtime) -> tuple[dict[str, int], Sent]:
 
 def test_flushes_go_oldest_first_within_the_budget_in_batches(
         frt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dispatch, "BATCH", 4)
+    monkeypatch.setattr(dispatch, "TIMERS", replace(TIMERS, tick=replace(TIMERS.tick, batch=4)))
     with_value(frt, {f"b{i:02}": T0 - 100 + i for i in range(30)})
     frt.redis.zadd(keys.FLUSH_DUE, {"idle": T0 - 200})  # nothing to send: forgotten
     budget = schedule.per_tick_budget(frt.settings.api_rate, frt.settings.flush_interval)
@@ -69,7 +72,8 @@ def test_reconciles_pick_battles_near_their_end_first_within_their_budget(
 
 def test_a_battle_about_to_end_is_picked_even_past_the_oldest_max_dispatch(
         frt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dispatch, "MAX_DISPATCH", 3)
+    monkeypatch.setattr(dispatch, "TIMERS",
+                        replace(TIMERS, tick=replace(TIMERS.tick, max_dispatch=3)))
     frt.redis.zadd(keys.ACTIVE, {f"b{i}": T0 + 3600 for i in range(5)})
     frt.redis.zadd(keys.ACTIVE, {"ending": T0 + 1})
     frt.redis.zadd(keys.AUDIT_DUE, {**{f"b{i}": T0 - 50 + i for i in range(5)},

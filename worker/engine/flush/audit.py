@@ -10,9 +10,9 @@ the score Tencent holds must equal `applied`, and corrects a difference with one
 `applied` (idempotent), recorded in the battle's history, the `audit_corrections` counter
 and the log.
 
-When: every AUDIT_INTERVAL s for each running battle (from its start), a settled ambiguity
-AFTER_AMBIGUITY s after it settled (a late write lands by then) but no later than END_LEAD s
-before the end, and every active battle at once after the tick sees Redis
+When: every TIMERS.audit.interval s for each running battle (from its start), a settled
+ambiguity AFTER_AMBIGUITY s after it settled (a late write lands by then) but no later than
+END_LEAD s before the end, and every active battle at once after the tick sees Redis
 restarted (`check_restart`). Audits never wait for a call slot under the lock.
 """
 
@@ -47,13 +47,12 @@ log = logging.getLogger("scorer.audit")
 
 #: A settled ambiguity is audited AFTER_AMBIGUITY after it settled, but no later than END_LEAD
 #: before the battle's end; an audit that could not run (no slot, lock busy, batch in flight)
-#: is due again RETRY later; it waits SLOT_WAIT for a get_battle_info slot (holding no lock).
-#: Why each is what it is: worker/engine/timers.py (AuditTimers).
-AUDIT_INTERVAL = TIMERS.audit.interval
+#: is due again RETRY later; it waits TIMERS.audit.slot_wait for a get_battle_info slot (holding
+#: no lock). Why each is what it is: worker/engine/timers.py (AuditTimers). Bound here because
+#: tests read them:
 AFTER_AMBIGUITY = TIMERS.audit.after_ambiguity
 END_LEAD = TIMERS.audit.end_lead
 RETRY = TIMERS.audit.retry
-SLOT_WAIT = TIMERS.audit.slot_wait
 
 
 def schedule(rt: Runtime, battle_ids: list[str], at: float,
@@ -88,7 +87,7 @@ def check_restart(rt: Runtime) -> bool:
         pipe = pipeline(rt.redis)
         schedule(rt, active, rt.clock(), pipe)
         pipe.sadd(keys.AUDIT_FORCED, *active)
-        pipe.expire(keys.AUDIT_FORCED, int(AUDIT_INTERVAL * 4))
+        pipe.expire(keys.AUDIT_FORCED, int(TIMERS.audit.interval * 4))
         pipe.execute()
     log.warning("Redis restarted (run_id changed): auditing %d active battles", len(active))
     return True
@@ -112,7 +111,7 @@ def audit_battle(rt: Runtime, battle_id: str, forced: bool = False) -> str:
         rt.redis.zadd(keys.AUDIT_DUE, {battle_id: now + RETRY}, xx=True)
         return "inflight"
     try:
-        rt.client.limiter.acquire("get_battle_info", SLOT_WAIT, LOW)
+        rt.client.limiter.acquire("get_battle_info", TIMERS.audit.slot_wait, LOW)
     except RateLimitTimeout:
         rt.redis.zadd(keys.AUDIT_DUE, {battle_id: now + RETRY}, xx=True)
         return "rate_limited"
@@ -131,8 +130,8 @@ def audit_battle(rt: Runtime, battle_id: str, forced: bool = False) -> str:
 
 
 def _next(rt: Runtime, battle: Battle) -> None:
-    """Due again AUDIT_INTERVAL from now, once more just before the end, or no more."""
-    at = rt.clock() + AUDIT_INTERVAL
+    """Due again TIMERS.audit.interval from now, once more just before the end, or no more."""
+    at = rt.clock() + TIMERS.audit.interval
     if battle.end - END_LEAD > rt.clock():
         at = min(at, battle.end - END_LEAD)  # one more just before the buzzer
     elif battle.end:

@@ -6,8 +6,8 @@ value that lands is not left for the next tick:
 - ingest marks the battle in ENDGAME_DUE the moment it stores the value (`mark`), and the tick
   promotes battles that entered the window with value already waiting (`plan`);
 - one runner thread (`ensure_runner`: started in every process that runs ticks, one of them
-  holding `bs:endgame:lock`) runs a round every POLL seconds: value that has waited COALESCE
-  (more gifts of the same moment ride along) is flushed on the HIGH lane of the limiter,
+  holding `bs:endgame:lock`) runs a round every TIMERS.endgame.poll s: value that has waited
+  COALESCE (more gifts of the same moment ride along) is flushed on the HIGH lane of the limiter,
   soonest end first (deadline-first: when deadlines compete for the budget, the battle that
   ends first goes first, and the others coalesce meanwhile). It is a thread of its own, not a
   task: the end game never waits for a free worker thread, nor for beat's next tick;
@@ -47,8 +47,6 @@ from worker.engine.flush.near_end import (  # noqa: F401 (re-exported: the end g
 )
 from worker.engine.flush.rounds import (  # noqa: F401 (re-exported: the rounds)
     COALESCE,
-    ROUND_MAX,
-    THREADS,
     Flush,
     run_finals,
     run_round,
@@ -65,12 +63,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("scorer.endgame")
 
-#: The end game's timers (worker/engine/timers.py, EndGameTimers): FINAL_WINDOW s before its
-#: end (Tencent's clock) a battle's value is flushed at once; rounds run every POLL s; the
-#: runner re-plans (promotes battles entering the window, renews the reserve) every PLAN_EVERY
-#: s; battles ending within HORIZON s past the window count toward the reserve.
-POLL = TIMERS.endgame.poll
-PLAN_EVERY = TIMERS.endgame.plan_every
+#: The end game's timers are TIMERS.endgame (worker/engine/timers.py, EndGameTimers):
+#: FINAL_WINDOW s before its end (Tencent's clock) a battle's value is flushed at once; rounds
+#: run every `poll` s; the runner re-plans (promotes battles entering the window, renews the
+#: reserve) every `plan_every` s; battles ending within HORIZON s past the window count toward
+#: the reserve (bound here because tests read it).
 HORIZON = TIMERS.endgame.horizon
 
 
@@ -128,11 +125,6 @@ def ensure_runner(rt: Runtime, flush: Flush) -> None:
     threading.Thread(target=_run, args=(rt, flush), daemon=True, name="endgame").start()
 
 
-#: A dedicated end-game process (worker/doors/endgame_main.py) says it runs by renewing its key
-#: with this ttl.
-DEDICATED_TTL_MS = TIMERS.endgame.dedicated_ttl_ms
-
-
 def _dedicated_alive(rt: Runtime) -> bool:
     return bool(rt.redis.exists(keys.ENDGAME_DEDICATED))
 
@@ -143,8 +135,8 @@ def _run(rt: Runtime, flush: Flush) -> None:
     dedicated end-game process beats."""
     seen = [time.monotonic()]
 
-    def no_dedicated() -> bool:  # looked at every PLAN_EVERY s, not every round
-        if time.monotonic() - seen[0] < PLAN_EVERY:
+    def no_dedicated() -> bool:  # looked at every `plan_every` s, not every round
+        if time.monotonic() - seen[0] < TIMERS.endgame.plan_every:
             return True
         seen[0] = time.monotonic()
         return not _dedicated_alive(rt)
@@ -172,10 +164,13 @@ def run_dedicated(rt: Runtime, flush: Flush, stop: threading.Event) -> None:
     def beat() -> None:
         while not stop.is_set():
             try:
-                rt.redis.set(keys.ENDGAME_DEDICATED, os.getpid(), px=DEDICATED_TTL_MS)
+                # A dedicated process (worker/doors/endgame_main.py) says it runs by renewing
+                # its key with this ttl.
+                rt.redis.set(keys.ENDGAME_DEDICATED, os.getpid(),
+                             px=TIMERS.endgame.dedicated_ttl_ms)
             except Exception:  # Redis away: the key expires, thread runners take over
                 pass
-            stop.wait(DEDICATED_TTL_MS / 4000)
+            stop.wait(TIMERS.endgame.dedicated_ttl_ms / 4000)
         try:
             rt.redis.delete(keys.ENDGAME_DEDICATED)
         except Exception:
@@ -189,12 +184,13 @@ def run_dedicated(rt: Runtime, flush: Flush, stop: threading.Event) -> None:
 
 
 def run_while(rt: Runtime, flush: Flush, go: Callable[[], bool]) -> int:
-    """Plan every PLAN_EVERY s and run a round every POLL s while `go()`; returns flushes."""
+    """Plan every TIMERS.endgame.plan_every s and run a round every TIMERS.endgame.poll s while
+    `go()`; returns flushes."""
     started, planned = 0, 0.0
     while go():
-        if time.monotonic() - planned >= PLAN_EVERY:
+        if time.monotonic() - planned >= TIMERS.endgame.plan_every:
             plan(rt, rt.clock())
             planned = time.monotonic()
         started += run_round(rt, flush) + run_finals(rt, flush)
-        time.sleep(POLL)
+        time.sleep(TIMERS.endgame.poll)
     return started

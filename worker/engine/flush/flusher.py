@@ -49,13 +49,10 @@ from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.flush")
 
-#: The flush's timers, each with its reason in worker/engine/timers.py (FlushTimers). Only the
-#: first send may wait for the limiter, and not under the lock (see `flush_battle`); later
-#: calls go only if a slot is free at once. A retryable answer ends the flush: the battle is
-#: due again RETRY_SOON.
-MAX_ROUNDS = TIMERS.flush.max_rounds
-LOCK_WAIT = TIMERS.flush.lock_wait
-SLOT_WAIT = TIMERS.flush.slot_wait
+#: The flush's timers are TIMERS.flush (worker/engine/timers.py, FlushTimers, each with its
+#: reason). Only the first send may wait for the limiter, and not under the lock (see
+#: `flush_battle`); later calls go only if a slot is free at once. A retryable answer ends the
+#: flush: the battle is due again RETRY_SOON. Bound here because tests read them:
 REFUSED_RETRY = TIMERS.flush.refused_retry
 START_SKEW = TIMERS.flush.start_skew
 
@@ -82,7 +79,7 @@ class Flusher(Claim):
                 state = settle.resolve(self, inf)
                 if state != "unsent":
                     return state
-        for _ in range(MAX_ROUNDS):
+        for _ in range(TIMERS.flush.max_rounds):
             state = self.send(inf)
             if state == "ambiguous":
                 state = settle.resolve(self, inf)
@@ -165,13 +162,14 @@ class Flusher(Claim):
 
 
 def flush_battle(rt: Runtime, battle_id: str, lane: str = LOW, admitted: bool = False,
-                 slot_wait: float = SLOT_WAIT, final: bool = False) -> str:
+                 slot_wait: float = TIMERS.flush.slot_wait, final: bool = False) -> str:
     """Flush one battle; returns an outcome name.
 
     Nothing waits while holding the battle's lock: the call slot is taken first (`admitted`:
     the caller already holds one), and a lock held by another flush is waited for a moment
-    (`LOCK_WAIT`), the time its batch takes to settle, before the battle goes back to the
-    schedule. A battle with nothing to send, or whose batch must settle first, takes no slot.
+    (`TIMERS.flush.lock_wait`), the time its batch takes to settle, before the battle goes back
+    to the schedule. A battle with nothing to send, or whose batch must settle first, takes no
+    slot.
     """
     bk = BattleKeys(battle_id)
     need, battle = needs_and_battle(rt, battle_id)
@@ -192,7 +190,7 @@ def flush_battle(rt: Runtime, battle_id: str, lane: str = LOW, admitted: bool = 
         except RateLimitTimeout:
             first_in_line(rt, battle_id)
             return "rate_limited"
-    deadline = time.monotonic() + LOCK_WAIT
+    deadline = time.monotonic() + TIMERS.flush.lock_wait
     while True:
         with RedisLock(rt.redis, bk.lock) as lock:
             if lock.held:

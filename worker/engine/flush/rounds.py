@@ -17,11 +17,10 @@ from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.endgame")
 
-#: Value waits COALESCE s for more of the same moment before an end-game flush, on THREADS
-#: threads, ROUND_MAX battles looked at per round (worker/engine/timers.py, EndGameTimers).
+#: Value waits COALESCE s for more of the same moment before an end-game flush, on
+#: TIMERS.endgame.threads threads, TIMERS.endgame.round_max battles looked at per round
+#: (worker/engine/timers.py, EndGameTimers). COALESCE is bound here because tests read it.
 COALESCE = TIMERS.endgame.coalesce
-THREADS = TIMERS.endgame.threads
-ROUND_MAX = TIMERS.endgame.round_max
 
 #: flush(rt, battle_id, lane=..., admitted=...) -> outcome: worker.engine.flush.flusher.flush_battle
 Flush = Callable[..., str]
@@ -35,7 +34,7 @@ _mu = threading.Lock()
 def _executor() -> ThreadPoolExecutor:
     global _pool, _pool_pid
     if _pool is None or _pool_pid != os.getpid():
-        _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="endgame")
+        _pool = ThreadPoolExecutor(TIMERS.endgame.threads, thread_name_prefix="endgame")
         _pool_pid = os.getpid()
         _running.clear()
     return _pool
@@ -44,7 +43,7 @@ def _executor() -> ThreadPoolExecutor:
 def run_finals(rt: Runtime, flush: Flush) -> int:
     """Start the last absolute writes that are due (keys.FINAL_DUE); returns how many."""
     due = rt.redis.zrangebyscore(keys.FINAL_DUE, "-inf", rt.tclock.latest(), start=0,
-                                 num=ROUND_MAX)
+                                 num=TIMERS.endgame.round_max)
     started = 0
     for bid in due:
         if rt.client.limiter.try_acquire("set_battle_score", HIGH) > 0:
@@ -60,7 +59,7 @@ def run_round(rt: Runtime, flush: Flush) -> int:
     admits calls; returns how many flushes started."""
     now = rt.clock()
     due = rt.redis.zrangebyscore(keys.ENDGAME_DUE, "-inf", now - COALESCE, start=0,
-                                 num=ROUND_MAX)
+                                 num=TIMERS.endgame.round_max)
     if not due:
         return 0
     pipe = pipeline(rt.redis)

@@ -3,7 +3,7 @@
 One Celery task per gift costs Celery about 1.5 ms of CPU, which caps one-message-per-gift
 ingest near 600/s on 2 cores however cheap the Redis side is. So when the ingest queue backs
 up, an ingest task asks for a drain (`request`), and the `scorer.drain` task that follows
-takes up to BATCH messages at a time straight off kombu's list and ingests them as one
+takes up to TIMERS.drain.batch messages at a time straight off kombu's list and ingests them as one
 `scorer.webhooks` message would be (one Redis call per battle per batch).
 
 Crash safety: a batch moves from the queue into a claim list in one Lua step (DRAIN_CLAIM),
@@ -38,25 +38,19 @@ from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.drain")
 
+#: The drain's timers are TIMERS.drain (worker/engine/timers.py, DrainTimers, each with its
+#: reason). Bound here, those that tests and tasks/ingest.py read: the queue length at which an
+#: ingest task asks for a drain, the pause after a partial claim, the drains at once, the
+#: leases of a slot and of a claim.
+THRESHOLD = TIMERS.drain.threshold
+PAUSE = TIMERS.drain.pause
+MAX_SLOTS = TIMERS.drain.max_slots
+SLOT_LEASE = TIMERS.drain.slot_lease
+CLAIM_LEASE = TIMERS.drain.claim_lease
+
+#: The ingest tasks whose messages a drain takes.
 WEBHOOK = "scorer.webhook"
 WEBHOOKS = "scorer.webhooks"
-
-#: Queue length at which an ingest task asks for a drain.
-THRESHOLD = TIMERS.drain.threshold
-#: Messages per claim: big enough to amortize, small enough to settle in tens of ms.
-BATCH = TIMERS.drain.batch
-#: A drain keeps going while claims bring at least this many messages (the flood goes on).
-MIN_BATCH = TIMERS.drain.min_batch
-#: Pause before the next claim after a partial one, so a steady flow comes in batches.
-PAUSE = TIMERS.drain.pause
-#: Drains requested or running at once (across the deployment).
-MAX_SLOTS = TIMERS.drain.max_slots
-#: A slot whose drain task never ran (lost, expired) is freed after this many seconds.
-SLOT_LEASE = TIMERS.drain.slot_lease
-#: A claim held longer than this is given back to the queue (its drain died or stalled).
-CLAIM_LEASE = TIMERS.drain.claim_lease
-#: One drain task runs this long at most, then hands over to a successor (Flower shows each).
-RUN_SECONDS = TIMERS.drain.run_seconds
 
 
 class BadMessage(ValueError):
@@ -198,7 +192,7 @@ def _redis_now(rt: Runtime) -> float:
 
 
 def drain(rt: Runtime, token: str, known: Callable[[str], bool],
-          run_for: float = RUN_SECONDS, clock: Callable[[], float] = time.monotonic,
+          run_for: float = TIMERS.drain.run_seconds, clock: Callable[[], float] = time.monotonic,
           sleep: Callable[[float], None] = time.sleep) -> dict[str, int]:
     """Claim and ingest batches until the queue runs dry or `run_for` has passed.
 
@@ -215,7 +209,7 @@ def drain(rt: Runtime, token: str, known: Callable[[str], bool],
             # again with the same token, and must never reuse (and release) a dead claim.
             claim = keys.drain_claim_key(uuid.uuid4().hex)
             raws = rt.script("DRAIN_CLAIM", broker=True)(
-                keys=[rt.settings.queue, keys.DRAIN_CLAIMS, claim], args=[BATCH])
+                keys=[rt.settings.queue, keys.DRAIN_CLAIMS, claim], args=[TIMERS.drain.batch])
             if not raws:
                 break
             totals.update(ingest_messages(rt, raws, known))
@@ -225,10 +219,10 @@ def drain(rt: Runtime, token: str, known: Callable[[str], bool],
             pipe.zrem(keys.DRAIN_CLAIMS, claim)
             pipe.execute()
             if clock() - started >= run_for:
-                more = len(raws) >= MIN_BATCH
+                more = len(raws) >= TIMERS.drain.min_batch
                 break
-            if len(raws) < BATCH:
-                if len(raws) < MIN_BATCH:
+            if len(raws) < TIMERS.drain.batch:
+                if len(raws) < TIMERS.drain.min_batch:
                     break  # a trickle: ordinary tasks carry it
                 sleep(PAUSE)
     finally:

@@ -19,16 +19,14 @@ from worker.engine.state.counters import bump_many
 from worker.engine.state.pipeline import pipeline
 from worker.engine.timers import TIMERS
 
-__all__ = ["OUTAGE_RETRY_SECONDS", "REDIS_OUTAGE", "apply_lifecycle", "bulk_pairs",
-           "dead_letter", "handle", "handle_durably"]
+__all__ = ["REDIS_OUTAGE", "apply_lifecycle", "bulk_pairs", "dead_letter", "handle",
+           "handle_durably"]
 
 log = logging.getLogger("scorer.ingest")
 
-#: Redis errors that mean "not stored, try again": ingest waits them out rather than drop.
+#: Redis errors that mean "not stored, try again": ingest waits them out rather than drop
+#: (for TIMERS.ingest.outage_retry, then the task layer requeues the events).
 REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
-#: How long one ingest keeps retrying a Redis outage before it gives the events back to the
-#: queue (the task layer requeues them); shorter than the task time limit.
-OUTAGE_RETRY_SECONDS = TIMERS.ingest.outage_retry
 
 def handle(rt: Runtime, items: Iterable[tuple[Any, Any]]) -> dict[str, int]:
     """Apply (body, event_id) pairs: gifts in two Redis round trips, lifecycle events one by one.
@@ -100,7 +98,7 @@ def bulk_pairs(rt: Runtime, items: Any) -> tuple[list[tuple[Any, Any]], int]:
 
 
 def handle_durably(rt: Runtime, items: list[tuple[Any, Any]],
-                   retry_for: float = OUTAGE_RETRY_SECONDS,
+                   retry_for: float = TIMERS.ingest.outage_retry,
                    sleep: Callable[[float], None] = time.sleep) -> dict[str, int]:
     """`handle`, waiting out a Redis outage: the events are stored, or this raises the outage
     after `retry_for` seconds and the caller puts them back on the queue. Never drops them.

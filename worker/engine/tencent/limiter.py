@@ -33,23 +33,23 @@ from worker.engine.timers import TIMERS
 
 #: Share of SCORER_API_RATE the limiter admits (see the module docstring).
 HEADROOM = TIMERS.state.headroom
-#: The sliding window, and the margin it is widened by (see the module docstring).
+#: The sliding window (see the module docstring); TIMERS.state.margin_ms widens it.
 WINDOW_MS = TIMERS.state.window_ms
-MARGIN_MS = TIMERS.state.margin_ms
 #: Lanes: `HIGH` calls have a deadline, `LOW` ones yield the reserve to them.
 HIGH, LOW = "high", "low"
 
 
 def admitted_per_second(rate: int) -> float:
     """The most calls per second the limiter admits over time: what schedules may plan on."""
-    return max(1, int(rate * HEADROOM)) * 1000 / (WINDOW_MS + MARGIN_MS)
+    return max(1, int(rate * HEADROOM)) * 1000 / (WINDOW_MS + TIMERS.state.margin_ms)
 
 
 class RedisRateLimiter:
     """Blocks until a call of `api` fits in `rate` calls per sliding window, for all processes."""
 
     def __init__(self, redis: redis.Redis, rate: int, window_ms: int = WINDOW_MS,
-                 margin_ms: int = MARGIN_MS, headroom: float = HEADROOM, max_wait: float = 5.0,
+                 margin_ms: int = TIMERS.state.margin_ms, headroom: float = HEADROOM,
+                 max_wait: float = 5.0,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.redis = redis
         self.rate = max(1, int(rate * headroom))

@@ -2,9 +2,10 @@
 
 A tick reads the due lists (flush, reconcile, unresolved, audit), keeps within the API budget
 (worker/engine/tick/schedule.py), and hands each kind's battle ids to `dispatch(kind, battle_ids)`
-BATCH at a time: the task layer (tasks/control.py) turns a kind into its Celery task. It also
-sweeps held gifts, finalizes ended battles (worker/engine/battles/ending.py) and, every SAFETY_SWEEP
-s, marks due the battles an interrupted ingest left with value but not due.
+TIMERS.tick.batch at a time: the task layer (tasks/control.py) turns a kind into its Celery task.
+It also sweeps held gifts, finalizes ended battles (worker/engine/battles/ending.py) and, every
+TIMERS.tick.safety_sweep s, marks due the battles an interrupted ingest left with value but not
+due (an ingest that died between its two Redis commands).
 """
 
 from __future__ import annotations
@@ -31,15 +32,7 @@ from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.control")
 
-#: Battles dispatched per tick and per kind: bounds one tick's work under a flood.
-MAX_DISPATCH = TIMERS.tick.max_dispatch
-#: Every this many seconds the tick re-checks active battles for pending value not marked due
-#: (an ingest that died between its two Redis commands).
-SAFETY_SWEEP = TIMERS.tick.safety_sweep
-#: Battles per control message, and threads per process working through one message
-#: (worker/engine/timers.py, TickTimers).
-BATCH = TIMERS.tick.batch
-THREADS = TIMERS.tick.threads
+#: The tick's timers are TIMERS.tick (worker/engine/timers.py, TickTimers, each with its reason).
 
 #: Sends one control message: `dispatch(kind, battle_ids)`, kind "flush", "reconcile" or "audit".
 Dispatch = Callable[[str, list[str]], None]
@@ -56,7 +49,8 @@ def run_many(rt: Runtime, fn: BattleWork, battle_ids: list[str]) -> dict[str, st
     if len(battle_ids) == 1:
         return {battle_ids[0]: fn(rt, battle_ids[0])}
     if _pool is None or _pool_pid != os.getpid():
-        _pool, _pool_pid = ThreadPoolExecutor(THREADS, thread_name_prefix="battle"), os.getpid()
+        _pool = ThreadPoolExecutor(TIMERS.tick.threads, thread_name_prefix="battle")
+        _pool_pid = os.getpid()
     results = _pool.map(lambda bid: _safe(fn, rt, bid), battle_ids)
     return dict(zip(battle_ids, results, strict=True))
 
@@ -79,7 +73,7 @@ def run(rt: Runtime, dispatch: Dispatch) -> dict[str, int]:
 
 
 def _due(rt: Runtime, zkey: str, now: float) -> list[str]:
-    return rt.redis.zrangebyscore(zkey, "-inf", now, start=0, num=MAX_DISPATCH)
+    return rt.redis.zrangebyscore(zkey, "-inf", now, start=0, num=TIMERS.tick.max_dispatch)
 
 
 def _keep_all(ids: list[str]) -> list[str]:
@@ -97,7 +91,7 @@ def _pick(rt: Runtime, zkey: str, now: float, budget: int,
         seen: set[str] = set()
         low: float | str = "-inf"  # by score, not offset: `keep` may move some out of range
         step, ties = max(budget, 1), 0  # ties: seen ids scored `low` (read again)
-        while len(chosen) < budget and len(seen) < MAX_DISPATCH:
+        while len(chosen) < budget and len(seen) < TIMERS.tick.max_dispatch:
             page = rt.redis.zrangebyscore(zkey, low, now, start=0, num=step + ties,
                                           withscores=True)
             ids = [b for b, _ in page if b not in seen][:step]
@@ -108,13 +102,13 @@ def _pick(rt: Runtime, zkey: str, now: float, budget: int,
             ties = sum(1 for _, score in page if score == low)
             chosen += keep(ids)[:budget - len(chosen)]
         return chosen
-    due = dict(rt.redis.zrangebyscore(zkey, "-inf", now, start=0, num=MAX_DISPATCH,
+    due = dict(rt.redis.zrangebyscore(zkey, "-inf", now, start=0, num=TIMERS.tick.max_dispatch,
                                       withscores=True))
     urgent = schedule.urgent_window(rt.settings.flush_interval) if near_end_first else 0.0
     if urgent:
-        # The oldest MAX_DISPATCH may not include the battles about to end: add those due.
+        # The oldest `max_dispatch` may not include the battles about to end: add those due.
         ending = rt.redis.zrangebyscore(keys.ACTIVE, now - FINAL_GRACE, now + urgent,
-                                        start=0, num=MAX_DISPATCH)
+                                        start=0, num=TIMERS.tick.max_dispatch)
         if ending:
             for bid, since in zip(ending, rt.redis.zmscore(zkey, ending), strict=True):
                 if since is not None and since <= now:
@@ -225,22 +219,23 @@ def run_tick(rt: Runtime, dispatch: Dispatch) -> dict[str, int]:
     ended = rt.redis.zrangebyscore(keys.ACTIVE, "-inf", now - FINAL_GRACE, start=0, num=200)
     out["finalized"] = finalize(rt, ended)
     swept = float(rt.redis.get(keys.SAFETY_SWEEP) or 0)
-    if now - swept >= SAFETY_SWEEP:
+    if now - swept >= TIMERS.tick.safety_sweep:
         rt.redis.set(keys.SAFETY_SWEEP, now)
         safety_sweep(rt)
     return out
 
 
 class _Batched:
-    """Collects battle ids per kind and sends them BATCH at a time."""
+    """Collects battle ids per kind and sends them TIMERS.tick.batch at a time."""
 
     def __init__(self, send: Dispatch) -> None:
         self.send = send
 
     def __call__(self, kind: str, battle_ids: list[str] | str) -> None:
         ids = [battle_ids] if isinstance(battle_ids, str) else list(battle_ids)
-        for i in range(0, len(ids), BATCH):
-            self.send(kind, ids[i:i + BATCH])
+        batch = TIMERS.tick.batch
+        for i in range(0, len(ids), batch):
+            self.send(kind, ids[i:i + batch])
 
 
 def safety_sweep(rt: Runtime) -> None:
