@@ -1,6 +1,6 @@
 """worker.engine.timers: the measured defaults, each field documented, frozen, and ordered.
 
-The numbers live in timers.py only: modules bind their names from TIMERS (checked from the
+The numbers live in timers.py only: modules read them from TIMERS (checked from the
 source, with ast, so nothing is imported but timers.py itself).
 """
 

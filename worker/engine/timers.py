@@ -296,5 +296,5 @@ class Timers:
     celery: CeleryTimers = field(default_factory=CeleryTimers)
 
 
-#: The defaults, read by every module at import.
+#: The defaults: modules read TIMERS.<concern>.<field> where they use it.
 TIMERS = Timers()

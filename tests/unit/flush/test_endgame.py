@@ -1,4 +1,4 @@
-"""Unit tests of worker/engine/flush/endgame.py: the final window, its marks, plan and reserve."""
+"""Unit tests of worker/engine/flush/endgame.py: plan and reserve (the window: battles/)."""
 
 from __future__ import annotations
 
@@ -15,25 +15,6 @@ RESERVE = keys.rate_reserve_key("set_battle_score")
 def no_flush(*args: object, **kwargs: object) -> str:
     """A flush that must not be called."""
     raise AssertionError("no end-game flush was due")
-
-
-def test_a_battle_is_in_its_final_window_from_final_window_before_its_end() -> None:
-    latest = 1000.0
-    assert endgame.in_window(latest + endgame.FINAL_WINDOW, latest)
-    assert not endgame.in_window(latest + endgame.FINAL_WINDOW + 0.01, latest)
-    assert endgame.in_window(latest - 5, latest)  # past its end: still flushed at once
-    assert not endgame.in_window(0.0, latest)  # end unknown
-
-
-def test_mark_queues_each_battle_once_at_the_time_its_value_first_waited(
-        frt: Runtime) -> None:
-    pipe = frt.redis.pipeline()
-    endgame.mark(pipe, ["b1", "b2"], T0)
-    endgame.mark(pipe, ["b1"], T0 + 1)  # more value: it keeps its place
-    endgame.mark(pipe, [], T0 + 2)
-    pipe.execute()
-    assert frt.redis.zrange(keys.ENDGAME_DUE, 0, -1, withscores=True) == [("b1", T0),
-                                                                          ("b2", T0)]
 
 
 @pytest.mark.parametrize("window", [1.0, 2.0])

@@ -1,1 +1,2 @@
-"""Battles: registration, routing of gifts to rooms, the end, and battles that never start."""
+"""Battles: registration, routing of gifts to rooms, the final window, the end, and battles
+that never start."""

@@ -30,7 +30,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from worker.engine.battles.final_window import (  # noqa: F401 (re-exported)
     FINAL_WINDOW,
@@ -56,10 +55,6 @@ from worker.engine.state import keys
 from worker.engine.state.lock import RedisLock
 from worker.engine.state.pipeline import pipeline
 from worker.engine.timers import TIMERS
-
-if TYPE_CHECKING:
-
-    pass
 
 log = logging.getLogger("scorer.endgame")
 

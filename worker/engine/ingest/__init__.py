@@ -1,1 +1,1 @@
-"""Ingest: webhook bodies parsed, gifts stored once, floods drained, invalid input dead-lettered."""
+"""Ingest: gifts stored once, routed to their battles, floods drained, dead letters replayed."""

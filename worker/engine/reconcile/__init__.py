@@ -1,1 +1,1 @@
-"""Reconcile: Tencent's counts and scores read back, drift judged and corrected."""
+"""Reconcile: Tencent's gift counts read back, drift judged and its correction decided."""

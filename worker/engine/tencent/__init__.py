@@ -1,4 +1,5 @@
-"""Tencent TUILiveKit REST client: URLs, UserSig, typed models and outcome classification."""
+"""Tencent TUILiveKit REST client: URLs, UserSig, typed models, outcome classification, and
+the shared rate limiter."""
 
 from worker.engine.tencent.client import TencentClient
 from worker.engine.tencent.errors import Outcome, TencentError
