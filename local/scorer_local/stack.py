@@ -56,6 +56,14 @@ def redis_server_bin() -> str | None:
     return "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
 
 
+def _require_redis_server() -> str:
+    """The system redis-server; a clear error when it is not installed."""
+    binary = redis_server_bin()
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    return binary
+
+
 def _redis_cmd(binary: str, port: int, data_dir: str, appendonly: bool,
                *extra: str) -> list[str]:
     """A loopback redis-server command line: no snapshots, quiet, data in `data_dir`."""
@@ -111,9 +119,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10) -> RedisServer:
-        binary = redis_server_bin()
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        binary = _require_redis_server()
         self.proc = subprocess.Popen(
             _redis_cmd(binary, self.port, self.dir, self.appendonly,
                        "--daemonize", "no", "--maxmemory-policy", "noeviction"),
@@ -221,9 +227,7 @@ class RedisCluster:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
 
     def start(self, timeout: float = 30) -> RedisCluster:
-        binary = redis_server_bin()
-        if binary is None:
-            raise RuntimeError("redis-server is not installed")
+        binary = _require_redis_server()
         for node in self.nodes:
             node.proc = subprocess.Popen(
                 _redis_cmd(binary, node.port, node.dir, False, "--cluster-enabled", "yes",

@@ -14,6 +14,7 @@ from typing import Any
 import fakeredis
 import pytest
 
+from tests.unit.state.server_clock import ServerClock, freeze_server_time
 from worker.engine.runtime import Runtime, set_runtime
 from worker.engine.settings import Settings
 from worker.engine.tencent import TencentClient
@@ -36,6 +37,13 @@ def _no_process(monkeypatch: pytest.MonkeyPatch) -> None:
         raise ProcessStarted(f"a unit test started a process: {args[:1]}")
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> ServerClock:
+    """Redis's own clock (TIME, key expiry, Lua's TIME) in fakeredis, frozen at T0 until the
+    test moves it: the limiter, the drain's leases and the watermark run on it."""
+    return freeze_server_time(monkeypatch, T0)
 
 
 @pytest.fixture

@@ -85,7 +85,7 @@ def test_a_separate_broker_is_connected_once_and_gets_its_own_scripts(
     monkeypatch.setattr(runtime, "connect", fake_connect)
     settings = unit_settings.model_copy(update={"state_redis_url": "redis://state:6379/1"})
     rt = Runtime(settings=settings, redis=frt.redis, client=frt.client, clock=frt.clock)
-    assert rt.broker is broker and rt.broker is broker
+    assert rt.broker is broker and rt.broker is broker  # the second read reuses the first
     assert asked == [("redis://unit.invalid:6379/0", None, None)]
     assert rt.script("WATERMARK", broker=True).registered_client is broker
     assert rt.script("WATERMARK").registered_client is frt.redis

@@ -152,7 +152,7 @@ class ScorerCollector:
             pipe.zrangebyscore(zkey, "-inf", now, start=0, num=OLDEST_SCAN, withscores=True)
         (raw_stats, calls_raw, sums_raw, buckets_raw, wait_raw, active, first_due, due,
          held, dead, dropped, tick_at, beat_at, flush_due, endgame_due) = pipe.execute()
-        raw_stats["dead_letters_dropped"] = dropped or 0  # kept beside its list (one slot)
+        raw_stats = counters.with_dropped(raw_stats, dropped)
 
         ev = CounterMetricFamily("scorer_events", "Events by what became of them",
                                  labels=["outcome"])

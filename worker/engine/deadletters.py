@@ -17,7 +17,7 @@ import redis
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.counters import bump
-from worker.engine.state.pipeline import SerialBatch, pipeline
+from worker.engine.state.pipeline import SerialBatch
 
 # The logger dead letters have always been logged under (they used to be written by ingest).
 log = logging.getLogger("scorer.ingest")
@@ -42,11 +42,10 @@ def dead_letter(rt: Runtime, body: Any, event_id: Any, reason: str,
         raw = json.dumps({"truncated": raw[:MAX_DEAD_BODY]})
     entry = json.dumps({"reason": reason, "event_id": None if event_id is None else
                         str(event_id)[:200], "at": rt.clock(), "body": json.loads(raw)})
-    p = pipe or pipeline(rt.redis)
+    # Alone: one EVALSHA. In the caller's pipeline: redis-py checks the script once per
+    # execute (SCRIPT EXISTS), shared by every script of that batch.
     rt.script("DEAD_LETTER")(keys=[keys.DEAD_LETTERS, keys.DEAD_LETTERS_DROPPED],
-                             args=[entry, MAX_DEAD_LETTERS], client=p)
-    if pipe is None:
-        p.execute()
+                             args=[entry, MAX_DEAD_LETTERS], client=pipe or rt.redis)
     log.warning("dead-lettered event: %s", reason,
                 extra={"event_id": None if event_id is None else str(event_id)[:200]})
 

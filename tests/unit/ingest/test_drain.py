@@ -11,7 +11,7 @@ import pytest
 
 from tests.unit.conftest import T0
 from tests.unit.ingest.world import gift, ledger, start_battle
-from tests.unit.state.server_clock import ServerClock, freeze_server_time
+from tests.unit.state.server_clock import ServerClock
 from worker.engine import deadletters
 from worker.engine.ingest import drain
 from worker.engine.ingest.drain import BadMessage, Message, decode, webhook_args
@@ -20,12 +20,6 @@ from worker.engine.state import keys
 from worker.engine.timers import TIMERS
 
 KNOWN = {"scorer.webhook", "scorer.webhooks", "scorer.flush"}.__contains__
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> ServerClock:
-    """The broker's clock (claims' and slots' leases), frozen at T0."""
-    return freeze_server_time(monkeypatch, T0)
 
 
 def _b64(payload: Any) -> str:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.unit.conftest import T0
-from tests.unit.state.server_clock import ServerClock, freeze_server_time
+from tests.unit.state.server_clock import ServerClock
 from worker.engine.ingest import watermark
 from worker.engine.ingest.watermark import STUCK_SECONDS, Watermark
 from worker.engine.runtime import Runtime
@@ -15,12 +15,6 @@ from worker.engine.state import keys
 
 #: Between two ticks: more than the 50 ms the script waits before it promotes.
 TICK = 0.1
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> ServerClock:
-    """The broker's clock, frozen at T0: the watermark is in Redis time."""
-    return freeze_server_time(monkeypatch, T0)
 
 
 def _ticks(rt: Runtime, clock: ServerClock, n: int) -> Watermark:

@@ -6,7 +6,7 @@ import fakeredis
 import pytest
 
 from tests.unit.conftest import T0
-from tests.unit.state.server_clock import ServerClock, freeze_server_time
+from tests.unit.state.server_clock import ServerClock
 from worker.engine.state import keys
 from worker.engine.tencent.errors import Outcome, TencentError
 from worker.engine.tencent.limiter import (
@@ -20,12 +20,6 @@ from worker.engine.tencent.limiter import (
 )
 
 API = "set_battle_score"
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> ServerClock:
-    """Redis's clock (the limiter's, through TIME), frozen at T0 until the test moves it."""
-    return freeze_server_time(monkeypatch, T0)
 
 
 def _limiter(r: fakeredis.FakeRedis, clock: ServerClock, rate: int = 10,

@@ -7,8 +7,11 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 import zlib
 from typing import Any
+
+import pytest
 
 from worker.engine.tencent.usersig import RENEW_FRACTION, SIG_LIFETIME, UserSigCache
 
@@ -79,8 +82,17 @@ def test_neither_the_key_nor_the_sig_shows_in_its_repr() -> None:
     assert shown == "UserSigCache(identifier='administrator', expires_at=1100)"
 
 
-def test_threads_asking_at_once_share_one_sig() -> None:
+def test_threads_asking_at_once_share_one_sig(monkeypatch: pytest.MonkeyPatch) -> None:
     cache = UserSigCache(APP, KEY, ADMIN)
+    gen_sig = cache._api.gen_sig
+
+    def slow_gen_sig(*args: object) -> str:
+        # Keep the first renewal open long enough that, without the cache's lock, the other
+        # seven threads (released together) would all renew too: the overlap is certain.
+        time.sleep(0.05)
+        return gen_sig(*args)
+
+    monkeypatch.setattr(cache._api, "gen_sig", slow_gen_sig)
     start = threading.Barrier(8)
     sigs: list[str] = []
 

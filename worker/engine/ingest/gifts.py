@@ -19,8 +19,7 @@ from worker.engine.state.counters import bump_many
 from worker.engine.state.pipeline import pipeline
 from worker.engine.timers import TIMERS
 
-__all__ = ["REDIS_OUTAGE", "apply_lifecycle", "bulk_pairs", "dead_letter", "handle",
-           "handle_durably"]
+__all__ = ["REDIS_OUTAGE", "apply_lifecycle", "bulk_pairs", "handle", "handle_durably"]
 
 log = logging.getLogger("scorer.ingest")
 

@@ -38,10 +38,18 @@ def bump_many(redis: redis.Redis, counts: dict[str, int]) -> None:
 def read(redis: redis.Redis) -> dict[str, int]:
     """All counters, zero for those never bumped."""
     # Replies are str: every client of the state is made with decode_responses (connect).
-    raw = cast("dict[str, str]", redis.hgetall(keys.STATS))
-    # Counted by the dead-letter script beside its list (one slot), not in the stats hash.
-    raw["dead_letters_dropped"] = redis.get(keys.DEAD_LETTERS_DROPPED) or "0"
+    pipe = pipeline(redis)
+    pipe.hgetall(keys.STATS)
+    pipe.get(keys.DEAD_LETTERS_DROPPED)
+    raw, dropped = pipe.execute()
+    raw = with_dropped(cast("dict[str, str]", raw), dropped)
     return {f: int(raw.get(f, 0)) for f in sorted(set(FIELDS) | set(raw))}
+
+
+def with_dropped(stats: dict[str, str], dropped: str | None) -> dict[str, str]:
+    """The stats hash with `dead_letters_dropped`, which the dead-letter script counts in a key
+    beside its list (one cluster slot with it, keys.DEAD_LETTERS_DROPPED), not in the hash."""
+    return {**stats, "dead_letters_dropped": dropped or "0"}
 
 
 def record_call(redis: redis.Redis, api: str, outcome: str, seconds: float,

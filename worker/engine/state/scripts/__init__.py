@@ -58,7 +58,9 @@ def load(client: redis.Redis, name: str) -> Script:
     from any thread, and with `client=` a pipeline of the same server.
     """
     try:
-        cache: dict[str, Script] = vars(client).setdefault(_CACHE, {})
+        cache: dict[str, Script] | None = vars(client).get(_CACHE)
+        if cache is None:
+            cache = vars(client).setdefault(_CACHE, {})
     except TypeError:  # a client without a __dict__ (a stand-in): register each time
         return client.register_script(SOURCES[name])
     script = cache.get(name)
