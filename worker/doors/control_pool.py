@@ -125,10 +125,12 @@ class ControlPool(bootsteps.StartStopStep):
     def _supervise(self, i: int) -> None:
         # Started from this long-lived thread: PR_SET_PDEATHSIG fires when the thread that
         # forked the child ends, so it must live as long as the worker.
-        delay, max_delay = TIMERS.control.restart_delay  # doubling up to the cap
+        first_delay, max_delay = TIMERS.control.restart_delay  # doubling up to the cap
+        delay = first_delay
         env = {**os.environ, CHILD_ENV: "1", PARENT_ENV: str(os.getpid())}
         while not self._stopping.is_set():
             try:
+                started = time.monotonic()
                 proc = self.procs[i] = subprocess.Popen(self.cmds[i], env=env)
             except OSError as err:
                 log.error("could not start the control worker (%s); trying again in %.0fs",
@@ -142,6 +144,10 @@ class ControlPool(bootsteps.StartStopStep):
                 pass
             if self._stopping.is_set():
                 return
+            if time.monotonic() - started >= max_delay:
+                # It ran well before it died: a fresh failure, not a crash loop. (Never reset,
+                # a worker up for weeks restarted each lost child only after the cap.)
+                delay = first_delay
             log.warning("control worker exited with %s; starting it again in %.0fs",
                         proc.returncode, delay)
             if self._stopping.wait(delay):
