@@ -310,6 +310,8 @@ class Bench:
         run.latencies = _latencies(delivered, history)
         if run.inexact and os.environ.get("BENCH_DIAGNOSE"):
             _diagnose(battles, run.inexact[:8], delivered, calls)
+        if os.environ.get("BENCH_DIAGNOSE"):
+            _diagnose_freshness(battles, delivered, history, start, fair_share(n))
         run.peak_rss = peak["rss"]
         run.peak_ingest_queue, run.peak_control_queue = peak["ingest_q"], peak["control_q"]
         run.redis_per_battle = max(0, peak["redis"] - redis_base) / max(1, n)
@@ -340,8 +342,9 @@ def fair_share(n: int, rate: int = 200) -> float:
     return max(FLUSH_INTERVAL, n / (0.9 * rate)) + 1.0
 
 
-def _latencies(delivered, history) -> list[float]:
-    """Delivery → the moment the sandbox's score of the room first includes the gift."""
+def _latencies(delivered, history, with_gift: bool = False) -> list:
+    """Delivery → the moment the sandbox's score of the room first includes the gift
+    (`with_gift`: as (gift, latency) pairs)."""
     by_room: dict[tuple[str, str], list] = defaultdict(list)
     for h in history:
         by_room[(h["battle"], h["room"])].append((h["t"], h["score_after"]))
@@ -352,7 +355,8 @@ def _latencies(delivered, history) -> list[float]:
         need = cum[(bid, room)]
         for ht, score in by_room.get((bid, room), []):
             if score >= need:
-                out.append(max(0.0, ht - t))
+                lat = max(0.0, ht - t)
+                out.append(((t, bid, room, v), lat) if with_gift else lat)
                 break
     return out
 
@@ -368,6 +372,26 @@ def _diagnose(battles, indexes, delivered, calls) -> None:
         gift = "-" if last_gift is None else f"{last_gift - end:.2f}"
         print(f"  diagnose {i}: last gift at end{gift}s; calls (s from end, error): "
               f"{times[-6:]}", flush=True)
+
+
+def _diagnose_freshness(battles, delivered, history, start: float, bound: float) -> None:
+    """Where the gifts past the freshness bound were (BENCH_DIAGNOSE=1): p99 by delivery time,
+    and how far from their battle's end the late ones were delivered."""
+    ends = {bid: end for bid, _, end in battles}
+    late = _latencies(delivered, history, with_gift=True)
+    by_t: dict[int, list[float]] = defaultdict(list)
+    to_end: dict[int, int] = defaultdict(int)
+    over = 0
+    for (t, bid, _, _), lat in late:
+        by_t[int((t - start) // 20) * 20].append(lat)
+        if lat > bound:
+            over += 1
+            to_end[int((ends[bid] - t) // 10) * 10] += 1
+    print(f"  freshness: {over} of {len(late)} gifts over {bound:.1f} s", flush=True)
+    print("  p99 by delivery time (s from start): " + ", ".join(
+        f"{k}: {_pct(v, .99)}" for k, v in sorted(by_t.items())), flush=True)
+    print("  over-bound gifts by time to their end (s): " + ", ".join(
+        f"{k}: {v}" for k, v in sorted(to_end.items())), flush=True)
 
 
 def _ranges(xs: list[int]) -> str:
