@@ -88,30 +88,27 @@ def test_a_battle_entering_its_end_game_is_served_even_behind_a_long_queue(rt, m
     assert calls == ["b49"]
 
 
-def test_a_battle_whose_end_game_comes_before_its_next_turn_skips_it():
-    assert schedule.round_seconds(1800, 200) == 10.0  # 180 calls/s admitted
-    assert schedule.round_seconds(1400, 200, reserved=40) == 10.0
-    assert schedule.skips_turn(4.0, round_s=10.0, flush_interval=1.0)
-    assert not schedule.skips_turn(12.0, round_s=10.0, flush_interval=1.0)
-    # a round within the flush interval: every battle gets its turn anyway
-    assert not schedule.skips_turn(0.5, round_s=0.8, flush_interval=1.0)
-
-
-def test_tick_leaves_a_battle_to_its_end_game_when_its_turn_would_come_too_late(rt):
-    """With a 10 s round, a battle whose end game starts in 4 s is not flushed now: it is due
-    again when its end game starts, and the tick spends the call on another battle."""
+def test_tick_plans_turns_back_from_the_end_game_and_leaves_a_battle_to_it_at_the_last(rt):
+    """With a 10 s round: the oldest battle, its end game 0.5 s away, is not flushed now (due
+    when its end game starts); the next, its end game 4 s away, is flushed and due again then
+    (its end-game flush is its next turn); one an hour from its end is due again within a
+    round, on the equal turns left to its end game."""
     from tasks.control import flush, run_tick
-    from worker.engine.flush import endgame
+    from worker.engine.battles import final_window, turns
 
     rt.settings.api_rate, rt.settings.flush_interval = 20, 1.0  # 18/s: 180 battles = 10 s
     now = rt.clock()
     n = 180
     rt.redis.zadd(keys.FLUSH_DUE, {f"b{i}": now - 100 + i for i in range(n)})
     rt.redis.zadd(keys.ACTIVE, {f"b{i}": now + 3600 for i in range(n)})
-    end = now + 4 + endgame.FINAL_WINDOW + (rt.tclock.latest() - now)
-    rt.redis.zadd(keys.ACTIVE, {"b0": end})  # the oldest due, its end game 4 s away
+    ahead = rt.tclock.latest() - now
+    rt.redis.zadd(keys.ACTIVE, {"b0": now + 0.5 + final_window.FINAL_WINDOW + ahead,
+                                "b1": now + 4 + final_window.FINAL_WINDOW + ahead})
     _with_value(rt, n)
     sent: list[str] = []
     run_tick(rt, dispatch=lambda task, ids: sent.extend(ids) if task is flush else None)
     assert sent == ["b1", "b2", "b3", "b4"]
-    assert rt.redis.zscore(keys.FLUSH_DUE, "b0") >= now + 3.9  # due when its end game starts
+    assert turns.round_seconds(n, 20) == 10.0
+    assert abs(rt.redis.zscore(keys.FLUSH_DUE, "b0") - (now + 0.5)) < 0.05
+    assert abs(rt.redis.zscore(keys.FLUSH_DUE, "b1") - (now + 4)) < 0.05
+    assert now + 5 <= rt.redis.zscore(keys.FLUSH_DUE, "b2") <= now + 10.05

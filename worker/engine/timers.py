@@ -1,13 +1,12 @@
 """Every timer of the scorer in one typed object: durations, periods, TTLs, threads, batches.
 
 `TIMERS` holds the defaults, a frozen dataclass per concern, each field saying why (with the
-measurement where there was one). A module reads `TIMERS.flush.lock_wait` where it uses it
-(a test patches the module's `TIMERS` with a `dataclasses.replace`), binding a name only where
-another module or a test imports it. The number lives here only: change it after measuring;
-tests/unit/test_timers.py keeps the measured values and the orderings the code relies on.
-Derived values are properties. Seconds unless named `_ms`. Operators' settings are in
-worker/engine/settings.py. The bottom layer: it imports nothing from the project; the doors and
-tasks/ read it too.
+measurement where there was one). A module reads `TIMERS.flush.lock_wait` where it uses it (a test
+patches the module's `TIMERS` with a `dataclasses.replace`), binding a name only where another
+module or a test imports it. The number lives here only: change it after measuring; the tests
+(tests/unit/test_timers.py) keep the measured values and the orderings the code relies on. Derived
+values are properties. Seconds unless named `_ms`. Operators' settings: worker/engine/settings.py.
+The bottom layer: it imports nothing from the project; the doors and tasks/ read it too.
 """
 
 from __future__ import annotations
@@ -66,8 +65,7 @@ class IngestTimers:
     """Storing webhooks (worker/engine/ingest/gifts.py) and the watermark (ingest/watermark.py)."""
 
     outage_retry: float = 60.0
-    """An ingest retries a Redis outage this long, then gives the events back to the queue (the
-    task layer requeues them); shorter than the task time limit."""
+    """An ingest retries a Redis outage this long (under the task time limit), then requeues."""
     stuck: float = 10.0
     """An ingest message unacknowledged this long has lost its consumer (given back by the tick)."""
 
@@ -99,8 +97,7 @@ class BattleTimers:
     """Battles' lives (worker/engine/battles/registry.py, ending.py, unstarted.py)."""
 
     keep_after_end: int = 24 * 3600
-    """A finished battle's keys (and de-duplication set) live this long after its end: longer
-    than any battle, and than any redelivery or replay of its webhooks."""
+    """A finished battle's keys live this long: past any battle, redelivery or replay of it."""
     hold_seconds: int = 60
     """A gift whose room is in no known battle waits this long for a late start webhook."""
     final_grace: float = 10.0
@@ -123,8 +120,7 @@ class FlushTimers:
     """A flush (worker/engine/flush/flusher.py), its in-flight batch (inflight.py), its due list."""
 
     max_rounds: int = 2
-    """Send → resolve rounds in one flush (a read-back finding the batch not applied sends it
-    again) before the batch is left to the schedule; only the first send may wait for a slot."""
+    """Send → resolve rounds in one flush (a read-back finding it not applied sends it again)."""
     lock_wait: float = 0.3
     """A flush waits this long for a lock another flush holds (its batch is about to settle)."""
     slot_wait: float = 0.5
@@ -133,8 +129,7 @@ class FlushTimers:
     retry_soon: float = 0.2
     """A flush that could not run (busy, no slot, a retryable answer) is due again this soon."""
     refused_retry: float = 5.0
-    """A write refused by our configuration or a proxy (401, 403, 70003, ...) is tried again this
-    much later (a key rotation or a proxy's limit may pass); it stays pending till the end."""
+    """A write refused by our configuration or a proxy (401, 403, 70003) is retried this late."""
     start_skew: float = 5.0
     """A 100006 this close to the start may be our clock running ahead: retried, not final."""
     landing_window: float = 6.0
@@ -192,8 +187,7 @@ class ReconcileTimers:
     typical_lag: float = 0.6
     """How far the watermark trails the present when ingest keeps up (a tick or two)."""
     pair_gap: float = 1.0
-    """A room's confirming read comes this long after the first, judged with it: a drift is
-    confirmed in one cycle (a quiet window between two bursts is often only a few seconds)."""
+    """A room's confirming read comes this long after the first: a drift confirmed in a cycle."""
 
     @property
     def judge_delay(self) -> float:
@@ -240,6 +234,12 @@ class TickTimers:
     """Threads per process working through control messages' battles."""
     max_span: float = 1.0
     """A tick's budget covers at most this much time since the previous tick."""
+    plan_from: float = 2.0
+    """Turns are planned back from end games (battles/turns.py) from rounds this many intervals."""
+    round_ttl_ms: int = 5000
+    """The round the tick publishes for ingest expires this long after it (ticks stopped)."""
+    round_read: float = 1.0
+    """Ingest reads the published round this often per process (it changes slowly)."""
 
 
 @dataclass(frozen=True)

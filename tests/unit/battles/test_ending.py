@@ -73,7 +73,7 @@ def test_finalize_waits_while_value_is_pending_or_in_flight(frt: Runtime, left: 
     frt.redis.hset(BK.pending if left == "pending" else BK.inflight, "r1", 5)
     frt.clock = lambda: T0 + 60
     assert ending.finalize(frt, ["b1"]) == 0
-    assert frt.redis.zscore(keys.FLUSH_DUE, "b1") == T0 + 60  # its flush records the rest
+    assert frt.redis.zscore(keys.FLUSH_DUE, "b1") <= T0 + 60  # its flush records the rest
     assert frt.redis.hget(BK.meta, "status") == "running"
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.unit.conftest import T0
 from tests.unit.flush.answers import ints, start
-from worker.engine.battles import registry
+from worker.engine.battles import final_window, registry, turns
 from worker.engine.battles.records import Battle, Gift
 from worker.engine.battles.roomindex import index_value, parse_index_value
 from worker.engine.flush import endgame
@@ -90,6 +92,30 @@ def test_a_gift_to_the_owner_is_counted_once_in_pending_ledger_and_seconds(
     assert frt.redis.zscore(keys.ENDGAME_DUE, "b1") is None  # 50 s from its end
     assert registry.route(frt, []) == {"ingested": 0, "duplicate": 0, "held": 0,
                                        "not_to_owner": 0}
+
+
+def test_under_a_long_round_a_battle_is_first_due_whole_rounds_before_its_end_game(
+        frt: Runtime) -> None:
+    """The tick published a 20 s round: a battle that starts (ending in 50 s) is first due a
+    whole number of rounds before its end game starts, within a round: it counts in the round
+    until a turn finds it idle. Value landing later in a battle not due is placed the same
+    way; in one already due, it keeps the turn."""
+    frt.settings.flush_interval = 1.0
+    turns.publish_round(frt, 20.0)
+    start(frt)  # ends at T0 + 50
+    window_at = final_window.starts_at(T0 + 50, frt.tclock.latest(), T0)
+
+    def on_the_plan() -> bool:
+        first = frt.redis.zscore(keys.FLUSH_DUE, "b1")
+        return T0 <= first < T0 + 20 and (window_at - first) / 20 == pytest.approx(2)
+
+    assert on_the_plan()
+    frt.redis.zrem(keys.FLUSH_DUE, "b1")  # its first turn found it idle
+    registry.route(frt, [gift("e1", 5)])
+    assert on_the_plan()
+    frt.redis.zadd(keys.FLUSH_DUE, {"b1": T0 + 7})
+    registry.route(frt, [gift("e2", 5)])
+    assert frt.redis.zscore(keys.FLUSH_DUE, "b1") == T0 + 7
 
 
 def test_a_gift_to_a_guest_is_no_battle_score_and_one_in_its_final_window_goes_at_once(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
 
 from tests.unit.conftest import T0
 from tests.unit.flush.answers import start
+from worker.engine.battles import turns
 from worker.engine.battles.records import Gift
 from worker.engine.battles.registry import HOLD_SECONDS, route
 from worker.engine.flush import endgame
@@ -97,17 +99,38 @@ def test_oldest_first_pages_past_battles_that_need_no_call_and_over_equal_times(
 
 def test_no_freshness_flush_for_battles_the_end_game_has_or_will_have(frt: Runtime) -> None:
     with_value(frt, {"far": T0 - 9})
-    with_value(frt, {"soon": T0 - 9}, end=T0 + 5)  # its end game starts in ~3 s
+    with_value(frt, {"soon": T0 - 9}, end=T0 + 2)  # its end game starts within a flush interval
     with_value(frt, {"marked": T0 - 9}, end=T0 + 1)
     frt.redis.zadd(keys.ENDGAME_DUE, {"marked": T0 - 1})
     frt.redis.zadd(keys.FLUSH_DUE, {"idle": T0 - 9})
-    # A 10 s round: "soon" would not get its turn again before its end game.
-    assert dispatch._with_value(frt, ["far", "soon", "marked", "idle"], 10.0) == ["far"]
-    window_at = T0 + 5 - endgame.FINAL_WINDOW - (frt.tclock.latest() - T0)
-    assert frt.redis.zscore(keys.FLUSH_DUE, "soon") == window_at
+    frt.settings.flush_interval = 1.0
+    windows: dict[str, float] = {}
+    assert dispatch._with_value(frt, ["far", "soon", "marked", "idle"], windows) == ["far"]
+    window_at = T0 + 2 - endgame.FINAL_WINDOW - (frt.tclock.latest() - T0)
+    assert frt.redis.zscore(keys.FLUSH_DUE, "soon") == window_at  # the end game promotes it
     assert frt.redis.zscore(keys.FLUSH_DUE, "idle") is None
-    # A round shorter than the flush interval: every battle keeps its turn.
-    assert dispatch._with_value(frt, ["far", "soon"], 0.1) == ["far", "soon"]
+    far_window = T0 + 3600 - endgame.FINAL_WINDOW - (frt.tclock.latest() - T0)
+    assert windows == {"far": pytest.approx(far_window)}  # plans its next turn
+
+
+def test_under_a_long_round_each_flushed_battle_is_due_again_at_its_planned_turn(
+        frt: Runtime) -> None:
+    """360 battles with value, 18 calls a second admitted: a 20 s round. A battle flushed now
+    is due again at the first of the equal turns left to its end game; the round is published
+    for ingest."""
+    frt.settings.api_rate, frt.settings.flush_interval = 20, 1.0
+    with_value(frt, {f"b{i:03}": T0 - 400 + i for i in range(360)}, end=T0 + 101.5)
+    out, sent = tick(frt)
+    chosen = [b for kind, ids in sent if kind == "flush" for b in ids]
+    assert chosen and out["flush"] == len(chosen)
+    round_s = turns.round_seconds(360, 20)
+    assert round_s == pytest.approx(20.0)
+    assert float(frt.redis.get(keys.FLUSH_ROUND)) == pytest.approx(round_s)
+    window_at = T0 + 101.5 - endgame.FINAL_WINDOW - (frt.tclock.latest() - T0)
+    left = window_at - T0  # ~100 s: 5 turns of ~20 s
+    for b in chosen:
+        assert frt.redis.zscore(keys.FLUSH_DUE, b) == pytest.approx(
+            T0 + left / math.ceil(left / round_s))
 
 
 def test_the_tick_finalizes_ended_battles_sweeps_held_gifts_and_marks_forgotten_value(
@@ -115,6 +138,7 @@ def test_the_tick_finalizes_ended_battles_sweeps_held_gifts_and_marks_forgotten_
     start(frt, "ended", at=T0 - 100, seconds=60)  # ended T0 - 40
     start(frt, "b1", seconds=600)
     route(frt, [Gift("e1", "r9", ("o9",), int(T0), 5)])  # held: no battle in room r9
+    frt.redis.zrem(keys.FLUSH_DUE, "b1")  # its first turn found it idle
     frt.redis.hset(BattleKeys("b1").pending, "r1", 3)  # an ingest died before its ZADD
     frt.clock = lambda: T0 + HOLD_SECONDS
     out, _ = tick(frt)

@@ -26,6 +26,12 @@ def in_window(end: float, latest: float) -> bool:
     return end > 0 and end - latest <= FINAL_WINDOW
 
 
+def starts_at(end: float, latest: float, now: float) -> float:
+    """When, by our clock (`now`), the final window of a battle ending at `end` starts at the
+    soonest (`latest`: the latest Tencent's clock may read now)."""
+    return end - FINAL_WINDOW - (latest - now)
+
+
 def mark(pipe: Pipeline | SerialBatch, battle_ids: list[str], now: float) -> None:
     """Queue (in `pipe`) end-game flushes of battles that just got value."""
     if battle_ids:

@@ -11,7 +11,7 @@ import logging
 
 from redis.client import Pipeline
 
-from worker.engine.battles import final_window
+from worker.engine.battles import final_window, turns
 from worker.engine.battles.records import Battle, Gift
 from worker.engine.battles.roomindex import find_battle, index_value
 from worker.engine.deadletters import dead_letter
@@ -66,6 +66,7 @@ def register(rt: Runtime, battle_id: str, start: float, duration_ms: int,
         pipe.expireat(rk.battles, expire_at)
     if status == "running":
         pipe.zadd(keys.ACTIVE, {battle_id: end})
+        pipe.zadd(keys.FLUSH_DUE, {battle_id: _first_turn(rt, end)}, nx=True)
         pipe.zadd(keys.RECONCILE_DUE, {battle_id: rt.clock()}, nx=True)
         # Its score audits (worker/engine/flush/audit.py): the first one interval after the
         # start.
@@ -88,6 +89,16 @@ def register(rt: Runtime, battle_id: str, start: float, duration_ms: int,
             if n:
                 drain_held(rt, room)
     return battle
+
+
+def _first_turn(rt: Runtime, end: float, now: float | None = None,
+                latest: float | None = None) -> float:
+    """When a battle ending at `end` (0: not known) is first due a flush: its first turn
+    (worker/engine/battles/turns.py) in the round the tick last published."""
+    now = rt.clock() if now is None else now
+    latest = rt.tclock.latest() if latest is None else latest
+    window_at = final_window.starts_at(end, latest, now) if end else None
+    return turns.first_turn(now, window_at, turns.current_round(rt), rt.settings.flush_interval)
 
 
 def register_info(rt: Runtime, info: BattleInfo) -> Battle:
@@ -144,7 +155,10 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
         rt.script("INGEST")(keys=[bk.seen, bk.pending, bk.ledger, bk.secs], args=args,
                             client=pipe)
     if by_battle:  # one command for every battle of the batch (after their INGEST, as before)
-        pipe.zadd(keys.FLUSH_DUE, {battle_id: now for battle_id in by_battle}, nx=True)
+        # A battle not due yet takes its first turn (worker/engine/battles/turns.py): at once
+        # while the budget keeps up, else a whole number of rounds before its end game.
+        pipe.zadd(keys.FLUSH_DUE, {bid: _first_turn(rt, ends[bid], now, latest)
+                                   for bid in by_battle}, nx=True)
         final_window.mark(pipe, sorted(ending), now)
     results = pipe.execute()
     late_routed: list[Gift] = []

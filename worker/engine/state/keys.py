@@ -116,6 +116,9 @@ TICK_LOCK = f"{PREFIX}:tick:lock"
 SAFETY_SWEEP = f"{PREFIX}:tick:sweep"
 #: string: time of the last tick (its budget covers the time since: worker/engine/tick/schedule.py).
 TICK_AT = f"{PREFIX}:tick:at"
+#: string: the length of a round of flush turns, published by the tick for ingest
+#: (worker/engine/battles/turns.py); expires when ticks stop.
+FLUSH_ROUND = f"{PREFIX}:tick:round"
 #: string: when the beat last published `scorer.tick` (its health check; expires, 300 s)
 BEAT_PUBLISHED = f"{PREFIX}:beat:published"
 #: hash "api|outcome" → Tencent calls (metrics).

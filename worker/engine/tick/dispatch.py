@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
+from worker.engine.battles import final_window, turns
 from worker.engine.battles import registry as battles
 from worker.engine.battles.ending import FINAL_GRACE, finalize
 from worker.engine.flush import audit, endgame
@@ -125,11 +126,13 @@ def _pick(rt: Runtime, zkey: str, now: float, budget: int,
     return chosen
 
 
-def _with_value(rt: Runtime, battle_ids: list[str], round_s: float = 0.0) -> list[str]:
+def _with_value(rt: Runtime, battle_ids: list[str],
+                windows: dict[str, float] | None = None) -> list[str]:
     """The battles a flush would send something for now: no idle flush, none in the end game
     (worker/engine/flush/endgame.py has those), none while a batch must settle first, and none
-    whose end game starts before its next turn in a round of `round_s` s (schedule.skips_turn):
-    those are due again when their end game starts, and it promotes them."""
+    whose end game starts within a flush interval (schedule.skips_turn: those are due again
+    when it starts, and it promotes them). Fills `windows` with when each kept battle's end
+    game starts (its end known), which plans its next turn."""
     if not battle_ids:
         return []
     pipe = pipeline(rt.redis)
@@ -141,7 +144,7 @@ def _with_value(rt: Runtime, battle_ids: list[str], round_s: float = 0.0) -> lis
         pipe.zscore(keys.ENDGAME_DUE, bid)
     ends, *res = pipe.execute()
     now = rt.clock()
-    ahead = rt.tclock.latest() - now  # the end game starts by the latest Tencent's clock
+    latest = rt.tclock.latest()  # the end game starts by the latest Tencent's clock
     out, idle, later = [], [], {}
     for i, bid in enumerate(battle_ids):
         pending, state, endgame_due = res[3 * i:3 * i + 3]
@@ -150,10 +153,13 @@ def _with_value(rt: Runtime, battle_ids: list[str], round_s: float = 0.0) -> lis
         if not pending and not state:
             idle.append(bid)
             continue
-        window_at = (ends[i] or 0.0) - endgame.FINAL_WINDOW - ahead
-        if ends[i] and schedule.skips_turn(window_at - now, round_s, rt.settings.flush_interval):
-            later[bid] = max(now, window_at)
-            continue
+        window_at = final_window.starts_at(ends[i], latest, now) if ends[i] else None
+        if window_at is not None:
+            if schedule.skips_turn(window_at - now, rt.settings.flush_interval):
+                later[bid] = max(now, window_at)
+                continue
+            if windows is not None:
+                windows[bid] = window_at
         out.append(bid)
     forget_idle(rt, idle)  # checked again against a concurrent ingest
     if later:
@@ -180,11 +186,17 @@ def run_tick(rt: Runtime, dispatch: Dispatch) -> dict[str, int]:
     # left after the end game's reserve, oldest first (fair share: the end game has deadlines).
     budget = schedule.per_tick_budget(s.api_rate, s.flush_interval, reserved=reserved,
                                       span=span)
-    round_s = schedule.round_seconds(rt.redis.zcard(keys.FLUSH_DUE), s.api_rate, reserved)
-    due = _pick(rt, keys.FLUSH_DUE, now, budget, keep=lambda ids: _with_value(rt, ids, round_s),
-                near_end_first=False)
+    # Turns planned back from each battle's end game (worker/engine/battles/turns.py), over
+    # the whole budget: a battle's end-game flush is its last turn.
+    round_s = turns.round_seconds(rt.redis.zcard(keys.FLUSH_DUE), s.api_rate)
+    turns.publish_round(rt, round_s)
+    windows: dict[str, float] = {}
+    due = _pick(rt, keys.FLUSH_DUE, now, budget,
+                keep=lambda ids: _with_value(rt, ids, windows), near_end_first=False)
     if due:
-        rt.redis.zadd(keys.FLUSH_DUE, {b: now + s.flush_interval for b in due}, xx=True)
+        rt.redis.zadd(keys.FLUSH_DUE, {
+            b: turns.next_turn(now, windows.get(b), round_s, s.flush_interval) for b in due},
+            xx=True)
         send("flush", due)
         out["flush"] = len(due)
     # Reconciles read get_gift_count once per room (2 per battle): half that budget per tick.

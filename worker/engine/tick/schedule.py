@@ -12,8 +12,9 @@ jump this queue too starved the rest: at 2,000 battles ending 40 a second, the 2
 within 5 s of their end wanted 200 flushes a second of the 100 left, and p99 freshness went
 to 50 s.
 Reconciles (another API, no end game) keep the near-end-first order (`choose(urgent=...)`).
-A battle whose end game starts before its next turn would come skips its turn (`skips_turn`):
-its end-game flush carries what it has, at most a round later, so the round stays N / rate.
+When the budget is short, each battle's turns are planned back from its end game
+(worker/engine/battles/turns.py), so its end-game flush is its last turn; a battle whose end game
+starts within a flush interval leaves its value to it (`skips_turn`).
 """
 
 from __future__ import annotations
@@ -64,19 +65,11 @@ def per_tick_budget(api_rate: int, flush_interval: float, share: float = 1.0,
     return max(1, math.floor(per_second * seconds * share))
 
 
-def round_seconds(battles: int, api_rate: int, reserved: int = 0) -> float:
-    """How long one round of freshness flushes over `battles` takes at what the LOW lane
-    admits (the limiter's rate less the end game's reserve)."""
-    per_second = max(1e-9, admitted_per_second(api_rate) - reserved / (WINDOW_MS / 1000))
-    return battles / per_second
-
-
-def skips_turn(window_in: float, round_s: float, flush_interval: float) -> bool:
+def skips_turn(window_in: float, flush_interval: float) -> bool:
     """True when a battle whose end game starts in `window_in` s gets no freshness flush now:
-    its turn would not come again before its end game, whose flush carries its value, so the
-    call goes to a battle that has no such flush coming. (At 40 endings a second and a 12 s
-    round, a fifth of the calls were such turns: each ending battle was flushed twice.)"""
-    return round_s > flush_interval and window_in < round_s
+    its end game's flush, within a flush interval, carries its value (two calls a moment apart
+    would spend one for nothing)."""
+    return window_in < flush_interval
 
 
 def choose(due: list[tuple[str, float]], ends: dict[str, float | None], now: float,
