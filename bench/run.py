@@ -37,6 +37,7 @@ from scorer_local.stack import (
     process_tree_rss,
     scorer_env,
 )
+from worker.engine.state import keys
 
 SDKAPPID = 1400000000
 FLUSH_INTERVAL = 1.0
@@ -233,8 +234,19 @@ class Bench:
         peak = {"rss": 0, "redis": 0, "ingest_q": 0, "control_q": 0}
         stop = threading.Event()
 
+        trace: list[str] = []  # BENCH_DIAGNOSE: the flush schedule every 5 s
+
         def sample() -> None:
+            k = 0
             while not stop.is_set():
+                if os.environ.get("BENCH_DIAGNOSE") and k % 10 == 0:
+                    now = time.time()
+                    oldest = self.r.zrange(keys.FLUSH_DUE, 0, 0, withscores=True)
+                    trace.append(f"{now - start:.0f}s: due {self.r.zcard(keys.FLUSH_DUE)}, "
+                                 f"behind {now - oldest[0][1] if oldest else 0:.1f}s, "
+                                 f"round {float(self.r.get(keys.FLUSH_ROUND) or 0):.1f}s, "
+                                 f"late {self.r.zcount(keys.FLUSH_DUE, '-inf', now)}")
+                k += 1
                 peak["rss"] = max(peak["rss"], self.worker_rss())
                 peak["redis"] = max(peak["redis"], int(self.r.info("memory")["used_memory"]))
                 peak["ingest_q"] = max(peak["ingest_q"], self.r.llen("celery"))
@@ -312,6 +324,16 @@ class Bench:
             _diagnose(battles, run.inexact[:8], delivered, calls)
         if os.environ.get("BENCH_DIAGNOSE"):
             _diagnose_freshness(battles, delivered, history, start, fair_share(n))
+            print("  schedule: " + "; ".join(trace), flush=True)
+            ends = {bid: end for bid, _, end in battles}
+            per10: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+            for c in calls:
+                bid = (c["body"] or {}).get("BattleId")
+                if c["api"] == "set_battle_score" and bid in ends:
+                    per10[int((c["t"] - start) // 10) * 10][ends[bid] - c["t"] <= END_SHARE] += 1
+            print("  calls/s by 10 s (all, end game): " + ", ".join(
+                f"{t}: {(a + b) / 10:.0f}, {b / 10:.0f}" for t, (a, b) in sorted(per10.items())),
+                flush=True)
         run.peak_rss = peak["rss"]
         run.peak_ingest_queue, run.peak_control_queue = peak["ingest_q"], peak["control_q"]
         run.redis_per_battle = max(0, peak["redis"] - redis_base) / max(1, n)

@@ -77,6 +77,19 @@ def test_battles_that_all_get_value_at_once_spread_their_turns_over_the_round() 
     assert max(per_tenth.values()) <= 1.15 * 1000 and min(per_tenth.values()) >= 0.85 * 1000
 
 
+def test_the_turn_after_the_last_is_planned_with_the_round_as_it_is_now() -> None:
+    window_at = T0 + 1000
+    assert turns.turn_after(None, None, window_at, 40.0, EVERY) == -math.inf  # nothing to go by
+    assert turns.turn_after("garbage", "0", window_at, 40.0, EVERY) == -math.inf
+    assert turns.turn_after(T0, T0, window_at, 1.0, EVERY) == -math.inf  # short round: unplanned
+    assert turns.turn_after(str(T0), T0 - 100, window_at, 40.0, EVERY) == turns.next_turn(
+        T0, window_at, 40.0, EVERY)
+    assert turns.turn_after(T0, T0, T0 + 30, 40.0, EVERY) == T0 + 30  # its end game is its turn
+    # No turn yet: its first, counted from its start, whole rounds before its end game.
+    first = turns.turn_after(None, str(T0), window_at, 40.0, EVERY)
+    assert first == turns.first_turn(T0, window_at, 40.0, EVERY) and T0 <= first < T0 + 40
+
+
 def test_ingest_reads_the_round_the_tick_published_once_a_second(
         frt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]

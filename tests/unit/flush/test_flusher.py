@@ -53,6 +53,7 @@ def test_a_flush_sends_the_pending_delta_once_as_optype_1_and_commits_it(
     assert not frt.redis.exists(BK.pending) and not frt.redis.exists(BK.inflight)
     assert [(f["outcome"], f["op"], f["scores"]) for f in flushes(frt)] == [
         ("ok", 1, {"r1": 5, "r2": 7})]
+    assert float(frt.redis.hget(BK.meta, "turned_at")) == T0  # its turn: the next is planned
     # Nothing is left to send: the next flush makes no call and takes the battle off the list.
     assert flusher.flush_battle(frt, "b1") == "idle"
     assert route.call_count == 1

@@ -105,12 +105,60 @@ def test_no_freshness_flush_for_battles_the_end_game_has_or_will_have(frt: Runti
     frt.redis.zadd(keys.FLUSH_DUE, {"idle": T0 - 9})
     frt.settings.flush_interval = 1.0
     windows: dict[str, float] = {}
-    assert dispatch._with_value(frt, ["far", "soon", "marked", "idle"], windows) == ["far"]
+    assert dispatch._with_value(frt, ["far", "soon", "marked", "idle"],
+                                windows=windows) == ["far"]
     window_at = T0 + 2 - endgame.FINAL_WINDOW - (frt.tclock.latest() - T0)
     assert frt.redis.zscore(keys.FLUSH_DUE, "soon") == window_at  # the end game promotes it
     assert frt.redis.zscore(keys.FLUSH_DUE, "idle") is None
     far_window = T0 + 3600 - endgame.FINAL_WINDOW - (frt.tclock.latest() - T0)
     assert windows == {"far": pytest.approx(far_window)}  # plans its next turn
+
+
+def test_a_turn_planned_when_the_round_was_shorter_is_put_off_to_the_round_as_it_is(
+        frt: Runtime) -> None:
+    """A battle flushed 10 s ago, due again now by a plan made with a 10 s round: with the
+    round at 40 s, its turn is 40 s after its last one; one flushed 50 s ago goes now, as does
+    a battle never flushed that started long ago. One that started 5 s ago and was never
+    flushed is due at its first turn counted from its start in a 40 s round (the first
+    battles to get value had their first turns packed into the first seconds)."""
+    frt.settings.flush_interval = 1.0
+    for bid, turned, started in (("recent", T0 - 10, T0 - 100), ("long_ago", T0 - 50, T0 - 100),
+                                 ("never", None, T0 - 100), ("new", None, T0 - 5)):
+        with_value(frt, {bid: T0 - 1}, end=T0 + (1020 if bid == "new" else 1000))
+        frt.redis.hset(BattleKeys(bid).meta, "start", started)
+        if turned is not None:
+            frt.redis.hset(BattleKeys(bid).meta, "turned_at", turned)
+    windows: dict[str, float] = {}
+    kept = dispatch._with_value(frt, ["recent", "long_ago", "never", "new"], 40.0, windows)
+    assert kept == ["long_ago", "never"]
+    ahead = frt.tclock.latest() - T0
+    first = turns.first_turn(T0 - 5, T0 + 1020 - endgame.FINAL_WINDOW - ahead, 40.0, 1.0)
+    assert first > T0 + 10 and frt.redis.zscore(keys.FLUSH_DUE, "new") == pytest.approx(first)
+    window_at = T0 + 1000 - endgame.FINAL_WINDOW - (frt.tclock.latest() - T0)
+    assert frt.redis.zscore(keys.FLUSH_DUE, "recent") == pytest.approx(
+        turns.next_turn(T0 - 10, window_at, 40.0, 1.0))
+    assert T0 + 20 <= frt.redis.zscore(keys.FLUSH_DUE, "recent") <= T0 + 30
+    # Under a short round (not planned), nothing is put off.
+    assert dispatch._with_value(frt, ["recent"], 1.5) == ["recent"]
+
+
+def test_budget_the_due_battles_leave_goes_to_the_turns_that_come_soonest(
+        frt: Runtime) -> None:
+    """A 20 s round, 4 battles due now, a budget of 18 (a second since the last tick): the
+    rest of the budget takes battles with value whose turns are planned soonest (an idle one
+    is forgotten, not flushed)."""
+    frt.settings.api_rate, frt.settings.flush_interval = 20, 1.0
+    with_value(frt, {f"b{i:03}": T0 + 1 + i for i in range(356)}, end=T0 + 3600)
+    with_value(frt, {f"now{i}": T0 - 1 for i in range(4)}, end=T0 + 3600)
+    frt.redis.delete(BattleKeys("b000").pending)  # planned soonest, but nothing to send
+    frt.redis.set(keys.TICK_AT, T0 - 1)
+    budget = schedule.per_tick_budget(20, 1.0, span=1.0)
+    assert budget == 18
+    out, sent = tick(frt)
+    chosen = [b for kind, ids in sent if kind == "flush" for b in ids]
+    assert chosen[:4] == [f"now{i}" for i in range(4)]
+    assert chosen[4:] == [f"b{i:03}" for i in range(1, 1 + budget - 4)]
+    assert frt.redis.zscore(keys.FLUSH_DUE, "b000") is None
 
 
 def test_under_a_long_round_each_flushed_battle_is_due_again_at_its_planned_turn(

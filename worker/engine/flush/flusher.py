@@ -125,12 +125,21 @@ class Flusher(Claim):
             self.mark("unsent")
             return "rate_limited"
         except TencentError as err:
+            self.turned(inf)
             return self._failed(inf, err)
+        self.turned(inf)
         ok, failed = res.split(inf.scores)
         applied = ({r: inf.scores[r] for r in ok} if op is OpType.ACCUMULATE
                    else moved(body, held, ok))
         self.commit(inf, applied, {r: inf.scores[r] for r in failed}, "ok", res.RequestId, op)
         return "ok"
+
+    def turned(self, inf: Inflight) -> None:
+        """Record the battle's turn, when its request left (worker/engine/battles/turns.py: the
+        tick plans the next one from it). After the call, not before: a round trip between the
+        call slot's stamp and the request leaving bunches requests at Tencent."""
+        if inf.sent_at:
+            self.rt.redis.hset(self.bk.meta, "turned_at", inf.sent_at)
 
     def _failed(self, inf: Inflight, err: TencentError) -> str:
         """Settle what a failed send leaves: ambiguous (judged soon), unsent (sent again
