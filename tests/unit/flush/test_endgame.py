@@ -8,6 +8,7 @@ from tests.unit.conftest import T0
 from worker.engine.flush import endgame
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
+from worker.engine.state.keys import BattleKeys
 
 RESERVE = keys.rate_reserve_key("set_battle_score")
 
@@ -31,13 +32,17 @@ def test_plan_promotes_battles_entering_the_window_with_value_and_keeps_their_re
         frt: Runtime) -> None:
     # By Tencent's clock (+-0.5 s with no sample): the window ends at T0 + 0.5 + 1.5.
     frt.redis.zadd(keys.ACTIVE, {"entering": T0 + 1.0, "not_due_yet": T0 + 1.2,
-                                 "horizon": T0 + 2.5, "idle": T0 + 1.0, "far": T0 + 60,
-                                 "over": T0 - 5})
+                                 "turn_later": T0 + 1.1, "horizon": T0 + 2.5, "idle": T0 + 1.0,
+                                 "far": T0 + 60, "over": T0 - 5})
     frt.redis.zadd(keys.FLUSH_DUE, {"entering": T0 - 1, "not_due_yet": T0 + 5,
-                                    "horizon": T0 - 1, "far": T0 - 1, "over": T0 - 1})
+                                    "turn_later": T0 + 5, "horizon": T0 - 1, "far": T0 - 1,
+                                    "over": T0 - 1})
+    # Value waiting for a turn planned later (Tencent's clock moved since it was planned).
+    frt.redis.hset(BattleKeys("turn_later").pending, "r1", 3)
     calls = endgame.plan(frt, T0)
-    assert frt.redis.zrange(keys.ENDGAME_DUE, 0, -1, withscores=True) == [("entering", T0)]
-    # Three battles with value end within the window and horizon: ceil(3 x 1 s / 2.5 s).
+    assert frt.redis.zrange(keys.ENDGAME_DUE, 0, -1, withscores=True) == [
+        ("entering", T0), ("turn_later", T0)]
+    # Four battles with value end within the window and horizon: ceil(4 x 1 s / 2.5 s).
     assert calls == 2 and frt.redis.get(RESERVE) == "2"
     assert 0 < frt.redis.pttl(RESERVE) <= 2000  # it lapses if the ticks stop
     frt.redis.delete(keys.ACTIVE)

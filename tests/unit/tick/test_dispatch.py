@@ -154,7 +154,7 @@ def test_budget_the_due_battles_leave_goes_to_the_turns_that_come_soonest(
     frt.redis.set(keys.TICK_AT, T0 - 1)
     budget = schedule.per_tick_budget(20, 1.0, span=1.0)
     assert budget == 18
-    out, sent = tick(frt)
+    _, sent = tick(frt)
     chosen = [b for kind, ids in sent if kind == "flush" for b in ids]
     assert chosen[:4] == [f"now{i}" for i in range(4)]
     assert chosen[4:] == [f"b{i:03}" for i in range(1, 1 + budget - 4)]

@@ -52,6 +52,7 @@ from worker.engine.flush.rounds import (  # noqa: F401 (re-exported: the rounds)
 )
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
+from worker.engine.state.keys import BattleKeys
 from worker.engine.state.lock import RedisLock
 from worker.engine.state.pipeline import pipeline
 from worker.engine.timers import TIMERS
@@ -79,9 +80,13 @@ def plan(rt: Runtime, now: float) -> int:
         pipe = pipeline(rt.redis)
         pipe.zmscore(keys.FLUSH_DUE, ids)
         pipe.zmscore(keys.ENDGAME_DUE, ids)
-        due, marked = pipe.execute()
-        promote = [b for (b, end), d in zip(ending, due, strict=True)
-                   if d is not None and d <= now and end - latest <= FINAL_WINDOW]
+        for b in ids:
+            pipe.hlen(BattleKeys(b).pending)
+        due, marked, *pending = pipe.execute()
+        # Due, or holding value for a turn planned later (worker/engine/battles/turns.py plans
+        # the last one at the window's start by Tencent's clock as it was estimated then).
+        promote = [b for (b, end), d, held in zip(ending, due, pending, strict=True)
+                   if d is not None and (d <= now or held) and end - latest <= FINAL_WINDOW]
         if promote:
             rt.redis.zadd(keys.ENDGAME_DUE, {b: now for b in promote}, nx=True)
         with_value = sum(1 for d, m in zip(due, marked, strict=True)
