@@ -23,7 +23,7 @@ SOURCE = Path(timers.__file__)
 #: behaviour, to be measured first.
 MEASURED = {
     "state.lock_ttl_ms": 6000, "state.headroom": 0.9, "state.window_ms": 1000,
-    "state.margin_ms": 0,
+    "state.margin_ms": 0, "state.send_wait": 0.25,
     "tencent.connect": 2.0, "tencent.read": 5.0, "tencent.write": 5.0, "tencent.pool": 5.0,
     "tencent.sig_lifetime": 86400, "tencent.renew_fraction": 0.25,
     "clock.default_spread": 0.5, "clock.drift": 1e-4, "clock.cache_seconds": 0.5,

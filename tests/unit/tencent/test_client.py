@@ -224,6 +224,10 @@ class RecordingLimiter:
     def try_acquire(self, api: str, lane: str = "high") -> float:
         return 0.0
 
+    def leave(self, api: str) -> float:
+        self.asked.append((api, None, "leave"))
+        return 0.0
+
     def set_reserve(self, api: str, calls: int) -> None:
         pass
 
@@ -346,7 +350,9 @@ def test_an_admitted_call_waits_for_no_slot_first_and_none_after(
     unit_client.set_battle_score("b1", 1, {"r1": 1}, max_wait=ADMITTED)
     limiter = unit_client.limiter
     assert isinstance(limiter, RecordingLimiter)
-    assert limiter.asked == [("set_battle_score", 0.0, "high")]  # the retry: now or never
+    # The retry: a slot now or never; each attempt passes the send log as it leaves.
+    assert limiter.asked == [("set_battle_score", None, "leave"), ("set_battle_score", 0.0, "high"),
+                             ("set_battle_score", None, "leave")]
 
 
 def test_hooks_see_each_attempt_and_a_failing_clock_hook_fails_nothing(

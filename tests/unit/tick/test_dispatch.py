@@ -142,23 +142,38 @@ def test_a_turn_planned_when_the_round_was_shorter_is_put_off_to_the_round_as_it
     assert dispatch._with_value(frt, ["recent"], 1.5) == ["recent"]
 
 
+def test_a_battle_past_its_window_the_end_game_does_not_hold_is_the_ticks_again(
+        frt: Runtime) -> None:
+    """Under a long round: a battle whose end has passed (an end-game flush left its batch to
+    settle) and one in its window with value but not in the end game are dispatched (the
+    flush settles or records what is left), not put off to a window that has started."""
+    frt.settings.flush_interval = 1.0
+    with_value(frt, {"ended": T0 - 1}, end=T0 - 3)
+    with_value(frt, {"in_window": T0 - 1}, end=T0 + 1)
+    assert dispatch._with_value(frt, ["ended", "in_window"], 40.0) == ["ended", "in_window"]
+    assert frt.redis.zscore(keys.FLUSH_DUE, "ended") == T0 - 1
+
+
 def test_budget_the_due_battles_leave_goes_to_the_turns_that_come_soonest(
         frt: Runtime) -> None:
     """A 20 s round, 4 battles due now, a budget of 18 (a second since the last tick): the
-    rest of the budget takes battles with value whose turns are planned soonest (an idle one
-    is forgotten, not flushed)."""
+    rest of the budget takes battles with value whose turns are planned soonest; not an idle
+    one (it keeps its turn), one with a batch in flight, or one whose request left within
+    the refusal backoff."""
     frt.settings.api_rate, frt.settings.flush_interval = 20, 1.0
     with_value(frt, {f"b{i:03}": T0 + 1 + i for i in range(356)}, end=T0 + 3600)
     with_value(frt, {f"now{i}": T0 - 1 for i in range(4)}, end=T0 + 3600)
     frt.redis.delete(BattleKeys("b000").pending)  # planned soonest, but nothing to send
+    frt.redis.hset(BattleKeys("b001").inflight, "state", "ambiguous")  # settles first
+    frt.redis.hset(BattleKeys("b002").meta, "turned_at", T0 - 2)  # a refusal 2 s ago
     frt.redis.set(keys.TICK_AT, T0 - 1)
     budget = schedule.per_tick_budget(20, 1.0, span=1.0)
     assert budget == 18
     _, sent = tick(frt)
     chosen = [b for kind, ids in sent if kind == "flush" for b in ids]
     assert chosen[:4] == [f"now{i}" for i in range(4)]
-    assert chosen[4:] == [f"b{i:03}" for i in range(1, 1 + budget - 4)]
-    assert frt.redis.zscore(keys.FLUSH_DUE, "b000") is None
+    assert chosen[4:] == [f"b{i:03}" for i in range(3, 3 + budget - 4)]
+    assert frt.redis.zscore(keys.FLUSH_DUE, "b000") == T0 + 1
 
 
 def test_under_a_long_round_each_flushed_battle_is_due_again_at_its_planned_turn(

@@ -42,8 +42,9 @@ def test_the_end_games_reserve_comes_off_the_budget_which_never_drops_below_one(
 
 
 def test_a_battle_whose_end_game_starts_within_a_flush_interval_leaves_its_value_to_it() -> None:
-    assert schedule.skips_turn(0.5, 1.0)
+    assert schedule.skips_turn(0.5, 1.0) and schedule.skips_turn(0.0, 1.0)
     assert not schedule.skips_turn(1.0, 1.0) and not schedule.skips_turn(30.0, 1.0)
+    assert not schedule.skips_turn(-0.1, 1.0)  # its window has started: the tick's if it holds it
 
 
 def test_choose_takes_the_oldest_due_within_budget_and_urgent_ones_first_when_asked() -> None:

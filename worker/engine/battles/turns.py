@@ -73,7 +73,7 @@ def turn_after(turned_at: str | float | None, start: str | float | None, window_
     (10,000 battles). -inf when it may go now (turns not planned, nothing to plan from)."""
     if not planned(round_s, flush_interval):
         return -math.inf
-    last, begun = _seconds(turned_at), _seconds(start)
+    last, begun = seconds(turned_at), seconds(start)
     if last is not None:
         return next_turn(last, window_at, round_s, flush_interval)
     if begun:
@@ -81,11 +81,13 @@ def turn_after(turned_at: str | float | None, start: str | float | None, window_
     return -math.inf
 
 
-def _seconds(value: str | float | None) -> float | None:
+def seconds(value: str | float | None) -> float | None:
+    """A time read from Redis as seconds (None: absent, garbage or not finite)."""
     try:
-        return None if value is None else float(value)
+        seconds = None if value is None else float(value)
     except ValueError:
         return None
+    return seconds if seconds is not None and math.isfinite(seconds) else None
 
 
 def publish_round(rt: Runtime, round_s: float) -> None:

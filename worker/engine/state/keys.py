@@ -105,6 +105,11 @@ def rate_reserve_key(api: str) -> str:
     return f"{PREFIX}:{{rl:{api}}}:reserve"
 
 
+def rate_sent_key(api: str) -> str:
+    """zset: when the last window's requests of one API left (the limiter's send log)."""
+    return f"{PREFIX}:{{rl:{api}}}:sent"
+
+
 def rate_high_key(api: str) -> str:
     """zset: the HIGH lane's admissions of the last window (they use up the reserve)."""
     return f"{PREFIX}:{{rl:{api}}}:high"

@@ -62,6 +62,8 @@ class Limiter(Protocol):
 
     def try_acquire(self, api: str, lane: str = "high") -> float: ...
 
+    def leave(self, api: str) -> float: ...
+
     def set_reserve(self, api: str, calls: int) -> None: ...
 
 
@@ -74,6 +76,9 @@ class NoLimiter:
         return 0.0
 
     def try_acquire(self, api: str, lane: str = "high") -> float:
+        return 0.0
+
+    def leave(self, api: str) -> float:
         return 0.0
 
     def set_reserve(self, api: str, calls: int) -> None:
@@ -152,6 +157,7 @@ class TencentClient:
         waited = 0.0 if max_wait == ADMITTED else self.limiter.acquire(api, max_wait, lane)
         if on_send is not None:
             on_send()
+        waited += self.limiter.leave(api)  # the send log, the moment it leaves
         started = time.monotonic()
         sent_at = time.time()
         try:

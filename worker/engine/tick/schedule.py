@@ -68,8 +68,10 @@ def per_tick_budget(api_rate: int, flush_interval: float, share: float = 1.0,
 def skips_turn(window_in: float, flush_interval: float) -> bool:
     """True when a battle whose end game starts in `window_in` s gets no freshness flush now:
     its end game's flush, within a flush interval, carries its value (two calls a moment apart
-    would spend one for nothing)."""
-    return window_in < flush_interval
+    would spend one for nothing). Once the window has started, never: a battle the end game
+    does not hold (a batch left to settle, a refusal) is the tick's again, and after its end
+    its flush settles or records what is left."""
+    return 0 <= window_in < flush_interval
 
 
 def choose(due: list[tuple[str, float]], ends: dict[str, float | None], now: float,

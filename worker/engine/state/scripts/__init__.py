@@ -18,7 +18,7 @@ from worker.engine.state.scripts.drain import DRAIN_CLAIM, DRAIN_RECOVER, DRAIN_
 from worker.engine.state.scripts.flush import ADOPT, CLAIM, COMMIT, MARK
 from worker.engine.state.scripts.ingest import INGEST, ROUTE_OR_HOLD
 from worker.engine.state.scripts.lock import LOCK_RELEASE, LOCK_RENEW
-from worker.engine.state.scripts.rate import RATE
+from worker.engine.state.scripts.rate import RATE, SENT
 from worker.engine.state.scripts.reconcile import CORRECT, GIVE_UP, UNRESOLVED_SINCE
 from worker.engine.state.scripts.watermark import WATERMARK
 
@@ -37,6 +37,7 @@ SOURCES: dict[str, str] = {
     "LOCK_RELEASE": LOCK_RELEASE,
     "CLOCK_OBSERVE": CLOCK_OBSERVE,
     "RATE": RATE,
+    "SENT": SENT,
     "DRAIN_REQUEST": DRAIN_REQUEST,
     "DRAIN_CLAIM": DRAIN_CLAIM,
     "DRAIN_RECOVER": DRAIN_RECOVER,
