@@ -121,9 +121,11 @@ class TencentClient:
     def http(self) -> httpx.Client:
         """The pooled connection, re-made after a fork (Celery prefork children)."""
         if self._http is None or self._pid != os.getpid():
+            # Every connection kept alive: past 10 kept, each further request opened a
+            # connection of its own and left later than its send-log stamp (bunching).
             self._http = httpx.Client(timeout=self.timeout,
                                       limits=httpx.Limits(max_connections=20,
-                                                          max_keepalive_connections=10))
+                                                          max_keepalive_connections=20))
             self._pid = os.getpid()
         return self._http
 
