@@ -145,16 +145,16 @@ def test_the_limiter_module_re_exports_the_tencent_error() -> None:
 
 def test_requests_leave_under_the_send_logs_cap_by_the_moment_they_leave(
         fake_redis: fakeredis.FakeRedis, clock: ServerClock) -> None:
-    """At 200/s, 180 are admitted a window and 185 may leave one: slots admitted over a second
+    """At 200/s, 180 are admitted a window and 190 may leave one: slots admitted over a second
     and held by a stalled process do not leave together past the cap; a request waits for
     the oldest to leave the window, at most TIMERS.state.send_wait, then goes anyway."""
     lim = _limiter(fake_redis, clock, rate=200)
-    assert lim.rate == 180 and lim.send_cap == 185
-    assert all(lim.leave(API) == 0.0 for _ in range(185))  # a bunch of 185 leaves at once
+    assert lim.rate == 180 and lim.send_cap == 190
+    assert all(lim.leave(API) == 0.0 for _ in range(190))  # a bunch of 190 leaves at once
     clock.advance(0.9)
-    assert lim.leave(API) == pytest.approx(0.101)  # the 186th waits for the first to age out
+    assert lim.leave(API) == pytest.approx(0.101)  # the 191st waits for the first to age out
     assert fake_redis.zcard(keys.rate_sent_key(API)) == 1  # the bunch aged out meanwhile
-    assert all(lim.leave(API) == 0.0 for _ in range(184))
+    assert all(lim.leave(API) == 0.0 for _ in range(189))
     before = clock.t
     assert lim.leave(API) == 0.0 and clock.t == before  # the next would wait 1 s: it goes
     assert 0 < fake_redis.pttl(keys.rate_sent_key(API)) <= 2 * WINDOW_MS
