@@ -8,10 +8,10 @@ Tencent counts arrival times, which trail our admission stamps by a jittery dela
 scheduling, the network): so the limiter keeps headroom, admitting at most 90 % of the rate
 per sliding second. The 10 % left (20 calls at 200/s, 110 ms of calls) absorbs arrivals bunched
 by that delay. (Measured on 2 loaded cores: a 50 ms margin at 100 % still let a handful of calls
-in 3,000 arrive bunched and answer 100012; the 90 % rule answered none then, bench/RESULTS.md.) A slot
-is admitted before its request is built, so a process stalled in between let slots admitted over
-a second leave together: the send log (`leave`) holds a request while half the headroom is used
-by requests that left in the last window, by the moment they left.
+in 3,000 arrive bunched and answer 100012; the 90 % rule answered none then, bench/RESULTS.md.)
+A slot is admitted before its request is built, so a process stalled in between let slots
+admitted over a second leave together: the send log (`leave`) holds a request while half the
+headroom is used by requests that left in the last window, by the moment they left.
 
 Two lanes: a call with a deadline (a battle near its end) may use the whole budget; a call
 without one (a freshness flush, a reconcile correction) only what is left after the part of
