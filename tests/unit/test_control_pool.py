@@ -63,3 +63,12 @@ def test_a_child_that_ran_well_is_restarted_after_the_first_delay(monkeypatch):
     first, cap = TIMERS.control.restart_delay
     assert _supervise(monkeypatch, [1, 1, 1, cap + 1, 1, 1]) == [
         first, first * 2, first * 4, first, first * 2]
+
+
+def test_the_control_pool_starts_after_the_prefork_pool_has_forked() -> None:
+    """A pool process forked while a supervisor is inside Popen keeps Popen's exec-status pipe
+    open for its life, and that supervisor hangs for good: the control pool starts after."""
+    from celery.worker.components import Pool
+
+    assert ControlPool.requires == ("celery.worker.components:Pool",)
+    assert Pool.name == "celery.worker.components.Pool"

@@ -90,6 +90,11 @@ class ControlPool(bootsteps.StartStopStep):
     """Worker bootstep: serve the control queue from a supervised thread-pool worker."""
 
     label = "scorer control pool"
+    #: Started after the prefork pool has forked its processes. A child forked (never exec'd)
+    #: while one of our threads is inside Popen inherits that Popen's exec-status pipe and holds
+    #: it open for its whole life, so the Popen never returns: its supervisor hung and never
+    #: started that child again (CI, twice: a control worker or the end game not restarted).
+    requires = ("celery.worker.components:Pool",)
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
