@@ -127,14 +127,16 @@ def _pick(rt: Runtime, zkey: str, now: float, budget: int,
 
 
 def _with_value(rt: Runtime, battle_ids: list[str], round_s: float = 0.0,
-                windows: dict[str, float] | None = None) -> list[str]:
+                windows: dict[str, float] | None = None, early: bool = False) -> list[str]:
     """The battles a flush would send something for now: no idle flush, none in the end game
     (worker/engine/flush/endgame.py has those), none while a batch must settle first, none
     whose end game starts within a flush interval (schedule.skips_turn: those are due again
     when it starts, and the end game promotes them), and none whose turn, planned again in a
     round of `round_s` s (turns.turn_after), is still to come: it was planned when the round
     was shorter. Fills `windows` with when each kept battle's end game starts (its end
-    known), which plans its next turn."""
+    known), which plans its next turn. `early`: battles taken before their turn (`_ahead`):
+    an idle one keeps its turn, and none with a batch in flight or whose request left within
+    TIMERS.flush.refused_retry (a backoff, or at most one flush per interval)."""
     if not battle_ids:
         return []
     pipe = pipeline(rt.redis)
@@ -148,10 +150,13 @@ def _with_value(rt: Runtime, battle_ids: list[str], round_s: float = 0.0,
     ends, *res = pipe.execute()
     now, every = rt.clock(), rt.settings.flush_interval
     latest = rt.tclock.latest()  # the end game starts by the latest Tencent's clock
+    recent = now - max(every, TIMERS.flush.refused_retry)
     out, idle, later = [], [], {}
     for i, bid in enumerate(battle_ids):
         pending, state, endgame_due, (turned_at, start) = res[4 * i:4 * i + 4]
         if endgame_due is not None:
+            continue
+        if early and (not pending or state or (turns.seconds(turned_at) or 0.0) > recent):
             continue
         if not pending and not state:
             idle.append(bid)
@@ -162,7 +167,7 @@ def _with_value(rt: Runtime, battle_ids: list[str], round_s: float = 0.0,
                 later[bid] = max(now, window_at)
                 continue
             turn = turns.turn_after(turned_at, start, window_at, round_s, every)
-            if turn > now + schedule.tick_seconds(every):
+            if not early and turn > now + schedule.tick_seconds(every):
                 later[bid] = turn
                 continue
             if windows is not None:
@@ -177,28 +182,14 @@ def _with_value(rt: Runtime, battle_ids: list[str], round_s: float = 0.0,
 def _ahead(rt: Runtime, now: float, budget: int, round_s: float,
            windows: dict[str, float]) -> list[str]:
     """What the budget has left after the due battles: battles with value whose turn comes
-    soonest, taken early, so no slot the budget carries goes unused (at 10,000 battles a first
-    turn planned early in the round often found no value yet: 116 calls a second went in the
-    first 10 s, and the schedule fell 15 s behind later; and a turn planned under a long round
-    is not kept once the round is short). Not a battle with a batch in flight or one whose
-    request left within TIMERS.flush.refused_retry (a backoff, or at most one flush per
-    interval), nor an idle one (it keeps its turn)."""
+    soonest, taken early (`_with_value(early=True)`), so no slot the budget carries goes unused
+    (at 10,000 battles a first turn planned early in the round often found no value yet: 116
+    calls a second went in the first 10 s, and the schedule fell 15 s behind later; and a turn
+    planned under a long round is not kept once the round is short)."""
     if budget <= 0:
         return []
     soon = rt.redis.zrangebyscore(keys.FLUSH_DUE, f"({now}", "+inf", start=0, num=2 * budget)
-    if not soon:
-        return []
-    pipe = pipeline(rt.redis)
-    for bid in soon:
-        bk = BattleKeys(bid)
-        pipe.hlen(bk.pending)
-        pipe.exists(bk.inflight)
-        pipe.hget(bk.meta, "turned_at")
-    res = pipe.execute()
-    recent = now - max(rt.settings.flush_interval, TIMERS.flush.refused_retry)
-    ready = [b for i, b in enumerate(soon) if res[3 * i] and not res[3 * i + 1]
-             and (turns.seconds(res[3 * i + 2]) or 0.0) <= recent]
-    return _with_value(rt, ready, 0.0, windows)[:budget]  # round 0: taken as they are planned
+    return _with_value(rt, soon, round_s, windows, early=True)[:budget]
 
 
 def run_tick(rt: Runtime, dispatch: Dispatch) -> dict[str, int]:
