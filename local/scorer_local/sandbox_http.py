@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +16,9 @@ from scorer_local.sandbox_auth import Reject
 from scorer_local.sandbox_faults import LATE_LANDING
 from scorer_local.sandbox_model import SandboxState
 from worker.engine.tencent.client import SERVICES
+
+#: Linux's SO_TIMESTAMPNS (and SCM_TIMESTAMPNS): Python's socket module does not name it.
+SO_TIMESTAMPNS = 35
 
 
 class SandboxHandler(BaseHTTPRequestHandler):
@@ -28,6 +32,29 @@ class SandboxHandler(BaseHTTPRequestHandler):
         # Headers and body go out in two writes: without NODELAY, Nagle and the client's
         # delayed ACK add ~40 ms to every keep-alive answer.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # The kernel stamps each segment as it arrives: a call's `t_arrived` is when it
+        # reached this host, before any wait of ours (threads, the GIL), so a bench can tell
+        # requests that left a client bunched from ones this process was slow to read.
+        self.connection.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.arrived: float | None = None
+
+    def handle_one_request(self) -> None:
+        self.arrived = self._arrival()
+        super().handle_one_request()
+
+    def _arrival(self) -> float | None:
+        """When the next request's first bytes reached the host (a peek: nothing is read;
+        it waits for them as the request line's read would). Needs a client that does not
+        pipeline requests (none of ours: httpx sends the next once the answer is read)."""
+        try:
+            _, anc, _, _ = self.connection.recvmsg(1, socket.CMSG_SPACE(16), socket.MSG_PEEK)
+        except OSError:
+            return None
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+                sec, ns = struct.unpack("qq", data[:16])
+                return sec + ns / 1e9
+        return None
 
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet: tests read the call log
         pass
@@ -84,7 +111,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         request_id = uuid.uuid4().hex
         record: dict[str, Any] = {
             "t": time.time(), "api": api, "body": body if isinstance(body, dict) else None,
-            "error_code": None, "fault": None,
+            "error_code": None, "fault": None, "t_arrived": self.arrived,
             "random": next(iter(query.get("random") or []), None)}
         answer: dict[str, Any] = {"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": "",
                                   "RequestId": request_id}

@@ -99,3 +99,30 @@ def test_a_reserve_lapses_when_the_tick_stops_renewing_it(redis_url):
     limiter = RedisRateLimiter(r, 10, headroom=1.0)
     limiter.set_reserve("a", 9)
     assert 0 < r.pttl(keys.rate_reserve_key("a")) <= 2000
+
+
+def test_a_request_is_logged_when_it_reaches_the_socket_not_before(rt, sandbox):
+    """A process stalled between its last line before `post` and the socket write (the end
+    game took 0.3-0.6 s there, opening connections under a contended GIL) must not have its
+    request logged as gone before it went: the send log's stamp is the write's own moment,
+    which is also when the sandbox's kernel saw the request arrive."""
+    from worker.engine.tencent.errors import TencentError
+
+    stall_ended: list[float] = []
+
+    def stall(request) -> None:  # an httpx request hook: after our code, before the socket
+        time.sleep(0.3)
+        stall_ended.append(time.time())
+
+    rt.client.http.event_hooks["request"] = [stall]
+    try:
+        rt.client.get_battle_info("no-such-battle")
+    except TencentError:
+        pass  # refused or not, it left
+    r = redis.Redis.from_url(rt.settings.redis_url)
+    logged = r.zrange(keys.rate_sent_key("get_battle_info"), 0, -1, withscores=True)
+    assert len(logged) == 1 and stall_ended
+    stamp = logged[0][1] / 1000  # Redis's clock, milliseconds
+    arrived = sandbox.server.state.calls[-1]["t_arrived"]
+    assert stamp >= stall_ended[0] - 0.005  # not before the stall (1 ms of clock rounding)
+    assert arrived is not None and abs(arrived - stamp) < 0.1

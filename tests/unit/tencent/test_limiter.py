@@ -14,6 +14,7 @@ from worker.engine.tencent.limiter import (
     HIGH,
     LOW,
     WINDOW_MS,
+    Departure,
     RateLimitTimeout,
     RedisRateLimiter,
     admitted_per_second,
@@ -157,5 +158,30 @@ def test_requests_leave_under_the_send_logs_cap_by_the_moment_they_leave(
     assert all(lim.leave(API) == 0.0 for _ in range(189))
     before = clock.t
     assert lim.leave(API) == 0.0 and clock.t == before  # the next would wait 1 s: it goes
+    assert fake_redis.zcard(keys.rate_sent_key(API)) == 191  # logged all the same
     assert 0 < fake_redis.pttl(keys.rate_sent_key(API)) <= 2 * WINDOW_MS
     assert _limiter(fake_redis, clock, rate=1).send_cap == 1  # never below what is admitted
+
+
+class _SendLog:
+    def __init__(self) -> None:
+        self.left: list[str] = []
+
+    def leave(self, api: str) -> float:
+        self.left.append(api)
+        return 0.25
+
+
+def test_a_departure_is_logged_as_its_headers_start_out_and_at_every_write_of_them() -> None:
+    """httpcore's trace events: a connection opening is not a departure; the headers going
+    out are, each time (a retry on a fresh connection counts again: stricter, never looser)."""
+    log = _SendLog()
+    d = Departure(log, API)
+    d.trace("connection.connect_tcp.started", {})
+    d.trace("connection.connect_tcp.complete", {})
+    assert log.left == [] and d.at is None and d.held == 0.0
+    d.trace("http11.send_request_headers.started", {"request": None})
+    assert log.left == [API] and d.at is not None and d.held == 0.25
+    d.trace("http11.send_request_headers.complete", {})
+    d.trace("http11.send_request_headers.started", {})
+    assert log.left == [API, API] and d.held == 0.5

@@ -23,6 +23,7 @@ from worker.engine.tencent.errors import (
     classify_exception,
     classify_status,
 )
+from worker.engine.tencent.limiter import Departure
 from worker.engine.tencent.models import (
     BattleInfo,
     GiftCount,
@@ -159,23 +160,24 @@ class TencentClient:
         waited = 0.0 if max_wait == ADMITTED else self.limiter.acquire(api, max_wait, lane)
         if on_send is not None:
             on_send()
-        waited += self.limiter.leave(api)  # the send log, the moment it leaves
+        departure = Departure(self.limiter, api)  # the send log, as the request leaves
         started = time.monotonic()
-        sent_at = time.time()
+        sent_at = time.time()  # until the trace hook says when it left (a mock never does)
         try:
             timeout = self.timeout if read_timeout is None else httpx.Timeout(
                 connect=self.timeout.connect, read=read_timeout, write=self.timeout.write,
                 pool=self.timeout.pool)
             resp = self.http.post(self.url(api), params=self.query(), json=body,
-                                  timeout=timeout)
+                                  timeout=timeout, extensions={"trace": departure.trace})
         except httpx.HTTPError as exc:
             outcome = classify_exception(exc)
-            self._observe(api, outcome.value, started, waited)
+            self._observe(api, outcome.value, started, waited + departure.held)
             raise TencentError(api, outcome, type(exc).__name__) from None
+        waited += departure.held
         date = resp.headers.get("date")
         if date and self.on_answer is not None:
             try:
-                self.on_answer(date, sent_at, time.time())
+                self.on_answer(date, departure.at or sent_at, time.time())
             except Exception:  # the clock estimate never fails a call
                 log.debug("clock sample dropped", exc_info=True)
         outcome = classify_status(resp.status_code)

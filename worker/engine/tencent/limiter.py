@@ -11,7 +11,11 @@ by that delay. (Measured on 2 loaded cores: a 50 ms margin at 100 % still let a 
 in 3,000 arrive bunched and answer 100012; the 90 % rule answered none then, bench/RESULTS.md.)
 A slot is admitted before its request is built, so a process stalled in between let slots
 admitted over a second leave together: the send log (`leave`) holds a request while half the
-headroom is used by requests that left in the last window, by the moment they left.
+headroom is used by requests that left in the last window, by the moment they left. That
+moment is the socket write (`Departure`, an httpcore trace hook), not any earlier line of
+ours: the end-game process, given 16 flushes at once, took 0.3-0.6 s between its last line
+before `post` and the write (opening connections under a contended GIL), and those 16 left
+together with the next second's requests (100012; bench/RESULTS.md, seventh session).
 
 Two lanes: a call with a deadline (a battle near its end) may use the whole budget; a call
 without one (a freshness flush, a reconcile correction) only what is left after the part of
@@ -25,6 +29,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from typing import Protocol
 
 import redis
 
@@ -45,6 +50,12 @@ HIGH, LOW = "high", "low"
 def admitted_per_second(rate: int) -> float:
     """The most calls per second the limiter admits over time: what schedules may plan on."""
     return max(1, int(rate * HEADROOM)) * 1000 / (WINDOW_MS + TIMERS.state.margin_ms)
+
+
+class SendLog(Protocol):
+    """What `Departure` needs of a limiter."""
+
+    def leave(self, api: str) -> float: ...
 
 
 class RedisRateLimiter:
@@ -97,11 +108,18 @@ class RedisRateLimiter:
         slots admitted over a second leave together, and Tencent counts arrivals (100012). The
         hold is short and rare (only then), so it may run under the battle's lock."""
         held = 0.0
+        go = ""
         while True:
             wait = int(self._sent(keys=[keys.rate_sent_key(api)],
-                                  args=[self.send_cap, self.window_ms, uuid.uuid4().hex])) / 1000
-            if wait == 0 or held + wait > TIMERS.state.send_wait:
-                return held  # past the bound it goes: refused at worst, and retried
+                                  args=[self.send_cap, self.window_ms, uuid.uuid4().hex,
+                                        go])) / 1000
+            if wait == 0:
+                return held
+            if held + wait > TIMERS.state.send_wait:
+                # Past the bound it goes (refused at worst, and retried), logged all the same,
+                # so the requests after it see the window as it is.
+                go = "go"
+                continue
             self._sleep(wait)
             held += wait
 
@@ -113,3 +131,25 @@ class RedisRateLimiter:
             self.redis.set(key, min(calls, self.rate - 1), px=2000)
         else:
             self.redis.delete(key)
+
+
+class Departure:
+    """The send log's stamp as an httpcore trace hook (`extensions={"trace": d.trace}`): it
+    runs `leave` in the sending thread as the request's headers start out to the socket, so
+    a request is counted when it leaves, however long the process took to get there."""
+
+    EVENTS = frozenset({"http11.send_request_headers.started",
+                        "http2.send_request_headers.started"})
+
+    def __init__(self, limiter: SendLog, api: str) -> None:
+        self.limiter = limiter
+        self.api = api
+        self.held = 0.0  # seconds the send log held it
+        self.at: float | None = None  # wall time it left (None: it never reached a socket)
+
+    def trace(self, event: str, info: dict) -> None:
+        """httpcore's trace callback; every write of the headers is logged (a retry on a fresh
+        connection as well: counting one request twice only makes the log stricter)."""
+        if event in self.EVENTS:
+            self.held += self.limiter.leave(self.api)
+            self.at = time.time()

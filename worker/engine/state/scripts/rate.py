@@ -38,7 +38,7 @@ return math.max(1, tonumber(oldest[2]) + window - now + 1)
 # The send log: a request leaves only while fewer than `cap` left in the last `window` ms, by
 # the moment they left rather than when their slot was admitted (a slot admitted, then held
 # by a stalled process, left bunched with later ones: Tencent answered 100012).
-# KEYS: send log   ARGV: cap, window ms, id
+# KEYS: send log   ARGV: cap, window ms, id, 'go' (leave now whatever the log says: logged)
 # Returns 0 if it may leave now (logged), else the ms until the oldest leaves the window.
 SENT = """
 local t = redis.call('TIME')
@@ -46,7 +46,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local n = redis.call('ZCARD', KEYS[1])
-if n < tonumber(ARGV[1]) then
+if n < tonumber(ARGV[1]) or ARGV[4] == 'go' then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window * 2)
   return 0
