@@ -334,6 +334,7 @@ class Bench:
             print("  calls/s by 10 s (all, end game): " + ", ".join(
                 f"{t}: {(a + b) / 10:.0f}, {b / 10:.0f}" for t, (a, b) in sorted(per10.items())),
                 flush=True)
+            _diagnose_arrivals(calls)
         run.peak_rss = peak["rss"]
         run.peak_ingest_queue, run.peak_control_queue = peak["ingest_q"], peak["control_q"]
         run.redis_per_battle = max(0, peak["redis"] - redis_base) / max(1, n)
@@ -381,6 +382,31 @@ def _latencies(delivered, history, with_gift: bool = False) -> list:
                 out.append(((t, bid, room, v), lat) if with_gift else lat)
                 break
     return out
+
+
+def _busiest_second(stamps: list[float]) -> int:
+    """The most stamps in any sliding second."""
+    stamps, best, j = sorted(stamps), 0, 0
+    for i, t in enumerate(stamps):
+        while stamps[j] <= t - 1.0:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def _diagnose_arrivals(calls) -> None:
+    """The busiest second of set_battle_score by arrival (the kernel's stamp, what the sandbox
+    counts, as Tencent does) and by when the sandbox's threads read the calls (what it counted
+    before the seventh session): the gap is this machine's, not the worker's."""
+    ok = [c for c in calls if c["api"] == "set_battle_score" and c["error_code"] != 100012
+          and c.get("t_arrived") is not None]
+    if not ok:
+        return
+    lag = sorted(c["t"] - c["t_arrived"] for c in ok)
+    print(f"  busiest second by arrival / by the sandbox's read: "
+          f"{_busiest_second([c['t_arrived'] for c in ok])} / "
+          f"{_busiest_second([c['t'] for c in ok])} calls; arrival to read p99 / max "
+          f"{lag[int(0.99 * (len(lag) - 1))] * 1000:.0f} / {lag[-1] * 1000:.0f} ms", flush=True)
 
 
 def _diagnose(battles, indexes, delivered, calls) -> None:

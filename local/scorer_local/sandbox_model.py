@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import defaultdict, deque
+from bisect import bisect_left, bisect_right, insort
+from collections import defaultdict
 from typing import Any
 
 from scorer_local.sandbox_auth import Reject, check_query
@@ -40,7 +41,7 @@ class SandboxState:
             self.calls: list[dict] = []
             self.history: list[dict] = []
             self.faults = Faults()
-            self.windows: dict[str, deque] = defaultdict(deque)  # accepted call times per API
+            self.windows: dict[str, list[float]] = defaultdict(list)  # admitted, by arrival
             self.max_per_second: dict[str, int] = defaultdict(int)
 
     # -- control ---------------------------------------------------------------------------
@@ -125,16 +126,20 @@ class SandboxState:
         with self.lock:
             return self.faults.take(api)
 
-    def admit(self, api: str, now: float) -> bool:
-        """Sliding 1-s window per API; refused calls (100012) do not count in it."""
+    def admit(self, api: str, arrived: float) -> bool:
+        """At most `rate` calls of an API in any sliding 1-s window, by the time each arrived;
+        refused calls (100012) do not count. Threads may get to calls out of order, so a
+        call is checked against every window that holds it, not only the one ending at it."""
         with self.lock:
-            w = self.windows[api]
-            while w and w[0] <= now - 1.0:
-                w.popleft()
-            if len(w) >= self.rate:
+            w = self.windows[api]  # arrival times of admitted calls, sorted
+            while w and w[0] <= w[-1] - 2.0:  # (a call read more than 1 s late: none)
+                w.pop(0)
+            ends = [arrived, *w[bisect_right(w, arrived):bisect_left(w, arrived + 1.0)]]
+            busiest = max(bisect_right(w, x) - bisect_right(w, x - 1.0) for x in ends)
+            if busiest >= self.rate:
                 return False
-            w.append(now)
-            self.max_per_second[api] = max(self.max_per_second[api], len(w))
+            insort(w, arrived)
+            self.max_per_second[api] = max(self.max_per_second[api], busiest + 1)
             return True
 
     def check_query(self, query: dict[str, list[str]]) -> None:

@@ -84,3 +84,23 @@ def test_state_records_calls_and_max_rate(env, sandbox):
         client.get_gift_count("a", "oa")
     ctl.clear_faults()
     assert ctl.state()["faults_injected"]["http502"] == 1
+
+
+
+def test_the_rate_limit_counts_arrivals_in_every_window_that_holds_them():
+    """Tencent counts a call when it arrives: the sandbox, whose threads may get to calls late
+    and out of order on a busy machine, checks each call's arrival against every sliding
+    second that holds it, and a refused call takes no place in any."""
+    from scorer_local.sandbox_model import SandboxState
+
+    st = SandboxState(SDKAPPID, SECRET, rate=2)
+    assert st.admit("a", 10.0) and st.admit("a", 10.5)
+    assert not st.admit("a", 10.9)  # the third in (9.9, 10.9]
+    assert st.admit("a", 11.0)  # 10.0 has left the second ending at 11.0
+    # Read late: the second ending at 10.2 holds only 10.0, but those ending at 10.5 and 11.0
+    # would hold three.
+    assert not st.admit("a", 10.2)
+    assert st.admit("a", 12.2)
+    assert st.admit("a", 11.9)  # read late, and two at most in every second holding it
+    assert st.admit("b", 10.9)  # each API has its own budget
+    assert st.snapshot()["max_calls_per_second"] == {"a": 2, "b": 1}
