@@ -2,7 +2,8 @@
 
 It verifies what Tencent verifies (the query string and the UserSig, by running the
 TLSSigAPIv2 algorithm in reverse), models battles and gift counters, enforces a per-API
-calls-per-second limit, injects faults on request, and records every call and score change.
+calls-per-second limit (counting each call as it arrives, as Tencent does), injects faults on
+request, and records every call and score change.
 Control endpoints under `/sandbox/` drive it (no auth: bind it to loopback only).
 
 Its parts: the signature check (sandbox_auth), the faults (sandbox_faults), the model of
