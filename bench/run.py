@@ -398,13 +398,13 @@ def _diagnose_arrivals(calls) -> None:
     """The busiest second of set_battle_score by arrival (the kernel's stamp, what the sandbox
     counts, as Tencent does) and by when the sandbox's threads read the calls (what it counted
     before the seventh session): the gap is this machine's, not the worker's."""
-    ok = [c for c in calls if c["api"] == "set_battle_score" and c["error_code"] != 100012
-          and c.get("t_arrived") is not None]
+    ok = [c for c in calls if c["api"] == "set_battle_score" and c["error_code"] != 100012]
     if not ok:
         return
-    lag = sorted(c["t"] - c["t_arrived"] for c in ok)
+    arrived = [c["t"] if c.get("t_arrived") is None else c["t_arrived"] for c in ok]
+    lag = sorted(c["t"] - a for c, a in zip(ok, arrived, strict=True))
     print(f"  busiest second by arrival / by the sandbox's read: "
-          f"{_busiest_second([c['t_arrived'] for c in ok])} / "
+          f"{_busiest_second(arrived)} / "
           f"{_busiest_second([c['t'] for c in ok])} calls; arrival to read p99 / max "
           f"{lag[int(0.99 * (len(lag) - 1))] * 1000:.0f} / {lag[-1] * 1000:.0f} ms", flush=True)
 

@@ -35,17 +35,23 @@ class SandboxHandler(BaseHTTPRequestHandler):
         # The kernel stamps each segment as it arrives: a call's `t_arrived` is when it
         # reached this host, before any wait of ours (threads, the GIL), so a bench can tell
         # requests that left a client bunched from ones this process was slow to read.
-        self.connection.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.arrived: float | None = None
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:  # not Linux: calls are counted when read, as before
+            pass
 
     def handle_one_request(self) -> None:
         self.arrived = self._arrival()
         super().handle_one_request()
 
     def _arrival(self) -> float | None:
-        """When the next request's first bytes reached the host (a peek: nothing is read;
-        it waits for them as the request line's read would). Needs a client that does not
-        pipeline requests (none of ours: httpx sends the next once the answer is read)."""
+        """When the next request reached the host: the kernel's stamp of what is queued at
+        the peek (its headers', or its body's if that came too; None before the kernel
+        stamps at all, e.g. a first connection's first request: then it is counted when
+        read). A peek reads nothing and waits as the request line's read would. Needs a
+        client that does not pipeline requests (none of ours: httpx sends the next request
+        once the answer is read)."""
         try:
             _, anc, _, _ = self.connection.recvmsg(1, socket.CMSG_SPACE(16), socket.MSG_PEEK)
         except OSError:

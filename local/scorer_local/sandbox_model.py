@@ -132,7 +132,7 @@ class SandboxState:
         call is checked against every window that holds it, not only the one ending at it."""
         with self.lock:
             w = self.windows[api]  # arrival times of admitted calls, sorted
-            while w and w[0] <= w[-1] - 2.0:  # (a call read more than 1 s late: none)
+            while w and w[0] <= min(w[-1] - 2.0, arrived - 1.0):  # in no window still open
                 w.pop(0)
             ends = [arrived, *w[bisect_right(w, arrived):bisect_left(w, arrived + 1.0)]]
             busiest = max(bisect_right(w, x) - bisect_right(w, x - 1.0) for x in ends)

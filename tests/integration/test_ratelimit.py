@@ -105,7 +105,8 @@ def test_a_request_is_logged_when_it_reaches_the_socket_not_before(rt, sandbox):
     """A process stalled between its last line before `post` and the socket write (the end
     game took 0.3-0.6 s there, opening connections under a contended GIL) must not have its
     request logged as gone before it went: the send log's stamp is the write's own moment,
-    which is also when the sandbox's kernel saw the request arrive."""
+    which is also when the sandbox's kernel saw the request arrive, and the clock's sample
+    of Tencent's Date counts the request as sent then."""
     from worker.engine.tencent.errors import TencentError
 
     stall_ended: list[float] = []
@@ -115,6 +116,8 @@ def test_a_request_is_logged_when_it_reaches_the_socket_not_before(rt, sandbox):
         stall_ended.append(time.time())
 
     rt.client.http.event_hooks["request"] = [stall]
+    samples: list[float] = []
+    rt.client.on_answer = lambda date, sent, received: samples.append(sent)
     try:
         rt.client.get_battle_info("no-such-battle")
     except TencentError:
@@ -126,3 +129,4 @@ def test_a_request_is_logged_when_it_reaches_the_socket_not_before(rt, sandbox):
     arrived = sandbox.server.state.calls[-1]["t_arrived"]
     assert stamp >= stall_ended[0] - 0.005  # not before the stall (1 ms of clock rounding)
     assert arrived is not None and abs(arrived - stamp) < 0.1
+    assert samples and samples[0] >= stall_ended[0]  # the clock's sample: sent after the stall

@@ -86,7 +86,6 @@ def test_state_records_calls_and_max_rate(env, sandbox):
     assert ctl.state()["faults_injected"]["http502"] == 1
 
 
-
 def test_the_rate_limit_counts_arrivals_in_every_window_that_holds_them():
     """Tencent counts a call when it arrives: the sandbox, whose threads may get to calls late
     and out of order on a busy machine, checks each call's arrival against every sliding
@@ -104,3 +103,7 @@ def test_the_rate_limit_counts_arrivals_in_every_window_that_holds_them():
     assert st.admit("a", 11.9)  # read late, and two at most in every second holding it
     assert st.admit("b", 10.9)  # each API has its own budget
     assert st.snapshot()["max_calls_per_second"] == {"a": 2, "b": 1}
+    # Read more than a second late, behind a later arrival: what it shares a second with is
+    # still kept, so it is refused.
+    assert st.admit("c", 12.2) and st.admit("c", 12.4) and st.admit("c", 15.0)
+    assert not st.admit("c", 12.5)

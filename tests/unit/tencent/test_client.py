@@ -353,6 +353,7 @@ def test_an_admitted_call_waits_for_no_slot_first_and_none_after(
     # The retry: a slot now or never. (The send log is asked by httpcore's trace hook as the
     # headers go out to a socket, which respx has none of: tests/integration/test_ratelimit.py.)
     assert limiter.asked == [("set_battle_score", 0.0, "high")]
+    assert all("trace" in call.request.extensions for call in mock.calls)
 
 
 def test_hooks_see_each_attempt_and_a_failing_clock_hook_fails_nothing(

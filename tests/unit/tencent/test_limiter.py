@@ -174,7 +174,7 @@ class _SendLog:
 
 def test_a_departure_is_logged_as_its_headers_start_out_and_at_every_write_of_them() -> None:
     """httpcore's trace events: a connection opening is not a departure; the headers going
-    out are, each time (a retry on a fresh connection counts again: stricter, never looser)."""
+    out are, each time they do, except a proxy tunnel's CONNECT."""
     log = _SendLog()
     d = Departure(log, API)
     d.trace("connection.connect_tcp.started", {})
@@ -185,3 +185,6 @@ def test_a_departure_is_logged_as_its_headers_start_out_and_at_every_write_of_th
     d.trace("http11.send_request_headers.complete", {})
     d.trace("http11.send_request_headers.started", {})
     assert log.left == [API, API] and d.held == 0.5
+    tunnel = type("Request", (), {"method": b"CONNECT"})()  # a proxy's tunnel: not a call
+    d.trace("http11.send_request_headers.started", {"request": tunnel})
+    assert log.left == [API, API]

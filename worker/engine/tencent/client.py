@@ -171,9 +171,11 @@ class TencentClient:
                                   timeout=timeout, extensions={"trace": departure.trace})
         except httpx.HTTPError as exc:
             outcome = classify_exception(exc)
-            self._observe(api, outcome.value, started, waited + departure.held)
+            # the send log's hold is a wait, not Tencent's latency
+            self._observe(api, outcome.value, started + departure.held, waited + departure.held)
             raise TencentError(api, outcome, type(exc).__name__) from None
         waited += departure.held
+        started += departure.held
         date = resp.headers.get("date")
         if date and self.on_answer is not None:
             try:

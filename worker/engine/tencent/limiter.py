@@ -145,11 +145,13 @@ class Departure:
         self.limiter = limiter
         self.api = api
         self.held = 0.0  # seconds the send log held it
-        self.at: float | None = None  # wall time it left (None: it never reached a socket)
+        self.at: float | None = None  # wall time it left (None: no socket, or a mock transport)
 
     def trace(self, event: str, info: dict) -> None:
-        """httpcore's trace callback; every write of the headers is logged (a retry on a fresh
-        connection as well: counting one request twice only makes the log stricter)."""
-        if event in self.EVENTS:
+        """httpcore's trace callback. A proxy tunnel's CONNECT carries the same extensions
+        and is not a call to Tencent: not logged. (The hold comes after the pool judged an
+        idle connection usable: one closed meanwhile fails the call as ambiguous, as any
+        close racing a write does; holds are rare and 0.25 s at most.)"""
+        if event in self.EVENTS and getattr(info.get("request"), "method", b"") != b"CONNECT":
             self.held += self.limiter.leave(self.api)
             self.at = time.time()
