@@ -384,11 +384,11 @@ def _latencies(delivered, history, with_gift: bool = False) -> list:
     return out
 
 
-def _busiest_second(stamps: list[float]) -> int:
-    """The most stamps in any sliding second."""
+def busiest_window(stamps: list[float], window: float = 1.0) -> int:
+    """The most stamps in any sliding `window` s (tests/integration/test_ratelimit.py too)."""
     stamps, best, j = sorted(stamps), 0, 0
     for i, t in enumerate(stamps):
-        while stamps[j] <= t - 1.0:
+        while stamps[j] <= t - window:
             j += 1
         best = max(best, i - j + 1)
     return best
@@ -404,8 +404,8 @@ def _diagnose_arrivals(calls) -> None:
     arrived = [c["t"] if c.get("t_arrived") is None else c["t_arrived"] for c in ok]
     lag = sorted(c["t"] - a for c, a in zip(ok, arrived, strict=True))
     print(f"  busiest second by arrival / by the sandbox's read: "
-          f"{_busiest_second(arrived)} / "
-          f"{_busiest_second([c['t'] for c in ok])} calls; arrival to read p99 / max "
+          f"{busiest_window(arrived)} / "
+          f"{busiest_window([c['t'] for c in ok])} calls; arrival to read p99 / max "
           f"{lag[int(0.99 * (len(lag) - 1))] * 1000:.0f} / {lag[-1] * 1000:.0f} ms", flush=True)
 
 

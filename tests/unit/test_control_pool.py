@@ -67,8 +67,11 @@ def test_a_child_that_ran_well_is_restarted_after_the_first_delay(monkeypatch):
 
 def test_the_control_pool_starts_after_the_prefork_pool_has_forked() -> None:
     """A pool process forked while a supervisor is inside Popen keeps Popen's exec-status pipe
-    open for its life, and that supervisor hangs for good: the control pool starts after."""
+    open for its life, and that supervisor hangs for good: the control pool starts after. The
+    boot order as a worker computes it (Blueprint.apply sorts the steps with _finalize_steps)."""
     from celery.worker.components import Pool
+    from celery.worker.worker import WorkController
 
-    assert ControlPool.requires == ("celery.worker.components:Pool",)
-    assert Pool.name == "celery.worker.components.Pool"
+    blueprint = WorkController.Blueprint(steps=[ControlPool])
+    order = blueprint._finalize_steps(blueprint.claim_steps())
+    assert order.index(ControlPool) > order.index(Pool)
