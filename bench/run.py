@@ -245,7 +245,9 @@ class Bench:
                     trace.append(f"{now - start:.0f}s: due {self.r.zcard(keys.FLUSH_DUE)}, "
                                  f"behind {now - oldest[0][1] if oldest else 0:.1f}s, "
                                  f"round {float(self.r.get(keys.FLUSH_ROUND) or 0):.1f}s, "
-                                 f"late {self.r.zcount(keys.FLUSH_DUE, '-inf', now)}")
+                                 f"late {self.r.zcount(keys.FLUSH_DUE, '-inf', now)}, "
+                                 f"tick {now - float(self.r.get(keys.TICK_AT) or now):.1f}s ago, "
+                                 f"control q {self.r.llen('scorer.control')}")
                 k += 1
                 peak["rss"] = max(peak["rss"], self.worker_rss())
                 peak["redis"] = max(peak["redis"], int(self.r.info("memory")["used_memory"]))
@@ -334,6 +336,15 @@ class Bench:
             print("  calls/s by 10 s (all, end game): " + ", ".join(
                 f"{t}: {(a + b) / 10:.0f}, {b / 10:.0f}" for t, (a, b) in sorted(per10.items())),
                 flush=True)
+            reads: dict[int, int] = defaultdict(int)
+            for c in calls:
+                if c["api"] == "get_gift_count":
+                    reads[int((c["t"] - start) // 10) * 10] += 1
+            print("  get_gift_count calls/s by 10 s: " + ", ".join(
+                f"{t}: {k / 10:.0f}" for t, k in sorted(reads.items())), flush=True)
+            waited = self.r.hgetall(keys.METRICS_LIMITER_WAIT)
+            print("  limiter wait, s in all, by API: " + ", ".join(
+                f"{api}: {float(w):.0f}" for api, w in sorted(waited.items())), flush=True)
             _diagnose_arrivals(calls)
         run.peak_rss = peak["rss"]
         run.peak_ingest_queue, run.peak_control_queue = peak["ingest_q"], peak["control_q"]

@@ -6,7 +6,7 @@ patches the module's `TIMERS` with a `dataclasses.replace`), binding a name only
 module or a test imports it. The number lives here only: change it after measuring; the tests
 (tests/unit/test_timers.py) keep the measured values and the orderings the code relies on. Derived
 values are properties. Seconds unless named `_ms`. Operators' settings: worker/engine/settings.py.
-The bottom layer: it imports nothing from the project; the doors and tasks/ read it too.
+The bottom layer: it imports nothing from the project (the doors and tasks/ read it too).
 """
 
 from __future__ import annotations
@@ -188,6 +188,8 @@ class ReconcileTimers:
     """How far the watermark trails the present when ingest keeps up (a tick or two)."""
     pair_gap: float = 1.0
     """A room's confirming read comes this long after the first: a drift confirmed in a cycle."""
+    slot_wait: float = 0.5
+    """A read waits this long for a slot (not the limiter's 5 s: a control thread flushes need)."""
 
     @property
     def judge_delay(self) -> float:
@@ -196,8 +198,7 @@ class ReconcileTimers:
 
     @property
     def read_lag(self) -> float:
-        """No read while the ingest watermark trails the present by more than this (the skew and
-        3 s): it could not be judged until the backlog is gone, and a read then tells the same."""
+        """No read while the watermark trails the present by more than this: it can't be judged."""
         return self.skew + 3.0
 
 
@@ -211,9 +212,8 @@ class AuditTimers:
     """A settled ambiguity is audited this long after it settled: a write that outlived its
     client's 5 s timeout has landed or expired by then ..."""
     end_lead: float = 3.0
-    """... but no later than this long before the battle's end: a double count must be healed
-    before the buzzer, and the audit be done before the end game (its last 1.5 s) needs the
-    battle's lock (a read and a write, each allowed 1.5 s there)."""
+    """... but no later than this before the end: a double count is healed before the buzzer,
+    and the audit (a read and a write, 1.5 s each there) done before the end game's lock."""
     retry: float = 0.5
     """An audit that could not run (no slot, lock busy, batch in flight) is due again this soon."""
     slot_wait: float = 0.5

@@ -103,6 +103,28 @@ def test_idle_battles_and_batches_settling_under_a_lock_take_no_slot(
     assert frt.redis.zrange(keys.ENDGAME_DUE, 0, -1) == ["settling"]  # due once it is free
 
 
+def test_value_stored_between_the_idle_read_and_its_removal_keeps_its_mark(
+        frt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ingest stores a gift right after the round read the battle idle: its ZADD NX met the
+    # old mark, so the round's ZREM would leave the value with no end-game flush.
+    frt.redis.zadd(keys.ACTIVE, {"b1": T0 + 1})
+    frt.redis.zadd(keys.ENDGAME_DUE, {"b1": T0 - 1})
+    zrem = frt.redis.zrem
+
+    def ingest_lands_first(name: str, *values: str) -> int:
+        frt.redis.hset(BattleKeys("b1").pending, "r1", 5)
+        frt.redis.zadd(keys.ENDGAME_DUE, {"b1": T0}, nx=True)  # gifts.route's mark
+        return zrem(name, *values)
+
+    monkeypatch.setattr(frt.redis, "zrem", ingest_lands_first)
+    flush = Flushes()
+    assert rounds.run_round(frt, flush) == 0
+    assert frt.redis.zscore(keys.ENDGAME_DUE, "b1") == T0  # marked again, coalescing
+    monkeypatch.setattr(frt.redis, "zrem", zrem)
+    frt.clock = lambda: T0 + rounds.COALESCE
+    assert rounds.run_round(frt, flush) == 1 and flush.battles == ["b1"]
+
+
 def test_a_battle_whose_flush_is_on_its_way_is_not_flushed_twice(
         frt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     ending(frt, {"b1": T0 + 1})

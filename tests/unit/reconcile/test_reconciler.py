@@ -13,13 +13,15 @@ from worker.engine.battles import registry
 from worker.engine.battles.records import Battle
 from worker.engine.flush.inflight import LockLost
 from worker.engine.reconcile import reconciler
-from worker.engine.reconcile.judge import JUDGE_DELAY, Read
+from worker.engine.reconcile.judge import JUDGE_DELAY, PAIR_GAP, Read
 from worker.engine.reconcile.reconciler import Reconciler, reconcile_battle
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.counters import read
 from worker.engine.state.keys import BattleKeys
 from worker.engine.state.lock import RedisLock
+from worker.engine.tencent.errors import RateLimitTimeout
+from worker.engine.timers import TIMERS
 
 BK = BattleKeys("b1")
 #: The watermark that judges reads taken before T0 - 9 but lets no new read be taken (it lags
@@ -92,6 +94,25 @@ def test_fresh_reads_are_taken_while_ingest_keeps_up_and_judged_soon(
     assert json.loads(frt.redis.hget(BK.recon, "obs:r2")) == [{"t0": T0, "t1": T0, "R": 120}]
     # Every room waits on a read: the next pass when the confirming reads are due.
     assert frt.redis.zscore(keys.RECONCILE_DUE, "b1") == T0 + 1.0
+
+
+def test_a_read_waits_briefly_for_a_slot_and_a_pass_without_one_comes_back_soon(
+        frt: Runtime, respx_mock: respx.MockRouter, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The get_gift_count budget is taken: a read must not hold the control thread for the
+    # limiter's own 5 s, and the other room is not tried (it would wait as long).
+    running(frt, KEEPING_UP)
+    route = respx_mock.post(GIFT_COUNT).mock(return_value=answer({"TotalCoins": 120}))
+    waits: list[float | None] = []
+
+    def budget_taken(api: str, max_wait: float | None = None, lane: str = "high") -> float:
+        waits.append(max_wait)
+        raise RateLimitTimeout(api, max_wait or 0.0)
+
+    monkeypatch.setattr(frt.client.limiter, "acquire", budget_taken)
+    assert reconcile_battle(frt, "b1") == "ok"
+    assert waits == [TIMERS.reconcile.slot_wait] and route.call_count == 0
+    assert read(frt.redis)["reconcile_reads_deferred"] == 1
+    assert frt.redis.zscore(keys.RECONCILE_DUE, "b1") == T0 + PAIR_GAP
 
 
 def test_no_read_while_ingest_lags(frt: Runtime) -> None:

@@ -83,10 +83,13 @@ def plan(rt: Runtime, now: float) -> int:
         for b in ids:
             pipe.hlen(BattleKeys(b).pending)
         due, marked, *pending = pipe.execute()
-        # Due, or holding value for a turn planned later (worker/engine/battles/turns.py plans
-        # the last one at the window's start by Tencent's clock as it was estimated then).
+        # Due, or holding value: for a turn planned later (worker/engine/battles/turns.py
+        # plans the last one at the window's start by Tencent's clock as it was estimated
+        # then), or not due at all (an ingest's ZADD NX that met its battle on the due list
+        # just before a flush took it off): value in the window is the end game's whatever
+        # the due list says.
         promote = [b for (b, end), d, held in zip(ending, due, pending, strict=True)
-                   if d is not None and (d <= now or held) and end - latest <= FINAL_WINDOW]
+                   if (held or (d is not None and d <= now)) and end - latest <= FINAL_WINDOW]
         if promote:
             rt.redis.zadd(keys.ENDGAME_DUE, {b: now for b in promote}, nx=True)
         with_value = sum(1 for d, m in zip(due, marked, strict=True)

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from worker.engine.flush.due import holding_value
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
@@ -73,6 +74,11 @@ def run_round(rt: Runtime, flush: Flush) -> int:
     idle = [b for k, b in enumerate(due) if not res[3 * k] and not res[3 * k + 1]]
     if idle:  # flushed meanwhile by the tick's flushes: no slot for them
         rt.redis.zrem(keys.ENDGAME_DUE, *idle)
+        # An ingest that stored value after our read met its battle still marked (ZADD NX),
+        # and our ZREM took the mark off: mark those again, as forget_idle does the due list.
+        back = holding_value(rt, idle)
+        if back:
+            rt.redis.zadd(keys.ENDGAME_DUE, {b: now for b in back}, nx=True)
     # A batch in flight under a held lock: its flush settles it in a moment, and a flush now
     # would only find it busy. It stays due, and takes no slot until the lock is free.
     held = {b for k, b in enumerate(due) if res[3 * k + 1] and res[3 * k + 2]}
