@@ -9,6 +9,7 @@ in the same invocation. Not a test: figures depend on the machine.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -247,7 +248,7 @@ class Bench:
                                  f"round {float(self.r.get(keys.FLUSH_ROUND) or 0):.1f}s, "
                                  f"late {self.r.zcount(keys.FLUSH_DUE, '-inf', now)}, "
                                  f"tick {now - float(self.r.get(keys.TICK_AT) or now):.1f}s ago, "
-                                 f"control q {self.r.llen('scorer.control')}")
+                                 f"control q {_kinds(self.r.lrange('scorer.control', 0, -1))}")
                 k += 1
                 peak["rss"] = max(peak["rss"], self.worker_rss())
                 peak["redis"] = max(peak["redis"], int(self.r.info("memory")["used_memory"]))
@@ -336,6 +337,19 @@ class Bench:
             print("  calls/s by 10 s (all, end game): " + ", ".join(
                 f"{t}: {(a + b) / 10:.0f}, {b / 10:.0f}" for t, (a, b) in sorted(per10.items())),
                 flush=True)
+            turns: dict[str, list[float]] = defaultdict(list)
+            for c in calls:
+                bid = (c["body"] or {}).get("BattleId")
+                if c["api"] == "set_battle_score" and bid in ends and c["t"] - start < 120:
+                    turns[bid].append(c["t"])
+            gaps: dict[int, int] = defaultdict(int)  # gaps between a battle's calls, 10 s bins
+            for bid, ts in turns.items():
+                ts.sort()
+                for a, b in itertools.pairwise(ts):
+                    if ends[bid] - b > END_SHARE:  # the end game's calls apart
+                        gaps[int((b - a) // 10) * 10] += 1
+            print("  gaps between a battle's calls in the first 120 s (10 s bins): " + ", ".join(
+                f"{g}: {k}" for g, k in sorted(gaps.items())), flush=True)
             reads: dict[int, int] = defaultdict(int)
             for c in calls:
                 if c["api"] == "get_gift_count":
@@ -350,6 +364,17 @@ class Bench:
         run.peak_ingest_queue, run.peak_control_queue = peak["ingest_q"], peak["control_q"]
         run.redis_per_battle = max(0, peak["redis"] - redis_base) / max(1, n)
         return run
+
+
+def _kinds(messages: list[str]) -> str:
+    """A queue's messages counted by task name (BENCH_DIAGNOSE: what the control queue holds)."""
+    count: dict[str, int] = defaultdict(int)
+    for m in messages:
+        try:
+            count[json.loads(m)["headers"]["task"].removeprefix("scorer.")] += 1
+        except (ValueError, KeyError, TypeError):
+            count["?"] += 1
+    return "/".join(f"{k} {v}" for k, v in sorted(count.items())) or "0"
 
 
 #: A call within this many seconds of its battle's end counts as the end game's.
