@@ -113,7 +113,7 @@ def test_value_stored_between_the_idle_read_and_its_removal_keeps_its_mark(
 
     def ingest_lands_first(name: str, *values: str) -> int:
         frt.redis.hset(BattleKeys("b1").pending, "r1", 5)
-        frt.redis.zadd(keys.ENDGAME_DUE, {"b1": T0}, nx=True)  # gifts.route's mark
+        frt.redis.zadd(keys.ENDGAME_DUE, {"b1": T0}, nx=True)  # registry.route's mark
         return zrem(name, *values)
 
     monkeypatch.setattr(frt.redis, "zrem", ingest_lands_first)

@@ -85,9 +85,9 @@ def plan(rt: Runtime, now: float) -> int:
         due, marked, *pending = pipe.execute()
         # Due, or holding value: for a turn planned later (worker/engine/battles/turns.py
         # plans the last one at the window's start by Tencent's clock as it was estimated
-        # then), or not due at all (an ingest's ZADD NX that met its battle on the due list
-        # just before a flush took it off): value in the window is the end game's whatever
-        # the due list says.
+        # then), or not due at all. The last is a safety net (ingest stores the value, then
+        # makes it due, in two commands; forget_idle re-adds what it races): value in the
+        # window is the end game's whatever the due list says.
         promote = [b for (b, end), d, held in zip(ending, due, pending, strict=True)
                    if (held or (d is not None and d <= now)) and end - latest <= FINAL_WINDOW]
         if promote:

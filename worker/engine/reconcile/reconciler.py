@@ -157,8 +157,8 @@ class Reconciler:
 
     def observe(self, updates: dict[str, str], recon: dict[str, str],
                 rooms: dict[str, str]) -> None:
-        """Take a fresh read of `rooms` (room → owner; while the battle runs) and store the
-        updates."""
+        """Take a fresh read of `rooms` (room → owner; while the battle runs), until one finds
+        no call slot in time, and store the updates."""
         rt = self.rt
         if rt.clock() < self.battle.end:
             for room, owner in rooms.items():
@@ -167,8 +167,9 @@ class Reconciler:
                     count = rt.client.get_gift_count(room, owner,
                                                      max_wait=TIMERS.reconcile.slot_wait)
                 except RateLimitTimeout:
-                    # The budget is taken: the other rooms would wait as long. Back soon; the
-                    # tick dispatches passes within the budget, so this cannot snowball.
+                    # The budget is taken: the other rooms would wait as long. Back a pair's
+                    # gap later (the same 1 s); the tick dispatches passes within the budget,
+                    # so this cannot snowball.
                     bump(rt.redis, "reconcile_reads_deferred")
                     self._soon(rt.clock() + PAIR_GAP)
                     break
