@@ -52,8 +52,8 @@ def test_plan_promotes_battles_entering_the_window_with_value_and_keeps_their_re
 
 def test_plan_promotes_a_battle_in_its_window_holding_value_even_off_the_due_list(
         frt: Runtime) -> None:
-    # Value in the window is the end game's whatever the due list says: an ingest's ZADD NX
-    # can meet its battle on the due list just before a flush takes it off.
+    # Value in the window is the end game's whatever the due list says (a safety net: ingest
+    # stores value and makes its battle due in two commands).
     frt.redis.zadd(keys.ACTIVE, {"off_list": T0 + 1.0, "off_list_idle": T0 + 1.0})
     frt.redis.hset(BattleKeys("off_list").pending, "r1", 3)
     endgame.plan(frt, T0)
