@@ -38,6 +38,7 @@ from scorer_local.stack import (
     process_tree_rss,
     scorer_env,
 )
+from worker.engine.ingest import drain
 from worker.engine.state import keys
 
 SDKAPPID = 1400000000
@@ -248,12 +249,12 @@ class Bench:
                                  f"round {float(self.r.get(keys.FLUSH_ROUND) or 0):.1f}s, "
                                  f"late {self.r.zcount(keys.FLUSH_DUE, '-inf', now)}, "
                                  f"tick {now - float(self.r.get(keys.TICK_AT) or now):.1f}s ago, "
-                                 f"control q {_kinds(self.r.lrange('scorer.control', 0, -1))}")
+                                 f"control q {_kinds(self.r.lrange(keys.CONTROL_QUEUE, 0, -1))}")
                 k += 1
                 peak["rss"] = max(peak["rss"], self.worker_rss())
                 peak["redis"] = max(peak["redis"], int(self.r.info("memory")["used_memory"]))
                 peak["ingest_q"] = max(peak["ingest_q"], self.r.llen("celery"))
-                peak["control_q"] = max(peak["control_q"], self.r.llen("scorer.control"))
+                peak["control_q"] = max(peak["control_q"], self.r.llen(keys.CONTROL_QUEUE))
                 stop.wait(0.5)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -328,37 +329,7 @@ class Bench:
         if os.environ.get("BENCH_DIAGNOSE"):
             _diagnose_freshness(battles, delivered, history, start, fair_share(n))
             print("  schedule: " + "; ".join(trace), flush=True)
-            ends = {bid: end for bid, _, end in battles}
-            per10: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-            for c in calls:
-                bid = (c["body"] or {}).get("BattleId")
-                if c["api"] == "set_battle_score" and bid in ends:
-                    per10[int((c["t"] - start) // 10) * 10][ends[bid] - c["t"] <= END_SHARE] += 1
-            print("  calls/s by 10 s (all, end game): " + ", ".join(
-                f"{t}: {(a + b) / 10:.0f}, {b / 10:.0f}" for t, (a, b) in sorted(per10.items())),
-                flush=True)
-            turns: dict[str, list[float]] = defaultdict(list)
-            for c in calls:
-                bid = (c["body"] or {}).get("BattleId")
-                if c["api"] == "set_battle_score" and bid in ends and c["t"] - start < 120:
-                    turns[bid].append(c["t"])
-            gaps: dict[int, int] = defaultdict(int)  # gaps between a battle's calls, 10 s bins
-            for bid, ts in turns.items():
-                ts.sort()
-                for a, b in itertools.pairwise(ts):
-                    if ends[bid] - b > END_SHARE:  # the end game's calls apart
-                        gaps[int((b - a) // 10) * 10] += 1
-            print("  gaps between a battle's calls in the first 120 s (10 s bins): " + ", ".join(
-                f"{g}: {k}" for g, k in sorted(gaps.items())), flush=True)
-            reads: dict[int, int] = defaultdict(int)
-            for c in calls:
-                if c["api"] == "get_gift_count":
-                    reads[int((c["t"] - start) // 10) * 10] += 1
-            print("  get_gift_count calls/s by 10 s: " + ", ".join(
-                f"{t}: {k / 10:.0f}" for t, k in sorted(reads.items())), flush=True)
-            waited = self.r.hgetall(keys.METRICS_LIMITER_WAIT)
-            print("  limiter wait, s in all, by API: " + ", ".join(
-                f"{api}: {float(w):.0f}" for api, w in sorted(waited.items())), flush=True)
+            _diagnose_calls(battles, calls, start, self.r.hgetall(keys.METRICS_LIMITER_WAIT))
             _diagnose_arrivals(calls)
         run.peak_rss = peak["rss"]
         run.peak_ingest_queue, run.peak_control_queue = peak["ingest_q"], peak["control_q"]
@@ -371,10 +342,47 @@ def _kinds(messages: list[str]) -> str:
     count: dict[str, int] = defaultdict(int)
     for m in messages:
         try:
-            count[json.loads(m)["headers"]["task"].removeprefix("scorer.")] += 1
-        except (ValueError, KeyError, TypeError):
+            count[str(drain.decode(m).task).removeprefix("scorer.")] += 1
+        except drain.BadMessage:
             count["?"] += 1
     return "/".join(f"{k} {v}" for k, v in sorted(count.items())) or "0"
+
+
+def _bin10(t: float, start: float) -> int:
+    """The 10 s bin (its start, in s from `start`) holding time `t`."""
+    return int((t - start) // 10) * 10
+
+
+def _diagnose_calls(battles, calls, start: float, waited: dict[str, str]) -> None:
+    """The schedule as the sandbox saw it (BENCH_DIAGNOSE=1): set_battle_score calls a second
+    by 10 s (all, and the end game's), the gaps between a battle's calls in the first 120 s
+    (its end game's apart), get_gift_count calls a second, and the limiter's waits per API."""
+    ends = {bid: end for bid, _, end in battles}
+    per10: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    turns: dict[str, list[float]] = defaultdict(list)
+    reads: dict[int, int] = defaultdict(int)
+    for c in calls:
+        bid = (c["body"] or {}).get("BattleId")
+        if c["api"] == "set_battle_score" and bid in ends:
+            per10[_bin10(c["t"], start)][ends[bid] - c["t"] <= END_SHARE] += 1
+            if c["t"] - start < 120:
+                turns[bid].append(c["t"])
+        elif c["api"] == "get_gift_count":
+            reads[_bin10(c["t"], start)] += 1
+    gaps: dict[int, int] = defaultdict(int)
+    for bid, ts in turns.items():
+        for a, b in itertools.pairwise(sorted(ts)):
+            if ends[bid] - b > END_SHARE:
+                gaps[_bin10(b - a, 0.0)] += 1
+    print("  calls/s by 10 s (all, end game): " + ", ".join(
+        f"{t}: {(a + b) / 10:.0f}, {b / 10:.0f}" for t, (a, b) in sorted(per10.items())),
+        flush=True)
+    print("  gaps between a battle's calls in the first 120 s (10 s bins): " + ", ".join(
+        f"{g}: {k}" for g, k in sorted(gaps.items())), flush=True)
+    print("  get_gift_count calls/s by 10 s: " + ", ".join(
+        f"{t}: {k / 10:.0f}" for t, k in sorted(reads.items())), flush=True)
+    print("  limiter wait, s in all, by API: " + ", ".join(
+        f"{api}: {float(w):.0f}" for api, w in sorted(waited.items())), flush=True)
 
 
 #: A call within this many seconds of its battle's end counts as the end game's.
