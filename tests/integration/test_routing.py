@@ -102,7 +102,7 @@ def test_route_or_hold_script_agrees_with_find_battle_on_overlapping_windows(rt)
     def lua_route(second: int) -> str:
         item = json.dumps({"e": f"e{second}", "r": ROOM, "to": [OWNER], "t": second, "v": 1,
                            "d": time.time() + 60})
-        return script(keys=[rk.battles, rk.held], args=[second, item])
+        return script(keys=[rk.battles, rk.held], args=[second, item, 60])
 
     assert lua_route(int(t0) + 50) == OLD
     assert lua_route(int(t0) + 150) == NEW  # the overlap: the battle that started later

@@ -125,7 +125,7 @@ def test_a_gift_to_a_guest_is_no_battle_score_and_one_in_its_final_window_goes_a
     counts = registry.route(frt, [gift("e1", to="guest"), gift("e1", to="guest"),
                                   gift("e2", 3)])
     assert (counts["not_to_owner"], counts["duplicate"], counts["ingested"]) == (1, 1, 1)
-    assert frt.redis.smembers(RoomKeys("r1").seen_outside) == {"e1"}
+    assert registry.outside_ids(frt, "r1") == {"e1"}
     assert ints(frt, BK.pending) == {"r1": 3}
     assert frt.redis.zscore(keys.ENDGAME_DUE, "b1") == T0
 
@@ -150,7 +150,7 @@ def test_a_held_gift_whose_battle_never_comes_is_counted_outside_at_its_deadline
     frt.clock = lambda: T0 + registry.HOLD_SECONDS
     assert registry.drain_held(frt, "r1", sweep=True) == {"held": -1, "outside": 1,
                                                           "duplicate": 0}
-    assert frt.redis.smembers(RoomKeys("r1").seen_outside) == {"e1"}
+    assert registry.outside_ids(frt, "r1") == {"e1"}
     assert [Gift.from_json(x)[0].event_id for x in frt.redis.lrange(RoomKeys("r1").held,
                                                                     0, -1)] == ["e2"]
     assert frt.redis.zscore(keys.HELD_ROOMS, "r1") == T0 + 30 + registry.HOLD_SECONDS

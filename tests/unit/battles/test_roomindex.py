@@ -65,7 +65,7 @@ def test_the_lua_copy_of_the_rule_routes_every_second_as_find_battle_does(
     rk = RoomKeys("r1")
     frt.redis.hset(rk.battles, mapping=index)
     item = json.dumps({"t": second})
-    routed = frt.script("ROUTE_OR_HOLD")(keys=[rk.battles, rk.held], args=[second, item])
+    routed = frt.script("ROUTE_OR_HOLD")(keys=[rk.battles, rk.held], args=[second, item, 60])
     expected = winner(index, second)
     assert routed == (expected or "")
     assert frt.redis.lrange(rk.held, 0, -1) == ([] if expected else [item])  # else held

@@ -11,6 +11,7 @@ import redis
 from tests.unit.conftest import T0
 from tests.unit.ingest.world import BATTLE, gift, ledger, start, start_battle
 from worker.engine import deadletters, events
+from worker.engine.battles import registry
 from worker.engine.ingest import gifts
 from worker.engine.ingest.gifts import bulk_pairs, handle, handle_durably
 from worker.engine.runtime import Runtime
@@ -78,7 +79,7 @@ def test_a_gift_to_a_guest_is_no_battle_score(frt: Runtime) -> None:
     assert handle(frt, [(body, "g1")])["not_to_owner"] == 1
     assert handle(frt, [(body, "g1")])["duplicate"] == 1
     assert ledger(frt) == {}
-    assert frt.redis.smembers(RoomKeys("room_a").seen_outside) == {"g1"}
+    assert registry.outside_ids(frt, "room_a") == {"g1"}
 
 
 def test_bad_input_never_raises_and_every_item_is_accounted_for(frt: Runtime) -> None:

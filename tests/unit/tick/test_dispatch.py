@@ -9,13 +9,13 @@ import pytest
 
 from tests.unit.conftest import T0
 from tests.unit.flush.answers import start
-from worker.engine.battles import turns
+from worker.engine.battles import registry, turns
 from worker.engine.battles.records import Gift
 from worker.engine.battles.registry import HOLD_SECONDS, route
 from worker.engine.flush import endgame
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
-from worker.engine.state.keys import BattleKeys, RoomKeys
+from worker.engine.state.keys import BattleKeys
 from worker.engine.tick import dispatch, schedule
 from worker.engine.timers import TIMERS
 
@@ -207,7 +207,7 @@ def test_the_tick_finalizes_ended_battles_sweeps_held_gifts_and_marks_forgotten_
     out, _ = tick(frt)
     assert out["finalized"] == 1 and frt.redis.hget(BattleKeys("ended").meta,
                                                     "status") == "finished"
-    assert out["held_rooms"] == 1 and frt.redis.smembers(RoomKeys("r9").seen_outside) == {"e1"}
+    assert out["held_rooms"] == 1 and registry.outside_ids(frt, "r9") == {"e1"}
     assert frt.redis.zscore(keys.FLUSH_DUE, "b1") == T0 + HOLD_SECONDS  # the safety sweep
     assert float(frt.redis.get(keys.SAFETY_SWEEP)) == T0 + HOLD_SECONDS
 

@@ -31,6 +31,8 @@ log = logging.getLogger("scorer.battles")
 KEEP_AFTER_END = TIMERS.battles.keep_after_end
 #: A gift whose room is in no known battle waits this long for a late start webhook.
 HOLD_SECONDS = TIMERS.battles.hold_seconds
+#: A gift counted outside any battle is remembered at least this long (its buckets' length).
+OUTSIDE_DEDUP = TIMERS.battles.outside_dedup
 
 
 def read_applied(rt: Runtime, battle_id: str) -> dict[str, int]:
@@ -61,9 +63,7 @@ def register(rt: Runtime, battle_id: str, start: float, duration_ms: int,
     pipe.expireat(bk.meta, expire_at)
     # The room index is written BEFORE held gifts are drained (see ROUTE_OR_HOLD).
     for room, owner in rooms.items():
-        rk = RoomKeys(room)
-        pipe.hset(rk.battles, battle_id, index_value(start, end, owner))
-        pipe.expireat(rk.battles, expire_at)
+        index_battle(rt, pipe, room, battle_id, index_value(start, end, owner), expire_at)
     if status == "running":
         pipe.zadd(keys.ACTIVE, {battle_id: end})
         pipe.zadd(keys.FLUSH_DUE, {battle_id: _first_turn(rt, end)}, nx=True)
@@ -89,6 +89,15 @@ def register(rt: Runtime, battle_id: str, start: float, duration_ms: int,
             if n:
                 drain_held(rt, room)
     return battle
+
+
+def index_battle(rt: Runtime, pipe: Pipeline | SerialBatch, room: str, battle_id: str,
+                 value: str, expire_at: int) -> None:
+    """Queue writing a battle into its room's index (the index then expires at `expire_at`),
+    pruning the battles that ended KEEP_AFTER_END ago: the index stays a day of battles."""
+    rt.script("INDEX_BATTLE")(keys=[RoomKeys(room).battles],
+                              args=[battle_id, value, expire_at, rt.clock() - KEEP_AFTER_END],
+                              client=pipe)
 
 
 def _first_turn(rt: Runtime, end: float, now: float | None = None,
@@ -131,14 +140,15 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
             rk = RoomKeys(g.room)
             plan.append(("hold", g, len(pipe)))
             rt.script("ROUTE_OR_HOLD")(keys=[rk.battles, rk.held],
-                                       args=[g.second, g.to_json(now + HOLD_SECONDS)],
+                                       args=[g.second, g.to_json(now + HOLD_SECONDS),
+                                             KEEP_AFTER_END],
                                        client=pipe)
             pipe.zadd(keys.HELD_ROOMS, {g.room: now + HOLD_SECONDS}, nx=True)
             continue
         battle_id, owner, end = hit
         if owner not in g.to:  # a gift to a guest, not the room owner: not a battle score
             plan.append(("not_to_owner", g, len(pipe)))
-            _count_outside(pipe, g)
+            count_outside(rt, pipe, g.room, g.event_id, now)
             continue
         by_battle.setdefault(battle_id, []).append(g)
         ends[battle_id] = end
@@ -189,11 +199,22 @@ def route(rt: Runtime, gifts: list[Gift]) -> dict[str, int]:
     return counts
 
 
-def _count_outside(pipe: Pipeline | SerialBatch, g: Gift) -> None:
-    """Queue counting a gift as outside any battle score, once per event id."""
-    rk = RoomKeys(g.room)
-    pipe.sadd(rk.seen_outside, g.event_id)
-    pipe.expire(rk.seen_outside, KEEP_AFTER_END * 2)
+def count_outside(rt: Runtime, pipe: Pipeline | SerialBatch, room: str, event_id: str,
+                  now: float) -> None:
+    """Queue counting a gift as outside any battle score, once per event id (its reply: 1 if
+    new). Ids are kept in OUTSIDE_DEDUP-long buckets that expire whole, so a room's ids of
+    the last one to two buckets are all it keeps, however busy it stays."""
+    rk, bucket = RoomKeys(room), int(now // OUTSIDE_DEDUP)
+    rt.script("COUNT_OUTSIDE")(
+        keys=[rk.seen_outside(bucket), rk.seen_outside(bucket - 1), rk.seen_outside(bucket + 1)],
+        args=[event_id, (bucket + 2) * OUTSIDE_DEDUP], client=pipe)
+
+
+def outside_ids(rt: Runtime, room: str) -> set[str]:
+    """The event ids a room remembers as counted outside any battle (its live buckets)."""
+    rk, bucket = RoomKeys(room), int(rt.clock() // OUTSIDE_DEDUP)
+    return set().union(*(rt.redis.smembers(rk.seen_outside(b))
+                         for b in (bucket - 1, bucket, bucket + 1)))
 
 
 def drain_held(rt: Runtime, room: str, sweep: bool = False) -> dict[str, int]:
@@ -226,8 +247,8 @@ def drain_held(rt: Runtime, room: str, sweep: bool = False) -> dict[str, int]:
         if expired:
             pipe = pipeline(rt.redis)
             for g in expired:
-                _count_outside(pipe, g)
-            added = pipe.execute()[::2]
+                count_outside(rt, pipe, g.room, g.event_id, now)
+            added = pipe.execute()
             counts["outside"] = sum(1 for a in added if a == 1)
             counts["duplicate"] = counts.get("duplicate", 0) + len(expired) - counts["outside"]
             counts["held"] -= len(expired)

@@ -137,9 +137,8 @@ def revived(rt: Runtime, battle_id: str) -> bool:
                     + (battle.end - battle.start if battle.start else 0))
     pipe = pipeline(rt.redis)
     for room, owner in battle.rooms.items():
-        rk = RoomKeys(room)
-        pipe.hset(rk.battles, battle_id, index_value(battle.start, battle.end, owner))
-        pipe.expireat(rk.battles, expire_at)
+        battles.index_battle(rt, pipe, room, battle_id,
+                             index_value(battle.start, battle.end, owner), expire_at)
     zkey = keys.RECONCILE_DUE if battle.status == "running" else keys.UNRESOLVED
     pipe.zadd(zkey, {battle_id: now}, nx=True)
     pipe.execute()

@@ -47,15 +47,19 @@ class BattleKeys:
 class RoomKeys:
     """The keys of one room (all in the slot of `{r:<id>}`)."""
 
-    __slots__ = ("room_id", "battles", "held", "drain", "seen_outside")  # noqa: RUF023
+    __slots__ = ("room_id", "base", "battles", "held", "drain")  # noqa: RUF023
 
     def __init__(self, room_id: str) -> None:
-        base = f"{PREFIX}:{{r:{_tag_safe(room_id)}}}"
+        self.base = base = f"{PREFIX}:{{r:{_tag_safe(room_id)}}}"
         self.room_id = room_id
-        self.battles = f"{base}:battles"  # hash BattleId → "start end" (0 0: start unknown)
+        self.battles = f"{base}:battles"  # hash BattleId → "start end owner", pruned by age
         self.held = f"{base}:held"  # list of gifts waiting for their battle to be known
         self.drain = f"{base}:drain"  # string: lock of the one process draining `held`
-        self.seen_outside = f"{base}:seen_outside"  # set: event ids counted outside a battle
+
+    def seen_outside(self, bucket: int) -> str:
+        """set: event ids counted outside a battle in one time bucket (each bucket expires
+        whole: worker/engine/battles/registry.py `count_outside`)."""
+        return f"{self.base}:seen_outside:{bucket}"
 
 
 #: zset BattleId → time its next flush is due.

@@ -16,7 +16,7 @@ from worker.engine.state.scripts.clock import CLOCK_OBSERVE
 from worker.engine.state.scripts.deadletters import DEAD_LETTER
 from worker.engine.state.scripts.drain import DRAIN_CLAIM, DRAIN_RECOVER, DRAIN_REQUEST
 from worker.engine.state.scripts.flush import ADOPT, CLAIM, COMMIT, MARK
-from worker.engine.state.scripts.ingest import INGEST, ROUTE_OR_HOLD
+from worker.engine.state.scripts.ingest import COUNT_OUTSIDE, INDEX_BATTLE, INGEST, ROUTE_OR_HOLD
 from worker.engine.state.scripts.lock import LOCK_RELEASE, LOCK_RENEW
 from worker.engine.state.scripts.rate import RATE, SENT
 from worker.engine.state.scripts.reconcile import CORRECT, GIVE_UP, UNRESOLVED_SINCE
@@ -26,6 +26,8 @@ from worker.engine.state.scripts.watermark import WATERMARK
 SOURCES: dict[str, str] = {
     "INGEST": INGEST,
     "ROUTE_OR_HOLD": ROUTE_OR_HOLD,
+    "COUNT_OUTSIDE": COUNT_OUTSIDE,
+    "INDEX_BATTLE": INDEX_BATTLE,
     "CLAIM": CLAIM,
     "COMMIT": COMMIT,
     "MARK": MARK,

@@ -40,7 +40,9 @@ return out
 # the latest start among the windows holding the second, ties to the greater BattleId in byte
 # order (compared byte by byte here: Lua's `<` on strings follows the server's locale). The
 # index value format ("start end owner", owner '-' while unknown) is roomindex.py's too.
-# KEYS: room battles index, held list   ARGV: second, item json
+# The held list expires `ttl` after its last hold: the sweep empties it long before (a gift is
+# held HOLD_SECONDS), so only a list the sweep lost track of ever reaches it.
+# KEYS: room battles index, held list   ARGV: second, item json, ttl
 # Returns the BattleId find_battle would choose, or '' after holding the gift.
 ROUTE_OR_HOLD = """
 local function bytes_gt(a, b)
@@ -65,5 +67,46 @@ for i = 1, #idx, 2 do
 end
 if best then return best end
 redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
 return ''
+"""
+
+# Count a gift outside any battle once per event id, in time buckets that expire whole (a set
+# whose expiry every add pushed on never expired in a busy room: issue 28). The id is looked
+# for in the buckets on either side too, so a redelivery is caught across a bucket's edge and
+# on a host whose clock is a little off; it is added to this bucket, whose expiry is fixed
+# (the end of the next bucket), never pushed on.
+# KEYS: this bucket, the one before, the one after   ARGV: event_id, expire_at of this bucket
+# Returns 1 if the id is new, 0 for a duplicate.
+COUNT_OUTSIDE = """
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 or
+   redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then
+  return 0
+end
+local added = redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIREAT', KEYS[1], ARGV[2])
+return added
+"""
+
+# Write a battle into its room's index, and prune the entries of battles that ended before
+# `cutoff` (their own keys expire then: a late gift of theirs is held, then counted outside).
+# So the index, read whole for every routed batch and every held gift, holds the room's
+# battles of the last day or so, never its whole history. Entries whose start is not known
+# yet (end 0) are pruned by the give-up of battles that never start.
+# KEYS: room battles index   ARGV: BattleId, index value, expire_at, cutoff
+# Returns how many entries were pruned.
+INDEX_BATTLE = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local idx = redis.call('HGETALL', KEYS[1])
+local cutoff = tonumber(ARGV[4])
+local pruned = 0
+for i = 1, #idx, 2 do
+  local e = tonumber(string.match(idx[i + 1], '^%S+ (%S+) '))
+  if e and e > 0 and e < cutoff and idx[i] ~= ARGV[1] then
+    redis.call('HDEL', KEYS[1], idx[i])
+    pruned = pruned + 1
+  end
+end
+redis.call('EXPIREAT', KEYS[1], ARGV[3])
+return pruned
 """
