@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import pytest
 
 from tests.unit.ingest.world import gift, ledger, start_battle
 from worker.engine import deadletters
-from worker.engine.deadletters import dead_letter, list_entries
+from worker.engine.deadletters import MAX_DEAD_BODY, dead_letter, list_entries
 from worker.engine.ingest.replay import replay
 from worker.engine.runtime import Runtime
+from worker.engine.state import keys
 from worker.engine.state.counters import read
 
 
@@ -83,3 +87,38 @@ def test_replay_stops_at_its_limit(frt: Runtime) -> None:
     assert replay(frt) == {"received": 1, "dead_lettered": 0, "ignored": 0, "lifecycle": 0,
                            "ingested": 1, "duplicate": 0, "held": 0, "not_to_owner": 0}
     assert replay(frt) == {}
+
+
+def test_a_truncated_entry_is_kept_as_it_is_with_its_reason(frt: Runtime) -> None:
+    """A body cut when it was kept cannot be replayed: it stays, with its original reason and
+    event id, neither handled (a new reason would replace the old) nor cut again."""
+    start_battle(frt)
+    big = {**gift("room_a", 2), "pad": '"' * MAX_DEAD_BODY}
+    dead_letter(frt, big, "big-1", "too many rooms")
+    before = list_entries(frt)
+    counts = replay(frt)
+    assert counts == {"kept": 1, "truncated": 1}
+    assert list_entries(frt) == before and before[0]["reason"] == "too many rooms"
+    assert before[0]["event_id"] == "big-1" and ledger(frt) == {}
+    assert read(frt.redis)["dead_lettered"] == 0 and read(frt.redis)["replayed"] == 0
+    assert replay(frt) == counts  # again: the same, no loop, nothing lost
+
+
+def test_a_truncated_entry_kept_before_its_size_was_marked_is_kept_too(frt: Runtime) -> None:
+    old = {"reason": "r", "event_id": "e1", "at": 1.0, "body": {"truncated": '{"Callback'}}
+    frt.redis.rpush(keys.DEAD_LETTERS, json.dumps(old))
+    assert replay(frt) == {"kept": 1, "truncated": 1} and list_entries(frt) == [old]
+
+
+def test_an_entry_the_cap_drops_while_replayed_takes_no_other_with_it(
+        frt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store is full: the still-bad oldest entry, dead-lettered anew by its replay, pushes
+    itself out. Settling must not then remove the next entry, not yet replayed."""
+    start_battle(frt)
+    monkeypatch.setattr(deadletters, "MAX_DEAD_LETTERS", 2)
+    dead_letter(frt, ["junk"], None, "old reason")
+    dead_letter(frt, gift("room_a", 7), "g1", "state Redis was down, say")
+    counts = replay(frt)
+    assert counts["ingested"] == 1 and ledger(frt) == {"room_a": 7}
+    assert [e["body"] for e in list_entries(frt)] == [["junk"]]
+    assert read(frt.redis)["dead_letters_dropped"] == 1

@@ -6,11 +6,14 @@ module, which needs both, sits above them.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from worker.engine import deadletters
 from worker.engine.ingest.gifts import bulk_pairs, handle
 from worker.engine.runtime import Runtime
+
+log = logging.getLogger("scorer.ingest")
 
 
 def replay(rt: Runtime, limit: int = 10_000) -> dict[str, int]:
@@ -19,21 +22,32 @@ def replay(rt: Runtime, limit: int = 10_000) -> dict[str, int]:
     Each entry is handled before it is removed (a crash in between replays it again, which
     ingest's de-duplication makes harmless); one that still fails is appended anew by
     handle() with its current reason. Only as many entries as were there at the start are
-    replayed, so a still-bad entry is not retried in a loop.
+    replayed, so a still-bad entry is not retried in a loop. An entry whose body was cut when
+    it was kept (deadletters.is_truncated) cannot be replayed: it stays as it is, original
+    reason and event id with it, moved to the end (`kept`, and `truncated`), as does a task
+    message with no webhook in it (`kept`). An entry the store's caps dropped while it was
+    being replayed is gone already: nothing else is removed in its place.
     """
     total: dict[str, int] = {}
     for _ in range(min(limit, deadletters.count(rt))):
-        entry = deadletters.oldest(rt)
-        if entry is None:
+        got = deadletters.head(rt)
+        if got is None:
             break
-        pairs = _pairs(rt, entry)
-        if pairs is None:  # a task message with no webhook in it: kept as it is, at the end
-            deadletters.keep_oldest(rt)
-            total["kept"] = total.get("kept", 0) + 1
+        raw, entry = got
+        cut = deadletters.is_truncated(entry)
+        pairs = None if cut else _pairs(rt, entry)
+        if pairs is None:  # a cut body, or a task message with no webhook: kept, at the end
+            if deadletters.keep_oldest(rt, raw):  # (unless the caps dropped it meanwhile)
+                total["kept"] = total.get("kept", 0) + 1
+                if cut:
+                    total["truncated"] = total.get("truncated", 0) + 1
             continue
         for k, v in handle(rt, pairs).items():
             total[k] = total.get(k, 0) + v
-        deadletters.settle_oldest(rt)
+        deadletters.settle_oldest(rt, raw)
+    if total.get("truncated"):
+        log.warning("%d dead letters not replayed: their body was cut when they were kept "
+                    "(battle-scorer dead-letters list shows them)", total["truncated"])
     return total
 
 

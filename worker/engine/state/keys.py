@@ -74,8 +74,10 @@ UNRESOLVED = f"{PREFIX}:unresolved"
 HELD_ROOMS = f"{PREFIX}:held_rooms"
 #: list of dead letters (JSON: reason, body, event_id, at), newest last.
 DEAD_LETTERS = f"{PREFIX}:deadletters"
-#: string: dead letters dropped past the cap (the list's hash tag: one slot with it).
+#: string: dead letters dropped past the caps (the list's hash tag: one slot with it).
 DEAD_LETTERS_DROPPED = f"{{{DEAD_LETTERS}}}:dropped"
+#: string: bytes of the dead letters kept (their summed lengths; same slot; absent when none).
+DEAD_LETTERS_BYTES = f"{{{DEAD_LETTERS}}}:bytes"
 #: hash of counters (ingested, duplicate, dead_lettered, ignored, outside, ...).
 STATS = f"{PREFIX}:stats"
 #: hash lo, hi, at: bounds on Tencent's clock minus ours (worker/engine/tencent/clock.py).
