@@ -60,3 +60,45 @@ def test_finalize_waits_for_pending_value_then_closes_and_keeps_a_mismatch(rt):
     for zkey in (keys.ACTIVE, keys.FLUSH_DUE, keys.RECONCILE_DUE, keys.AUDIT_DUE):
         assert rt.redis.zscore(zkey, "b3") is None
     assert 0 < rt.redis.ttl(bk.meta) <= battles.KEEP_AFTER_END
+
+
+def test_a_battle_gone_on_tencents_side_is_given_up_past_the_bound_and_closed(rt, ctl):
+    """It ended 11 minutes ago with a batch left in flight by a sender that died and value
+    pending behind it; Tencent no longer knows it (get_battle_info: 100002, for ever). One tick
+    and the flush it sends give both up (unapplied: `unsettled`, `after_end`) and close it."""
+    from worker.engine.battles.ending import GIVE_UP_AFTER_END
+    from worker.engine.flush.flusher import flush_battle
+    from worker.engine.state.counters import read
+    from worker.engine.tick import dispatch
+
+    start = rt.clock() - GIVE_UP_AFTER_END - 120
+    _started(rt, "gone", start, duration_ms=60_000)
+    bk = BattleKeys("gone")
+    rt.redis.hset(bk.applied, "room_a", 4)
+    rt.redis.hset(bk.pending, mapping={"room_a": 5, "room_b": 2})
+    rt.redis.set(bk.lock, "dead")
+    rt.script("CLAIM")(keys=[bk.pending, bk.inflight, bk.lock], args=["dead", start + 59, "dead"])
+    rt.redis.delete(bk.lock)
+    rt.redis.hset(bk.pending, "room_b", 1)
+    rt.redis.zadd(keys.FLUSH_DUE, {"gone": start + 59})
+    outcomes: dict[str, str] = {}
+
+    def send(kind, ids):
+        if kind == "flush":
+            outcomes.update({bid: flush_battle(rt, bid) for bid in ids})
+
+    out = dispatch.run_tick(rt, send)
+    assert outcomes == {"gone": "given_up"} and out["finalized"] == 1
+    calls = ctl.http.get("/sandbox/calls").json()["calls"]
+    assert [c["api"] for c in calls] == ["get_battle_info"]  # one read-back, no write
+    meta = rt.redis.hgetall(bk.meta)
+    assert meta["status"] == "finished" and json.loads(meta["final_applied"]) == {"room_a": 4}
+    assert rt.redis.hgetall(bk.unapplied) == {"room_a": "5", "room_b": "3"}
+    records = [json.loads(r)["outcome"] for r in rt.redis.lrange(bk.flushes, 0, -1)]
+    assert records == ["after_end", "unsettled"]
+    stats = read(rt.redis)
+    assert stats["unsettled"] == 1 and stats["unapplied"] == 8
+    for zkey in (keys.ACTIVE, keys.FLUSH_DUE, keys.RECONCILE_DUE, keys.AUDIT_DUE):
+        assert rt.redis.zscore(zkey, "gone") is None
+    for key in (bk.meta, bk.applied, bk.unapplied, bk.flushes):
+        assert 0 < rt.redis.ttl(key) <= battles.KEEP_AFTER_END

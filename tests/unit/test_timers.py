@@ -38,6 +38,7 @@ MEASURED = {
     "flush.max_rounds": 2, "flush.lock_wait": 0.3, "flush.slot_wait": 0.5,
     "flush.retry_soon": 0.2, "flush.refused_retry": 5.0, "flush.start_skew": 5.0,
     "flush.landing_window": 6.0, "flush.after_error": 1.0, "flush.near_end_after": 0.3,
+    "flush.read_back_retry": 5.0, "flush.give_up_after_end": 600.0,
     "endgame.end_margin": 0.05, "endgame.near_end": 8.0, "endgame.near_end_read": 1.5,
     "endgame.final_lead": 0.35, "endgame.final_window": 1.5, "endgame.poll": 0.02,
     "endgame.plan_every": 0.25, "endgame.horizon": 1.0, "endgame.dedicated_ttl_ms": 2000,
@@ -146,6 +147,10 @@ ORDERINGS: list[tuple[str, Callable[[Timers], bool]]] = [
      lambda t: t.reconcile.skew < t.reconcile.judge_delay),
     ("reads stop only when the watermark lags past its usual lag",
      lambda t: t.reconcile.typical_lag < t.reconcile.read_lag),
+    ("an ended battle's batch is given up only well past every window it settles in after the end",
+     lambda t: t.flush.give_up_after_end >= 10 * max(
+         t.flush.landing_window, t.audit.after_ambiguity, t.battles.final_grace,
+         t.flush.read_back_retry)),
     ("unstarted battles are asked about ever less often, up to a cap",
      lambda t: t.battles.resolve_min_delay <= t.battles.resolve_max_delay),
     ("a control worker's restart delay doubles up to its cap",

@@ -145,6 +145,12 @@ class FlushTimers:
     """... and one whose sender saw the request end (a reset, a timeout) this long after that."""
     near_end_after: float = 0.3
     """Near its end (EndGameTimers.near_end) a request is judged this long after it ended."""
+    read_back_retry: float = 5.0
+    """After the end, a failed read-back is retried this late, or half the time since the end if
+    longer: battles gone on Tencent's side (100002) must not head the flush queue every tick."""
+    give_up_after_end: float = 600.0
+    """... and a batch unsettled this long after the end is given up (`unsettled`): writes are
+    refused after the end, so waiting buys only bookkeeping; 13 reads, 60x finalize's grace."""
 
 
 @dataclass(frozen=True)

@@ -106,3 +106,27 @@ def test_finalize_with_matching_scores_records_no_mismatch(frt: Runtime) -> None
     assert ending.finalize(frt, ["b1"]) == 1
     assert not frt.redis.hexists(BK.meta, "end_mismatch")
     assert read(frt.redis)["end_mismatch"] == 0
+
+
+def test_a_battle_that_cannot_close_goes_to_the_back_of_the_line_and_is_overdue_at_the_bound(
+        frt: Runtime) -> None:
+    """The tick closes the first 200 ended battles a tick: one still holding value is scored
+    now - FINAL_GRACE in ACTIVE, behind every battle that ended before, so battles that cannot
+    close never hold the line; past GIVE_UP_AFTER_END it is overdue (the tick gives it up)."""
+    for bid, end in (("old", T0 - 50), ("new", T0 - 20)):
+        start(frt, bid, at=end - 60, rooms={f"{bid}-r": "o"})
+        frt.redis.hset(BattleKeys(bid).inflight, "r:r", 5)
+    overdue: list[str] = []
+    assert ending.finalize(frt, ["old", "new"], overdue) == 0 and overdue == []
+    assert frt.redis.zrange(keys.ACTIVE, 0, -1, withscores=True) == [
+        ("new", T0 - ending.FINAL_GRACE), ("old", T0 - ending.FINAL_GRACE)]
+    assert frt.redis.zscore(keys.FLUSH_DUE, "old") <= T0  # its flush settles or records it
+    frt.clock = lambda: T0 - 50 + ending.GIVE_UP_AFTER_END
+    assert ending.finalize(frt, ["old", "new"], overdue) == 0 and overdue == ["old"]
+
+
+def test_the_give_up_bound_counts_from_the_end_or_when_tencent_said_it_ended() -> None:
+    assert ending.end_of(None) == 0.0
+    assert ending.end_of(Battle("b1", T0 - 60, T0, {})) == T0
+    assert ending.end_of(Battle("b1", T0 - 60, T0, {}, ended_at=T0 - 30)) == T0 - 30
+    assert ending.end_of(Battle("b1", 0, 0, {}, ended_at=T0 - 30)) == T0 - 30

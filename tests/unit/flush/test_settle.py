@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -12,6 +13,7 @@ from tests.unit.conftest import T0
 from tests.unit.flush.answers import (
     BATTLE_INFO,
     SET_SCORE,
+    answer,
     info,
     ints,
     pend,
@@ -20,18 +22,22 @@ from tests.unit.flush.answers import (
     sent,
     start,
 )
+from worker.engine.battles.ending import GIVE_UP_AFTER_END
 from worker.engine.flush import settle
 from worker.engine.flush.audit import AFTER_AMBIGUITY
 from worker.engine.flush.inflight import AFTER_ERROR, Claim, Inflight
 from worker.engine.flush.near_end import FINAL_LEAD
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
+from worker.engine.state.counters import read
 from worker.engine.state.keys import BattleKeys
 from worker.engine.state.lock import RedisLock
+from worker.engine.timers import TIMERS
 
 BK = BattleKeys("b1")
 #: After the request ended without an answer, once it can be judged.
 JUDGED = T0 + AFTER_ERROR + 0.1
+READ_BACK_RETRY = TIMERS.flush.read_back_retry
 
 
 @pytest.fixture
@@ -130,3 +136,66 @@ def test_a_failed_read_or_overwrite_leaves_the_batch_ambiguous_for_the_next_try(
     assert frt.redis.hget(BK.inflight, "state") == "ambiguous"
     assert frt.redis.hget(BK.inflight, "r:r1") == "5"
     assert ints(frt, BK.applied) == {"r1": 10, "r2": 3}
+
+
+def ended_claim(claim: Claim, end: float, **deltas: int) -> Inflight:
+    """A batch of `deltas` left in flight by a sender that died, its battle b1 ended at `end`
+    (Tencent said so: the end webhook), get_battle_info failing ever since."""
+    inf = unanswered(claim, **deltas)
+    claim.rt.redis.hset(BK.meta, mapping={"end": end, "ended_at": end})
+    claim.battle = None
+    return inf
+
+
+def test_after_the_end_a_failed_read_back_is_tried_again_ever_later(
+        frt: Runtime, claim: Claim, respx_mock: respx.MockRouter) -> None:
+    inf = ended_claim(claim, T0, r1=5)
+    respx_mock.post(BATTLE_INFO).mock(side_effect=httpx.ConnectError("gone"))
+    for since, retry in ((1, READ_BACK_RETRY), (100, 50)):
+        frt.clock = lambda since=since: T0 + since
+        assert settle.resolve(claim, inf) == "unresolved"
+        assert frt.redis.hget(BK.inflight, "state") == "ambiguous"
+        assert float(frt.redis.hget(BK.inflight, "settle_at")) == T0 + since + retry
+    assert ints(frt, BK.applied) == {"r1": 10, "r2": 3} and not frt.redis.exists(BK.unapplied)
+
+
+@pytest.mark.parametrize("fails", ["read", "overwrite"])
+def test_past_the_bound_a_batch_no_read_settles_is_given_up_once(
+        frt: Runtime, claim: Claim, respx_mock: respx.MockRouter, fails: str) -> None:
+    inf = ended_claim(claim, T0 - 1, r1=5, r2=2)
+    frt.clock = lambda: T0 - 1 + GIVE_UP_AFTER_END
+    if fails == "read":
+        respx_mock.post(BATTLE_INFO).mock(return_value=answer(code=100002))  # battle gone
+    else:  # Tencent's read says not ended (its clock behind ours): the overwrite is refused
+        respx_mock.post(BATTLE_INFO).mock(return_value=info("b1", {"r1": 10, "r2": 3}))
+        respx_mock.post(SET_SCORE).mock(return_value=answer(code=100006))
+    assert settle.resolve(claim, inf) == "given_up"
+    assert not frt.redis.exists(BK.inflight)
+    assert ints(frt, BK.applied) == {"r1": 10, "r2": 3}  # what we know Tencent holds
+    assert ints(frt, BK.unapplied) == {"r1": 5, "r2": 2}
+    assert json.loads(frt.redis.lindex(BK.flushes, 0))["outcome"] == settle.UNSETTLED
+    assert read(frt.redis)["unsettled"] == 1 and read(frt.redis)["unapplied"] == 7
+
+
+def test_give_up_settles_what_the_battle_holds_without_a_call_unless_its_lock_is_held(
+        frt: Runtime, claim: Claim) -> None:
+    """A batch that may have landed is `unsettled`; one never sent (`unsent`) and the value
+    pending behind it are `after_end`, as a flush after the end records them. No route is
+    mocked: a call would fail the test."""
+    unanswered(claim, r1=5)
+    claim.mark("unsent")
+    pend(frt, r1=1, r2=4)
+    claim.lock.__exit__(None, None, None)  # the flush that claimed it is gone
+    frt.redis.set(BK.lock, "a-live-flush", px=6000)
+    assert not settle.give_up(frt, "b1")
+    assert frt.redis.hget(BK.inflight, "r:r1") == "5" and ints(frt, BK.pending) == {
+        "r1": 1, "r2": 4}
+    frt.redis.delete(BK.lock)
+    assert settle.give_up(frt, "b1")
+    assert not frt.redis.exists(BK.inflight) and not frt.redis.exists(BK.pending)
+    assert ints(frt, BK.unapplied) == {"r1": 6, "r2": 4}
+    outcomes = [json.loads(r)["outcome"] for r in frt.redis.lrange(BK.flushes, 0, -1)]
+    assert outcomes == ["after_end", "after_end"]
+    assert read(frt.redis).get("unsettled", 0) == 0
+    assert settle.give_up(frt, "b1")  # nothing left: nothing more recorded
+    assert frt.redis.llen(BK.flushes) == 2

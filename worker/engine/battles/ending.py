@@ -21,6 +21,16 @@ log = logging.getLogger("scorer.control")
 
 #: A battle is finalized this long after its end (late answers, the end webhook).
 FINAL_GRACE = TIMERS.battles.final_grace
+#: What an ended battle still holds this long after its end is given up (a batch that may have
+#: landed, its read-back failing all along): worker/engine/timers.py, FlushTimers.
+GIVE_UP_AFTER_END = TIMERS.flush.give_up_after_end
+
+
+def end_of(battle: Battle | None) -> float:
+    """When `battle` ended as far as we know: its end, or when Tencent told us it had ended if
+    that came sooner (an early end); 0 if neither is known."""
+    ends = [t for t in (battle.end, battle.ended_at) if t > 0] if battle else []
+    return min(ends, default=0.0)
 
 
 def record_end(rt: Runtime, ev: EndEvent) -> None:
@@ -53,10 +63,17 @@ def record_end(rt: Runtime, ev: EndEvent) -> None:
     pipe.execute()
 
 
-def finalize(rt: Runtime, battle_ids: list[str]) -> int:
+def finalize(rt: Runtime, battle_ids: list[str], overdue: list[str] | None = None) -> int:
     """Close ended battles once nothing is pending: compare, expire their keys, forget them;
     returns how many closed. (One read for them all: at 40 endings a second, a read per
-    battle and per key made the tick too slow to tick.)"""
+    battle and per key made the tick too slow to tick.)
+
+    A battle that still holds value (pending, or a batch in flight) is due a flush, which
+    records what can no longer be written or settles the batch, and goes to the back of the line
+    of ended battles (its ACTIVE score becomes now - FINAL_GRACE), so battles that cannot close
+    (a read-back failing for minutes) never keep a later one from closing: the tick looks at
+    the 200 first. One GIVE_UP_AFTER_END past its end is added to `overdue` (the tick gives it
+    up: worker/engine/flush/settle.py, give_up)."""
     if not battle_ids:
         return 0
     pipe = pipeline(rt.redis)
@@ -67,15 +84,23 @@ def finalize(rt: Runtime, battle_ids: list[str]) -> int:
         pipe.hgetall(bk.meta)
         pipe.hgetall(bk.applied)
     res = pipe.execute()
-    closed = 0
+    now, closed, waiting = rt.clock(), 0, []
     for i, bid in enumerate(battle_ids):
         pending, inflight, meta, applied = res[4 * i:4 * i + 4]
         if pending or inflight:
-            # a flush will get 100006 and record the rest as unapplied
-            rt.redis.zadd(keys.FLUSH_DUE, {bid: rt.clock()}, nx=True)
+            waiting.append(bid)
+            if (overdue is not None
+                    and now >= end_of(Battle.from_meta(bid, meta)) + GIVE_UP_AFTER_END):
+                overdue.append(bid)
             continue
         _close(rt, bid, meta, {k: int(v) for k, v in applied.items()})
         closed += 1
+    if waiting:
+        pipe = pipeline(rt.redis)
+        # a flush gets 100006 and records the rest as unapplied, or settles the batch
+        pipe.zadd(keys.FLUSH_DUE, {bid: now for bid in waiting}, nx=True)
+        pipe.zadd(keys.ACTIVE, {bid: now - FINAL_GRACE for bid in waiting}, xx=True)
+        pipe.execute()
     return closed
 
 

@@ -1,18 +1,29 @@
-"""Settling a batch that may or may not have landed: read back, then accept or overwrite it."""
+"""Settling a batch that may or may not have landed: read back, then accept or overwrite it;
+after its battle's end, give it up if it cannot be settled within a bound."""
 
 from __future__ import annotations
 
 import logging
 
+from worker.engine.battles.ending import GIVE_UP_AFTER_END, end_of
 from worker.engine.battles.registry import Battle, read_applied
 from worker.engine.flush import audit
-from worker.engine.flush.inflight import Claim, Inflight
+from worker.engine.flush.inflight import Claim, Inflight, LockLost
 from worker.engine.flush.near_end import read_timeout
 from worker.engine.flush.overwrite import moved, overwrite, totals
+from worker.engine.runtime import Runtime
+from worker.engine.state.counters import bump
+from worker.engine.state.keys import BattleKeys
+from worker.engine.state.lock import RedisLock
 from worker.engine.tencent.errors import TencentError
 from worker.engine.tencent.models import OpType
+from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.flush")
+
+#: The reason a batch given up is kept unapplied with (its flush record's outcome), and the
+#: counter of such batches (`unsettled`, one per batch; its value counts in `unapplied`).
+UNSETTLED = "unsettled"
 
 
 def verdict(held: int | None, applied: int, target: int) -> str:
@@ -34,11 +45,13 @@ def resolve(claim: Claim, inf: Inflight) -> str:
     applied; any other read settles it with an idempotent OpType 2 of what each room must
     hold (never a second OpType 1: a request read as "not applied" may land later), and
     the battle is audited once such a late landing is over. The read is taken once the
-    request has ended (AFTER_ERROR) or its sender died (LANDING_WINDOW), or after the end.
+    request has ended (AFTER_ERROR) or its sender died (LANDING_WINDOW), or after the end;
+    after the end, a batch no read settles is given up GIVE_UP_AFTER_END past it (`unresolved`).
     """
     rt = claim.rt
-    ended = claim.ended(Battle.load(rt, claim.battle_id))
-    if rt.clock() < inf.settle_at and not ended:
+    battle = Battle.load(rt, claim.battle_id)
+    over = battle if claim.ended(battle) else None  # the battle, once it has surely ended
+    if rt.clock() < inf.settle_at and over is None:
         claim.mark("ambiguous")
         return "unresolved"  # the tick brings it back; no call until it can be judged
     try:
@@ -47,8 +60,7 @@ def resolve(claim: Claim, inf: Inflight) -> str:
             read_timeout=read_timeout(rt, claim.battle))
     except TencentError as err:
         log.warning("read-back of %s failed: %s", claim.battle_id, err)
-        claim.mark("ambiguous")
-        return "unresolved"
+        return unresolved(claim, inf, over)
     held = {r.RoomId: r.Score for r in info.rooms}
     applied = read_applied(rt, claim.battle_id)
     target = totals(applied, inf.scores, set(inf.scores))
@@ -65,18 +77,76 @@ def resolve(claim: Claim, inf: Inflight) -> str:
     # with OpType 2 (idempotent), and an audit after the landing window catches a write
     # that lands after it (worker/engine/flush/audit.py).
     audit.after_ambiguity(rt, claim.battle, claim.battle_id)
-    return overwrite_batch(claim, inf, applied, target)
+    return overwrite_batch(claim, inf, applied, target, over)
 
 
 def overwrite_batch(claim: Claim, inf: Inflight, applied: dict[str, int],
-                    target: dict[str, int]) -> str:
-    """Set each room to `target` (applied + delta) with OpType 2 (idempotent), then commit."""
+                    target: dict[str, int], ended: Battle | None = None) -> str:
+    """Set each room to `target` (applied + delta) with OpType 2 (idempotent), then commit
+    (`ended`: the battle, known to have ended)."""
     res = overwrite(claim.rt, claim.battle_id, claim.battle, claim.lock, target,
                     "settling overwrite", log, max_wait=claim.max_wait())
     if res is None:
-        claim.mark("ambiguous")
-        return "unresolved"
+        return unresolved(claim, inf, ended)
     ok, failed = res.split(inf.scores)
     claim.commit(inf, moved(target, applied, ok), {r: inf.scores[r] for r in failed},
                  "overwrite", res.RequestId, OpType.OVERWRITE)
     return "ok"
+
+
+def unresolved(claim: Claim, inf: Inflight, ended: Battle | None) -> str:
+    """A batch that could not be settled now stays ambiguous: "unresolved", and the tick brings
+    it back. After the end of its battle (`ended`, else None), read again
+    TIMERS.flush.read_back_retry later, or half the time since the end if that is longer (the
+    batch's settle_at carries it: after the end no landing window guards the read any more),
+    and given up once GIVE_UP_AFTER_END has passed ("given_up")."""
+    if ended is None:
+        claim.mark("ambiguous")
+        return "unresolved"
+    now, end = claim.rt.clock(), end_of(ended)
+    if now >= end + GIVE_UP_AFTER_END:
+        abandon(claim, inf)
+        return "given_up"
+    claim.mark("ambiguous", settle_at=now + max(TIMERS.flush.read_back_retry, (now - end) / 2))
+    return "unresolved"
+
+
+def abandon(claim: Claim, inf: Inflight) -> None:
+    """Give up a batch that may have landed, its battle GIVE_UP_AFTER_END past its end and no
+    read-back ever settled it: committed as unapplied with reason UNSETTLED, counted, logged.
+
+    Tencent refuses writes after the end, so nothing we could still do changes the score: this
+    decides only our bookkeeping. `applied` keeps what we know Tencent holds; if the batch did
+    land, finalize's comparison with the end webhook's scores shows it (end_mismatch). It is
+    committed once, under the battle's lock like any batch: no flush can commit it again."""
+    claim.adopt(inf)
+    claim.commit(inf, {}, dict(inf.scores), UNSETTLED)
+    bump(claim.rt.redis, UNSETTLED)
+    log.warning("gave up batch %s of %s, still unsettled %.0f s after its end (no read-back "
+                "settled it): kept unapplied %s", claim.flush_id, claim.battle_id,
+                GIVE_UP_AFTER_END, inf.scores, extra={"battle_id": claim.battle_id})
+
+
+def give_up(rt: Runtime, battle_id: str) -> bool:
+    """Settle for good, with no call, what a battle past GIVE_UP_AFTER_END after its end still
+    holds, so it can be finalized (the tick's force close, for when its flushes could not): a
+    batch that may have landed as UNSETTLED (`abandon`), a batch never sent and the value
+    pending behind it as `after_end`, as a flush after the end records them. False when
+    another holds the battle's lock: the tick tries again when it next looks at the battle."""
+    with RedisLock(rt.redis, BattleKeys(battle_id).lock) as lock:
+        if not lock.held:
+            return False
+        claim = Claim(rt, battle_id, lock)
+        try:
+            for _ in range(2):  # the batch in flight, then the value pending behind it
+                inf = claim.claim()
+                if inf is None:
+                    break
+                if inf.id != claim.flush_id and inf.state in ("sending", "ambiguous"):
+                    abandon(claim, inf)
+                else:
+                    claim.adopt(inf)
+                    claim.commit(inf, {}, dict(inf.scores), "after_end")
+        except LockLost:
+            return False
+    return True

@@ -3,9 +3,10 @@
 A tick reads the due lists (flush, reconcile, unresolved, audit), keeps within the API budget
 (worker/engine/tick/schedule.py), and hands each kind's battle ids to `dispatch(kind, battle_ids)`
 TIMERS.tick.batch at a time: the task layer (tasks/control.py) turns a kind into its Celery task.
-It also sweeps held gifts, finalizes ended battles (worker/engine/battles/ending.py) and, every
-TIMERS.tick.safety_sweep s, marks due the battles an interrupted ingest left with value but not
-due (an ingest that died between its two Redis commands).
+It also sweeps held gifts, finalizes ended battles (worker/engine/battles/ending.py; what one
+still holds past TIMERS.flush.give_up_after_end is given up: worker/engine/flush/settle.py)
+and, every TIMERS.tick.safety_sweep s, marks due the battles an interrupted ingest left with
+value but not due (an ingest that died between its two Redis commands).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import redis
 from worker.engine.battles import final_window, turns
 from worker.engine.battles import registry as battles
 from worker.engine.battles.ending import FINAL_GRACE, finalize
-from worker.engine.flush import audit, endgame
+from worker.engine.flush import audit, endgame, settle
 from worker.engine.flush.flusher import flush_battle, forget_idle, holding_value
 from worker.engine.ingest import drain, watermark
 from worker.engine.runtime import Runtime
@@ -254,8 +255,12 @@ def run_tick(rt: Runtime, dispatch: Dispatch) -> dict[str, int]:
     for room in _due(rt, keys.HELD_ROOMS, now)[:200]:
         battles.drain_held(rt, room, sweep=True)
         out["held_rooms"] += 1
+    # The 200 first in the line of ended battles (one that cannot close goes to its back); one
+    # past the give-up bound is given up and closed, 20 a tick (a lock and a few scripts each).
     ended = rt.redis.zrangebyscore(keys.ACTIVE, "-inf", now - FINAL_GRACE, start=0, num=200)
-    out["finalized"] = finalize(rt, ended)
+    overdue: list[str] = []
+    out["finalized"] = finalize(rt, ended, overdue)
+    out["finalized"] += finalize(rt, [b for b in overdue[:20] if settle.give_up(rt, b)])
     swept = float(rt.redis.get(keys.SAFETY_SWEEP) or 0)
     if now - swept >= TIMERS.tick.safety_sweep:
         rt.redis.set(keys.SAFETY_SWEEP, now)
