@@ -102,9 +102,8 @@ class BattleTimers:
     hold_seconds: int = 60
     """A gift whose room is in no known battle waits this long for a late start webhook."""
     outside_dedup: int = 3600
-    """A gift counted outside any battle is remembered (its id, against a redelivery) at least this
-    long and at most twice it, in buckets of this length that expire whole: they only keep the
-    `outside` counter exact, and a day of them at 1 gift/s in 1,000 rooms would be 8 GB."""
+    """Ids counted outside a battle are kept 1-2 of these (buckets expiring whole; a day of ids
+    at 1 gift/s in 1,000 rooms is 8 GB, for an exact `outside` counter only)."""
     final_grace: float = 10.0
     """A battle is finalized this long after its end (late answers, the end webhook)."""
     resolve_min_delay: float = 5.0
