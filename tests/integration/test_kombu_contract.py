@@ -42,6 +42,7 @@ from kombu import Connection, Consumer, Exchange, Queue
 from scorer_local.procs import children_map
 from scorer_local.stack import Processes, scorer_env
 from tests.conftest import SDKAPPID, SECRET
+from tests.helpers import wait_for
 from worker.engine.ingest import drain, watermark
 from worker.engine.state import keys
 
@@ -212,17 +213,9 @@ class Stack:
         return not self.r.llen(QUEUE) and not self.r.hlen(keys.KOMBU_UNACKED)
 
     def wait(self, pred: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = pred()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out after {timeout} s waiting for {what}; queue (newest first) "
-                    f"{self.queued()}, unacked {sorted(self.unacked())}, started "
-                    f"{self.started()}{self.log_tail()}")
-            time.sleep(0.02)
+        return wait_for(pred, timeout, 0.02, what, detail=lambda: (
+            f"queue (newest first) {self.queued()}, unacked {sorted(self.unacked())}, "
+            f"started {self.started()}{self.log_tail()}"))
 
 
 @pytest.fixture(scope="module")
