@@ -22,9 +22,12 @@ for STUCK_SECONDS has lost its consumer: the tick gives it back to the queue's c
 (`give_back_stuck`), where it is taken next. If its consumer was only slow, it runs twice:
 harmless, ingest is idempotent by event id.
 
-Limits: a message requeued at the queue's newest end (kombu's own visibility-timeout restore,
-a rejected task) is newer than its gift; reconcile's second agreeing read is what keeps such
-a rare straggler from becoming a correction.
+Limits: kombu's own restores (its visibility-timeout sweep, a channel closed with messages
+held) put a message back at the consuming end but, unlike `give_back_stuck` and the drain's
+recovery, do not restart the checkpoint, so W may pass it before it is ingested; a rejected
+task is requeued at the newest end, newer than its gift (tests/integration/
+test_kombu_contract.py pins where each lands). Reconcile's second agreeing read is what
+keeps such a rare straggler from becoming a correction.
 """
 
 from __future__ import annotations
