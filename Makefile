@@ -5,7 +5,7 @@ PYTHON ?= python3
 # Where `make lock` resolves the pinned set: a throwaway venv, never $(VENV).
 LOCK_VENV ?= /tmp/battle-scorer-lock-venv
 
-.PHONY: run test test-unit lint bench chaos compose-check lock clean
+.PHONY: run test test-unit lint bench acceptance chaos compose-check lock clean
 
 # constraints.txt pins every package (the same set the images install): a changed pin or
 # dependency reinstalls.
@@ -36,6 +36,12 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.run
+
+## acceptance: ../shared/acceptance's load, finale (both modes) and smoke on seeds 7, 11, 1, one
+## table (20-30 minutes; not in CI). ARGS="--edge 1.0" for the 1 s edge.
+acceptance: $(VENV)/.installed
+	bash scripts/ensure-redis
+	$(PY) -m bench.acceptance $(ARGS)
 
 compose-check:
 	docker-compose -f docker-compose.yml config -q
