@@ -388,3 +388,35 @@ def test_urls_follow_the_region_unless_an_api_url_is_set(unit_settings: Settings
     china = Settings(_env_file=None, sdkappid=1, secret_key="k")
     assert TencentClient(china).url("set_battle_score") == \
         "https://console.tim.qq.com/v4/live_engine_http_pk/set_battle_score"
+
+
+def test_threads_that_first_call_together_share_one_http_client(monkeypatch):
+    """The end game's 16 threads, idle until the first battles end, made 16 clients (and TLS
+    contexts) at once: 2 s of CPU at the buzzer. One is made; the others wait for it."""
+    import threading
+
+    made: list[int] = []
+    real = httpx.Client
+
+    def slow_client(*args, **kwargs):
+        made.append(1)
+        time.sleep(0.05)  # a TLS context under a contended GIL
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(httpx, "Client", slow_client)
+    client = TencentClient(Settings(_env_file=None, sdkappid=SDKAPPID, secret_key=SECRET,
+                                    api_url=API))
+    go = threading.Barrier(16)
+    seen: list[httpx.Client] = []
+
+    def first_call() -> None:
+        go.wait()
+        seen.append(client.http)
+
+    threads = [threading.Thread(target=first_call) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1 and len({id(c) for c in seen}) == 1
+    client.close()
