@@ -161,3 +161,29 @@ def test_last_absolute_writes_start_when_due_by_tencents_latest_clock(
     slots(frt, monkeypatch, 0)
     assert rounds.run_finals(frt, flush) == 0  # no slot: it stays due
     assert frt.redis.zscore(keys.FINAL_DUE, "b2") == 0.0
+
+
+def test_a_battle_surely_over_goes_to_the_tick_not_ahead_of_a_live_one(
+        frt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Soonest end first put battles that had just ended at the head of each round: their
+    flushes make no call, yet took the slots and threads of battles still ending, which were
+    reached after their end in turn (the finale's last 2 s of endings without a call)."""
+    # Tencent's clock reads T0 - 0.5 at the earliest (no sample): "over" ended before that.
+    ending(frt, {"over": T0 - 1.0, "live": T0 + 1.0})
+    asked = slots(frt, monkeypatch, 1)
+    flush = Flushes()
+    assert rounds.run_round(frt, flush) == 1
+    assert flush.battles == ["live"] and asked == [HIGH]
+    assert frt.redis.zrange(keys.ENDGAME_DUE, 0, -1) == []
+    assert frt.redis.zscore(keys.FLUSH_DUE, "over") == T0  # its flush records what is left
+
+
+def test_a_last_write_for_a_battle_surely_over_is_dropped_not_sent(
+        frt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    frt.redis.zadd(keys.ACTIVE, {"over": T0 - 1.0, "live": T0 + 0.5})
+    frt.redis.zadd(keys.FINAL_DUE, {"over": 0, "live": T0 + 0.15})
+    asked = slots(frt, monkeypatch, 10)
+    flush = Flushes()
+    assert rounds.run_finals(frt, flush) == 1
+    assert flush.battles == ["live"] and asked == [HIGH]
+    assert frt.redis.zrange(keys.FINAL_DUE, 0, -1) == []

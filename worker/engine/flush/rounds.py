@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from worker.engine.flush.due import holding_value
+from worker.engine.flush.near_end import END_MARGIN
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
@@ -41,12 +42,29 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
+def hand_to_tick(rt: Runtime, battle_ids: list[str], now: float) -> None:
+    """Battles surely over leave the end game: the tick's flush records what they hold (no
+    call, no slot) and finalize closes them."""
+    pipe = pipeline(rt.redis)
+    pipe.zrem(keys.ENDGAME_DUE, *battle_ids)
+    pipe.zadd(keys.FLUSH_DUE, {b: now for b in battle_ids}, nx=True)
+    pipe.execute()
+
+
 def run_finals(rt: Runtime, flush: Flush) -> int:
-    """Start the last absolute writes that are due (keys.FINAL_DUE); returns how many."""
+    """Start the last absolute writes that are due (keys.FINAL_DUE); returns how many. One
+    whose battle is surely over is dropped: it could only be refused (100006)."""
     due = rt.redis.zrangebyscore(keys.FINAL_DUE, "-inf", rt.tclock.latest(), start=0,
                                  num=TIMERS.endgame.round_max)
+    if not due:
+        return 0
+    over = rt.tclock.earliest() - END_MARGIN
+    late = {b for b, e in zip(due, rt.redis.zmscore(keys.ACTIVE, due), strict=True)
+            if e is not None and e <= over}
+    if late:
+        rt.redis.zrem(keys.FINAL_DUE, *late)
     started = 0
-    for bid in due:
+    for bid in (b for b in due if b not in late):
         if rt.client.limiter.try_acquire("set_battle_score", HIGH) > 0:
             break  # next round
         rt.redis.zrem(keys.FINAL_DUE, bid)
@@ -71,7 +89,17 @@ def run_round(rt: Runtime, flush: Flush) -> int:
         pipe.exists(bk.inflight)
         pipe.exists(bk.lock)
     ends, *res = pipe.execute()
-    idle = [b for k, b in enumerate(due) if not res[3 * k] and not res[3 * k + 1]]
+    # A battle surely over makes no call: its flush only records what is left. It goes to the
+    # tick's flushes, never ahead of a live one: soonest end first put the battles that had
+    # just ended at the head, each round spent its slots and threads on them, and the battles
+    # still ending were reached after their end in turn (the finale: no call at all for the
+    # last 2 s of endings, 100 battles a second, each found over when its turn came).
+    over = rt.tclock.earliest() - END_MARGIN
+    ended = [b for b, e in zip(due, ends, strict=True) if e is not None and e <= over]
+    if ended:
+        hand_to_tick(rt, ended, now)
+    idle = [b for k, b in enumerate(due) if not res[3 * k] and not res[3 * k + 1]
+            and b not in ended]
     if idle:  # flushed meanwhile by the tick's flushes: no slot for them
         rt.redis.zrem(keys.ENDGAME_DUE, *idle)
         # An ingest that stored value after our read met its battle still marked (ZADD NX),
@@ -83,7 +111,7 @@ def run_round(rt: Runtime, flush: Flush) -> int:
     # would only find it busy. It stays due, and takes no slot until the lock is free.
     held = {b for k, b in enumerate(due) if res[3 * k + 1] and res[3 * k + 2]}
     order = sorted((e if e is not None else 0.0, b) for b, e in zip(due, ends, strict=True)
-                   if b not in idle and b not in held)
+                   if b not in idle and b not in held and b not in ended)
     started = 0
     pool = _executor()
     for _, bid in order:
