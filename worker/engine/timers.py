@@ -179,6 +179,9 @@ class EndGameTimers:
     """A dedicated end-game process (doors/endgame_main.py) renews its key with this ttl."""
     coalesce: float = 0.03
     """Value waits this long for more of the same moment before an end-game flush."""
+    decisive: float = 0.8
+    """A battle's first write in its last this-many s (Tencent's latest clock) comes before any
+    other end-game flush: it carries all delivered 1 s before the end (0.2 s to ingest them)."""
     threads: int = 16
     """Threads of the end-game flushes (each waits on one Tencent round trip at a time)."""
     round_max: int = 200

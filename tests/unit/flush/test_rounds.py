@@ -187,3 +187,22 @@ def test_a_last_write_for_a_battle_surely_over_is_dropped_not_sent(
     assert rounds.run_finals(frt, flush) == 1
     assert flush.battles == ["live"] and asked == [HIGH]
     assert frt.redis.zrange(keys.FINAL_DUE, 0, -1) == []
+
+
+def test_every_battle_gets_its_decisive_write_before_any_gets_another(
+        frt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Battles ending together, each in its last DECISIVE s: one that has written in them goes
+    after every one that has not, whatever their ends and ids; one not yet in its last DECISIVE
+    s (an early flush) waits for them too."""
+    lead = frt.tclock.latest() - T0  # no sample: Tencent may read 0.5 s ahead
+    soon = T0 + rounds.DECISIVE + lead - 0.1  # in its last DECISIVE s
+    ending(frt, {"a_written": soon - 0.2, "b_none": soon, "c_none": soon,
+                 "early": T0 + rounds.DECISIVE + lead + 0.3})
+    frt.redis.hset(BattleKeys("a_written").meta, "turned_at", T0 - 0.05)
+    slots(frt, monkeypatch, 2)
+    flush = Flushes()
+    assert rounds.run_round(frt, flush) == 2
+    assert flush.battles == ["b_none", "c_none"]
+    slots(frt, monkeypatch, 2)
+    assert rounds.run_round(frt, flush) == 2
+    assert flush.battles[2:] == ["a_written", "early"]  # then soonest end first
