@@ -12,7 +12,7 @@ from worker.engine.flush import rounds
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
-from worker.engine.tencent.limiter import HIGH
+from worker.engine.tencent.limiter import HIGH, LOW
 
 
 class Inline:
@@ -85,7 +85,8 @@ def test_soonest_end_first_while_the_high_lane_admits_calls(
     flush = Flushes()
     assert rounds.run_round(frt, flush) == 2
     assert flush.battles == ["first", "second"]
-    assert asked == [HIGH, HIGH, HIGH]  # the third found the budget full: next round
+    # The third (not yet in its last DECISIVE s) asked the LOW lane and found it full.
+    assert asked == [HIGH, HIGH, LOW]
     assert frt.redis.zrange(keys.ENDGAME_DUE, 0, -1) == ["late"]
 
 
@@ -203,6 +204,7 @@ def test_every_battle_gets_its_decisive_write_before_any_gets_another(
     flush = Flushes()
     assert rounds.run_round(frt, flush) == 2
     assert flush.battles == ["b_none", "c_none"]
-    slots(frt, monkeypatch, 2)
+    asked = slots(frt, monkeypatch, 2)
     assert rounds.run_round(frt, flush) == 2
-    assert flush.battles[2:] == ["a_written", "early"]  # then soonest end first
+    assert flush.battles[2:] == ["a_written", "early"]  # then soonest end first ...
+    assert asked == [LOW, LOW]  # ... on what the decisive writes leave

@@ -14,7 +14,7 @@ from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
 from worker.engine.state.pipeline import pipeline
-from worker.engine.tencent.limiter import HIGH
+from worker.engine.tencent.limiter import HIGH, LOW
 from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.endgame")
@@ -121,11 +121,14 @@ def run_round(rt: Runtime, flush: Flush) -> int:
                    if b not in idle and b not in held and b not in ended)
     started = 0
     pool = _executor()
-    for _, _, bid in order:
+    for decided, _, bid in order:
         with _mu:
             if bid in _running:
                 continue  # its flush is on its way; the value that came since waits for it
-        if rt.client.limiter.try_acquire("set_battle_score", HIGH) > 0:
+        # Any other flush takes what the decisive writes leave: the LOW lane, below the
+        # reserve `plan` keeps for the battles ending next (on HIGH, the extra writes of one
+        # second's battles took the slots the next second's decisive writes needed).
+        if rt.client.limiter.try_acquire("set_battle_score", LOW if decided else HIGH) > 0:
             break  # the budget is full this instant: next round, soonest end still first
         rt.redis.zrem(keys.ENDGAME_DUE, bid)
         with _mu:
