@@ -5,9 +5,12 @@ pipeline and runs the worker and beat as the README starts them, default concurr
 scenario, delivery mode and seed, one at a time, and prints one row each: the fair battles (the
 verdict), exact battles, coins over and under, p99 delivery-to-score, `set_battle_score` calls
 per second at the slowest of the seconds in which battles end (counted from the run's
-sim-dump.json; it speaks of the finale, where 100 battles end each second), 100006 answers, rate-limit violations, the backlog at the end, unplanned exits
-and whether the referee kept its own schedule (a run where it fell behind says more about the
-host than the worker). Not part of CI: a full table takes 20-30 minutes.
+sim-dump.json; it speaks of the finale, where 100 battles end each second), 100006 answers,
+rate-limit violations, the backlog at the end, unplanned exits, whether the referee kept its
+own schedule (a run where it fell behind says more about the host than the worker), and the CPU
+a Tencent call costs the control plane: the CPU seconds of the control workers and the end-game
+process (polled from /proc) over all Tencent calls. Not part of CI: a full table takes 20-30
+minutes.
 
     python -m bench.acceptance                                   # load, finale, smoke; 7, 11, 1
     python -m bench.acceptance --scenarios finale --modes bulk50 --seeds 7 --edge 1.0
@@ -25,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,43 @@ def ending_rates(dump: dict[str, Any]) -> list[int]:
     return [per.get(s, 0) for s in range(min(ends), max(ends) + 1)]
 
 
+#: The processes whose CPU a Tencent call costs (they plan and send calls), by a part of their
+#: command line: the control workers (ticks, flushes, reconcile, audits) and the end game.
+CONTROL_PLANE = {"control": "-Q scorer.control", "endgame": "worker.doors.endgame_main"}
+
+
+class CpuSampler(threading.Thread):
+    """Polls /proc for the control plane's processes and keeps each one's last CPU seconds
+    (utime + stime), so their CPU is known after the referee has stopped them."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.seen: dict[int, tuple[str, float]] = {}
+        self.stop = threading.Event()
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def run(self) -> None:
+        while not self.stop.wait(0.2):
+            for pid_dir in Path("/proc").glob("[0-9]*"):
+                try:
+                    cmd = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    kind = next((k for k, m in CONTROL_PLANE.items() if m in cmd), None)
+                    if kind is None:
+                        continue
+                    stat = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
+                    self.seen[int(pid_dir.name)] = (kind, (int(stat[11]) + int(stat[12]))
+                                                    / self.tick)
+                except (OSError, ValueError, IndexError):
+                    continue
+
+    def totals(self) -> dict[str, float]:
+        """CPU seconds per kind of process, as last seen."""
+        out: dict[str, float] = collections.defaultdict(float)
+        for kind, cpu in self.seen.values():
+            out[kind] += cpu
+        return dict(out)
+
+
 def run_one(python: str, scenario: str, mode: str, seed: int, edge: float | None,
             keep: bool) -> dict[str, Any]:
     """One referee run; its row's figures."""
@@ -58,7 +99,10 @@ def run_one(python: str, scenario: str, mode: str, seed: int, edge: float | None
                "--beat-cmd", f"{python_bin(python, 'celery')} -A worker beat -s {tmp}/beat",
                "--scenario", scenario, "--seed", str(seed), "--json", str(out), "--quiet",
                "--bulk-ms", str(MODES[mode])]
+        sampler = CpuSampler()
+        sampler.start()
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        sampler.stop.set()
         if not out.exists():
             return {"error": (proc.stderr or proc.stdout).strip()[-300:]}
         res = json.loads(out.read_text())
@@ -68,6 +112,8 @@ def run_one(python: str, scenario: str, mode: str, seed: int, edge: float | None
     run_dir = res["run_dir"]
     rates = ending_rates(json.loads((Path(run_dir) / "sim-dump.json").read_text()))
     fair = acc["fair_battles"] == acc["battles"]
+    cpu = sampler.totals()
+    calls = api.get("total_calls") or 1
     row = {
         "fair": f"{acc['fair_battles']}/{acc['battles']}",
         "exact": acc["exact_battles"], "over": acc["over_count"], "under": acc["under_count"],
@@ -76,6 +122,7 @@ def run_one(python: str, scenario: str, mode: str, seed: int, edge: float | None
         .get("not_running", 0),
         "violations": api["rate_limit_violations"], "backlog": procs["broker_backlog_at_end"],
         "exits": len(procs["unplanned_exits"]), "referee_ok": res["referee_health"]["ok"],
+        "cpu_s": cpu, "cpu_ms_per_call": 1000 * sum(cpu.values()) / calls,
         "all_fair": fair, "run_dir": run_dir,
     }
     if fair and not keep:
@@ -107,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     head = (f"{'scenario':8} {'mode':6} {'seed':>4} {'edge':>4} {'fair':>8} {'exact':>5} "
             f"{'over':>7} {'under':>8} {'p99 s':>6} {'end min/s':>9} {'100006':>6} "
-            f"{'viol':>4} {'backlog':>7} {'exits':>5} {'ref ok':>6}  run_dir")
+            f"{'viol':>4} {'backlog':>7} {'exits':>5} {'ref ok':>6} {'ms/call':>7}  run_dir")
     print(head, flush=True)
     for scenario in args.scenarios.split(","):
         # smoke (10 gifts a second) runs in one mode, one message per gift: one run a seed.
@@ -124,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{row['exact']:>5} {row['over']:>7} {row['under']:>8} "
                       f"{row['p99_s']:>6.2f} {row['end_min_cps']:>9} {row['100006']:>6} "
                       f"{row['violations']:>4} {row['backlog']:>7} {row['exits']:>5} "
-                      f"{'yes' if row['referee_ok'] else 'NO':>6}  {row['run_dir']}",
+                      f"{'yes' if row['referee_ok'] else 'NO':>6} "
+                      f"{row['cpu_ms_per_call']:>7.2f}  {row['run_dir']}",
                       flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
