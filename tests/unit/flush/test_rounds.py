@@ -46,7 +46,6 @@ class Flushes:
 def inline(monkeypatch: pytest.MonkeyPatch) -> None:
     """The rounds' flushes run inline: the tests see them done when the round returns."""
     monkeypatch.setattr(rounds, "_executor", lambda: Inline())
-    monkeypatch.setattr(rounds, "_written", {})  # no test sees another's flushes
 
 
 def slots(rt: Runtime, monkeypatch: pytest.MonkeyPatch, n: int) -> list[str]:
@@ -200,7 +199,7 @@ def test_every_battle_gets_its_decisive_write_before_any_gets_another(
     soon = T0 + rounds.DECISIVE + lead - 0.1  # in its last DECISIVE s
     ending(frt, {"a_written": soon - 0.2, "b_none": soon, "c_none": soon,
                  "early": T0 + rounds.DECISIVE + lead + 0.3})
-    monkeypatch.setitem(rounds._written, "a_written", T0 - 0.05)  # a flush started then
+    frt.redis.hset(BattleKeys("a_written").meta, "turned_at", T0 - 0.05)
     slots(frt, monkeypatch, 2)
     flush = Flushes()
     assert rounds.run_round(frt, flush) == 2

@@ -32,8 +32,6 @@ Flush = Callable[..., str]
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0
 _running: set[str] = set()
-#: BattleId → when this runner last started a flush of it (`_decided`); pruned after 30 s.
-_written: dict[str, float] = {}
 _mu = threading.Lock()
 
 
@@ -43,7 +41,6 @@ def _executor() -> ThreadPoolExecutor:
         _pool = ThreadPoolExecutor(TIMERS.endgame.threads, thread_name_prefix="endgame")
         _pool_pid = os.getpid()
         _running.clear()
-        _written.clear()
     return _pool
 
 
@@ -86,7 +83,17 @@ def run_round(rt: Runtime, flush: Flush) -> int:
                                  num=TIMERS.endgame.round_max)
     if not due:
         return 0
-    ends = rt.redis.zmscore(keys.ACTIVE, due)
+    pipe = pipeline(rt.redis)
+    pipe.zmscore(keys.ACTIVE, due)
+    for bid in due:
+        bk = BattleKeys(bid)
+        pipe.hlen(bk.pending)
+        pipe.exists(bk.inflight)
+        pipe.exists(bk.lock)
+        pipe.hget(bk.meta, "turned_at")
+    ends, *flat = pipe.execute()
+    res = [x for k, x in enumerate(flat) if k % 4 != 3]  # pending, in flight, locked
+    turned = {b: float(flat[4 * k + 3] or 0) for k, b in enumerate(due)}
     # A battle surely over makes no call: its flush only records what is left. It goes to the
     # tick's flushes, never ahead of a live one: soonest end first put the battles that had
     # just ended at the head, each round spent its slots and threads on them, and the battles
@@ -94,30 +101,11 @@ def run_round(rt: Runtime, flush: Flush) -> int:
     # last 2 s of endings, 100 battles a second, each found over when its turn came).
     over = rt.tclock.earliest() - END_MARGIN
     lead = rt.tclock.latest() - now  # Tencent's clock at the latest, less ours
-    # (One no longer active, finalized or never registered, is the tick's as well.)
-    ended = [b for b, e in zip(due, ends, strict=True) if e is None or e <= over]
+    ended = [b for b, e in zip(due, ends, strict=True) if e is not None and e <= over]
     if ended:
         hand_to_tick(rt, ended, now)
-    with _mu:
-        running = set(_running)
-        for b in [b for b, at in _written.items() if at < now - 30.0]:
-            del _written[b]  # long over: kept only while its last seconds may still run
-        written = dict(_written)
-    order = sorted((_decided(e, written.get(b, 0.0), now, lead), e, b)
-                   for b, e in zip(due, ends, strict=True)
-                   if e is not None and e > over and b not in running)
-    # Only the head of the order is looked at closer (a round every 20 ms, 100 battles ending
-    # a second: reading every due battle's keys cost 600 commands a round); the rest keep
-    # their place for the next round.
-    head = order[:2 * TIMERS.endgame.threads]
-    pipe = pipeline(rt.redis)
-    for _, _, bid in head:
-        bk = BattleKeys(bid)
-        pipe.hlen(bk.pending)
-        pipe.exists(bk.inflight)
-        pipe.exists(bk.lock)
-    res = pipe.execute() if head else []
-    idle = [b for k, (_, _, b) in enumerate(head) if not res[3 * k] and not res[3 * k + 1]]
+    idle = [b for k, b in enumerate(due) if not res[3 * k] and not res[3 * k + 1]
+            and b not in ended]
     if idle:  # flushed meanwhile by the tick's flushes: no slot for them
         rt.redis.zrem(keys.ENDGAME_DUE, *idle)
         # An ingest that stored value after our read met its battle still marked (ZADD NX),
@@ -127,12 +115,16 @@ def run_round(rt: Runtime, flush: Flush) -> int:
             rt.redis.zadd(keys.ENDGAME_DUE, {b: now for b in back}, nx=True)
     # A batch in flight under a held lock: its flush settles it in a moment, and a flush now
     # would only find it busy. It stays due, and takes no slot until the lock is free.
-    held = {b for k, (_, _, b) in enumerate(head) if res[3 * k + 1] and res[3 * k + 2]}
+    held = {b for k, b in enumerate(due) if res[3 * k + 1] and res[3 * k + 2]}
+    order = sorted((_decided(e, turned[b], now, lead), e if e is not None else 0.0, b)
+                   for b, e in zip(due, ends, strict=True)
+                   if b not in idle and b not in held and b not in ended)
     started = 0
     pool = _executor()
-    for decided, _, bid in head:
-        if bid in idle or bid in held:
-            continue
+    for decided, _, bid in order:
+        with _mu:
+            if bid in _running:
+                continue  # its flush is on its way; the value that came since waits for it
         # Any other flush takes what the decisive writes leave: the LOW lane, below the
         # reserve `plan` keeps for the battles ending next (on HIGH, the extra writes of one
         # second's battles took the slots the next second's decisive writes needed).
@@ -141,23 +133,24 @@ def run_round(rt: Runtime, flush: Flush) -> int:
         rt.redis.zrem(keys.ENDGAME_DUE, bid)
         with _mu:
             _running.add(bid)
-            _written[bid] = now
         pool.submit(_flush, rt, bid, flush)
         started += 1
     return started
 
 
-def _decided(end: float, written_at: float, now: float, lead: float) -> bool:
+def _decided(end: float | None, turned_at: float, now: float, lead: float) -> bool:
     """False while a battle is in its last DECISIVE s (by the latest Tencent's clock may read)
-    and the end game started no flush of it since they began: its decisive write is to come.
+    and no request of it left since they began: its decisive write is still to come.
 
     Rounds serve those first, soonest end first, then any other flush (value before those last
     seconds, or landing after the decisive write): when 100 battles end in a second, each gets
     its one write that carries everything delivered a second before its end, before any gets a
     second (by soonest end alone, the first battles of each second took two or three writes
     and the last ones, by BattleId, none: 115 of 600 in the finale)."""
+    if end is None:
+        return True
     starts = end - DECISIVE - lead  # by our clock
-    return now < starts or written_at >= starts
+    return now < starts or turned_at >= starts
 
 
 def _flush(rt: Runtime, battle_id: str, flush: Flush, final: bool = False) -> None:
