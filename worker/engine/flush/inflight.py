@@ -7,6 +7,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+from worker.engine.battles import registry
 from worker.engine.battles.registry import Battle
 from worker.engine.flush.near_end import END_MARGIN, NEAR_END_READ, near_end
 from worker.engine.runtime import Runtime
@@ -152,8 +153,9 @@ class Claim:
                              "request_id": request_id})
         res = self.rt.script("COMMIT")(
             keys=[self.bk.inflight, self.bk.applied, self.bk.unapplied, self.bk.flushes,
-                  self.bk.lock],
-            args=[self.flush_id, self.lock.token, record, len(inf.scores), *args])
+                  self.bk.lock, self.bk.meta],
+            args=[self.flush_id, self.lock.token, record, len(inf.scores), *args,
+                  registry.KEEP_AFTER_END])
         self.check(res)
         if unapplied:
             # Value only: a correction taking back gifts never counted (negative) that could
