@@ -44,15 +44,6 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
-def hand_to_tick(rt: Runtime, battle_ids: list[str], now: float) -> None:
-    """Battles surely over leave the end game: the tick's flush records what they hold (no
-    call, no slot) and finalize closes them."""
-    pipe = pipeline(rt.redis)
-    pipe.zrem(keys.ENDGAME_DUE, *battle_ids)
-    pipe.zadd(keys.FLUSH_DUE, {b: now for b in battle_ids}, nx=True)
-    pipe.execute()
-
-
 def run_finals(rt: Runtime, flush: Flush) -> int:
     """Start the last absolute writes that are due (keys.FINAL_DUE); returns how many. One
     whose battle is surely over is dropped: it could only be refused (100006)."""
@@ -94,16 +85,14 @@ def run_round(rt: Runtime, flush: Flush) -> int:
     ends, *flat = pipe.execute()
     res = [x for k, x in enumerate(flat) if k % 4 != 3]  # pending, in flight, locked
     turned = {b: float(flat[4 * k + 3] or 0) for k, b in enumerate(due)}
-    # A battle surely over makes no call: its flush only records what is left. It goes to the
-    # tick's flushes, never ahead of a live one: soonest end first put the battles that had
-    # just ended at the head, each round spent its slots and threads on them, and the battles
-    # still ending were reached after their end in turn (the finale: no call at all for the
-    # last 2 s of endings, 100 battles a second, each found over when its turn came).
+    # A battle surely over makes no call: its flush only records what is left. It goes after
+    # every live one, with no slot: soonest end first put the battles that had just ended at
+    # the head, each round spent its slots and threads on them, and the battles still ending
+    # were reached after their end in turn (the finale: no call at all for the last 2 s of
+    # endings, 100 battles a second, each found over when its turn came).
     over = rt.tclock.earliest() - END_MARGIN
     lead = rt.tclock.latest() - now  # Tencent's clock at the latest, less ours
     ended = [b for b, e in zip(due, ends, strict=True) if e is not None and e <= over]
-    if ended:
-        hand_to_tick(rt, ended, now)
     idle = [b for k, b in enumerate(due) if not res[3 * k] and not res[3 * k + 1]
             and b not in ended]
     if idle:  # flushed meanwhile by the tick's flushes: no slot for them
@@ -135,6 +124,13 @@ def run_round(rt: Runtime, flush: Flush) -> int:
             _running.add(bid)
         pool.submit(_flush, rt, bid, flush)
         started += 1
+    for bid in ended[:TIMERS.endgame.threads]:  # the rest: next round, still after the live
+        with _mu:
+            if bid in _running:
+                continue
+            _running.add(bid)
+        rt.redis.zrem(keys.ENDGAME_DUE, bid)
+        pool.submit(_flush, rt, bid, flush)
     return started
 
 
