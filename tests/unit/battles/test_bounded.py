@@ -79,3 +79,13 @@ def test_the_room_index_keeps_about_a_day_of_battles_not_the_rooms_history(
 def test_a_held_list_the_sweep_lost_track_of_expires(frt: Runtime) -> None:
     assert registry.route(frt, [Gift("e1", "r9", ("o9",), int(T0), 5)])["held"] == 1
     assert 0 < frt.redis.ttl(RoomKeys("r9").held) <= registry.KEEP_AFTER_END
+
+
+def test_held_gifts_kept_by_a_sweep_keep_an_expiry(frt: Runtime) -> None:
+    """The sweep trims what it read and pushes back what still waits: a trim that emptied the
+    list deleted it, and the push made it afresh with no expiry (bench.soak: 449 such lists)."""
+    registry.route(frt, [Gift("e1", "r9", ("o9",), int(T0), 5)])
+    frt.clock = lambda: T0 + 1  # its deadline is still to come: kept
+    registry.drain_held(frt, "r9", sweep=True)
+    assert frt.redis.llen(RoomKeys("r9").held) == 1
+    assert 0 < frt.redis.ttl(RoomKeys("r9").held) <= registry.KEEP_AFTER_END

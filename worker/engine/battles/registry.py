@@ -258,6 +258,8 @@ def drain_held(rt: Runtime, room: str, sweep: bool = False) -> dict[str, int]:
         pipe.ltrim(rk.held, len(raw), -1)
         if kept:
             pipe.rpush(rk.held, *[x for x, _ in kept])
+            # The trim may have emptied (deleted) the list: the push makes it afresh.
+            pipe.expire(rk.held, KEEP_AFTER_END)
             pipe.zadd(keys.HELD_ROOMS, {room: min(d for _, d in kept)})
         pipe.execute()
     bump_many(rt.redis, counts)
