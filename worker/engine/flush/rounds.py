@@ -92,9 +92,7 @@ def run_round(rt: Runtime, flush: Flush) -> int:
     # endings, 100 battles a second, each found over when its turn came).
     over = rt.tclock.earliest() - END_MARGIN
     lead = rt.tclock.latest() - now  # Tencent's clock at the latest, less ours
-    ended = [b for b, e in zip(due, ends, strict=True) if e is not None and e <= over]
-    idle = [b for k, b in enumerate(due) if not res[3 * k] and not res[3 * k + 1]
-            and b not in ended]
+    idle = [b for k, b in enumerate(due) if not res[3 * k] and not res[3 * k + 1]]
     if idle:  # flushed meanwhile by the tick's flushes: no slot for them
         rt.redis.zrem(keys.ENDGAME_DUE, *idle)
         # An ingest that stored value after our read met its battle still marked (ZADD NX),
@@ -105,9 +103,11 @@ def run_round(rt: Runtime, flush: Flush) -> int:
     # A batch in flight under a held lock: its flush settles it in a moment, and a flush now
     # would only find it busy. It stays due, and takes no slot until the lock is free.
     held = {b for k, b in enumerate(due) if res[3 * k + 1] and res[3 * k + 2]}
+    ended = [b for b, e in zip(due, ends, strict=True)
+             if e is not None and e <= over and b not in idle and b not in held]
     order = sorted((_decided(e, turned[b], now, lead), e if e is not None else 0.0, b)
                    for b, e in zip(due, ends, strict=True)
-                   if b not in idle and b not in held and b not in ended)
+                   if b not in idle and b not in held and (e is None or e > over))
     started = 0
     pool = _executor()
     for decided, _, bid in order:
