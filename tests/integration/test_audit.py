@@ -185,6 +185,25 @@ def test_near_the_end_a_held_request_is_settled_before_the_end_not_after(rt, ctl
     assert ctl.scores(bid)["room_a"] == 12
 
 
+def test_a_write_held_in_the_last_two_seconds_is_still_settled_before_the_end(rt, ctl):
+    """bench.chaos: a battle's write 1.4 s before its end was held by Tencent (it landed 8 s
+    later, refused); its client waited the whole NEAR_END_READ, past the end, and the battle lost
+    its last 16 coins. The wait now ends SETTLE_LEAD before the end, with time left to read the
+    battle back and overwrite it."""
+    from worker.engine.flush.near_end import SETTLE_LEAD
+
+    bid = _started(rt, ctl, duration_ms=4_000)
+    end = float(rt.redis.hget(BattleKeys(bid).meta, "end"))
+    send(rt, ctl, "room_a", 16, "buzzer-1")
+    # Tencent's clock as the client estimates it is ours here, give or take its default spread.
+    time.sleep(max(0.0, end - 1.4 - time.time()))
+    ctl.inject("late_landing", api="set_battle_score")
+    assert flush_battle(rt, bid) == "unresolved"
+    assert time.time() < end - SETTLE_LEAD + 0.2
+    wait_for(lambda: flush_battle(rt, bid) == "ok", timeout=2, interval=0.05,
+             what="the settle before the end")
+    assert time.time() < end and ctl.scores(bid)["room_a"] == 16
+
 def test_a_battle_whose_write_may_still_land_gets_a_last_absolute_write(rt, ctl):
     """A request held past its client's timeout can land in the last second, after the last
     flush (17 coins over in bench.chaos): such a battle is due for one last OpType 2 of the

@@ -164,6 +164,15 @@ class EndGameTimers:
     near_end_read: float = 1.5
     """... Tencent may hold a request past the end, and the lock kept the last flush out
     meanwhile (an overwrite that waited 5 s cost a battle its last 77 coins in bench.chaos)."""
+    settle_lead: float = 0.6
+    """A call under a battle's lock in its last seconds gives up its answer this long before its
+    end (the latest Tencent's clock may read), so that a write left without an answer can
+    still be read back (flush.near_end_after later) and overwritten before the end: a write
+    1.4 s before the end that waited its whole near_end_read lost its battle's last 16 coins
+    (bench.chaos)."""
+    near_end_read_min: float = 0.5
+    """... yet never less than this: a real answer is never cut short (a write judged ambiguous
+    costs a read-back and an overwrite at the buzzer, where the budget is tightest)."""
     final_lead: float = 0.35
     """A battle whose ambiguous write may still land gets a last OpType 2 of the ledger this long
     before its end (one held past its client's timeout landed after the last flush: bench.chaos)."""

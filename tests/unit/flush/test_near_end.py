@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.unit.conftest import T0
 from worker.engine.battles.records import Battle
-from worker.engine.flush.near_end import NEAR_END, NEAR_END_READ, near_end, read_timeout
+from worker.engine.flush.near_end import (
+    NEAR_END,
+    NEAR_END_READ,
+    NEAR_END_READ_MIN,
+    SETTLE_LEAD,
+    near_end,
+    read_timeout,
+)
 from worker.engine.runtime import Runtime
 from worker.engine.tencent.clock import DEFAULT_SPREAD
 
@@ -37,6 +46,18 @@ def test_a_tencent_clock_known_to_run_ahead_brings_the_end_nearer(frt: Runtime) 
 
 def test_a_call_near_the_end_waits_near_end_read_for_its_answer_else_the_default(
         frt: Runtime) -> None:
-    assert read_timeout(frt, ending_at(T0 + 2)) == NEAR_END_READ
+    assert read_timeout(frt, ending_at(T0 + 4)) == NEAR_END_READ
     assert read_timeout(frt, ending_at(T0 + 600)) is None
     assert read_timeout(frt, None) is None
+
+
+def test_in_its_last_seconds_a_call_gives_up_its_answer_in_time_to_settle_it(
+        frt: Runtime) -> None:
+    # A write left without an answer must leave time before the end to read it back and
+    # overwrite it: the wait ends SETTLE_LEAD before the end (the latest Tencent may read),
+    # but a real answer is never cut below NEAR_END_READ_MIN.
+    latest = T0 + DEFAULT_SPREAD
+    assert read_timeout(frt, ending_at(latest + SETTLE_LEAD + NEAR_END_READ + 1)) == NEAR_END_READ
+    assert read_timeout(frt, ending_at(latest + SETTLE_LEAD + 0.8)) == pytest.approx(0.8)
+    assert read_timeout(frt, ending_at(latest + SETTLE_LEAD + 0.1)) == NEAR_END_READ_MIN
+    assert read_timeout(frt, ending_at(T0 - 5)) == NEAR_END_READ_MIN  # past its end

@@ -18,6 +18,9 @@ END_MARGIN = TIMERS.endgame.end_margin
 #: its answer, not the client's 5 s.
 NEAR_END = TIMERS.endgame.near_end
 NEAR_END_READ = TIMERS.endgame.near_end_read
+#: In its last seconds the wait ends SETTLE_LEAD before the end, yet lasts NEAR_END_READ_MIN.
+SETTLE_LEAD = TIMERS.endgame.settle_lead
+NEAR_END_READ_MIN = TIMERS.endgame.near_end_read_min
 #: A battle whose ambiguous write may still land gets one last absolute write (OpType 2 of
 #: the ledger) FINAL_LEAD before its end by the latest Tencent's clock (keys.FINAL_DUE).
 #: Why each is what it is (bench.chaos): worker/engine/timers.py (EndGameTimers).
@@ -30,5 +33,10 @@ def near_end(rt: Runtime, battle: Battle | None) -> bool:
 
 
 def read_timeout(rt: Runtime, battle: Battle | None) -> float | None:
-    """How long a write under the battle's lock waits for its answer (None: the default)."""
-    return NEAR_END_READ if near_end(rt, battle) else None
+    """How long a call under the battle's lock waits for its answer (None: the default): near
+    its end NEAR_END_READ, cut so that the wait ends SETTLE_LEAD before the end, where a write
+    left without an answer can still be read back and overwritten; at least NEAR_END_READ_MIN."""
+    if battle is None or not near_end(rt, battle):
+        return None
+    left = battle.end - rt.tclock.latest() - SETTLE_LEAD
+    return min(NEAR_END_READ, max(NEAR_END_READ_MIN, left))
