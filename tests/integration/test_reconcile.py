@@ -166,3 +166,31 @@ def test_a_drift_confirmed_after_the_end_is_not_decided(rt, ctl, battle):
     assert reconcile_battle(rt, battle) == "ok"
     assert not rt.redis.hget(bk.pending, "room_a") and not rt.redis.hget(bk.corr, "room_a")
     assert rt.redis.hget(keys.STATS, "late_drift") == "1"
+
+
+def test_gifts_to_the_owner_just_before_the_start_are_never_taken_for_lost_webhooks(rt, ctl):
+    """The acceptance finale registers its first battles before they start (a create webhook,
+    then get_battle_info). On main reconcile read such a room before its start; a gift to its
+    owner counted between that read and the start (not the battle's, so in no ledger) read as
+    a lost webhook, and 8 rooms ended over, one by 659 coins. No read before the start."""
+    info = ctl.create_battle(ROOMS, duration_ms=600_000, start=time.time() + 2.0)
+    bid, start = info["BattleId"], float(info["StartTime"])  # Tencent's whole seconds
+    handle(rt, [(start_body(bid, info["StartTime"], 600_000, ROOMS), None)])
+    _ingest_caught_up(rt)
+    assert reconcile_battle(rt, bid) == "ok"
+    assert _reads(ctl) == 0  # not started yet
+    # A gift to the owner before the start: Tencent counts it, its webhook is no battle's.
+    ctl.count_gifts([{"RoomId": "room_a", "To_Account": ["owner_a"], "From_Account": "v",
+                      "Coins": 660, "Count": 1}])
+    handle(rt, [(gift_body("room_a", "owner_a", 660), "pre-start-1")])
+    outcomes = []
+    deadline = time.time() + 7.0
+    while time.time() < deadline:
+        _ingest_caught_up(rt)
+        outcomes.append(reconcile_battle(rt, bid))
+        time.sleep(0.25)
+    calls = ctl.http.get("/sandbox/calls").json()["calls"]
+    reads = [c["t"] for c in calls if c["api"] == "get_gift_count"]
+    assert "corrected" not in outcomes and not rt.redis.hgetall(BattleKeys(bid).corr)
+    assert reads and min(reads) >= start  # read, and only once started
+    assert rt.redis.hget(BattleKeys(bid).recon, "base:room_a") is not None  # baselined

@@ -10,6 +10,9 @@ has the argument):
   ingest watermark, worker/engine/ingest/watermark.py, has passed t1 + SKEW: it counts a
   webhook only once it is stored), and only if no ingested gift of that room fell in its
   uncertain window: otherwise it is no evidence and is dropped.
+- No read before the battle has surely started by Tencent's clock: gifts to the owner just
+  before the start are counted by get_gift_count but are not the battle's, so a baseline read
+  before them would take them for lost webhooks.
 - So a read is taken only when it can be judged: not while the watermark lags (a backlog),
   not while two reads of the room wait to be judged (the second, the confirming one, is taken
   PAIR_GAP after the first), and not when a gift of the room already lies in the new read's
@@ -181,6 +184,13 @@ def decide(fixes: Mapping[str, int], ended: bool) -> tuple[dict[str, int], dict[
 def reads_blocked(mark: float, now: float) -> bool:
     """No read while the watermark lags by more than READ_LAG: it could not be judged."""
     return now - mark > READ_LAG
+
+
+def before_start(start: float, earliest: float) -> float:
+    """How long until a battle starting at `start` has surely started by Tencent's clock (its
+    `earliest` reading): a read before then may miss gifts to the owner counted just before the
+    start, which are not the battle's and so are in no ledger; 0 once started."""
+    return max(0.0, start - earliest)
 
 
 def read_wanted(last_gift: int, waiting: list[Read], now: float) -> tuple[bool, float | None]:

@@ -115,6 +115,14 @@ class Reconciler:
         """Rooms whose fresh read could be judged (see reconcile/judge.py) → their owner."""
         if judge.reads_blocked(mark, now):
             return {}
+        early = judge.before_start(self.battle.start, self.rt.tclock.earliest())
+        if early:
+            # Not surely started on Tencent's clock: the owner's gifts up to the start are
+            # not the battle's (no ledger holds them), and one counted after such a read
+            # would read as a lost webhook, a correction of value that never drifted (the
+            # finale: 8 rooms over, up to 659 coins, all read before their start).
+            self._soon(now + early)
+            return {}
         rooms: dict[str, str] = {}
         for room, owner in self.battle.rooms.items():
             if not owner:
