@@ -17,8 +17,25 @@ def test_short_chaos_run_ends_exact_with_no_unexpected_exit():
                     log=lambda *_: None)
     report = chaos.report(res)
     assert res.unexpected_exits == [], report
-    assert res.exact == res.battles and res.over == 0 and res.under == 0, report
+    # A write Tencent held past its client's timeout and applied in its battle's last second,
+    # after the battle's last absolute write, is the documented limit (docs/reliability.md):
+    # such a battle is reported apart (CI once met one: 48 coins over, 2 under); every other
+    # battle is exact.
+    assert res.exact + len(res.at_the_buzzer) == res.battles, report
+    assert res.over == 0 and res.under == 0, report
     assert res.actions["Redis restart"] == 1 and res.actions["beat restart"] == 1, report
     assert res.actions["Redis SIGKILL"] == 2 and res.actions["poison value"] == 1, report
     assert sum(res.faults.values()) > 0, report
     assert res.key_problems == [], report  # no battle key outlives its end by a day
+
+
+def test_only_a_held_write_applied_in_the_last_second_is_at_the_buzzer():
+    end = 1000.0
+
+    def call(landed, code=None, bid="b1", fault="late_landing"):
+        return {"fault": fault, "t_landed": landed, "error_code": code,
+                "body": {"BattleId": bid}}
+
+    calls = [call(999.2), call(998.9), call(999.5, code=100006), call(1000.2),
+             call(999.4, bid="b2"), call(999.6, fault="latency")]
+    assert chaos._landed_at_the_buzzer(calls, "b1", end) == [0.8]
