@@ -48,11 +48,27 @@ def test_value_waits_to_coalesce_then_goes_at_once(rt):
     assert endgame.run_round(rt, lambda *a, **k: calls.append(a) or "ok") == 1
 
 
-def test_the_reserve_follows_the_endings_and_scales_with_the_window():
-    assert endgame.reserve(0, 1.0) == 0
-    assert endgame.reserve(100, 1.0) == 40  # 100 endings with value in 2.5 s: 1 call each
-    assert endgame.reserve(10, 1.0) == 4
-    assert endgame.reserve(10, 2.0) == 8
+def test_the_reserve_keeps_the_decisive_writes_to_come_free_of_low_calls(rt):
+    """The finale: the battles that ended a moment ago filled the window with HIGH calls, the
+    limiter then let LOW calls take the rest (it holds back the reserve less the window's HIGH
+    calls), and the last battles of the next second got no write. The reserve now keeps the
+    writes to come free whatever HIGH calls the window already holds."""
+    from worker.engine.tencent.limiter import HIGH, LOW, RedisRateLimiter
+
+    limiter = RedisRateLimiter(rt.redis, 20, headroom=1.0)
+    rt.client.limiter = limiter
+    for _ in range(10):  # the writes of the battles that just ended
+        assert limiter.try_acquire("set_battle_score", HIGH) == 0
+    now = rt.clock()
+    rt.redis.zadd(keys.ACTIVE, {f"b{i}": now + 0.5 for i in range(6)})
+    rt.redis.zadd(keys.FLUSH_DUE, {f"b{i}": now for i in range(6)})
+    assert endgame.plan(rt, now) == 6
+    low = 0
+    while limiter.try_acquire("set_battle_score", LOW) == 0:
+        low += 1
+    assert low == 20 - 10 - 6  # what the window has left after the six to come
+    for _ in range(6):
+        assert limiter.try_acquire("set_battle_score", HIGH) == 0
 
 
 @pytest.mark.parametrize("offset", [-0.5, 0.5])

@@ -9,6 +9,7 @@ from worker.engine.flush import endgame
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
+from worker.engine.timers import TIMERS
 
 RESERVE = keys.rate_reserve_key("set_battle_score")
 
@@ -18,14 +19,22 @@ def no_flush(*args: object, **kwargs: object) -> str:
     raise AssertionError("no end-game flush was due")
 
 
-@pytest.mark.parametrize("window", [1.0, 2.0])
-def test_the_reserve_is_one_last_flush_per_ending_battle_spread_over_the_horizon(
-        window: float) -> None:
-    span = endgame.FINAL_WINDOW + endgame.HORIZON
-    assert endgame.reserve(0, window) == 0
-    assert endgame.reserve(1, window) == 1
-    assert endgame.reserve(40, window) == round(40 * window / span)
-    assert endgame.reserve(41, window) == round(40 * window / span) + 1  # rounded up
+def test_the_reserve_is_every_decisive_write_to_come_within_the_next_window() -> None:
+    # A battle's decisive write is due in its last DECISIVE s (by the latest Tencent's clock
+    # may read: `lead` ahead of ours) unless a request of it left since they began.
+    now, lead, window = T0, 0.2, 1.0
+    by = now + window + TIMERS.endgame.plan_every  # the next plan renews it
+    starts_by = by + endgame.DECISIVE + lead  # ends by then: its stretch begins in time
+    assert endgame.reserve([], now, lead, window) == 0
+    hundred = [(T0 + 1.0, 0.0)] * 100  # 100 battles ending in one second: 100 writes, not 40
+    assert endgame.reserve(hundred, now, lead, window) == 100
+    assert endgame.reserve([(starts_by - 0.01, 0.0), (starts_by + 0.01, 0.0)], now, lead,
+                           window) == 1  # the second begins its stretch after the next plan
+    # Its decisive write went (a request left within its last DECISIVE s): nothing to come.
+    assert endgame.reserve([(T0 + 1.0, T0 + 1.0 - endgame.DECISIVE - lead + 0.01)], now,
+                           lead, window) == 0
+    # A request before the stretch is not the decisive one.
+    assert endgame.reserve([(T0 + 1.0, T0 - 5.0)], now, lead, window) == 1
 
 
 def test_plan_promotes_battles_entering_the_window_with_value_and_keeps_their_reserve(
@@ -42,8 +51,9 @@ def test_plan_promotes_battles_entering_the_window_with_value_and_keeps_their_re
     calls = endgame.plan(frt, T0)
     assert frt.redis.zrange(keys.ENDGAME_DUE, 0, -1, withscores=True) == [
         ("entering", T0), ("turn_later", T0)]
-    # Four battles with value end within the window and horizon: ceil(4 x 1 s / 2.5 s).
-    assert calls == 2 and frt.redis.get(RESERVE) == "2"
+    # Four battles with value end within the window and horizon, and the decisive stretch of
+    # each begins within the next window and plan (the last's at T0 + 2.5 - DECISIVE - 0.5).
+    assert calls == 4 and frt.redis.get(RESERVE) == "4"
     assert 0 < frt.redis.pttl(RESERVE) <= 2000  # it lapses if the ticks stop
     frt.redis.delete(keys.ACTIVE)
     assert endgame.plan(frt, T0) == 0

@@ -23,7 +23,7 @@ log = logging.getLogger("scorer.endgame")
 #: TIMERS.endgame.threads threads, TIMERS.endgame.round_max battles looked at per round
 #: (worker/engine/timers.py, EndGameTimers). COALESCE is bound here because tests read it.
 COALESCE = TIMERS.endgame.coalesce
-#: A battle's decisive write leaves within its last DECISIVE s (see `_decided`).
+#: A battle's decisive write leaves within its last DECISIVE s (see `decided`).
 DECISIVE = TIMERS.endgame.decisive
 
 #: flush(rt, battle_id, lane=..., admitted=...) -> outcome: worker.engine.flush.flusher.flush_battle
@@ -67,7 +67,7 @@ def run_finals(rt: Runtime, flush: Flush) -> int:
 
 
 def run_round(rt: Runtime, flush: Flush) -> int:
-    """Flush end-game battles whose value has coalesced, decisive writes first (`_decided`),
+    """Flush end-game battles whose value has coalesced, decisive writes first (`decided`),
     soonest end first, while the HIGH lane admits calls; returns how many flushes started."""
     now = rt.clock()
     due = rt.redis.zrangebyscore(keys.ENDGAME_DUE, "-inf", now - COALESCE, start=0,
@@ -105,19 +105,19 @@ def run_round(rt: Runtime, flush: Flush) -> int:
     held = {b for k, b in enumerate(due) if res[3 * k + 1] and res[3 * k + 2]}
     ended = [b for b, e in zip(due, ends, strict=True)
              if e is not None and e <= over and b not in idle and b not in held]
-    order = sorted((_decided(e, turned[b], now, lead), e if e is not None else 0.0, b)
+    order = sorted((decided(e, turned[b], now, lead), e if e is not None else 0.0, b)
                    for b, e in zip(due, ends, strict=True)
                    if b not in idle and b not in held and (e is None or e > over))
     started = 0
     pool = _executor()
-    for decided, _, bid in order:
+    for done, _, bid in order:
         with _mu:
             if bid in _running:
                 continue  # its flush is on its way; the value that came since waits for it
         # Any other flush takes what the decisive writes leave: the LOW lane, below the
         # reserve `plan` keeps for the battles ending next (on HIGH, the extra writes of one
         # second's battles took the slots the next second's decisive writes needed).
-        if rt.client.limiter.try_acquire("set_battle_score", LOW if decided else HIGH) > 0:
+        if rt.client.limiter.try_acquire("set_battle_score", LOW if done else HIGH) > 0:
             break  # the budget is full this instant: next round, soonest end still first
         rt.redis.zrem(keys.ENDGAME_DUE, bid)
         with _mu:
@@ -134,7 +134,7 @@ def run_round(rt: Runtime, flush: Flush) -> int:
     return started
 
 
-def _decided(end: float | None, turned_at: float, now: float, lead: float) -> bool:
+def decided(end: float | None, turned_at: float, now: float, lead: float) -> bool:
     """False while a battle is in its last DECISIVE s (by the latest Tencent's clock may read)
     and no request of it left since they began: its decisive write is still to come.
 

@@ -66,6 +66,8 @@ class Limiter(Protocol):
 
     def leave(self, api: str) -> float: ...
 
+    def high_in_window(self, api: str) -> int: ...
+
     def set_reserve(self, api: str, calls: int) -> None: ...
 
 
@@ -82,6 +84,9 @@ class NoLimiter:
 
     def leave(self, api: str) -> float:
         return 0.0
+
+    def high_in_window(self, api: str) -> int:
+        return 0
 
     def set_reserve(self, api: str, calls: int) -> None:
         pass

@@ -123,6 +123,10 @@ class RedisRateLimiter:
             self._sleep(wait)
             held += wait
 
+    def high_in_window(self, api: str) -> int:
+        """HIGH calls of `api` in the window (as of the last admission: a few stale at most)."""
+        return int(self.redis.zcard(keys.rate_high_key(api)))
+
     def set_reserve(self, api: str, calls: int) -> None:
         """Keep `calls` per window for HIGH calls for the next two seconds (the tick renews
         it; if the tick stops, the reserve lapses rather than starving the LOW lane)."""
