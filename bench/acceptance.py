@@ -38,15 +38,23 @@ REFEREE = ROOT.parent / "shared" / "acceptance" / "referee.py"
 MODES = {"gift": 0, "bulk50": 50}
 
 
+#: A second counts as one in which battles end when at least this many end at its close.
+CROWDED = 10
+
+
 def ending_rates(dump: dict[str, Any]) -> list[int]:
-    """`set_battle_score` calls in each whole second (Tencent's wall clock) in which battles end,
-    from the first end's second to the last's."""
-    ends = [int(b["EndTime"]) for b in dump["battles"].values() if b.get("EndTime")]
-    if not ends:
+    """`set_battle_score` calls in each whole second (Tencent's wall clock) at whose close at
+    least CROWDED battles end, first to last. EndTime is a whole second, and a battle ending at
+    E runs until just before E: its last writes fall in [E - 1, E), not in the second from E
+    (which counted a second after the last end, empty by then, and none of the first)."""
+    ends = collections.Counter(int(b["EndTime"]) for b in dump["battles"].values()
+                               if b.get("EndTime"))
+    crowded = sorted(e for e, n in ends.items() if n >= CROWDED)
+    if not crowded:
         return []
     per: collections.Counter[int] = collections.Counter(
         int(c[1]) for c in dump["calls"] if c[2] == "set_battle_score")
-    return [per.get(s, 0) for s in range(min(ends), max(ends) + 1)]
+    return [per.get(e - 1, 0) for e in range(crowded[0], crowded[-1] + 1)]
 
 
 #: The processes whose CPU a Tencent call costs (they plan and send calls), by a part of their

@@ -108,8 +108,9 @@ from scorer_local.sandbox_auth import Reject
 from scorer_local.sandbox_model import SandboxState
 from scorer_local.stack import RedisServer, process_tree_cpu
 from worker.engine.settings import Settings
-from worker.engine.tencent.client import NoLimiter, TencentClient
+from worker.engine.tencent.client import TencentClient
 from worker.engine.tencent.errors import Outcome, TencentError, classify_code
+from worker.engine.tencent.limiter import NoLimiter
 
 DAY = 86_400
 SDKAPPID = 1400000001

@@ -9,7 +9,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 from pydantic import ValidationError
@@ -24,7 +24,7 @@ from worker.engine.tencent.errors import (
     classify_exception,
     classify_status,
 )
-from worker.engine.tencent.limiter import Departure
+from worker.engine.tencent.limiter import Departure, Limiter, NoLimiter
 from worker.engine.tencent.models import (
     BattleInfo,
     GiftCount,
@@ -53,43 +53,6 @@ SERVICES = {
 #: Explicit timeouts: connecting is cheap to retry; a slow read is the ambiguous case.
 DEFAULT_TIMEOUT = httpx.Timeout(connect=TIMERS.tencent.connect, read=TIMERS.tencent.read,
                                 write=TIMERS.tencent.write, pool=TIMERS.tencent.pool)
-
-
-class Limiter(Protocol):
-    """Anything that blocks until one more call of `api` fits the shared budget."""
-
-    window_ms: int
-
-    def acquire(self, api: str, max_wait: float | None = None, lane: str = "high") -> float: ...
-
-    def try_acquire(self, api: str, lane: str = "high") -> float: ...
-
-    def leave(self, api: str) -> float: ...
-
-    def high_in_window(self, api: str) -> int: ...
-
-    def set_reserve(self, api: str, calls: int) -> None: ...
-
-
-class NoLimiter:
-    """A limiter that never waits (tests and one-off CLI probes)."""
-
-    window_ms = TIMERS.state.window_ms
-
-    def acquire(self, api: str, max_wait: float | None = None, lane: str = "high") -> float:
-        return 0.0
-
-    def try_acquire(self, api: str, lane: str = "high") -> float:
-        return 0.0
-
-    def leave(self, api: str) -> float:
-        return 0.0
-
-    def high_in_window(self, api: str) -> int:
-        return 0
-
-    def set_reserve(self, api: str, calls: int) -> None:
-        pass
 
 
 #: `admitted=ADMITTED`: the caller already holds the limiter's slot for the first attempt.

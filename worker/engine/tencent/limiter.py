@@ -58,6 +58,43 @@ class SendLog(Protocol):
     def leave(self, api: str) -> float: ...
 
 
+class Limiter(Protocol):
+    """Anything that blocks until one more call of `api` fits the shared budget."""
+
+    window_ms: int
+
+    def acquire(self, api: str, max_wait: float | None = None, lane: str = "high") -> float: ...
+
+    def try_acquire(self, api: str, lane: str = "high") -> float: ...
+
+    def leave(self, api: str) -> float: ...
+
+    def high_in_window(self, api: str) -> int: ...
+
+    def set_reserve(self, api: str, calls: int) -> None: ...
+
+
+class NoLimiter:
+    """A limiter that never waits (tests and one-off CLI probes)."""
+
+    window_ms = TIMERS.state.window_ms
+
+    def acquire(self, api: str, max_wait: float | None = None, lane: str = "high") -> float:
+        return 0.0
+
+    def try_acquire(self, api: str, lane: str = "high") -> float:
+        return 0.0
+
+    def leave(self, api: str) -> float:
+        return 0.0
+
+    def high_in_window(self, api: str) -> int:
+        return 0
+
+    def set_reserve(self, api: str, calls: int) -> None:
+        pass
+
+
 class RedisRateLimiter:
     """Blocks until a call of `api` fits in `rate` calls per sliding window, for all processes."""
 
