@@ -125,7 +125,7 @@ def run_one(python: str, scenario: str, mode: str, seed: int, edge: float | None
     row = {
         "fair": f"{acc['fair_battles']}/{acc['battles']}",
         "exact": acc["exact_battles"], "over": acc["over_count"], "under": acc["under_count"],
-        "p99_s": lat["p99_s"], "end_min_cps": min(rates, default=0), "end_cps": rates,
+        "p99_s": lat["p99_s"], "end_min_cps": min(rates, default="-"), "end_cps": rates,
         "100006": api["per_api"].get("set_battle_score", {}).get("outcomes", {})
         .get("not_running", 0),
         "violations": api["rate_limit_violations"], "backlog": procs["broker_backlog_at_end"],
