@@ -19,27 +19,22 @@ def no_flush(*args: object, **kwargs: object) -> str:
     raise AssertionError("no end-game flush was due")
 
 
-def test_the_reserve_is_the_most_high_calls_a_window_will_hold_until_the_next_plan() -> None:
+def test_the_reserve_is_every_decisive_write_to_come_within_the_next_window() -> None:
     # A battle's decisive write is due in its last DECISIVE s (by the latest Tencent's clock
     # may read: `lead` ahead of ours) unless a request of it left since they began.
     now, lead, window = T0, 0.2, 1.0
-    horizon = window + TIMERS.endgame.plan_every  # the next plan renews it
-    begins = endgame.DECISIVE + lead  # a battle ending at now + x begins its stretch at x - this
-    assert endgame.reserve([], now, lead, window, [0.1] * 50) == 0  # nothing to come
+    by = now + window + TIMERS.endgame.plan_every  # the next plan renews it
+    starts_by = by + endgame.DECISIVE + lead  # ends by then: its stretch begins in time
+    assert endgame.reserve([], now, lead, window) == 0
     hundred = [(T0 + 1.0, 0.0)] * 100  # 100 battles ending in one second: 100 writes, not 40
-    assert endgame.reserve(hundred, now, lead, window, []) == 100
-    # ... and the window already holds 30 HIGH calls admitted 0.5 s ago: 130 until they leave.
-    assert endgame.reserve(hundred, now, lead, window, [0.5] * 30) == 130
-    # 100 calls about to leave the window, 100 writes whose stretch begins 0.3 s from now:
-    # never both in one window, so 100, not 200.
-    next_second = [(T0 + 0.3 + begins, 0.0)] * 100
-    assert endgame.reserve(next_second, now, lead, window, [0.8] * 100) == 100
-    # A stretch that begins after the next plan's window is the next plan's.
-    assert endgame.reserve([(T0 + horizon + begins + 0.01, 0.0)], now, lead, window, []) == 0
-    # Its decisive write went (a request left within its last DECISIVE s): nothing to come;
-    # a request before the stretch is not the decisive one.
-    assert endgame.reserve([(T0 + 1.0, T0 + 1.0 - begins + 0.01)], now, lead, window, []) == 0
-    assert endgame.reserve([(T0 + 1.0, T0 - 5.0)], now, lead, window, []) == 1
+    assert endgame.reserve(hundred, now, lead, window) == 100
+    assert endgame.reserve([(starts_by - 0.01, 0.0), (starts_by + 0.01, 0.0)], now, lead,
+                           window) == 1  # the second begins its stretch after the next plan
+    # Its decisive write went (a request left within its last DECISIVE s): nothing to come.
+    assert endgame.reserve([(T0 + 1.0, T0 + 1.0 - endgame.DECISIVE - lead + 0.01)], now,
+                           lead, window) == 0
+    # A request before the stretch is not the decisive one.
+    assert endgame.reserve([(T0 + 1.0, T0 - 5.0)], now, lead, window) == 1
 
 
 def test_plan_promotes_battles_entering_the_window_with_value_and_keeps_their_reserve(
@@ -56,10 +51,9 @@ def test_plan_promotes_battles_entering_the_window_with_value_and_keeps_their_re
     calls = endgame.plan(frt, T0)
     assert frt.redis.zrange(keys.ENDGAME_DUE, 0, -1, withscores=True) == [
         ("entering", T0), ("turn_later", T0)]
-    # Four battles with value end within the window and horizon; three are in their decisive
-    # stretch now, the fourth's begins 1.2 s on (T0 + 2.5 - DECISIVE - 0.5), once the first
-    # three's writes have left a 1-s window: three at most in one window.
-    assert calls == 3 and frt.redis.get(RESERVE) == "3"
+    # Four battles with value end within the window and horizon, and the decisive stretch of
+    # each begins within the next window and plan (the last's at T0 + 2.5 - DECISIVE - 0.5).
+    assert calls == 4 and frt.redis.get(RESERVE) == "4"
     assert 0 < frt.redis.pttl(RESERVE) <= 2000  # it lapses if the ticks stop
     frt.redis.delete(keys.ACTIVE)
     assert endgame.plan(frt, T0) == 0

@@ -228,8 +228,8 @@ class RecordingLimiter:
         self.asked.append((api, None, "leave"))
         return 0.0
 
-    def high_ages(self, api: str) -> list[float]:
-        return []
+    def high_in_window(self, api: str) -> int:
+        return 0
 
     def set_reserve(self, api: str, calls: int) -> None:
         pass

@@ -24,7 +24,6 @@ under a battle's lock keeps near its end in worker/engine/flush/near_end.py (bot
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 import threading
@@ -71,13 +70,13 @@ HORIZON = TIMERS.endgame.horizon
 
 def plan(rt: Runtime, now: float) -> int:
     """Promote battles entering their final window with value waiting, and keep the limiter's
-    reserve for the decisive writes to come (`reserve`); returns that reserve."""
+    reserve for the decisive writes to come; returns how many come within the next window."""
     latest = rt.tclock.latest()
     ending = rt.redis.zrangebyscore(keys.ACTIVE, rt.tclock.earliest() - END_MARGIN,
                                     latest + FINAL_WINDOW + HORIZON, start=0, num=2000,
                                     withscores=True)
     ids = [b for b, _ in ending]
-    peak = 0
+    to_come = 0
     limiter = rt.client.limiter
     if ids:
         pipe = pipeline(rt.redis)
@@ -100,38 +99,25 @@ def plan(rt: Runtime, now: float) -> int:
         with_value = [(end, t) for (_, end), d, m, held, t
                       in zip(ending, due, marked, pending, turned, strict=True)
                       if d is not None or m is not None or held]
-        peak = reserve(with_value, now, latest - now, limiter.window_ms / 1000.0,
-                       limiter.high_ages("set_battle_score"))
-    limiter.set_reserve("set_battle_score", peak)
-    return peak
+        to_come = reserve(with_value, now, latest - now, limiter.window_ms / 1000.0)
+    # The limiter holds back from LOW calls the reserve less the window's HIGH calls so far;
+    # what must stay free is the writes to come, whoever made the window's HIGH calls (the
+    # battles that ended a moment ago took it whole, and the LOW lane then the rest of the
+    # window: the finale's last battles of a second got no write).
+    limiter.set_reserve("set_battle_score",
+                        to_come + limiter.high_in_window("set_battle_score") if to_come else 0)
+    return to_come
 
 
-def reserve(ending: list[tuple[float, float]], now: float, lead: float, window: float,
-            high_ages: list[float]) -> int:
-    """The most HIGH calls any sliding window will hold from now until the next plan: the HIGH
-    calls already admitted (`high_ages`: seconds since each) while they stay in it, plus the
-    decisive writes to come, each from the moment its battle's last DECISIVE s begin (of the
-    battles with value `ending`, (end, turned_at) each, those with no request since:
-    worker/engine/flush/rounds.py, `decided`; `lead`: Tencent's clock at the latest, less ours).
-
-    The limiter admits LOW calls only below its limit less the reserve (less the window's HIGH
-    calls, which the reserve counts), so this leaves the LOW lane exactly what the decisive
-    writes will not need. When 100 battles end in a second their writes fall within 0.8 s: an
-    average over the horizon (what this was first) kept 40 calls where 100 were due, and the
-    sum of the writes to come and the window's HIGH calls (what it was next) counted two
-    seconds' battles in one window and left regular turns nothing for the whole finale."""
-    horizon = window + TIMERS.endgame.plan_every
-    starts = sorted(max(0.0, end - DECISIVE - lead - now) for end, turned in ending
-                    if not decided(end, turned, now + horizon, lead))
-    if not starts:
-        return 0  # no write to come: nothing to keep free
-    ages = sorted(high_ages)
-    peak = 0
-    for tau in (0.0, *starts):  # a window holds the most just as a write joins it
-        past = bisect.bisect_right(ages, window - tau)  # admitted within the window ending at tau
-        to_come = bisect.bisect_right(starts, tau) - bisect.bisect_left(starts, tau - window)
-        peak = max(peak, past + to_come)
-    return peak
+def reserve(ending: list[tuple[float, float]], now: float, lead: float, window: float) -> int:
+    """The decisive writes to come within the next `window` s (and the next plan's delay):
+    of the battles with value `ending` ((end, turned_at) each; `lead`: Tencent's clock at the
+    latest, less ours), those whose last DECISIVE s begin by then with no request of theirs
+    since (worker/engine/flush/rounds.py, `_decided`). One write each, all of them: when 100
+    battles end in one second, their writes fall within 0.8 s, and an average over the horizon
+    (what this was) kept 40 calls a window where 100 were due."""
+    by = now + window + TIMERS.endgame.plan_every
+    return sum(1 for end, turned in ending if not decided(end, turned, by, lead))
 
 
 _runner_pid = 0

@@ -69,7 +69,7 @@ class Limiter(Protocol):
 
     def leave(self, api: str) -> float: ...
 
-    def high_ages(self, api: str) -> list[float]: ...
+    def high_in_window(self, api: str) -> int: ...
 
     def set_reserve(self, api: str, calls: int) -> None: ...
 
@@ -88,8 +88,8 @@ class NoLimiter:
     def leave(self, api: str) -> float:
         return 0.0
 
-    def high_ages(self, api: str) -> list[float]:
-        return []
+    def high_in_window(self, api: str) -> int:
+        return 0
 
     def set_reserve(self, api: str, calls: int) -> None:
         pass
@@ -160,15 +160,9 @@ class RedisRateLimiter:
             self._sleep(wait)
             held += wait
 
-    def high_ages(self, api: str) -> list[float]:
-        """Seconds since each HIGH call of `api` in the window was admitted (Redis's clock,
-        the log's own)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
-        pipe.zrangebyscore(keys.rate_high_key(api), "-inf", "+inf", withscores=True)
-        (secs, usecs), log = pipe.execute()
-        now_ms = secs * 1000 + usecs / 1000
-        return [age for _, at in log if (age := (now_ms - at) / 1000) <= self.window_ms / 1000]
+    def high_in_window(self, api: str) -> int:
+        """HIGH calls of `api` in the window (as of the last admission: a few stale at most)."""
+        return int(self.redis.zcard(keys.rate_high_key(api)))
 
     def set_reserve(self, api: str, calls: int) -> None:
         """Keep `calls` per window for HIGH calls for the next two seconds (the tick renews
