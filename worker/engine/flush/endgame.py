@@ -113,7 +113,7 @@ def reserve(ending: list[tuple[float, float]], now: float, lead: float, window: 
     """The decisive writes to come within the next `window` s (and the next plan's delay):
     of the battles with value `ending` ((end, turned_at) each; `lead`: Tencent's clock at the
     latest, less ours), those whose last DECISIVE s begin by then with no request of theirs
-    since (worker/engine/flush/rounds.py, `_decided`). One write each, all of them: when 100
+    since (worker/engine/flush/rounds.py, `decided`). One write each, all of them: when 100
     battles end in one second, their writes fall within 0.8 s, and an average over the horizon
     (what this was) kept 40 calls a window where 100 were due."""
     by = now + window + TIMERS.endgame.plan_every
