@@ -174,8 +174,10 @@ def test_gifts_to_the_owner_just_before_the_start_are_never_taken_for_lost_webho
     owner counted between that read and the start (not the battle's, so in no ledger) read as
     a lost webhook, and 8 rooms ended over, one by 659 coins. No read before the start."""
     info = ctl.create_battle(ROOMS, duration_ms=600_000, start=time.time() + 2.0)
-    bid, start = info["BattleId"], float(info["StartTime"])  # Tencent's whole seconds
+    bid = info["BattleId"]
     handle(rt, [(start_body(bid, info["StartTime"], 600_000, ROOMS), None)])
+    # The start as registered: the start webhook's StartTime is in whole seconds.
+    start = float(rt.redis.hget(BattleKeys(bid).meta, "start"))
     _ingest_caught_up(rt)
     assert reconcile_battle(rt, bid) == "ok"
     assert _reads(ctl) == 0  # not started yet
