@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
-from tests.helpers import start_body
+from tests.helpers import start_body, wait_for
 from tests.integration.test_pipeline import ROOMS, send
 from worker.engine.flush.flusher import LANDING_WINDOW, flush_battle
 from worker.engine.ingest.gifts import handle
+from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
 
 
@@ -91,6 +92,24 @@ def test_one_100006_per_battle(rt, ctl):
     assert flush_battle(rt, bid) == "after_end"
     assert _calls(ctl) == before
     assert rt.redis.hget(BattleKeys(bid).unapplied, "room_a") == "7"
+
+
+def test_value_that_lands_before_the_start_waits_for_it_without_a_call(rt, ctl):
+    """A webhook may come up to 0.5 s before Tencent counts its gift, so a gift counted just
+    after the start brings value just before it. A call then was refused 100006 and sent again
+    (a battle of the finale got two 100006: that one and one after its end)."""
+    start = float(int(time.time()) + 2)  # Tencent's StartTime is a whole second
+    info = ctl.create_battle(ROOMS, duration_ms=20_000, start=start)
+    bid = info["BattleId"]
+    handle(rt, [(start_body(bid, info["StartTime"], 20_000, ROOMS), None)])
+    send(rt, ctl, "room_a", 5, "early1", t=start)  # its Time is the start's second
+    if time.time() < start:
+        assert flush_battle(rt, bid) == "early"
+        assert _calls(ctl) == 0
+        assert rt.redis.zscore(keys.FLUSH_DUE, bid) >= start  # due once surely started
+    wait_for(lambda: flush_battle(rt, bid) == "ok", timeout=4, interval=0.1,
+             what="the flush once the battle has started")
+    assert _calls(ctl) == 1 and ctl.scores(bid)["room_a"] == 5
 
 
 # Unit tests of the flush's pieces: no Redis, no sandbox.

@@ -94,3 +94,16 @@ def test_only_battles_without_value_are_forgotten(frt: Runtime) -> None:
     due.forget_if_idle(frt, BattleKeys("pending"))
     assert frt.redis.zscore(keys.FLUSH_DUE, "pending") == T0
     due.forget_idle(frt, [])  # nothing to do
+
+
+def test_value_before_the_battle_has_surely_started_is_early_not_a_call(frt: Runtime) -> None:
+    # A webhook up to 0.5 s ahead of its gift's counting brings value just before the start:
+    # sent then, Tencent refused it (100006) and it went again.
+    battle = start(frt, at=T0 + 1.0)
+    pend(frt, r1=5)
+    # With no sample, Tencent's clock may read 0.5 s behind ours: surely started at T0 + 1.5.
+    assert due.needs_and_battle(frt, "b1") == ("early", battle)
+    assert due.until_started(frt, battle) == pytest.approx(1.5)
+    frt.clock = lambda: T0 + 1.5
+    assert due.needs(frt, "b1") == "call"
+    assert due.until_started(frt, battle) == 0.0

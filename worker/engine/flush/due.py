@@ -19,7 +19,8 @@ def needs(rt: Runtime, battle_id: str) -> str:
     """What a flush of this battle would do now, read without the lock: `idle` (nothing to
     send), `busy` (another flush holds the battle, its batch in flight), `unsettled` (a batch
     left by its sender must settle first: no call yet), `free` (settle or record without a
-    set_battle_score call: the battle has ended) or `call`."""
+    set_battle_score call: the battle has ended), `early` (value to send, but the battle has
+    not surely started on Tencent's clock: a call would be refused 100006) or `call`."""
     return needs_and_battle(rt, battle_id)[0]
 
 
@@ -43,7 +44,18 @@ def needs_and_battle(rt: Runtime, battle_id: str) -> tuple[str, Battle | None]:
             # past its end: its last value missed the end (1 battle in 2,000, twice).
             return ("busy" if locked else "unsettled"), battle
         return "call", battle
+    if (pending or state) and battle is not None and until_started(rt, battle) > 0:
+        # A webhook can come up to 0.5 s before Tencent counts its gift (tencent-api.md), so
+        # value of a gift counted just after the start lands just before it: a call then was
+        # refused 100006 and sent again (the finale: a battle's first of two 100006).
+        return "early", battle
     return ("call" if pending or state else "idle"), battle
+
+
+def until_started(rt: Runtime, battle: Battle) -> float:
+    """Seconds until the battle has surely started by the earliest Tencent's clock may read
+    (0 once it has)."""
+    return max(0.0, battle.start - rt.tclock.earliest())
 
 
 def settle_time(rt: Runtime, battle_id: str) -> float:
