@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.unit.conftest import T0
 from worker.engine.battles.records import Battle, Gift
 from worker.engine.runtime import Runtime
@@ -52,3 +54,10 @@ def test_a_battle_whose_start_is_unknown_never_ends_by_the_clock() -> None:
     assert not created.has_ended(T0 + 10**6, margin=0.05)
     odd = Battle("b1", 0.0, T0, {"r1": None}, "created")  # an end but no start
     assert not odd.has_ended(T0 + 10**6, margin=0.05)
+
+
+def test_a_battle_starts_in_the_time_to_its_start_and_zero_once_started() -> None:
+    battle = Battle("b1", T0, T0 + 60, {"r1": "o1"})
+    assert battle.starts_in(T0 - 0.3) == pytest.approx(0.3)
+    assert battle.starts_in(T0) == 0.0 and battle.starts_in(T0 + 5) == 0.0
+    assert Battle("b1", 0.0, 0.0, {"r1": None}, "created").starts_in(T0) == 0.0  # unknown

@@ -103,7 +103,6 @@ def test_value_before_the_battle_has_surely_started_is_early_not_a_call(frt: Run
     pend(frt, r1=5)
     # With no sample, Tencent's clock may read 0.5 s behind ours: surely started at T0 + 1.5.
     assert due.needs_and_battle(frt, "b1") == ("early", battle)
-    assert due.until_started(frt, battle) == pytest.approx(1.5)
+    assert battle.starts_in(frt.tclock.earliest()) == pytest.approx(1.5)
     frt.clock = lambda: T0 + 1.5
     assert due.needs(frt, "b1") == "call"
-    assert due.until_started(frt, battle) == 0.0

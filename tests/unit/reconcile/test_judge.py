@@ -229,9 +229,3 @@ def test_reschedule(due: float | None, sooner: float | None, all_waiting: bool,
                     expected: float | None) -> None:
     assert judge.reschedule(due, sooner, all_waiting, NOW) == expected
 
-
-def test_no_read_until_the_battle_has_surely_started_on_tencents_clock():
-    # The earliest Tencent's clock may read is what counts: 0.3 s to wait, then none.
-    assert judge.before_start(100.0, 99.7) == pytest.approx(0.3)
-    assert judge.before_start(100.0, 100.0) == 0.0
-    assert judge.before_start(100.0, 250.0) == 0.0

@@ -56,6 +56,11 @@ class Battle:
                    json.loads(m.get("rooms", "{}")), m.get("status", "running"),
                    float(m.get("ended_at") or m.get("ended_by_webhook") or 0.0))
 
+    def starts_in(self, now: float) -> float:
+        """Seconds until its start from `now` (Tencent's clock at the earliest: "surely
+        started" once this is 0); 0 once started, or while the start is unknown."""
+        return max(0.0, self.start - now)
+
     def has_ended(self, now: float, margin: float) -> bool:
         """True once no write can land: Tencent said so, or `margin` s past its known end."""
         return bool(self.ended_at) or (self.start > 0 and self.end > 0

@@ -34,7 +34,8 @@ def needs_and_battle(rt: Runtime, battle_id: str) -> tuple[str, Battle | None]:
     pipe.exists(bk.lock)
     pending, (state, settle_at, sent_at, at), meta, locked = pipe.execute()
     battle = Battle.from_meta(battle_id, meta)
-    if battle is not None and battle.has_ended(rt.tclock.earliest(), END_MARGIN):
+    earliest = rt.tclock.earliest()
+    if battle is not None and battle.has_ended(earliest, END_MARGIN):
         return ("free" if pending or state else "idle"), battle
     if state in ("sending", "ambiguous"):
         if rt.clock() < settle_of(settle_at, sent_at, at):
@@ -44,18 +45,12 @@ def needs_and_battle(rt: Runtime, battle_id: str) -> tuple[str, Battle | None]:
             # past its end: its last value missed the end (1 battle in 2,000, twice).
             return ("busy" if locked else "unsettled"), battle
         return "call", battle
-    if (pending or state) and battle is not None and until_started(rt, battle) > 0:
+    if (pending or state) and battle is not None and battle.starts_in(earliest):
         # A webhook can come up to 0.5 s before Tencent counts its gift (tencent-api.md), so
         # value of a gift counted just after the start lands just before it: a call then was
         # refused 100006 and sent again (the finale: a battle's first of two 100006).
         return "early", battle
     return ("call" if pending or state else "idle"), battle
-
-
-def until_started(rt: Runtime, battle: Battle) -> float:
-    """Seconds until the battle has surely started by the earliest Tencent's clock may read
-    (0 once it has)."""
-    return max(0.0, battle.start - rt.tclock.earliest())
 
 
 def settle_time(rt: Runtime, battle_id: str) -> float:

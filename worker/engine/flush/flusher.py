@@ -23,7 +23,6 @@ from worker.engine.flush.due import (  # noqa: F401 (re-exported: the tick and t
     needs,
     needs_and_battle,
     settle_time,
-    until_started,
 )
 from worker.engine.flush.inflight import (  # noqa: F401 (re-exported: reconcile and tests use them)
     AFTER_ERROR,
@@ -195,7 +194,7 @@ def flush_battle(rt: Runtime, battle_id: str, lane: str = LOW, admitted: bool = 
         due_at(rt, battle_id, settle_time(rt, battle_id), xx=True)
         return "unsettled"
     if need == "early" and battle is not None:
-        due_at(rt, battle_id, rt.clock() + until_started(rt, battle), xx=True)
+        due_at(rt, battle_id, rt.clock() + battle.starts_in(rt.tclock.earliest()), xx=True)
         return "early"
     if need == "call" and not admitted:
         try:

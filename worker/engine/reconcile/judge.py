@@ -186,13 +186,6 @@ def reads_blocked(mark: float, now: float) -> bool:
     return now - mark > READ_LAG
 
 
-def before_start(start: float, earliest: float) -> float:
-    """How long until a battle starting at `start` has surely started by Tencent's clock (its
-    `earliest` reading): a read before then may miss gifts to the owner counted just before the
-    start, which are not the battle's and so are in no ledger; 0 once started."""
-    return max(0.0, start - earliest)
-
-
 def read_wanted(last_gift: int, waiting: list[Read], now: float) -> tuple[bool, float | None]:
     """Whether a fresh read of a room could be judged now (see the module docstring), given
     the last second it received a gift in and its reads waiting; if not, when a pass pays off

@@ -115,7 +115,7 @@ class Reconciler:
         """Rooms whose fresh read could be judged (see reconcile/judge.py) → their owner."""
         if judge.reads_blocked(mark, now):
             return {}
-        early = judge.before_start(self.battle.start, self.rt.tclock.earliest())
+        early = self.battle.starts_in(self.rt.tclock.earliest())
         if early:
             # Not surely started on Tencent's clock: the owner's gifts up to the start are
             # not the battle's (no ledger holds them), and one counted after such a read
