@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REFEREE = ROOT.parent / "shared" / "acceptance" / "referee.py"
 #: A delivery mode: the referee's --bulk-ms (0: one message per gift).
 MODES = {"gift": 0, "bulk50": 50}
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 
 #: A second counts as one in which battles end when at least this many end at its close.
@@ -100,6 +101,9 @@ def run_one(python: str, scenario: str, mode: str, seed: int, edge: float | None
     env = dict(os.environ)
     if edge is not None:
         env["REFEREE_EDGE_S"] = str(edge)
+    # This project's extra scenarios (bench/scenarios/hidden_scenarios.py), beside the kit's.
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(SCENARIOS), env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory(prefix="acceptance-") as tmp:
         out = Path(tmp) / "result.json"
         cmd = [python, str(REFEREE), "--cwd", str(ROOT),
@@ -133,6 +137,8 @@ def run_one(python: str, scenario: str, mode: str, seed: int, edge: float | None
         "cpu_s": cpu, "cpu_ms_per_call": 1000 * sum(cpu.values()) / calls,
         "all_fair": fair, "run_dir": run_dir,
     }
+    # The referee's verdict per battle and room, beside the run's logs.
+    (Path(run_dir) / "result.json").write_text(json.dumps(res))
     if fair and not keep:
         shutil.rmtree(run_dir, ignore_errors=True)
         row["run_dir"] = "-"

@@ -11,7 +11,7 @@ from tests.helpers import gift_body, start_body, wait_for
 from worker.engine.flush.flusher import flush_battle
 from worker.engine.ingest import watermark
 from worker.engine.ingest.gifts import handle
-from worker.engine.reconcile.judge import PAIR_GAP, SKEW
+from worker.engine.reconcile.judge import DEFAULT_BAND, PAIR_GAP
 from worker.engine.reconcile.reconciler import reconcile_battle
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys
@@ -22,7 +22,8 @@ ROOMS = {"room_a": "owner_a", "room_b": "owner_b"}
 
 @pytest.fixture
 def battle(rt, ctl):
-    info = ctl.create_battle(ROOMS, duration_ms=600_000, start=time.time() - 1)
+    # Started a few seconds ago: the owners' gifts before it are surely counted (DEFAULT_BAND)
+    info = ctl.create_battle(ROOMS, duration_ms=600_000, start=time.time() - 4)
     bid = info["BattleId"]
     handle(rt, [(start_body(bid, info["StartTime"], 600_000, ROOMS), None)])
     return bid
@@ -59,12 +60,15 @@ def test_two_reads_per_room_until_they_are_judged(rt, ctl, battle):
     assert _reads(ctl) == 4  # two per room, never more, until they are judged
 
 
-def test_no_read_of_a_room_with_a_gift_in_the_uncertain_window(rt, ctl, battle):
+def test_a_room_receiving_gifts_is_read_too(rt, ctl, battle):
+    """A gift of this second only widens what the read proves (before, a room was read only
+    after a few seconds without gifts: a busy room never)."""
     handle(rt, [(gift_body("room_a", "owner_a", 5), "busy1")])
     _ingest_caught_up(rt)
     reconcile_battle(rt, battle)
     calls = ctl.http.get("/sandbox/calls").json()["calls"]
-    assert [c["body"]["RoomId"] for c in calls if c["api"] == "get_gift_count"] == ["room_b"]
+    assert sorted(c["body"]["RoomId"] for c in calls if c["api"] == "get_gift_count") == [
+        "room_a", "room_b"]
 
 
 def _writes(ctl) -> int:
@@ -138,7 +142,8 @@ def test_a_gift_never_counted_is_taken_back_with_an_absolute_write(rt, ctl, batt
     assert flush_battle(rt, battle) == "ok"
     assert ctl.scores(battle)["room_a"] == 30
     real = rt.clock
-    rt.clock = lambda: real() + 2 * SKEW + 2  # the gift's second out of the new reads' window
+    # The gift's second surely counted by the new reads (as it would be a few seconds on).
+    rt.clock = lambda: real() + DEFAULT_BAND.spread + DEFAULT_BAND.clock + 2
     for _ in range(6):
         reconcile_battle(rt, battle)
         if rt.redis.hget(bk.corr, "room_a"):
@@ -159,11 +164,15 @@ def test_a_drift_confirmed_after_the_end_is_not_decided(rt, ctl, battle):
     only become a (negative) unapplied entry."""
     bk = BattleKeys(battle)
     _confirm(rt, ctl, battle, "room_a", 9)
-    # The battle ended meanwhile, surely: a second before the earliest Tencent's clock may
-    # read now. (`time.time() - 1` was not sure: the clock bounds learned from the sandbox's
-    # 1-s Date headers may put the earliest up to a second and a round trip behind ours, so
-    # under load the pass found the battle not surely over and corrected the drift.)
-    rt.redis.hset(bk.meta, "end", rt.tclock.earliest() - 1)
+    # The battle ended meanwhile, surely: just after the confirming read (which the judge
+    # would otherwise drop: taken after the end) and a second before the earliest Tencent's
+    # clock may read now. (`time.time() - 1` was not sure: the clock bounds learned from the
+    # sandbox's 1-s Date headers may put the earliest up to a second and a round trip behind
+    # ours, so under load the pass found the battle not surely over and corrected the drift.)
+    [pending_read] = json.loads(rt.redis.hget(bk.recon, "obs:room_a"))
+    end = pending_read["hi"] + DEFAULT_BAND.clock + 0.01  # just after the read, on any clock
+    wait_for(lambda: rt.tclock.earliest() > end + 1, timeout=5, what="the end surely past")
+    rt.redis.hset(bk.meta, "end", end)
     assert reconcile_battle(rt, battle) == "ok"
     assert not rt.redis.hget(bk.pending, "room_a") and not rt.redis.hget(bk.corr, "room_a")
     assert rt.redis.hget(keys.STATS, "late_drift") == "1"

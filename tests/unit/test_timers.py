@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from worker.engine import timers
+from worker.engine.reconcile.judge import DEFAULT_BAND
 from worker.engine.timers import TIMERS, Timers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +46,8 @@ MEASURED = {
     "endgame.plan_every": 0.25, "endgame.horizon": 1.0, "endgame.dedicated_ttl_ms": 2000,
     "endgame.coalesce": 0.03, "endgame.decisive": 0.8, "endgame.threads": 16,
     "endgame.round_max": 200,
-    "reconcile.skew": 2, "reconcile.final_window": 12.0, "reconcile.typical_lag": 0.6,
+    "reconcile.safety": 1.0, "reconcile.clock_margin": 0.5,
+    "reconcile.final_window": 12.0, "reconcile.typical_lag": 0.6,
     "reconcile.pair_gap": 1.0, "reconcile.slot_wait": 0.5, "reconcile.judge_delay": 3.5,
     "reconcile.read_lag": 5.0,
     "audit.interval": 30.0, "audit.after_ambiguity": 10.0, "audit.end_lead": 3.0,
@@ -113,12 +115,6 @@ def test_every_field_and_property_is_documented():
                 assert ast.get_docstring(node), f"{cls.name}.{node.name} has no docstring"
 
 
-def test_derived_values_follow_the_skew():
-    wider = dataclasses.replace(TIMERS.reconcile, skew=5)
-    assert wider.judge_delay - wider.skew == TIMERS.reconcile.judge_delay - TIMERS.reconcile.skew
-    assert wider.read_lag - wider.skew == TIMERS.reconcile.read_lag - TIMERS.reconcile.skew
-
-
 #: The orderings the code relies on (the field docstrings in timers.py say why).
 ORDERINGS: list[tuple[str, Callable[[Timers], bool]]] = [
     ("the end game's final window lies within the near-end stretch",
@@ -149,8 +145,8 @@ ORDERINGS: list[tuple[str, Callable[[Timers], bool]]] = [
      lambda t: t.endgame.plan_every < t.endgame.dedicated_ttl_ms / 4000),
     ("the end game plans every few rounds, not every round",
      lambda t: t.endgame.poll < t.endgame.plan_every),
-    ("reconcile judges a read only once the skew has passed",
-     lambda t: t.reconcile.skew < t.reconcile.judge_delay),
+    ("reconcile's last passes come once the read before can be judged (the default band)",
+     lambda t: t.reconcile.judge_delay >= DEFAULT_BAND.late + t.reconcile.typical_lag / 2),
     ("reads stop only when the watermark lags past its usual lag",
      lambda t: t.reconcile.typical_lag < t.reconcile.read_lag),
     ("an ended battle's batch is given up only well past every window it settles in after the end",

@@ -41,8 +41,9 @@ PRIORITY_SEP = "\x06\x16"
 OLDEST_SCAN = 100
 #: Counters bumped only on rare paths: exported as 0 until then, so rate() and the alerts
 #: see a series from the start rather than an absent one.
-EXTRA_EVENTS = ("audit_corrections", "given_up", "late_drift", "reconcile_reads_deferred",
-                "unsettled")
+EXTRA_EVENTS = ("audit_corrections", "given_up", "late_drift", "reconcile_reads",
+                "reconcile_reads_deferred", "reconcile_reads_dropped", "reconcile_reads_drifted",
+                "reconcile_reads_judged", "unsettled")
 INF = float("inf")
 #: SCORER_QUEUE's default, which is Celery's own default queue (`celery`).
 DEFAULT_QUEUE: str = Settings.model_fields["queue"].default

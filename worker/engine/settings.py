@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     callback_token: SecretStr | None = None  # Tencent callback token: the receiver checks Sign
     metrics_port: int | None = Field(default=None, ge=1, le=65535)  # Prometheus exporter
     log_format: str = Field(default="text", pattern="^(text|json)$")
+    # What reconcile assumes of Tencent (docs/design.md, "Reconcile"); it adds a margin to each.
+    # Tencent counts a gift within this many seconds of its GiftWater.Time's second.
+    reconcile_count_spread: float = Field(default=0.0, ge=0, le=30)
+    # A gift's webhook is ingested at most this many seconds after Tencent counted it.
+    reconcile_webhook_late: float = Field(default=1.5, ge=0, le=60)
 
     @field_validator("secret_key")
     @classmethod

@@ -201,8 +201,12 @@ class EndGameTimers:
 class ReconcileTimers:
     """The reconcile rule's timings (worker/engine/reconcile/judge.py)."""
 
-    skew: int = 2
-    """Webhooks lead or trail Tencent's counting by up to this many seconds (tencent-api.md §4)."""
+    safety: float = 1.0
+    """Added to each assumption of the settings (SCORER_RECONCILE_COUNT_SPREAD, _WEBHOOK_LATE):
+    one broken by up to this much delays healing, never makes a correction that is not drift."""
+    clock_margin: float = 0.5
+    """A read's moment on Tencent's clock may lie this far outside the estimate's bounds (the
+    estimate is shared by hosts; issue 27): the judge widens every read by it."""
     final_window: float = 12.0
     """In a battle's last `final_window` s plus one interval, reconcile runs every judge_delay."""
     typical_lag: float = 0.6
@@ -212,15 +216,11 @@ class ReconcileTimers:
     slot_wait: float = 0.5
     """A read waits this long for a slot (not the limiter's 5 s: a control thread flushes need)."""
 
-    @property
-    def judge_delay(self) -> float:
-        """Reconcile's period in a battle's last stretch: the skew and 1.5 s."""
-        return self.skew + 1.5
-
-    @property
-    def read_lag(self) -> float:
-        """No read while the watermark trails the present by more than this: it can't be judged."""
-        return self.skew + 3.0
+    judge_delay: float = 3.5
+    """Reconcile's period in a battle's last stretch: a read is judged ~3 s after it is taken
+    (the webhooks' delay and its margin, then a tick), so a pass sooner would find nothing."""
+    read_lag: float = 5.0
+    """No read while the watermark trails the present by more than this: it can't be judged."""
 
 
 @dataclass(frozen=True)

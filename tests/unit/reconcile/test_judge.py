@@ -1,8 +1,11 @@
 """The reconcile rule (reconcile/judge.py) as tables of cases: no Redis, no process, no clock.
 
-Times are seconds from T, a wall time on a whole second; a read is taken in [t0, t0 + 0.2],
-so its uncertain window is the seconds [t0 - SKEW, t0 + 1 + SKEW] (gifts there may or may not
-be in its total R).
+Times are seconds from T, a whole second of Tencent's clock, and the clock estimate is exact:
+a read taken at T + at (for 0.2 s) was answered at a moment of Tencent's clock in
+[at - 0.5, at + 0.7] (CLOCK_MARGIN). With the default band (a gift counted within a second
+after its Time's second, never before it), a read at 10 has surely counted the gifts of
+seconds up to 7, may or may not have counted those of 8 to 10, and has surely not counted
+later ones.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ import pytest
 
 from worker.engine.reconcile import judge
 from worker.engine.reconcile.judge import (
+    DEFAULT_BAND,
     FINAL_WINDOW,
     JUDGE_DELAY,
     MAX_OBSERVATIONS,
     PAIR_GAP,
     READ_LAG,
-    SKEW,
     TYPICAL_LAG,
+    Band,
     Read,
 )
 
@@ -27,11 +31,14 @@ T = 1_700_000_000
 #: The watermark far past every read: all of them judgeable.
 PAST = T + 100.0
 NOW = T + 100.0
+#: The battle: far around every read.
+WINDOW = (T - 100.0, T + 300.0)
+LATE = DEFAULT_BAND.late
 
 
 def read(at: float, total: int, took: float = 0.2) -> Read:
     """A get_gift_count read taken at T + `at` (for `took` s) that answered `total`."""
-    return {"t0": T + at, "t1": T + at + took, "R": total}
+    return {"t0": T + at, "t1": T + at + took, "R": total, "lo": T + at, "hi": T + at + took}
 
 
 def ledger(**by_second: int) -> dict[int, int]:
@@ -40,87 +47,120 @@ def ledger(**by_second: int) -> dict[int, int]:
 
 
 # (id, reads, ledger, base, last, corrected, mark, expected fields of the RoomJudgement)
-JUDGE_CASES: list[tuple[str, list[Read], dict[int, int], int | None, int | None, int, float,
-                        dict[str, Any]]] = [
+JUDGE_CASES: list[tuple[str, list[Read], dict[int, int], tuple[int, int] | None, int | None, int,
+                        float, dict[str, Any]]] = [
     ("a first read is the baseline only",
      [read(10, 100)], {}, None, None, 0, PAST,
-     dict(base=100, base_taken=True, judged=False, last=None, fix=0, sooner=None)),
-    ("the baseline is net of gifts ingested before the read's window",
-     [read(10, 130)], ledger(s5=30), None, None, 0, PAST,
-     dict(base=100, base_taken=True, fix=0)),
-    ("a read the watermark has not passed by SKEW waits, and says when it can be judged",
-     [read(98, 100)], {}, 100, None, 0, read(98, 100)["t1"] + SKEW,
-     dict(waiting=[read(98, 100)], judged=False, base_taken=False,
-          sooner=read(98, 100)["t1"] + SKEW + TYPICAL_LAG)),
+     dict(base=(100, 100), base_taken=True, judged=0, last=None, fix=0, sooner=None)),
+    ("the baseline is net of the gifts surely counted",
+     [read(10, 130)], ledger(s7=30), None, None, 0, PAST,
+     dict(base=(100, 100), base_taken=True, fix=0)),
+    ("a gift that may or may not be counted widens the baseline by its value",
+     [read(10, 105)], ledger(s8=5), None, None, 0, PAST,
+     dict(base=(100, 105), base_taken=True)),
+    ("... on the window's last second too; a later gift is surely not counted",
+     [read(10, 105)], ledger(s10=5, s11=7), None, None, 0, PAST,
+     dict(base=(100, 105), base_taken=True)),
+    ("a read the watermark has not passed by the webhooks' delay waits, and says when",
+     [read(98, 100)], {}, (100, 100), None, 0, read(98, 100)["t1"] + LATE,
+     dict(waiting=[read(98, 100)], judged=0, base_taken=False,
+          sooner=read(98, 100)["t1"] + LATE + TYPICAL_LAG)),
     ("a waiting read overdue (a backlog) backs off with the watermark's lag",
-     [read(90, 100)], {}, 100, None, 0, T + 91.0,
+     [read(90, 100)], {}, (100, 100), None, 0, T + 91.0,
      dict(waiting=[read(90, 100)], sooner=NOW + min(NOW - (T + 91.0), READ_LAG))),
-    ("a gift inside the skew window: no evidence, the read is dropped",
-     [read(10, 999)], ledger(s11=5), 100, 40, 0, PAST,
-     dict(waiting=[], base=100, last=40, judged=False, fix=0, sooner=None)),
-    ("a gift on the window's first second (t0 - SKEW) drops it too",
-     [read(10, 999)], ledger(s8=5), None, None, 0, PAST,
-     dict(base=None, base_taken=False)),
-    ("a gift on the window's last second (t1 + SKEW, rounded up) drops it too",
-     [read(10, 999)], ledger(s13=5), None, None, 0, PAST,
-     dict(base=None, base_taken=False)),
-    ("a gift just before the window counts as ingested",
-     [read(10, 105)], ledger(s7=5), None, None, 0, PAST,
-     dict(base=100, base_taken=True)),
     ("no drift: nothing to decide, nothing wanted sooner",
-     [read(10, 100)], {}, 100, None, 0, PAST,
-     dict(last=0, judged=True, fix=0, sooner=None)),
+     [read(10, 100)], {}, (100, 100), None, 0, PAST,
+     dict(last=None, judged=1, drifted=0, fix=0, sooner=None)),
     ("a first read of a drift is not decided: it wants its confirming read",
-     [read(10, 150)], {}, 100, None, 0, PAST,
-     dict(last=50, judged=True, fix=0, sooner=NOW + 1.0)),
+     [read(10, 150)], {}, (100, 100), None, 0, PAST,
+     dict(last=50, judged=1, drifted=1, fix=0, sooner=NOW + PAIR_GAP)),
+    ("a busy room: gifts in the read's window only narrow what it proves",
+     [read(10, 162)], ledger(s9=5, s10=7), (100, 100), None, 0, PAST,
+     dict(last=50, fix=0)),
+    ("... and a drift smaller than them is not proved (no drift, as far as it knows)",
+     [read(10, 150)], ledger(s10=60), (100, 100), None, 0, PAST,
+     dict(last=None, drifted=0, fix=0)),
+    ("the baseline's width counts the same way",
+     [read(10, 150)], {}, (100, 120), None, 0, PAST,
+     dict(last=30)),
     ("two agreeing reads (one stored, one now) correct the drift",
-     [read(10, 150)], {}, 100, 50, 0, PAST,
-     dict(last=None, judged=True, fix=50, sooner=None)),
+     [read(10, 150)], {}, (100, 100), 50, 0, PAST,
+     dict(last=None, judged=1, fix=50, sooner=None)),
+    ("two reads proving different drifts of one sign correct the smaller; the rest waits",
+     [read(10, 150)], {}, (100, 100), 30, 0, PAST,
+     dict(last=20, fix=30, sooner=NOW + PAIR_GAP)),
     ("two agreeing reads in one pass correct the drift once",
-     [read(10, 150), read(11, 150)], {}, 100, None, 0, PAST,
+     [read(10, 150), read(11, 150)], {}, (100, 100), None, 0, PAST,
      dict(last=None, fix=50)),
     ("a third read after a correction starts anew (no drift left)",
-     [read(10, 150), read(11, 150), read(12, 150)], {}, 100, None, 0, PAST,
-     dict(last=0, fix=50)),
-    ("two disagreeing reads wait (gifts in flight)",
-     [read(10, 150), read(11, 160)], {}, 100, None, 0, PAST,
-     dict(last=60, fix=0, sooner=NOW + 1.0)),
-    ("a stored drift the new read disagrees with is replaced",
-     [read(10, 160)], {}, 100, 50, 0, PAST,
-     dict(last=60, fix=0)),
+     [read(10, 150), read(11, 150), read(12, 150)], {}, (100, 100), None, 0, PAST,
+     dict(last=None, judged=3, fix=50)),
+    ("reads of opposite signs decide nothing (gifts in flight)",
+     [read(10, 150)], ledger(s5=80), (100, 100), 50, 0, PAST,
+     dict(last=-30, fix=0, sooner=NOW + PAIR_GAP)),
     ("a read that shows less than the ledger (a gift never counted) is a negative drift",
-     [read(10, 100)], ledger(s5=30), 100, None, 0, PAST,
-     dict(last=-30, fix=0, sooner=NOW + 1.0)),
+     [read(10, 100)], ledger(s5=30), (100, 100), None, 0, PAST,
+     dict(last=-30, fix=0, sooner=NOW + PAIR_GAP)),
     ("... and two agreeing on it take the gift back",
-     [read(10, 100), read(11, 100)], ledger(s5=30), 100, None, 0, PAST,
+     [read(10, 100), read(11, 100)], ledger(s5=30), (100, 100), None, 0, PAST,
      dict(last=None, fix=-30)),
     ("corrections already decided count: the same reads decide nothing twice",
-     [read(10, 150)], {}, 100, 50, 50, PAST,
-     dict(last=0, fix=0, sooner=None)),
-    ("zero drift twice is no correction",
-     [read(10, 100)], {}, 100, 0, 0, PAST,
-     dict(last=0, fix=0)),
+     [read(10, 150)], {}, (100, 100), 50, 50, PAST,
+     dict(last=None, fix=0, sooner=None)),
     ("the baseline and a first drift in one pass",
      [read(10, 100), read(11, 120)], {}, None, None, 0, PAST,
-     dict(base=100, base_taken=True, last=20, judged=True, fix=0)),
+     dict(base=(100, 100), base_taken=True, last=20, judged=1, fix=0)),
     ("judged reads are judged, a later one not yet judgeable waits",
-     [read(10, 150), read(99, 150)], {}, 100, 50, 0, T + 60.0,
-     dict(fix=50, waiting=[read(99, 150)], sooner=read(99, 150)["t1"] + SKEW + TYPICAL_LAG)),
+     [read(10, 150), read(99, 150)], {}, (100, 100), 50, 0, T + 60.0,
+     dict(fix=50, waiting=[read(99, 150)], sooner=read(99, 150)["t1"] + LATE + TYPICAL_LAG)),
 ]
 
 
 @pytest.mark.parametrize(("reads", "secs", "base", "last", "corrected", "mark", "expected"),
                          [c[1:] for c in JUDGE_CASES], ids=[c[0] for c in JUDGE_CASES])
-def test_judge_room(reads: list[Read], secs: dict[int, int], base: int | None,
+def test_judge_room(reads: list[Read], secs: dict[int, int], base: tuple[int, int] | None,
                     last: int | None, corrected: int, mark: float,
                     expected: dict[str, Any]) -> None:
-    out = judge.judge_room(reads, secs, base, last, corrected, mark, NOW)
+    out = judge.judge_room(reads, secs, base, last, corrected, mark, NOW, WINDOW)
     assert {k: getattr(out, k) for k in expected} == expected
+
+
+@pytest.mark.parametrize(("window", "dropped"), [
+    ((T + 8.0, T + 300.0), 0),  # its moment (9.5 at the earliest) a spread after the start
+    ((T + 8.6, T + 300.0), 1),  # the owner's gifts just before the start may be uncounted
+    ((T - 100.0, T + 10.8), 0),
+    ((T - 100.0, T + 10.7), 1),  # gifts just after the end may be counted already
+])
+def test_reads_near_the_start_or_the_end_are_no_evidence(window: tuple[float, float],
+                                                        dropped: int) -> None:
+    out = judge.judge_room([read(10, 100)], {}, None, None, 0, PAST, NOW, window)
+    assert (out.dropped, out.base_taken) == (dropped, not dropped)
+
+
+def test_a_wider_band_makes_more_gifts_ambiguous() -> None:
+    gifts = ledger(s5=1, s6=2, s7=4, s8=8, s12=16)
+    assert judge.split(read(10, 0), gifts, DEFAULT_BAND) == (7, 8)
+    wide = Band(spread=2.0, late=LATE, clock=0.5)
+    assert judge.split(read(10, 0), gifts, wide) == (3, 12)
+
+
+def test_a_read_stored_without_its_moment_is_placed_by_its_wall_times() -> None:
+    old: Read = {"t0": T + 10, "t1": T + 10.2, "R": 1}
+    lo, hi = judge.moment(old, DEFAULT_BAND)
+    assert lo < T + 10 - 0.5 and hi > T + 10.2 + 0.5
+
+
+@pytest.mark.parametrize(("raw", "base"), [(None, None), ("", None), ("100", (100, 100)),
+                                           ("100,120", (100, 120)), ("-5,3", (-5, 3))])
+def test_stored_baselines(raw: str | None, base: tuple[int, int] | None) -> None:
+    assert judge.parse_base(raw) == base
+    if base is not None:
+        assert judge.parse_base(judge.format_base(base)) == base
 
 
 def test_judging_keeps_the_reads_it_is_given() -> None:
     reads = [read(10, 150), read(99, 150)]
-    judge.judge_room(reads, {}, 100, None, 0, T + 60.0, NOW)
+    judge.judge_room(reads, {}, (100, 100), None, 0, T + 60.0, NOW, WINDOW)
     assert reads == [read(10, 150), read(99, 150)]
 
 
@@ -141,27 +181,21 @@ def test_decide(fixes: dict[str, int], ended: bool, decided: dict[str, int],
     assert judge.decide(fixes, ended) == (decided, late)
 
 
-# (id, last second with a gift (from T), reads waiting, now (from T), read?, sooner)
-READ_CASES: list[tuple[str, int | None, list[Read], float, bool, float | None]] = [
-    ("a quiet room with nothing waiting is read", None, [], 50.5, True, None),
-    ("an old gift does not matter", 47, [], 50.5, True, None),
-    ("a room still receiving gifts waits for the schedule (no polling)", 49, [], 50.5, False,
-     None),
-    ("a gift in the new read's window: read once it can be judged", 48, [], 50.5, False,
-     T + 48 + SKEW + 1.05),
-    ("the confirming read PAIR_GAP after the first", None, [read(49, 100)], 49.2 + PAIR_GAP + 0.1,
+# (id, reads waiting, now (from T), read?, sooner)
+READ_CASES: list[tuple[str, list[Read], float, bool, float | None]] = [
+    ("a room with nothing waiting is read, however busy", [], 50.5, True, None),
+    ("the confirming read PAIR_GAP after the first", [read(49, 100)], 49.2 + PAIR_GAP + 0.1,
      True, None),
-    ("not before", None, [read(49, 100)], 49.5, False, read(49, 100)["t1"] + PAIR_GAP),
-    ("two reads waiting: no third", None, [read(40, 100), read(41, 100)], 50.5, False, None),
+    ("not before", [read(49, 100)], 49.5, False, read(49, 100)["t1"] + PAIR_GAP),
+    ("two reads waiting: no third", [read(40, 100), read(41, 100)], 50.5, False, None),
 ]
 
 
-@pytest.mark.parametrize(("last_gift", "waiting", "now", "wanted", "sooner"),
+@pytest.mark.parametrize(("waiting", "now", "wanted", "sooner"),
                          [c[1:] for c in READ_CASES], ids=[c[0] for c in READ_CASES])
-def test_read_wanted(last_gift: int | None, waiting: list[Read], now: float, wanted: bool,
+def test_read_wanted(waiting: list[Read], now: float, wanted: bool,
                      sooner: float | None) -> None:
-    last = 0 if last_gift is None else T + last_gift
-    assert judge.read_wanted(last, waiting, T + now) == (wanted, sooner)
+    assert judge.read_wanted(waiting, T + now) == (wanted, sooner)
 
 
 @pytest.mark.parametrize(("lag", "blocked"), [(0.6, False), (READ_LAG, False),
@@ -171,7 +205,7 @@ def test_no_read_while_the_watermark_lags(lag: float, blocked: bool) -> None:
 
 
 @pytest.mark.parametrize(("t1", "lag", "at"), [
-    (NOW - 1.0, 0.3, NOW - 1.0 + SKEW + TYPICAL_LAG),  # ingest keeps up: when expected
+    (NOW - 1.0, 0.3, NOW - 1.0 + LATE + TYPICAL_LAG),  # ingest keeps up: when expected
     (NOW - 10.0, 0.3, NOW + 0.5),  # overdue: at least 0.5 s on
     (NOW - 10.0, 2.0, NOW + 2.0),  # ... or the watermark's lag
     (NOW - 10.0, 60.0, NOW + READ_LAG),  # ... at most READ_LAG
@@ -189,7 +223,7 @@ def test_a_first_read_wants_its_confirming_read_a_later_one_its_judging() -> Non
     reads, sooner = judge.add_read([], read(10, 100), 0.3)
     assert reads == [read(10, 100)] and sooner == read(10, 100)["t1"] + PAIR_GAP
     reads, sooner = judge.add_read(reads, read(11, 100), 0.3)
-    assert len(reads) == 2 and sooner == read(11, 100)["t1"] + SKEW + TYPICAL_LAG
+    assert len(reads) == 2 and sooner == read(11, 100)["t1"] + LATE + TYPICAL_LAG
 
 
 def test_reads_kept_are_bounded() -> None:
@@ -202,8 +236,6 @@ def test_room_ledger_reads_its_own_rooms_seconds() -> None:
     secs = {f"a|{T}": 1, f"a|{T + 1}": 2, f"b|{T}": 4, f"x|a|{T + 2}": 8}
     assert judge.room_ledger(secs, "a") == {T: 1, T + 1: 2}
     assert judge.room_ledger(secs, "x|a") == {T + 2: 8}
-    assert judge.last_second(judge.room_ledger(secs, "a")) == T + 1
-    assert judge.last_second({}) == 0
 
 
 @pytest.mark.parametrize(("end", "interval", "due"), [

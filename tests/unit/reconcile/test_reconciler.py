@@ -20,6 +20,7 @@ from worker.engine.state import keys
 from worker.engine.state.counters import read
 from worker.engine.state.keys import BattleKeys
 from worker.engine.state.lock import RedisLock
+from worker.engine.tencent.clock import DEFAULT_SPREAD
 from worker.engine.tencent.errors import RateLimitTimeout
 from worker.engine.timers import TIMERS
 
@@ -66,7 +67,7 @@ def test_the_first_read_is_the_baseline_and_a_lone_drift_waits_for_its_second(
     running(frt, LAGGING, obs_r1=[a_read(T0 - 20, 130)])
     frt.redis.hset(BK.secs, f"r1|{int(T0) - 50}", 30)  # ingested before the read's window
     assert reconcile_battle(frt, "b1") == "ok"
-    assert frt.redis.hget(BK.recon, "base:r1") == "100"  # what the room held before, net
+    assert frt.redis.hget(BK.recon, "base:r1") == "100,100"  # what the room held before, net
     frt.redis.hset(BK.recon, "obs:r1", json.dumps([a_read(T0 - 15, 140)]))
     assert reconcile_battle(frt, "b1") == "ok"
     assert frt.redis.hget(BK.recon, "last:r1") == "10"
@@ -91,7 +92,10 @@ def test_fresh_reads_are_taken_while_ingest_keeps_up_and_judged_soon(
     assert reconcile_battle(frt, "b1") == "ok"
     assert sorted((b["RoomId"], b["From_Account"]) for b in sent(route)) == [("r1", "o1"),
                                                                              ("r2", "o2")]
-    assert json.loads(frt.redis.hget(BK.recon, "obs:r2")) == [{"t0": T0, "t1": T0, "R": 120}]
+    [stored] = json.loads(frt.redis.hget(BK.recon, "obs:r2"))
+    # Taken at T0 on our clock; on Tencent's, within the estimate's bounds (no sample yet).
+    assert stored == {"t0": T0, "t1": T0, "R": 120, "lo": T0 - DEFAULT_SPREAD,
+                      "hi": T0 + DEFAULT_SPREAD}
     # Every room waits on a read: the next pass when the confirming reads are due.
     assert frt.redis.zscore(keys.RECONCILE_DUE, "b1") == T0 + 1.0
 

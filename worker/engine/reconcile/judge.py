@@ -1,46 +1,53 @@
-"""The reconcile rule, pure: judge get_gift_count reads against the ledger and decide drift.
+"""The reconcile rule, pure: judge get_gift_count reads against the ledger by Tencent's second.
 
 No Redis and no clock here: the reconcile pass (worker/engine/reconcile/reconciler.py) reads
-the state, passes the time in, and stores what this module returns. The rule (docs/design.md
-has the argument):
-- An observation is one `get_gift_count` read R of (room, owner) taken between wall times t0
-  and t1. A gift's webhook may lead or trail Tencent's counting by up to SKEW seconds, so gifts
-  with Time in [t0 - SKEW, t1 + SKEW] may or may not be in R.
-- An observation is judged only once every webhook that could matter has been ingested (the
-  ingest watermark, worker/engine/ingest/watermark.py, has passed t1 + SKEW: it counts a
-  webhook only once it is stored), and only if no ingested gift of that room fell in its
-  uncertain window: otherwise it is no evidence and is dropped.
-- No read before the battle has surely started by Tencent's clock: gifts to the owner just
-  before the start are counted by get_gift_count but are not the battle's, so a baseline read
-  before them would take them for lost webhooks.
-- So a read is taken only when it can be judged: not while the watermark lags (a backlog),
-  not while two reads of the room wait to be judged (the second, the confirming one, is taken
-  PAIR_GAP after the first), and not when a gift of the room already lies in the new read's
-  uncertain window; a pass comes back the moment such a room can be read. Reads stay bounded
-  (two per room per judging cycle) whatever the load.
-- Judged, K = R - (ingested value with Time < t0 - SKEW) is the room's total before the
-  battle plus every error so far (lost webhooks add, approved-but-never-counted gifts
-  subtract). The first K is the baseline; later drift = K - baseline - corrections so far.
-- A drift is corrected only when two judged observations in a row agree on it: in-flight
-  gifts never become a double count or a dip. The correction is decided in one atomic step:
-  added to the room's corrections (so no later read decides it again) and to its pending
-  value, which the flush path delivers exactly once like any gift (a negative delta as
-  OpType 2 of the totals). Reconcile itself never writes a score.
-- A drift confirmed once the battle has surely ended is not decided: no write could land.
-- No drift, no write.
+the state, passes the time in, and stores what this module returns. The rule (docs/design.md,
+"Reconcile", has the argument):
+- A read is one `get_gift_count` answer R of (room, owner), taken at a moment τ of Tencent's
+  clock known within [lo, hi] (our wall times around the call plus the estimated offset's
+  bounds, widened by `Band.clock`).
+- Tencent counts a gift with `GiftWater.Time` T in [T, T + 1 + spread]: never before its
+  second (the gift callback comes before the send), at most `Band.spread` after it. So the
+  ledger's gifts (per room and second) fall in three parts at τ: surely counted
+  (T + 1 + spread <= lo), surely not (T > hi), and the ambiguous rest, of total A. Any gift,
+  however busy the room, only widens the judgement by its value: no read waits for a quiet
+  room. The margins fall where they protect: a late count can only hide a phantom, so the
+  lag widens the upper bound of K and not its lower one.
+- K = R - (surely counted) lies in [R - sure - A, R - sure]: the room's total before the
+  battle plus the drift so far (lost webhooks add, approved-but-never-counted gifts
+  subtract). The first judged K is the baseline [Blo, Bhi] (it absorbs any drift before it);
+  later, drift - corrections lies in [Klo - Bhi - C, Khi - Blo - C].
+- A read's sure drift is the end of that interval nearest zero when zero is outside it, else 0.
+  A correction needs two judged reads in a row whose sure drifts have the same sign; it is
+  the smaller of the two. The interval of the later read holds the truth, so the correction
+  never passes it: it only moves the room toward what Tencent counted.
+- A read is judged only once every webhook of a gift counted by its moment is in: the ingest
+  watermark (worker/engine/ingest/watermark.py) has passed its end + `Band.late`.
+- Reads only from spread + clock after the battle's start (the owner's gifts just before it
+  are not the battle's, and must be counted before the baseline) until `clock` before its
+  end (gifts just after it are not the battle's either, and must not be counted yet).
+- The band is what the settings assume of Tencent plus a margin (SAFETY, CLOCK_MARGIN): an
+  assumption broken by up to the margin delays healing, never makes a correction that is not
+  drift (tests/unit/reconcile/test_judge_property.py).
+- The correction is decided in one atomic step: added to the room's corrections (so no later
+  read decides it again) and to its pending value, which the flush path delivers exactly once
+  like any gift. Reconcile itself never writes a score. A drift confirmed once the battle has
+  surely ended is not decided: no write could land.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypedDict
+from types import SimpleNamespace
+from typing import Any, NotRequired, TypedDict
 
+from worker.engine.settings import Settings
 from worker.engine.timers import TIMERS
 
-#: Webhooks lead or trail Tencent's counting by up to this many seconds (tencent-api.md §4).
-SKEW = TIMERS.reconcile.skew
+#: Margins added to the settings' assumptions (ReconcileTimers has the why).
+SAFETY = TIMERS.reconcile.safety
+CLOCK_MARGIN = TIMERS.reconcile.clock_margin
 #: Observations kept per room while waiting to be judged.
 MAX_OBSERVATIONS = 6
 #: In the last `FINAL_WINDOW` seconds plus one interval, reconcile runs every JUDGE_DELAY.
@@ -55,12 +62,44 @@ PAIR_GAP = TIMERS.reconcile.pair_gap
 
 
 class Read(TypedDict):
-    """One get_gift_count read of a room: taken between wall times t0 and t1, total R (its
-    JSON form in the battle's recon hash)."""
+    """One get_gift_count read of a room (its JSON form in the battle's recon hash): taken
+    between our wall times t0 and t1, at a moment of Tencent's clock within [lo, hi], total R.
+    (A read stored before lo/hi existed is placed by t0/t1 and the default clock spread.)"""
 
     t0: float
     t1: float
     R: int
+    lo: NotRequired[float]
+    hi: NotRequired[float]
+
+
+@dataclass(frozen=True)
+class Band:
+    """What the judge assumes of Tencent, margins included (see the module docstring)."""
+
+    #: Tencent counts a gift with Time T within [T, T + 1 + spread].
+    spread: float
+    #: A gift's webhook is ingested at most `late` s after Tencent counted it.
+    late: float
+    #: A read's moment may lie this much outside the clock estimate's bounds.
+    clock: float
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Band:
+        """The band of the worker's settings, each assumption widened by its margin."""
+        return cls(spread=settings.reconcile_count_spread + SAFETY,
+                   late=settings.reconcile_webhook_late + SAFETY, clock=CLOCK_MARGIN)
+
+    @property
+    def edge(self) -> float:
+        """Reads begin this long after the battle's start (its end: `clock` before)."""
+        return self.spread + self.clock
+
+
+#: The band of the default settings.
+DEFAULT_BAND = Band.from_settings(SimpleNamespace(**{
+    name: Settings.model_fields[name].default
+    for name in ("reconcile_count_spread", "reconcile_webhook_late")}))
 
 
 def room_ledger(secs: Mapping[str, int], room: str) -> dict[int, int]:
@@ -73,46 +112,62 @@ def room_ledger(secs: Mapping[str, int], room: str) -> dict[int, int]:
     return ledger
 
 
-def ingested(ledger: Mapping[int, int], lo: float, hi: float) -> int:
-    """Ingested value with Time in [lo, hi]."""
-    return sum(value for sec, value in ledger.items() if lo <= sec <= hi)
+def moment(read: Read, band: Band) -> tuple[float, float]:
+    """When on Tencent's clock the read may have been answered, margin included."""
+    lo = read.get("lo", read["t0"] - TIMERS.clock.default_spread)
+    hi = read.get("hi", read["t1"] + TIMERS.clock.default_spread)
+    return lo - band.clock, hi + band.clock
 
 
-def last_second(ledger: Mapping[int, int]) -> int:
-    """The latest second in which a gift of the room was ingested (0 if none)."""
-    return max([0, *ledger])
+def split(read: Read, ledger: Mapping[int, int], band: Band) -> tuple[int, int]:
+    """(surely counted, ambiguous): the ledger's value Tencent had surely counted at the read,
+    and the value it may or may not have counted."""
+    lo, hi = moment(read, band)
+    sure = ambiguous = 0
+    for sec, value in ledger.items():
+        if sec + 1 + band.spread <= lo:
+            sure += value
+        elif sec <= hi:
+            ambiguous += value
+    return sure, ambiguous
 
 
-def uncertain_window(read: Read) -> tuple[int, int]:
-    """The seconds [lo, hi] whose gifts may or may not be counted in `read` (SKEW around it)."""
-    return math.floor(read["t0"]) - SKEW, math.ceil(read["t1"]) + SKEW
+def evidence(read: Read, ledger: Mapping[int, int], band: Band) -> tuple[int, int]:
+    """[Klo, Khi]: the room's total before the battle plus its drift so far, per this read."""
+    sure, ambiguous = split(read, ledger, band)
+    return read["R"] - sure - ambiguous, read["R"] - sure
 
 
-def evidence(read: Read, ledger: Mapping[int, int]) -> int | None:
-    """K of a judgeable read: R less what was ingested before its uncertain window; None when
-    an ingested gift lies in that window (no evidence either way)."""
-    lo, hi = uncertain_window(read)
-    if ingested(ledger, lo, hi):
-        return None
-    return read["R"] - ingested(ledger, 0, lo - 1)
+def sure_drift(k: tuple[int, int], base: tuple[int, int], corrected: int) -> int:
+    """The drift this read proves beyond the corrections: the end of its interval nearest
+    zero, or 0 when zero is inside it."""
+    lo, hi = k[0] - base[1] - corrected, k[1] - base[0] - corrected
+    return lo if lo > 0 else hi if hi < 0 else 0
 
 
-def judgeable(read: Read, mark: float) -> bool:
-    """True once the ingest watermark `mark` has passed the read's end + SKEW."""
-    return mark > read["t1"] + SKEW
+def inside(read: Read, start: float, end: float, band: Band) -> bool:
+    """True when the read's moment lies inside the battle, `band.edge` after its start (module
+    docstring)."""
+    lo, hi = moment(read, band)
+    return lo - band.spread >= start and hi < end
+
+
+def judgeable(read: Read, mark: float, band: Band = DEFAULT_BAND) -> bool:
+    """True once the ingest watermark `mark` has passed the read's end + the webhooks' delay."""
+    return mark > read["t1"] + band.late
 
 
 def watermark_lag(mark: float, now: float) -> float:
     """How far the watermark trails the present (at least 0.3 s: a tick)."""
-    #: A waiting read is judged once the watermark passes t1 + SKEW + 1; it trails the
-    #: present by a few ticks, or by the whole backlog (then passes back off with it).
+    #: A waiting read is judged once the watermark passes t1 + late; it trails the present
+    #: by a few ticks, or by the whole backlog (then passes back off with it).
     return max(0.3, now - mark)
 
 
-def judgeable_at(t1: float, now: float, lag: float) -> float:
+def judgeable_at(t1: float, now: float, lag: float, band: Band = DEFAULT_BAND) -> float:
     """When a read that ended at `t1` should be judgeable; past that, back off with the
     watermark's `lag` (a backlog), so waiting passes do not poll."""
-    expected = t1 + SKEW + TYPICAL_LAG
+    expected = t1 + band.late + TYPICAL_LAG
     return expected if expected > now else now + min(max(0.5, lag), READ_LAG)
 
 
@@ -123,59 +178,70 @@ def _sooner(a: float | None, b: float | None) -> float | None:
     return a if b is None else min(a, b)
 
 
+def _sign(x: int) -> int:
+    return (x > 0) - (x < 0)
+
+
 @dataclass
 class RoomJudgement:
     """What judging a room's reads decided, for the pass to store."""
 
     #: Reads not judgeable yet, kept for a later pass.
     waiting: list[Read] = field(default_factory=list)
-    #: The room's baseline K (None until a read is judged).
-    base: int | None = None
-    #: The drift of the last judged read, waiting for a second to agree (None: consumed).
+    #: The room's baseline [Blo, Bhi] (None until a read is judged).
+    base: tuple[int, int] | None = None
+    #: The sure drift of the last judged read, waiting for a second to agree (None: none).
     last: int | None = None
     #: Drift confirmed by two agreeing reads: to decide (add to corrections and pending).
     fix: int = 0
     #: The baseline was taken in this pass (store `base`).
     base_taken: bool = False
-    #: A read was judged against the baseline (store `last`).
-    judged: bool = False
+    #: Reads judged against the baseline (store `last`).
+    judged: int = 0
+    #: Judged reads that proved a drift (sure drift non-zero).
+    drifted: int = 0
+    #: Reads dropped: taken too near the battle's start or end to be evidence.
+    dropped: int = 0
     #: When a sooner pass pays off (None: the schedule will do).
     sooner: float | None = None
 
 
-def judge_room(reads: list[Read], ledger: Mapping[int, int], base: int | None,
-               last: int | None, corrected: int, mark: float, now: float) -> RoomJudgement:
+def judge_room(reads: list[Read], ledger: Mapping[int, int], base: tuple[int, int] | None,
+               last: int | None, corrected: int, mark: float, now: float,
+               window: tuple[float, float], band: Band = DEFAULT_BAND) -> RoomJudgement:
     """Judge a room's stored `reads` in order, given its `ledger`, its baseline `base`, the
-    unconfirmed drift `last`, the corrections decided so far, the watermark `mark` and the
-    time `now`."""
+    unconfirmed sure drift `last`, the corrections decided so far, the watermark `mark`, the
+    time `now` and the battle's (start, end) `window` on Tencent's clock."""
     out = RoomJudgement(base=base, last=last)
     lag = watermark_lag(mark, now)
     for read in reads:
-        if not judgeable(read, mark):
+        if not judgeable(read, mark, band):
             out.waiting.append(read)
-            out.sooner = _sooner(out.sooner, judgeable_at(read["t1"], now, lag))
+            out.sooner = _sooner(out.sooner, judgeable_at(read["t1"], now, lag, band))
             continue
-        k = evidence(read, ledger)
-        if k is None:
-            continue  # a gift in the uncertain window: no evidence either way
+        if not inside(read, *window, band):
+            out.dropped += 1
+            continue
+        k = evidence(read, ledger, band)
         if out.base is None:
             out.base, out.base_taken = k, True
             continue
-        drift = k - out.base - corrected - out.fix
-        if drift and out.last is not None and out.last == drift:
-            out.fix += drift
-            out.last = None
-        else:
-            out.last = drift
-            if drift:  # an unconfirmed drift wants its second read soon
-                out.sooner = _sooner(out.sooner, now + 1.0)
-        out.judged = True
+        d = sure_drift(k, out.base, corrected + out.fix)
+        out.judged += 1
+        out.drifted += d != 0
+        if d and out.last and _sign(out.last) == _sign(d):
+            fix = _sign(d) * min(abs(d), abs(out.last))
+            out.fix += fix
+            d -= fix  # what this read proves beyond it waits for a read to agree
+        out.last = d or None
+        if d:  # an unconfirmed drift wants its second read soon
+            out.sooner = _sooner(out.sooner, now + PAIR_GAP)
     return out
 
 
 def decide(fixes: Mapping[str, int], ended: bool) -> tuple[dict[str, int], dict[str, int]]:
     """(decided, too late): the rooms' confirmed non-zero drift is decided, unless the battle
-    has surely `ended` (a read of the last seconds is judged ~2.6 s later): no write can land
+    has surely `ended` (a read of the last seconds is judged ~3 s later): no write can land
     any more, so it is only reported."""
     fixes = {r: d for r, d in fixes.items() if d}
     return ({}, fixes) if fixes and ended else (fixes, {})
@@ -186,15 +252,10 @@ def reads_blocked(mark: float, now: float) -> bool:
     return now - mark > READ_LAG
 
 
-def read_wanted(last_gift: int, waiting: list[Read], now: float) -> tuple[bool, float | None]:
-    """Whether a fresh read of a room could be judged now (see the module docstring), given
-    the last second it received a gift in and its reads waiting; if not, when a pass pays off
-    (None: the schedule)."""
-    if last_gift >= math.floor(now) - SKEW:
-        if last_gift < math.floor(now) - 1:  # its burst is over: read when it can be judged
-            return False, last_gift + SKEW + 1.05
-        # (a room in a steady stream of gifts waits for the schedule: no polling)
-        return False, None
+def read_wanted(waiting: list[Read], now: float) -> tuple[bool, float | None]:
+    """Whether to read a room now, given its reads waiting to be judged; if not, when a pass
+    pays off (None: the schedule). Two reads per room per judging cycle at most: a first,
+    and the confirming one PAIR_GAP later."""
     if not waiting:
         return True, None
     if len(waiting) == 1 and now - waiting[0]["t1"] >= PAIR_GAP:
@@ -204,15 +265,29 @@ def read_wanted(last_gift: int, waiting: list[Read], now: float) -> tuple[bool, 
     return False, None
 
 
-def add_read(reads: list[Read], read: Read, lag: float) -> tuple[list[Read], float]:
+def add_read(reads: list[Read], read: Read, lag: float,
+             band: Band = DEFAULT_BAND) -> tuple[list[Read], float]:
     """Store a fresh read: the room's reads (the newest MAX_OBSERVATIONS) and when a pass pays
     off (the read judgeable, or the confirming read due PAIR_GAP after a first)."""
     reads = [*reads, read]
     t1 = read["t1"]
-    sooner = judgeable_at(t1, t1, lag)
+    sooner = judgeable_at(t1, t1, lag, band)
     if len(reads) == 1:
         sooner = min(sooner, t1 + PAIR_GAP)
     return reads[-MAX_OBSERVATIONS:], sooner
+
+
+def parse_base(raw: str | None) -> tuple[int, int] | None:
+    """A stored baseline: "lo,hi" (or one number, as stored before baselines were intervals)."""
+    if raw is None or raw == "":
+        return None
+    lo, _, hi = raw.partition(",")
+    return int(lo), int(hi or lo)
+
+
+def format_base(base: tuple[int, int]) -> str:
+    """The stored form of a baseline (parse_base reads it)."""
+    return f"{base[0]},{base[1]}"
 
 
 def next_due_at(now: float, end: float, interval: float) -> float | None:
@@ -232,3 +307,4 @@ def reschedule(due: float | None, sooner: float | None, all_waiting: bool,
     if due is not None and sooner is not None:
         due = max(now + 0.5, sooner if all_waiting else min(due, sooner))
     return due
+

@@ -2,7 +2,7 @@
 
 A pass over one battle (`reconcile_battle`) reads the battle's reconcile state from Redis,
 judges its stored reads with the rule in worker/engine/reconcile/judge.py (which has the
-argument: the skew window, the baseline, two agreeing reads), decides confirmed drift in one
+argument: Tencent's second, the baseline, two agreeing reads), decides confirmed drift in one
 atomic step for the flush path to deliver, takes the new reads that could be judged, and
 schedules the next pass. A battle not known to have started is handed to
 worker/engine/battles/unstarted.py.
@@ -21,10 +21,10 @@ from worker.engine.flush import endgame
 from worker.engine.flush.inflight import LockLost
 from worker.engine.ingest import watermark
 from worker.engine.reconcile import judge
-from worker.engine.reconcile.judge import FINAL_WINDOW, JUDGE_DELAY, PAIR_GAP, SKEW, Read
+from worker.engine.reconcile.judge import FINAL_WINDOW, JUDGE_DELAY, PAIR_GAP, Read
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
-from worker.engine.state.counters import bump
+from worker.engine.state.counters import bump, bump_many
 from worker.engine.state.keys import BattleKeys
 from worker.engine.state.lock import RedisLock
 from worker.engine.state.pipeline import pipeline
@@ -32,7 +32,7 @@ from worker.engine.tencent.errors import RateLimitTimeout, TencentError
 from worker.engine.timers import TIMERS
 
 #: The rule's timers and the unstarted battles' names stay importable from here.
-__all__ = ["FINAL_WINDOW", "GIVEN_UP", "JUDGE_DELAY", "PAIR_GAP", "SKEW", "Reconciler",
+__all__ = ["FINAL_WINDOW", "GIVEN_UP", "JUDGE_DELAY", "PAIR_GAP", "Reconciler",
            "give_up", "give_up_after", "next_due", "reconcile_battle", "resolve_unstarted"]
 
 log = logging.getLogger("scorer.reconcile")
@@ -56,6 +56,7 @@ class Reconciler:
         self.battle = battle
         self.bk = BattleKeys(battle.battle_id)
         self.lock = lock
+        self.band = judge.Band.from_settings(rt.settings)
 
     def run(self) -> dict[str, int]:
         """Judge stored reads, hand confirmed drift to the flush path, take new reads; returns
@@ -69,6 +70,7 @@ class Reconciler:
         self.lag = judge.watermark_lag(mark, now)
         updates: dict[str, str] = {}
         fixes: dict[str, int] = {}
+        judged = drifted = dropped = 0
         ledgers: dict[str, dict[int, int]] = {}
         #: When a sooner pass pays off: an unconfirmed drift wants its second read, and a
         #: waiting read can be judged as soon as its webhooks are surely in.
@@ -77,20 +79,23 @@ class Reconciler:
             if not owner:
                 continue
             ledgers[room] = judge.room_ledger(secs, room)
-            base = recon.get(f"base:{room}")
             last = recon.get(f"last:{room}") or None  # "" once a correction consumed it
             j = judge.judge_room(_reads({}, recon, room), ledgers[room],
-                                 None if base is None else int(base),
+                                 judge.parse_base(recon.get(f"base:{room}")),
                                  None if last is None else int(last),
-                                 corr.get(room, 0), mark, now)
+                                 corr.get(room, 0), mark, now,
+                                 (self.battle.start, self.battle.end), self.band)
             self._soon(j.sooner)
             if j.fix:
                 fixes[room] = j.fix
-            if j.base_taken:
-                updates[f"base:{room}"] = str(j.base)
+            if j.base_taken and j.base is not None:
+                updates[f"base:{room}"] = judge.format_base(j.base)
             if j.judged:
                 updates[f"last:{room}"] = "" if j.last is None else str(j.last)
             updates[f"obs:{room}"] = json.dumps(j.waiting)
+            judged += j.judged + j.base_taken
+            drifted += j.drifted
+            dropped += j.dropped
         # (Tencent's clock is read only when there is something to decide.)
         ended = bool(fixes) and self.battle.has_ended(rt.tclock.earliest(), endgame.END_MARGIN)
         fixes, late = judge.decide(fixes, ended)
@@ -101,34 +106,40 @@ class Reconciler:
                         self.battle.battle_id, late,
                         extra={"battle_id": self.battle.battle_id})
             bump(rt.redis, "late_drift", len(late))
+        bump_many(rt.redis, {"reconcile_reads_judged": judged,
+                             "reconcile_reads_drifted": drifted,
+                             "reconcile_reads_dropped": dropped})
         if fixes:
             self.correct(fixes)
-        readable = self._readable(updates, recon, ledgers, mark, now)
+        readable = self._readable(updates, recon, mark, now)
         self.observe(updates, recon, readable)
         # Every room waits on a read: a pass before the first can be judged is wasted.
         self.all_waiting = all(_reads(updates, recon, r)
                                for r, owner in self.battle.rooms.items() if owner)
         return fixes
 
-    def _readable(self, updates: dict[str, str], recon: dict[str, str],
-                  ledgers: dict[str, dict[int, int]], mark: float, now: float) -> dict[str, str]:
+    def _readable(self, updates: dict[str, str], recon: dict[str, str], mark: float,
+                  now: float) -> dict[str, str]:
         """Rooms whose fresh read could be judged (see reconcile/judge.py) → their owner."""
         if judge.reads_blocked(mark, now):
             return {}
-        early = self.battle.starts_in(self.rt.tclock.earliest())
+        tclock, edge = self.rt.tclock, self.band.edge
+        early = self.battle.starts_in(tclock.earliest() - edge)
         if early:
-            # Not surely started on Tencent's clock: the owner's gifts up to the start are
-            # not the battle's (no ledger holds them), and one counted after such a read
-            # would read as a lost webhook, a correction of value that never drifted (the
-            # finale: 8 rooms over, up to 659 coins, all read before their start).
+            # Not surely started on Tencent's clock, with the gifts just before the start
+            # surely counted: they are not the battle's (no ledger holds them), and one
+            # counted after such a read would read as a lost webhook, a correction of value
+            # that never drifted (the finale: 8 rooms over, up to 659 coins, all read before
+            # their start). The judge drops such a read as well.
             self._soon(now + early)
             return {}
+        if tclock.latest() + self.band.clock >= self.battle.end:
+            return {}  # gifts just after the end, not the battle's, may be counted already
         rooms: dict[str, str] = {}
         for room, owner in self.battle.rooms.items():
             if not owner:
                 continue
-            wanted, sooner = judge.read_wanted(judge.last_second(ledgers[room]),
-                                               _reads(updates, recon, room), now)
+            wanted, sooner = judge.read_wanted(_reads(updates, recon, room), now)
             if wanted:
                 rooms[room] = owner
             self._soon(sooner)
@@ -169,6 +180,7 @@ class Reconciler:
         no call slot in time, and store the updates."""
         rt = self.rt
         if rt.clock() < self.battle.end:
+            read_n = 0
             for room, owner in rooms.items():
                 t0 = rt.clock()
                 try:
@@ -185,11 +197,16 @@ class Reconciler:
                     log.warning("gift count of %s failed: %s", room, err)
                     continue
                 t1 = rt.clock()
-                reads, sooner = judge.add_read(_reads(updates, recon, room),
-                                               {"t0": t0, "t1": t1, "R": count.TotalCoins},
-                                               self.lag)
+                # Tencent's clock at the read, by the estimate this very answer narrowed.
+                lo, hi = rt.tclock.bounds()
+                reads, sooner = judge.add_read(
+                    _reads(updates, recon, room),
+                    {"t0": t0, "t1": t1, "R": count.TotalCoins, "lo": t0 + lo, "hi": t1 + hi},
+                    self.lag, self.band)
                 self._soon(sooner)
                 updates[f"obs:{room}"] = json.dumps(reads)
+                read_n += 1
+            bump(rt.redis, "reconcile_reads", read_n)
         if updates:
             rt.redis.hset(self.bk.recon, mapping=updates)
 
