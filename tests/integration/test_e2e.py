@@ -9,36 +9,11 @@ from __future__ import annotations
 
 import time
 
-import pytest
-import redis
-from celery import Celery
-
 from scorer_local.sandbox_control import SandboxControl
-from scorer_local.stack import Processes
-from tests.conftest import worker_env
 from tests.helpers import end_body, gift_body, start_body, wait_for
 from worker.engine.state import counters
 
 DURATION = 30  # seconds
-
-
-@pytest.fixture
-def stack(settings, tmp_path):
-    env = worker_env(settings)
-    procs = Processes(env, tmp_path)
-    producer = Celery(broker=settings.redis_url)
-    producer.conf.task_serializer = "json"
-    # Ready: the control worker ticks (the ingest watermark moves), so reconcile can read.
-    r = redis.Redis.from_url(settings.redis_url)
-    try:  # processes are stopped even when start-up fails (a leak outlives the test run)
-        procs.worker("worker", concurrency=2)
-        procs.beat()
-        wait_for(lambda: float(r.hget("bs:ingest:watermark", "w") or 0) > 0, timeout=60,
-                 what="the control worker's first ticks")
-        yield producer, tmp_path
-    finally:
-        r.close()
-        procs.stop(30)
 
 
 def test_battles_end_exact_under_faults(stack, sandbox, rt):

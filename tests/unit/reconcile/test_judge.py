@@ -105,8 +105,11 @@ JUDGE_CASES: list[tuple[str, list[Read], dict[int, int], tuple[int, int] | None,
      [read(10, 100), read(11, 100)], ledger(s5=30), (100, 100), None, 0, PAST,
      dict(last=None, fix=-30)),
     ("corrections already decided count: the same reads decide nothing twice",
-     [read(10, 150)], {}, (100, 100), 50, 50, PAST,
+     [read(10, 150), read(11, 150)], {}, (100, 100), None, 50, PAST,
      dict(last=None, fix=0, sooner=None)),
+    ("a read proving nothing leaves the drift proved before standing",
+     [read(10, 150)], ledger(s10=60), (100, 100), 50, 0, PAST,
+     dict(last=50, drifted=0, fix=0)),
     ("the baseline and a first drift in one pass",
      [read(10, 100), read(11, 120)], {}, None, None, 0, PAST,
      dict(base=(100, 100), base_taken=True, last=20, judged=1, fix=0)),
@@ -156,6 +159,19 @@ def test_stored_baselines(raw: str | None, base: tuple[int, int] | None) -> None
     assert judge.parse_base(raw) == base
     if base is not None:
         assert judge.parse_base(judge.format_base(base)) == base
+
+
+@pytest.mark.parametrize(("raw", "corrected", "last"), [
+    (None, 0, None), ("", 0, None),
+    ("50@0", 0, 50), ("-7@30", 30, -7),
+    ("50@0", 50, None),  # stored before a correction it did not see: stale
+    ("50", 0, None),  # the form before "@": its corrections unknown
+])
+def test_stored_unconfirmed_drifts(raw: str | None, corrected: int, last: int | None) -> None:
+    assert judge.parse_last(raw, corrected) == last
+    if last is not None:
+        assert judge.format_last(last, corrected) == raw
+    assert judge.format_last(None, corrected) == ""
 
 
 def test_judging_keeps_the_reads_it_is_given() -> None:

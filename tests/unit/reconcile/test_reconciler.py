@@ -70,7 +70,7 @@ def test_the_first_read_is_the_baseline_and_a_lone_drift_waits_for_its_second(
     assert frt.redis.hget(BK.recon, "base:r1") == "100,100"  # what the room held before, net
     frt.redis.hset(BK.recon, "obs:r1", json.dumps([a_read(T0 - 15, 140)]))
     assert reconcile_battle(frt, "b1") == "ok"
-    assert frt.redis.hget(BK.recon, "last:r1") == "10"
+    assert frt.redis.hget(BK.recon, "last:r1") == "10@0"  # net of no correction yet
     assert not frt.redis.exists(BK.pending)
     assert frt.redis.zscore(keys.RECONCILE_DUE, "b1") == T0 + 1.0  # its second read, soon
 

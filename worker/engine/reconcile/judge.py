@@ -18,9 +18,11 @@ the state, passes the time in, and stores what this module returns. The rule (do
   subtract). The first judged K is the baseline [Blo, Bhi] (it absorbs any drift before it);
   later, drift - corrections lies in [Klo - Bhi - C, Khi - Blo - C].
 - A read's sure drift is the end of that interval nearest zero when zero is outside it, else 0.
-  A correction needs two judged reads in a row whose sure drifts have the same sign; it is
-  the smaller of the two. The interval of the later read holds the truth, so the correction
-  never passes it: it only moves the room toward what Tencent counted.
+  A correction needs two judged reads proving drift of the same sign, with no read proving
+  the other sign in between (a read proving nothing, its interval holding zero, leaves the
+  first standing: in a busy room most do); it is the smaller of the two. The interval of the
+  later read holds the truth, so the correction never passes it: it only moves the room
+  toward what Tencent counted.
 - A read is judged only once every webhook of a gift counted by its moment is in: the ingest
   watermark (worker/engine/ingest/watermark.py) has passed its end + `Band.late`.
 - Reads only from spread + clock after the battle's start (the owner's gifts just before it
@@ -190,7 +192,7 @@ class RoomJudgement:
     waiting: list[Read] = field(default_factory=list)
     #: The room's baseline [Blo, Bhi] (None until a read is judged).
     base: tuple[int, int] | None = None
-    #: The sure drift of the last judged read, waiting for a second to agree (None: none).
+    #: The sure drift last proved, waiting for a second read to agree (None: none).
     last: int | None = None
     #: Drift confirmed by two agreeing reads: to decide (add to corrections and pending).
     fix: int = 0
@@ -229,7 +231,9 @@ def judge_room(reads: list[Read], ledger: Mapping[int, int], base: tuple[int, in
         d = sure_drift(k, out.base, corrected + out.fix)
         out.judged += 1
         out.drifted += d != 0
-        if d and out.last and _sign(out.last) == _sign(d):
+        if not d:
+            continue  # proves nothing either way (a busy second may hide a drift): keep `last`
+        if out.last and _sign(out.last) == _sign(d):
             fix = _sign(d) * min(abs(d), abs(out.last))
             out.fix += fix
             d -= fix  # what this read proves beyond it waits for a read to agree
@@ -288,6 +292,19 @@ def parse_base(raw: str | None) -> tuple[int, int] | None:
 def format_base(base: tuple[int, int]) -> str:
     """The stored form of a baseline (parse_base reads it)."""
     return f"{base[0]},{base[1]}"
+
+
+def parse_last(raw: str | None, corrected: int) -> int | None:
+    """A stored unconfirmed drift ("drift@corrections"), if still current: one stored before
+    the room's corrections last changed (a pass that crashed after deciding, before storing)
+    is stale, and so is one in the older form without "@"."""
+    drift, at, when = (raw or "").partition("@")
+    return int(drift) if at and drift and int(when) == corrected else None
+
+
+def format_last(drift: int | None, corrected: int) -> str:
+    """The stored form of an unconfirmed drift, with the corrections it is net of."""
+    return "" if drift is None else f"{drift}@{corrected}"
 
 
 def next_due_at(now: float, end: float, interval: float) -> float | None:

@@ -79,11 +79,10 @@ class Reconciler:
             if not owner:
                 continue
             ledgers[room] = judge.room_ledger(secs, room)
-            last = recon.get(f"last:{room}") or None  # "" once a correction consumed it
+            done = corr.get(room, 0)
             j = judge.judge_room(_reads({}, recon, room), ledgers[room],
                                  judge.parse_base(recon.get(f"base:{room}")),
-                                 None if last is None else int(last),
-                                 corr.get(room, 0), mark, now,
+                                 judge.parse_last(recon.get(f"last:{room}"), done), done, mark, now,
                                  (self.battle.start, self.battle.end), self.band)
             self._soon(j.sooner)
             if j.fix:
@@ -91,7 +90,7 @@ class Reconciler:
             if j.base_taken and j.base is not None:
                 updates[f"base:{room}"] = judge.format_base(j.base)
             if j.judged:
-                updates[f"last:{room}"] = "" if j.last is None else str(j.last)
+                updates[f"last:{room}"] = judge.format_last(j.last, done + j.fix)
             updates[f"obs:{room}"] = json.dumps(j.waiting)
             judged += j.judged + j.base_taken
             drifted += j.drifted
