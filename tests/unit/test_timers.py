@@ -47,7 +47,7 @@ MEASURED = {
     "endgame.coalesce": 0.03, "endgame.decisive": 0.8, "endgame.threads": 16,
     "endgame.round_max": 200,
     "reconcile.safety": 1.0, "reconcile.clock_margin": 0.5,
-    "reconcile.final_window": 12.0, "reconcile.typical_lag": 0.6,
+    "reconcile.final_window": 12.0, "reconcile.last_read_lead": 0.5, "reconcile.typical_lag": 0.6,
     "reconcile.pair_gap": 1.0, "reconcile.slot_wait": 0.5, "reconcile.judge_delay": 3.5,
     "reconcile.read_lag": 5.0,
     "audit.interval": 30.0, "audit.after_ambiguity": 10.0, "audit.end_lead": 3.0,

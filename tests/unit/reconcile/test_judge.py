@@ -214,6 +214,14 @@ def test_read_wanted(waiting: list[Read], now: float, wanted: bool,
     assert judge.read_wanted(waiting, T + now) == (wanted, sooner)
 
 
+def test_no_read_judged_too_near_the_end_to_correct_anything() -> None:
+    end = NOW + 10.0
+    last = end - LATE - TYPICAL_LAG - judge.LAST_READ_LEAD  # the last moment worth a read
+    assert not judge.reads_over(end, last - 0.01) and judge.reads_over(end, last)
+    # (later than the judge's own edge: gifts after the end are never counted by such a read)
+    assert last < end - DEFAULT_BAND.clock
+
+
 @pytest.mark.parametrize(("lag", "blocked"), [(0.6, False), (READ_LAG, False),
                                               (READ_LAG + 0.01, True), (30.0, True)])
 def test_no_read_while_the_watermark_lags(lag: float, blocked: bool) -> None:

@@ -61,6 +61,7 @@ JUDGE_DELAY = TIMERS.reconcile.judge_delay
 READ_LAG = TIMERS.reconcile.read_lag
 TYPICAL_LAG = TIMERS.reconcile.typical_lag
 PAIR_GAP = TIMERS.reconcile.pair_gap
+LAST_READ_LEAD = TIMERS.reconcile.last_read_lead
 
 
 class Read(TypedDict):
@@ -249,6 +250,12 @@ def decide(fixes: Mapping[str, int], ended: bool) -> tuple[dict[str, int], dict[
     any more, so it is only reported."""
     fixes = {r: d for r, d in fixes.items() if d}
     return ({}, fixes) if fixes and ended else (fixes, {})
+
+
+def reads_over(end: float, latest: float, band: Band = DEFAULT_BAND) -> bool:
+    """True once a read taken now (Tencent's clock at the `latest`) would be judged too near
+    the battle's `end` for its correction to be flushed (or after it)."""
+    return latest + band.late + TYPICAL_LAG + LAST_READ_LEAD >= end
 
 
 def reads_blocked(mark: float, now: float) -> bool:

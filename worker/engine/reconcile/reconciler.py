@@ -132,8 +132,8 @@ class Reconciler:
             # their start). The judge drops such a read as well.
             self._soon(now + early)
             return {}
-        if tclock.latest() + self.band.clock >= self.battle.end:
-            return {}  # gifts just after the end, not the battle's, may be counted already
+        if judge.reads_over(self.battle.end, tclock.latest(), self.band):
+            return {}  # judged too late to correct anything before the end
         rooms: dict[str, str] = {}
         for room, owner in self.battle.rooms.items():
             if not owner:
