@@ -43,7 +43,7 @@ OLDEST_SCAN = 100
 #: see a series from the start rather than an absent one.
 EXTRA_EVENTS = ("audit_corrections", "given_up", "late_drift", "reconcile_reads",
                 "reconcile_reads_deferred", "reconcile_reads_dropped", "reconcile_reads_drifted",
-                "reconcile_reads_judged", "unsettled")
+                "reconcile_reads_judged", "reconcile_reads_yielded", "unsettled")
 INF = float("inf")
 #: SCORER_QUEUE's default, which is Celery's own default queue (`celery`).
 DEFAULT_QUEUE: str = Settings.model_fields["queue"].default

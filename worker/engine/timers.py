@@ -209,6 +209,11 @@ class ReconcileTimers:
     estimate is shared by hosts; issue 27): the judge widens every read by it."""
     final_window: float = 12.0
     """In a battle's last `final_window` s plus one interval, reconcile runs every judge_delay."""
+    yield_reserve: int = 10
+    """No read while the end game keeps this many set_battle_score calls for writes to come (a
+    crowded ending: 10 battles in about a second): a read costs the control plane's CPU what a
+    write costs, and in the finale reads of the battles ending next ran at 100-150/s while the
+    ones ending then needed their last writes."""
     last_read_lead: float = 0.5
     """No read whose judging (the webhooks' delay and a tick after it) would leave less than this
     before the battle's end: its correction could not be flushed in time, and the end's

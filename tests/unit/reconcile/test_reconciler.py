@@ -100,6 +100,20 @@ def test_fresh_reads_are_taken_while_ingest_keeps_up_and_judged_soon(
     assert frt.redis.zscore(keys.RECONCILE_DUE, "b1") == T0 + 1.0
 
 
+def test_reads_give_way_to_a_crowded_ending(frt: Runtime, respx_mock: respx.MockRouter) -> None:
+    """The end game keeps calls for the last writes of battles ending now: no read meanwhile
+    (it would take the control plane's CPU from them); the pass comes back a pair's gap on."""
+    running(frt, KEEPING_UP)
+    route = respx_mock.post(GIFT_COUNT).mock(return_value=answer({"TotalCoins": 120}))
+    frt.client.limiter.set_reserve("set_battle_score", TIMERS.reconcile.yield_reserve)
+    assert reconcile_battle(frt, "b1") == "ok"
+    assert not route.called and read(frt.redis)["reconcile_reads_yielded"] == 1
+    assert frt.redis.zscore(keys.RECONCILE_DUE, "b1") == T0 + PAIR_GAP
+    frt.client.limiter.set_reserve("set_battle_score", TIMERS.reconcile.yield_reserve - 1)
+    assert reconcile_battle(frt, "b1") == "ok"
+    assert route.call_count == 2  # a few writes to come: reads go on
+
+
 def test_a_read_waits_briefly_for_a_slot_and_a_pass_without_one_comes_back_soon(
         frt: Runtime, respx_mock: respx.MockRouter, monkeypatch: pytest.MonkeyPatch) -> None:
     # The get_gift_count budget is taken: a read must not hold the control thread for the

@@ -134,6 +134,11 @@ class Reconciler:
             return {}
         if judge.reads_over(self.battle.end, tclock.latest(), self.band):
             return {}  # judged too late to correct anything before the end
+        if self.rt.client.limiter.reserved("set_battle_score") >= TIMERS.reconcile.yield_reserve:
+            # A crowded ending: its last writes need the CPU; read once it has passed.
+            bump(self.rt.redis, "reconcile_reads_yielded")
+            self._soon(now + PAIR_GAP)
+            return {}
         rooms: dict[str, str] = {}
         for room, owner in self.battle.rooms.items():
             if not owner:

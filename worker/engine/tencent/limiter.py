@@ -73,6 +73,8 @@ class Limiter(Protocol):
 
     def set_reserve(self, api: str, calls: int) -> None: ...
 
+    def reserved(self, api: str) -> int: ...
+
 
 class NoLimiter:
     """A limiter that never waits (tests and one-off CLI probes)."""
@@ -93,6 +95,9 @@ class NoLimiter:
 
     def set_reserve(self, api: str, calls: int) -> None:
         pass
+
+    def reserved(self, api: str) -> int:
+        return 0
 
 
 class RedisRateLimiter:
@@ -172,6 +177,11 @@ class RedisRateLimiter:
             self.redis.set(key, min(calls, self.rate - 1), px=2000)
         else:
             self.redis.delete(key)
+
+    def reserved(self, api: str) -> int:
+        """The reserve kept for HIGH calls of `api` now (0: none): the end game's writes to
+        come, which work that can wait gives way to."""
+        return int(self.redis.get(keys.rate_reserve_key(api)) or 0)
 
 
 class Departure:
