@@ -197,21 +197,39 @@ def test_decide(fixes: dict[str, int], ended: bool, decided: dict[str, int],
     assert judge.decide(fixes, ended) == (decided, late)
 
 
-# (id, reads waiting, now (from T), read?, sooner)
-READ_CASES: list[tuple[str, list[Read], float, bool, float | None]] = [
-    ("a room with nothing waiting is read, however busy", [], 50.5, True, None),
-    ("the confirming read PAIR_GAP after the first", [read(49, 100)], 49.2 + PAIR_GAP + 0.1,
-     True, None),
-    ("not before", [read(49, 100)], 49.5, False, read(49, 100)["t1"] + PAIR_GAP),
-    ("two reads waiting: no third", [read(40, 100), read(41, 100)], 50.5, False, None),
+INTERVAL = 15.0
+
+# (id, reads waiting, now (from T), busy, last read (from T), read?, sooner)
+READ_CASES: list[tuple[str, list[Read], float, bool, float | None, bool, float | None]] = [
+    ("a room never read is read", [], 50.5, False, None, True, None),
+    ("a quiet room: once an interval", [], 50.5, False, 40.0, False, T + 40.0 + INTERVAL),
+    ("... and then", [], 55.0, False, 40.0, True, None),
+    ("a quiet room's read is judged before the next", [read(49, 100)], 70.0, False, 49.2,
+     False, None),
+    ("a busy room is read whenever nothing waits", [], 50.5, True, 50.0, True, None),
+    ("its confirming read PAIR_GAP after the first", [read(49, 100)], 49.2 + PAIR_GAP + 0.1,
+     True, 49.2, True, None),
+    ("not before", [read(49, 100)], 49.5, True, 49.2, False, read(49, 100)["t1"] + PAIR_GAP),
+    ("two reads waiting: no third", [read(40, 100), read(41, 100)], 50.5, True, 41.2, False,
+     None),
 ]
 
 
-@pytest.mark.parametrize(("waiting", "now", "wanted", "sooner"),
+@pytest.mark.parametrize(("waiting", "now", "busy", "read_at", "wanted", "sooner"),
                          [c[1:] for c in READ_CASES], ids=[c[0] for c in READ_CASES])
-def test_read_wanted(waiting: list[Read], now: float, wanted: bool,
-                     sooner: float | None) -> None:
-    assert judge.read_wanted(waiting, T + now) == (wanted, sooner)
+def test_read_wanted(waiting: list[Read], now: float, busy: bool, read_at: float | None,
+                     wanted: bool, sooner: float | None) -> None:
+    at = None if read_at is None else T + read_at
+    assert judge.read_wanted(waiting, T + now, busy, at, INTERVAL) == (wanted, sooner)
+
+
+def test_a_read_with_gifts_it_may_not_have_counted_is_ambiguous() -> None:
+    quiet = judge.judge_room([read(10, 100)], ledger(s5=3), (97, 97), None, 0, PAST, NOW,
+                             WINDOW)
+    busy = judge.judge_room([read(10, 100)], ledger(s9=3), (97, 97), None, 0, PAST, NOW,
+                            WINDOW)
+    none = judge.judge_room([], ledger(s9=3), (97, 97), None, 0, PAST, NOW, WINDOW)
+    assert (quiet.ambiguous, busy.ambiguous, none.ambiguous) == (False, True, None)
 
 
 def test_no_read_judged_too_near_the_end_to_correct_anything() -> None:

@@ -205,6 +205,10 @@ class RoomJudgement:
     drifted: int = 0
     #: Reads dropped: taken too near the battle's start or end to be evidence.
     dropped: int = 0
+    #: Whether the last read judged (baseline or not) had gifts it may or may not have
+    #: counted: a drift may hide behind them, so the room is worth reading often (None: no
+    #: read judged).
+    ambiguous: bool | None = None
     #: When a sooner pass pays off (None: the schedule will do).
     sooner: float | None = None
 
@@ -226,6 +230,7 @@ def judge_room(reads: list[Read], ledger: Mapping[int, int], base: tuple[int, in
             out.dropped += 1
             continue
         k = evidence(read, ledger, band)
+        out.ambiguous = k[0] != k[1]
         if out.base is None:
             out.base, out.base_taken = k, True
             continue
@@ -263,17 +268,22 @@ def reads_blocked(mark: float, now: float) -> bool:
     return now - mark > READ_LAG
 
 
-def read_wanted(waiting: list[Read], now: float) -> tuple[bool, float | None]:
-    """Whether to read a room now, given its reads waiting to be judged; if not, when a pass
-    pays off (None: the schedule). Two reads per room per judging cycle at most: a first,
-    and the confirming one PAIR_GAP later."""
-    if not waiting:
+def read_wanted(waiting: list[Read], now: float, busy: bool, read_at: float | None,
+                interval: float) -> tuple[bool, float | None]:
+    """Whether to read a room now, given its reads waiting to be judged, whether it is `busy`
+    (reads pay often: no baseline yet, a drift waiting for its confirming read, or gifts
+    around its last judged read that may hide one) and when it was last read; if not, when a
+    pass pays off (None: the schedule). A busy room: two reads per judging cycle at most, a
+    first and the confirming one PAIR_GAP later. Any other room: a read every `interval`,
+    judged before the next (one that proves a drift makes the room busy)."""
+    if len(waiting) >= 2 or (waiting and not busy):
+        return False, None
+    if waiting:
+        t1 = waiting[0]["t1"]
+        return (True, None) if now - t1 >= PAIR_GAP else (False, t1 + PAIR_GAP)
+    if busy or read_at is None or now - read_at >= interval:
         return True, None
-    if len(waiting) == 1 and now - waiting[0]["t1"] >= PAIR_GAP:
-        return True, None  # the confirming read of the pair
-    if len(waiting) == 1:
-        return False, waiting[0]["t1"] + PAIR_GAP
-    return False, None
+    return False, read_at + interval
 
 
 def add_read(reads: list[Read], read: Read, lag: float,

@@ -71,6 +71,7 @@ class Reconciler:
         updates: dict[str, str] = {}
         fixes: dict[str, int] = {}
         judged = drifted = dropped = 0
+        busy: dict[str, bool] = {}  # room → its reads pay often (judge.read_wanted)
         ledgers: dict[str, dict[int, int]] = {}
         #: When a sooner pass pays off: an unconfirmed drift wants its second read, and a
         #: waiting read can be judged as soon as its webhooks are surely in.
@@ -91,6 +92,10 @@ class Reconciler:
                 updates[f"base:{room}"] = judge.format_base(j.base)
             if j.judged:
                 updates[f"last:{room}"] = judge.format_last(j.last, done + j.fix)
+            if j.ambiguous is not None:
+                updates[f"wide:{room}"] = "1" if j.ambiguous else "0"
+            busy[room] = j.base is None or j.last is not None or (
+                recon.get(f"wide:{room}", "1") == "1" if j.ambiguous is None else j.ambiguous)
             updates[f"obs:{room}"] = json.dumps(j.waiting)
             judged += j.judged + j.base_taken
             drifted += j.drifted
@@ -110,15 +115,15 @@ class Reconciler:
                              "reconcile_reads_dropped": dropped})
         if fixes:
             self.correct(fixes)
-        readable = self._readable(updates, recon, mark, now)
+        readable = self._readable(updates, recon, busy, mark, now)
         self.observe(updates, recon, readable)
         # Every room waits on a read: a pass before the first can be judged is wasted.
         self.all_waiting = all(_reads(updates, recon, r)
                                for r, owner in self.battle.rooms.items() if owner)
         return fixes
 
-    def _readable(self, updates: dict[str, str], recon: dict[str, str], mark: float,
-                  now: float) -> dict[str, str]:
+    def _readable(self, updates: dict[str, str], recon: dict[str, str], busy: dict[str, bool],
+                  mark: float, now: float) -> dict[str, str]:
         """Rooms whose fresh read could be judged (see reconcile/judge.py) → their owner."""
         if judge.reads_blocked(mark, now):
             return {}
@@ -143,7 +148,10 @@ class Reconciler:
         for room, owner in self.battle.rooms.items():
             if not owner:
                 continue
-            wanted, sooner = judge.read_wanted(_reads(updates, recon, room), now)
+            read_at = recon.get(f"read_at:{room}")
+            wanted, sooner = judge.read_wanted(
+                _reads(updates, recon, room), now, busy.get(room, True),
+                None if read_at is None else float(read_at), self.rt.settings.reconcile_interval)
             if wanted:
                 rooms[room] = owner
             self._soon(sooner)
@@ -209,6 +217,7 @@ class Reconciler:
                     self.lag, self.band)
                 self._soon(sooner)
                 updates[f"obs:{room}"] = json.dumps(reads)
+                updates[f"read_at:{room}"] = repr(t1)
                 read_n += 1
             bump(rt.redis, "reconcile_reads", read_n)
         if updates:
