@@ -96,6 +96,8 @@ def populate(r: redis.Redis) -> float:
     r.hset(keys.STATS, mapping={"audit_corrections": 2, "reconcile_corrections": 3,
                                 "dead_lettered": 1, "unapplied": 4})
     r.rpush(keys.DEAD_LETTERS, json.dumps({"reason": "test"}))
+    # Rooms without a reconcile baseline: one 30 s after its start (counted), one 2 s after.
+    r.zadd(keys.RECON_UNBASED, {"b-old|r1": now - 30, "b-new|r1": now - 2})
     record_call(r, "set_battle_score", "success", 0.03, waited=0.2)
     record_call(r, "set_battle_score", "retryable", 0.3)
     r.set(keys.TICK_AT, now - 4)
@@ -125,6 +127,8 @@ def test_metrics_process_reports_the_cluster(rt, settings):
     assert value(s, "scorer_events_total", outcome="reconcile_corrections") == 3
     assert value(s, "scorer_events_total", outcome="given_up") == 0  # present before any
     assert value(s, "scorer_dead_letters") == 1
+    assert value(s, "scorer_reconcile_rooms_without_baseline") == 1
+    assert value(s, "scorer_events_total", outcome="reconcile_heal_ms") == 0
     assert value(s, "scorer_pending_value") == 5
     assert value(s, "scorer_battles_active") == 1 and value(s, "scorer_battles_due") == 2
     assert value(s, "scorer_redis_up", redis="state") == 1

@@ -11,7 +11,8 @@ from tests.helpers import gift_body, start_body, wait_for
 from worker.engine.flush.flusher import flush_battle
 from worker.engine.ingest import watermark
 from worker.engine.ingest.gifts import handle
-from worker.engine.reconcile.judge import DEFAULT_BAND, PAIR_GAP
+from worker.engine.reconcile.band import DEFAULT_BAND
+from worker.engine.reconcile.cadence import PAIR_GAP
 from worker.engine.reconcile.reconciler import reconcile_battle
 from worker.engine.state import keys
 from worker.engine.state.keys import BattleKeys

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from worker.engine import timers
-from worker.engine.reconcile.judge import DEFAULT_BAND
+from worker.engine.reconcile.band import DEFAULT_BAND
 from worker.engine.timers import TIMERS, Timers
 
 ROOT = Path(__file__).resolve().parents[2]

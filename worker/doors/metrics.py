@@ -37,13 +37,16 @@ BEAT_PUBLISHED_TTL = 300
 TICK_TASK = "scorer.tick"
 #: kombu's Redis transport keeps priority `n` of queue `q` in the list `q + SEP + str(n)`.
 PRIORITY_SEP = "\x06\x16"
+#: A room's reconcile baseline is due this many seconds after its battle's start.
+BASELINE_DUE = 10.0
 #: Overdue battles examined for `scorer_oldest_pending_seconds` (bounds the scrape).
 OLDEST_SCAN = 100
 #: Counters bumped only on rare paths: exported as 0 until then, so rate() and the alerts
 #: see a series from the start rather than an absent one.
-EXTRA_EVENTS = ("audit_corrections", "given_up", "late_drift", "reconcile_reads",
-                "reconcile_reads_deferred", "reconcile_reads_dropped", "reconcile_reads_drifted",
-                "reconcile_reads_judged", "reconcile_reads_yielded", "unsettled")
+EXTRA_EVENTS = ("audit_corrections", "given_up", "late_drift", "reconcile_heal_ms",
+                "reconcile_reads", "reconcile_reads_deferred", "reconcile_reads_dropped",
+                "reconcile_reads_drifted", "reconcile_reads_judged", "reconcile_reads_yielded",
+                "unsettled")
 INF = float("inf")
 #: SCORER_QUEUE's default, which is Celery's own default queue (`celery`).
 DEFAULT_QUEUE: str = Settings.model_fields["queue"].default
@@ -150,10 +153,11 @@ class ScorerCollector:
         pipe.get(keys.DEAD_LETTERS_DROPPED)
         pipe.get(keys.TICK_AT)
         pipe.get(BEAT_PUBLISHED)
+        pipe.zcount(keys.RECON_UNBASED, "-inf", now - BASELINE_DUE)
         for zkey in (keys.FLUSH_DUE, keys.ENDGAME_DUE):
             pipe.zrangebyscore(zkey, "-inf", now, start=0, num=OLDEST_SCAN, withscores=True)
         (raw_stats, calls_raw, sums_raw, buckets_raw, wait_raw, active, first_due, due,
-         held, dead, dropped, tick_at, beat_at, flush_due, endgame_due) = pipe.execute()
+         held, dead, dropped, tick_at, beat_at, unbased, flush_due, endgame_due) = pipe.execute()
         raw_stats = counters.with_dropped(raw_stats, dropped)
 
         ev = CounterMetricFamily("scorer_events", "Events by what became of them",
@@ -221,6 +225,9 @@ class ScorerCollector:
             _gauge("scorer_oldest_pending_seconds",
                    "How long the most overdue battle holding value has waited", oldest_age),
             _gauge("scorer_held_rooms", "Rooms with gifts waiting for their battle", held),
+            _gauge("scorer_reconcile_rooms_without_baseline",
+                   f"Rooms of running battles reconcile has no baseline of {BASELINE_DUE:g} s "
+                   "after their start (drift there cannot be healed)", unbased),
             _gauge("scorer_dead_letters", "Events in the dead-letter store", dead),
             _gauge("scorer_last_tick_age_seconds",
                    "Seconds since a tick last ran (+Inf: never)", age_of(tick_at, now)),

@@ -14,17 +14,15 @@ from typing import Any
 
 import pytest
 
-from worker.engine.reconcile import judge
-from worker.engine.reconcile.judge import (
-    DEFAULT_BAND,
+from worker.engine.reconcile import cadence, judge
+from worker.engine.reconcile.band import DEFAULT_BAND, Band, Read
+from worker.engine.reconcile.cadence import (
     FINAL_WINDOW,
     JUDGE_DELAY,
     MAX_OBSERVATIONS,
     PAIR_GAP,
     READ_LAG,
     TYPICAL_LAG,
-    Band,
-    Read,
 )
 
 T = 1_700_000_000
@@ -220,7 +218,7 @@ READ_CASES: list[tuple[str, list[Read], float, bool, float | None, bool, float |
 def test_read_wanted(waiting: list[Read], now: float, busy: bool, read_at: float | None,
                      wanted: bool, sooner: float | None) -> None:
     at = None if read_at is None else T + read_at
-    assert judge.read_wanted(waiting, T + now, busy, at, INTERVAL) == (wanted, sooner)
+    assert cadence.read_wanted(waiting, T + now, busy, at, INTERVAL) == (wanted, sooner)
 
 
 def test_a_read_with_gifts_it_may_not_have_counted_is_ambiguous() -> None:
@@ -234,8 +232,8 @@ def test_a_read_with_gifts_it_may_not_have_counted_is_ambiguous() -> None:
 
 def test_no_read_judged_too_near_the_end_to_correct_anything() -> None:
     end = NOW + 10.0
-    last = end - LATE - TYPICAL_LAG - judge.LAST_READ_LEAD  # the last moment worth a read
-    assert not judge.reads_over(end, last - 0.01) and judge.reads_over(end, last)
+    last = end - LATE - TYPICAL_LAG - cadence.LAST_READ_LEAD  # the last moment worth a read
+    assert not cadence.reads_over(end, last - 0.01) and cadence.reads_over(end, last)
     # (later than the judge's own edge: gifts after the end are never counted by such a read)
     assert last < end - DEFAULT_BAND.clock
 
@@ -243,7 +241,7 @@ def test_no_read_judged_too_near_the_end_to_correct_anything() -> None:
 @pytest.mark.parametrize(("lag", "blocked"), [(0.6, False), (READ_LAG, False),
                                               (READ_LAG + 0.01, True), (30.0, True)])
 def test_no_read_while_the_watermark_lags(lag: float, blocked: bool) -> None:
-    assert judge.reads_blocked(NOW - lag, NOW) is blocked
+    assert cadence.reads_blocked(NOW - lag, NOW) is blocked
 
 
 @pytest.mark.parametrize(("t1", "lag", "at"), [
@@ -253,24 +251,24 @@ def test_no_read_while_the_watermark_lags(lag: float, blocked: bool) -> None:
     (NOW - 10.0, 60.0, NOW + READ_LAG),  # ... at most READ_LAG
 ])
 def test_judgeable_at(t1: float, lag: float, at: float) -> None:
-    assert judge.judgeable_at(t1, NOW, lag) == at
+    assert cadence.judgeable_at(t1, NOW, lag) == at
 
 
 def test_watermark_lag_is_at_least_a_tick() -> None:
-    assert judge.watermark_lag(NOW + 5, NOW) == 0.3
-    assert judge.watermark_lag(NOW - 7, NOW) == 7
+    assert cadence.watermark_lag(NOW + 5, NOW) == 0.3
+    assert cadence.watermark_lag(NOW - 7, NOW) == 7
 
 
 def test_a_first_read_wants_its_confirming_read_a_later_one_its_judging() -> None:
-    reads, sooner = judge.add_read([], read(10, 100), 0.3)
+    reads, sooner = cadence.add_read([], read(10, 100), 0.3)
     assert reads == [read(10, 100)] and sooner == read(10, 100)["t1"] + PAIR_GAP
-    reads, sooner = judge.add_read(reads, read(11, 100), 0.3)
+    reads, sooner = cadence.add_read(reads, read(11, 100), 0.3)
     assert len(reads) == 2 and sooner == read(11, 100)["t1"] + LATE + TYPICAL_LAG
 
 
 def test_reads_kept_are_bounded() -> None:
     reads = [read(i, i) for i in range(MAX_OBSERVATIONS)]
-    kept, _ = judge.add_read(reads, read(99, 99), 0.3)
+    kept, _ = cadence.add_read(reads, read(99, 99), 0.3)
     assert kept == [*reads[1:], read(99, 99)]
 
 
@@ -288,7 +286,7 @@ def test_room_ledger_reads_its_own_rooms_seconds() -> None:
     (NOW + 5, 2.0, NOW + 2.0),  # ... or the interval if shorter
 ])
 def test_next_due_at(end: float, interval: float, due: float | None) -> None:
-    assert judge.next_due_at(NOW, end, interval) == due
+    assert cadence.next_due_at(NOW, end, interval) == due
 
 
 @pytest.mark.parametrize(("due", "sooner", "all_waiting", "expected"), [
@@ -301,5 +299,5 @@ def test_next_due_at(end: float, interval: float, due: float | None) -> None:
 ])
 def test_reschedule(due: float | None, sooner: float | None, all_waiting: bool,
                     expected: float | None) -> None:
-    assert judge.reschedule(due, sooner, all_waiting, NOW) == expected
+    assert cadence.reschedule(due, sooner, all_waiting, NOW) == expected
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.engine.reconcile import judge
-from worker.engine.reconcile.judge import DEFAULT_BAND, SAFETY, Read
+from worker.engine.reconcile.band import DEFAULT_BAND, SAFETY, Read
 
 T = 1_700_000_000.0
 START, END = T + 10.0, T + 70.0

@@ -13,7 +13,8 @@ from worker.engine.battles import registry
 from worker.engine.battles.records import Battle
 from worker.engine.flush.inflight import LockLost
 from worker.engine.reconcile import reconciler
-from worker.engine.reconcile.judge import JUDGE_DELAY, PAIR_GAP, Read
+from worker.engine.reconcile.band import Read
+from worker.engine.reconcile.cadence import JUDGE_DELAY, PAIR_GAP
 from worker.engine.reconcile.reconciler import Reconciler, reconcile_battle
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
@@ -73,6 +74,25 @@ def test_the_first_read_is_the_baseline_and_a_lone_drift_waits_for_its_second(
     assert frt.redis.hget(BK.recon, "last:r1") == "10@0"  # net of no correction yet
     assert not frt.redis.exists(BK.pending)
     assert frt.redis.zscore(keys.RECONCILE_DUE, "b1") == T0 + 1.0  # its second read, soon
+
+
+def test_rooms_without_a_baseline_and_the_time_to_heal_are_recorded(frt: Runtime) -> None:
+    """The metrics of healing: a room without a baseline stays in bs:recon:unbased (by its
+    battle's start) until it has one; a correction adds the time since its drift was first
+    proved to `reconcile_heal_ms`."""
+    running(frt, LAGGING, obs_r1=[a_read(T0 - 20, 100)])
+    frt.clock = lambda: T0 - 5
+    reconcile_battle(frt, "b1")  # r1: baseline; r2: none yet
+    assert frt.redis.zrange(keys.RECON_UNBASED, 0, -1, withscores=True) == [("b1|r2", T0 - 100)]
+    frt.redis.hset(BK.recon, "obs:r1", json.dumps([a_read(T0 - 19, 110)]))
+    reconcile_battle(frt, "b1")  # a drift of 10, proved at T0 - 5
+    frt.clock = lambda: T0 - 2
+    frt.redis.hset(BK.recon, "obs:r1", json.dumps([a_read(T0 - 18, 110)]))
+    assert reconcile_battle(frt, "b1") == "corrected"
+    assert read(frt.redis)["reconcile_heal_ms"] == 3000
+    frt.clock = lambda: T0 + 301  # ended: the pass after its end forgets the battle's rooms
+    reconcile_battle(frt, "b1")
+    assert frt.redis.zcard(keys.RECON_UNBASED) == 0
 
 
 def test_a_drift_confirmed_after_the_end_is_only_reported(frt: Runtime) -> None:

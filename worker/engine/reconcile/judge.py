@@ -28,9 +28,10 @@ the state, passes the time in, and stores what this module returns. The rule (do
 - Reads only from spread + clock after the battle's start (the owner's gifts just before it
   are not the battle's, and must be counted before the baseline) until `clock` before its
   end (gifts just after it are not the battle's either, and must not be counted yet).
-- The band is what the settings assume of Tencent plus a margin (SAFETY, CLOCK_MARGIN): an
-  assumption broken by up to the margin delays healing, never makes a correction that is not
-  drift (tests/unit/reconcile/test_judge_property.py).
+- The band (worker/engine/reconcile/band.py) is what the settings assume of Tencent plus a
+  margin (SAFETY, CLOCK_MARGIN): an assumption broken by up to the margin delays healing,
+  never makes a correction that is not drift (tests/unit/reconcile/test_judge_property.py).
+- When to read, and when the next pass comes: worker/engine/reconcile/cadence.py.
 - The correction is decided in one atomic step: added to the room's corrections (so no later
   read decides it again) and to its pending value, which the flush path delivers exactly once
   like any gift. Reconcile itself never writes a score. A drift confirmed once the battle has
@@ -41,68 +42,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Any, NotRequired, TypedDict
 
-from worker.engine.settings import Settings
-from worker.engine.timers import TIMERS
-
-#: Margins added to the settings' assumptions (ReconcileTimers has the why).
-SAFETY = TIMERS.reconcile.safety
-CLOCK_MARGIN = TIMERS.reconcile.clock_margin
-#: Observations kept per room while waiting to be judged.
-MAX_OBSERVATIONS = 6
-#: In the last `FINAL_WINDOW` seconds plus one interval, reconcile runs every JUDGE_DELAY.
-FINAL_WINDOW = TIMERS.reconcile.final_window
-JUDGE_DELAY = TIMERS.reconcile.judge_delay
-#: No new read while the ingest watermark trails the present by more than READ_LAG; it trails
-#: it by TYPICAL_LAG when ingest keeps up; a room's confirming read comes PAIR_GAP after the
-#: first. Why each is what it is: worker/engine/timers.py (ReconcileTimers).
-READ_LAG = TIMERS.reconcile.read_lag
-TYPICAL_LAG = TIMERS.reconcile.typical_lag
-PAIR_GAP = TIMERS.reconcile.pair_gap
-LAST_READ_LEAD = TIMERS.reconcile.last_read_lead
-
-
-class Read(TypedDict):
-    """One get_gift_count read of a room (its JSON form in the battle's recon hash): taken
-    between our wall times t0 and t1, at a moment of Tencent's clock within [lo, hi], total R.
-    (A read stored before lo/hi existed is placed by t0/t1 and the default clock spread.)"""
-
-    t0: float
-    t1: float
-    R: int
-    lo: NotRequired[float]
-    hi: NotRequired[float]
-
-
-@dataclass(frozen=True)
-class Band:
-    """What the judge assumes of Tencent, margins included (see the module docstring)."""
-
-    #: Tencent counts a gift with Time T within [T, T + 1 + spread].
-    spread: float
-    #: A gift's webhook is ingested at most `late` s after Tencent counted it.
-    late: float
-    #: A read's moment may lie this much outside the clock estimate's bounds.
-    clock: float
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> Band:
-        """The band of the worker's settings, each assumption widened by its margin."""
-        return cls(spread=settings.reconcile_count_spread + SAFETY,
-                   late=settings.reconcile_webhook_late + SAFETY, clock=CLOCK_MARGIN)
-
-    @property
-    def edge(self) -> float:
-        """Reads begin this long after the battle's start (its end: `clock` before)."""
-        return self.spread + self.clock
-
-
-#: The band of the default settings.
-DEFAULT_BAND = Band.from_settings(SimpleNamespace(**{
-    name: Settings.model_fields[name].default
-    for name in ("reconcile_count_spread", "reconcile_webhook_late")}))
+from worker.engine.reconcile.band import DEFAULT_BAND, Band, Read, moment
+from worker.engine.reconcile.cadence import PAIR_GAP, judgeable_at, sooner, watermark_lag
 
 
 def room_ledger(secs: Mapping[str, int], room: str) -> dict[int, int]:
@@ -113,13 +55,6 @@ def room_ledger(secs: Mapping[str, int], room: str) -> dict[int, int]:
         if r == room:
             ledger[int(sec)] = ledger.get(int(sec), 0) + int(value)
     return ledger
-
-
-def moment(read: Read, band: Band) -> tuple[float, float]:
-    """When on Tencent's clock the read may have been answered, margin included."""
-    lo = read.get("lo", read["t0"] - TIMERS.clock.default_spread)
-    hi = read.get("hi", read["t1"] + TIMERS.clock.default_spread)
-    return lo - band.clock, hi + band.clock
 
 
 def split(read: Read, ledger: Mapping[int, int], band: Band) -> tuple[int, int]:
@@ -158,27 +93,6 @@ def inside(read: Read, start: float, end: float, band: Band) -> bool:
 def judgeable(read: Read, mark: float, band: Band = DEFAULT_BAND) -> bool:
     """True once the ingest watermark `mark` has passed the read's end + the webhooks' delay."""
     return mark > read["t1"] + band.late
-
-
-def watermark_lag(mark: float, now: float) -> float:
-    """How far the watermark trails the present (at least 0.3 s: a tick)."""
-    #: A waiting read is judged once the watermark passes t1 + late; it trails the present
-    #: by a few ticks, or by the whole backlog (then passes back off with it).
-    return max(0.3, now - mark)
-
-
-def judgeable_at(t1: float, now: float, lag: float, band: Band = DEFAULT_BAND) -> float:
-    """When a read that ended at `t1` should be judgeable; past that, back off with the
-    watermark's `lag` (a backlog), so waiting passes do not poll."""
-    expected = t1 + band.late + TYPICAL_LAG
-    return expected if expected > now else now + min(max(0.5, lag), READ_LAG)
-
-
-def _sooner(a: float | None, b: float | None) -> float | None:
-    """The earlier of two wanted times (None: not wanted)."""
-    if a is None:
-        return b
-    return a if b is None else min(a, b)
 
 
 def _sign(x: int) -> int:
@@ -224,7 +138,7 @@ def judge_room(reads: list[Read], ledger: Mapping[int, int], base: tuple[int, in
     for read in reads:
         if not judgeable(read, mark, band):
             out.waiting.append(read)
-            out.sooner = _sooner(out.sooner, judgeable_at(read["t1"], now, lag, band))
+            out.sooner = sooner(out.sooner, judgeable_at(read["t1"], now, lag, band))
             continue
         if not inside(read, *window, band):
             out.dropped += 1
@@ -245,7 +159,7 @@ def judge_room(reads: list[Read], ledger: Mapping[int, int], base: tuple[int, in
             d -= fix  # what this read proves beyond it waits for a read to agree
         out.last = d or None
         if d:  # an unconfirmed drift wants its second read soon
-            out.sooner = _sooner(out.sooner, now + PAIR_GAP)
+            out.sooner = sooner(out.sooner, now + PAIR_GAP)
     return out
 
 
@@ -255,47 +169,6 @@ def decide(fixes: Mapping[str, int], ended: bool) -> tuple[dict[str, int], dict[
     any more, so it is only reported."""
     fixes = {r: d for r, d in fixes.items() if d}
     return ({}, fixes) if fixes and ended else (fixes, {})
-
-
-def reads_over(end: float, latest: float, band: Band = DEFAULT_BAND) -> bool:
-    """True once a read taken now (Tencent's clock at the `latest`) would be judged too near
-    the battle's `end` for its correction to be flushed (or after it)."""
-    return latest + band.late + TYPICAL_LAG + LAST_READ_LEAD >= end
-
-
-def reads_blocked(mark: float, now: float) -> bool:
-    """No read while the watermark lags by more than READ_LAG: it could not be judged."""
-    return now - mark > READ_LAG
-
-
-def read_wanted(waiting: list[Read], now: float, busy: bool, read_at: float | None,
-                interval: float) -> tuple[bool, float | None]:
-    """Whether to read a room now, given its reads waiting to be judged, whether it is `busy`
-    (reads pay often: no baseline yet, a drift waiting for its confirming read, or gifts
-    around its last judged read that may hide one) and when it was last read; if not, when a
-    pass pays off (None: the schedule). A busy room: two reads per judging cycle at most, a
-    first and the confirming one PAIR_GAP later. Any other room: a read every `interval`,
-    judged before the next (one that proves a drift makes the room busy)."""
-    if len(waiting) >= 2 or (waiting and not busy):
-        return False, None
-    if waiting:
-        t1 = waiting[0]["t1"]
-        return (True, None) if now - t1 >= PAIR_GAP else (False, t1 + PAIR_GAP)
-    if busy or read_at is None or now - read_at >= interval:
-        return True, None
-    return False, read_at + interval
-
-
-def add_read(reads: list[Read], read: Read, lag: float,
-             band: Band = DEFAULT_BAND) -> tuple[list[Read], float]:
-    """Store a fresh read: the room's reads (the newest MAX_OBSERVATIONS) and when a pass pays
-    off (the read judgeable, or the confirming read due PAIR_GAP after a first)."""
-    reads = [*reads, read]
-    t1 = read["t1"]
-    sooner = judgeable_at(t1, t1, lag, band)
-    if len(reads) == 1:
-        sooner = min(sooner, t1 + PAIR_GAP)
-    return reads[-MAX_OBSERVATIONS:], sooner
 
 
 def parse_base(raw: str | None) -> tuple[int, int] | None:
@@ -323,22 +196,4 @@ def format_last(drift: int | None, corrected: int) -> str:
     """The stored form of an unconfirmed drift, with the corrections it is net of."""
     return "" if drift is None else f"{drift}@{corrected}"
 
-
-def next_due_at(now: float, end: float, interval: float) -> float | None:
-    """When a battle ending at `end` is reconciled next (None once it has ended): every
-    `interval`, every JUDGE_DELAY at most in its last interval + FINAL_WINDOW."""
-    if now >= end:
-        return None
-    if end - now <= interval + FINAL_WINDOW:
-        return now + min(interval, JUDGE_DELAY)
-    return now + interval
-
-
-def reschedule(due: float | None, sooner: float | None, all_waiting: bool,
-               now: float) -> float | None:
-    """The next pass: the scheduled `due`, or `sooner` when a pass then pays off (exactly then
-    if every room waits on a read: a pass before it would find nothing), never within 0.5 s."""
-    if due is not None and sooner is not None:
-        due = max(now + 0.5, sooner if all_waiting else min(due, sooner))
-    return due
 

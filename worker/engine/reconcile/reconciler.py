@@ -20,11 +20,12 @@ from worker.engine.battles.unstarted import GIVEN_UP, give_up, give_up_after, re
 from worker.engine.flush import endgame
 from worker.engine.flush.inflight import LockLost
 from worker.engine.ingest import watermark
-from worker.engine.reconcile import judge
-from worker.engine.reconcile.judge import FINAL_WINDOW, JUDGE_DELAY, PAIR_GAP, Read
+from worker.engine.reconcile import cadence, judge
+from worker.engine.reconcile.band import Band, Read
+from worker.engine.reconcile.cadence import FINAL_WINDOW, JUDGE_DELAY, PAIR_GAP
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
-from worker.engine.state.counters import bump, bump_many
+from worker.engine.state.counters import bump
 from worker.engine.state.keys import BattleKeys
 from worker.engine.state.lock import RedisLock
 from worker.engine.state.pipeline import pipeline
@@ -56,7 +57,7 @@ class Reconciler:
         self.battle = battle
         self.bk = BattleKeys(battle.battle_id)
         self.lock = lock
-        self.band = judge.Band.from_settings(rt.settings)
+        self.band = Band.from_settings(rt.settings)
 
     def run(self) -> dict[str, int]:
         """Judge stored reads, hand confirmed drift to the flush path, take new reads; returns
@@ -67,11 +68,14 @@ class Reconciler:
         corr = {k: int(v) for k, v in rt.redis.hgetall(bk.corr).items()}
         mark = watermark.current(rt)
         now = rt.clock()
-        self.lag = judge.watermark_lag(mark, now)
+        self.lag = cadence.watermark_lag(mark, now)
         updates: dict[str, str] = {}
         fixes: dict[str, int] = {}
         judged = drifted = dropped = 0
         busy: dict[str, bool] = {}  # room → its reads pay often (judge.read_wanted)
+        heal: dict[str, float] = {}  # room → seconds from its drift's first proof to its fix
+        based: list[str] = []
+        unbased: list[str] = []
         ledgers: dict[str, dict[int, int]] = {}
         #: When a sooner pass pays off: an unconfirmed drift wants its second read, and a
         #: waiting read can be judged as soon as its webhooks are surely in.
@@ -92,6 +96,13 @@ class Reconciler:
                 updates[f"base:{room}"] = judge.format_base(j.base)
             if j.judged:
                 updates[f"last:{room}"] = judge.format_last(j.last, done + j.fix)
+                # When the drift waiting was first proved: its correction's time to heal.
+                proved = recon.get(f"proved:{room}") or ""
+                if j.fix:
+                    heal[room] = now - float(proved or now)
+                updates[f"proved:{room}"] = "" if j.last is None else (
+                    repr(now) if j.fix or not proved else proved)
+            (unbased if j.base is None else based).append(f"{self.battle.battle_id}|{room}")
             if j.ambiguous is not None:
                 updates[f"wide:{room}"] = "1" if j.ambiguous else "0"
             busy[room] = j.base is None or j.last is not None or (
@@ -110,9 +121,16 @@ class Reconciler:
                         self.battle.battle_id, late,
                         extra={"battle_id": self.battle.battle_id})
             bump(rt.redis, "late_drift", len(late))
-        bump_many(rt.redis, {"reconcile_reads_judged": judged,
-                             "reconcile_reads_drifted": drifted,
-                             "reconcile_reads_dropped": dropped})
+        pipe = pipeline(rt.redis)
+        if unbased:
+            pipe.zadd(keys.RECON_UNBASED, dict.fromkeys(unbased, self.battle.start), nx=True)
+        if based:
+            pipe.zrem(keys.RECON_UNBASED, *based)
+        for name, n in (("reconcile_reads_judged", judged), ("reconcile_reads_drifted", drifted),
+                        ("reconcile_reads_dropped", dropped),
+                        ("reconcile_heal_ms", int(1000 * sum(heal.get(r, 0.0) for r in fixes)))):
+            bump(pipe, name, n)
+        pipe.execute()
         if fixes:
             self.correct(fixes)
         readable = self._readable(updates, recon, busy, mark, now)
@@ -125,7 +143,7 @@ class Reconciler:
     def _readable(self, updates: dict[str, str], recon: dict[str, str], busy: dict[str, bool],
                   mark: float, now: float) -> dict[str, str]:
         """Rooms whose fresh read could be judged (see reconcile/judge.py) → their owner."""
-        if judge.reads_blocked(mark, now):
+        if cadence.reads_blocked(mark, now):
             return {}
         tclock, edge = self.rt.tclock, self.band.edge
         early = self.battle.starts_in(tclock.earliest() - edge)
@@ -137,7 +155,7 @@ class Reconciler:
             # their start). The judge drops such a read as well.
             self._soon(now + early)
             return {}
-        if judge.reads_over(self.battle.end, tclock.latest(), self.band):
+        if cadence.reads_over(self.battle.end, tclock.latest(), self.band):
             return {}  # judged too late to correct anything before the end
         if self.rt.client.limiter.reserved("set_battle_score") >= TIMERS.reconcile.yield_reserve:
             # A crowded ending: its last writes need the CPU; read once it has passed.
@@ -149,7 +167,7 @@ class Reconciler:
             if not owner:
                 continue
             read_at = recon.get(f"read_at:{room}")
-            wanted, sooner = judge.read_wanted(
+            wanted, sooner = cadence.read_wanted(
                 _reads(updates, recon, room), now, busy.get(room, True),
                 None if read_at is None else float(read_at), self.rt.settings.reconcile_interval)
             if wanted:
@@ -211,7 +229,7 @@ class Reconciler:
                 t1 = rt.clock()
                 # Tencent's clock at the read, by the estimate this very answer narrowed.
                 lo, hi = rt.tclock.bounds()
-                reads, sooner = judge.add_read(
+                reads, sooner = cadence.add_read(
                     _reads(updates, recon, room),
                     {"t0": t0, "t1": t1, "R": count.TotalCoins, "lo": t0 + lo, "hi": t1 + hi},
                     self.lag, self.band)
@@ -226,7 +244,7 @@ class Reconciler:
 
 def next_due(rt: Runtime, battle: Battle) -> float | None:
     """When this battle should be reconciled next (None once it has ended)."""
-    return judge.next_due_at(rt.clock(), battle.end, rt.settings.reconcile_interval)
+    return cadence.next_due_at(rt.clock(), battle.end, rt.settings.reconcile_interval)
 
 
 def reconcile_battle(rt: Runtime, battle_id: str) -> str:
@@ -246,9 +264,10 @@ def reconcile_battle(rt: Runtime, battle_id: str) -> str:
             fixes = rec.run()
         except LockLost:
             return "lock_lost"
-        due = judge.reschedule(next_due(rt, battle), rec.sooner, rec.all_waiting, rt.clock())
+        due = cadence.reschedule(next_due(rt, battle), rec.sooner, rec.all_waiting, rt.clock())
         if due is None:
             rt.redis.zrem(keys.RECONCILE_DUE, battle_id)
+            rt.redis.zrem(keys.RECON_UNBASED, *(f"{battle_id}|{room}" for room in battle.rooms))
         else:
             rt.redis.zadd(keys.RECONCILE_DUE, {battle_id: due})
         return "corrected" if fixes else "ok"

@@ -68,6 +68,9 @@ FLUSH_DUE = f"{PREFIX}:due:flush"
 RECONCILE_DUE = f"{PREFIX}:due:reconcile"
 #: zset BattleId → end time, for every battle not yet finalized.
 ACTIVE = f"{PREFIX}:active"
+#: zset "BattleId|RoomId" → its battle's start, for every room reconcile has no baseline of
+#: yet (the metric of rooms still without one some seconds after their start).
+RECON_UNBASED = f"{PREFIX}:recon:unbased"
 #: zset BattleId → next try, battles known only by id (create webhook) awaiting get_battle_info.
 UNRESOLVED = f"{PREFIX}:unresolved"
 #: zset RoomId → deadline of its oldest held gift.
