@@ -59,20 +59,28 @@ def reads_blocked(mark: float, now: float) -> bool:
     return now - mark > READ_LAG
 
 
-def read_wanted(waiting: list[Read], now: float, busy: bool, read_at: float | None,
+#: How often a room's reads pay (`read_wanted`): a quiet room's once a reconcile interval, a
+#: busy one's (gifts around its last read may hide a drift, or no baseline yet) a pair per
+#: judging cycle, a drift's that waits for a read to agree (HUNTING) every PAIR_GAP.
+QUIET, BUSY, HUNTING = 0, 1, 2
+#: Reads a room may have waiting to be judged, by how often its reads pay.
+WAITING_AT_MOST = {QUIET: 1, BUSY: 2, HUNTING: MAX_OBSERVATIONS}
+
+
+def read_wanted(waiting: list[Read], now: float, need: int, read_at: float | None,
                 interval: float) -> tuple[bool, float | None]:
-    """Whether to read a room now, given its reads waiting to be judged, whether it is `busy`
-    (reads pay often: no baseline yet, a drift waiting for its confirming read, or gifts
-    around its last judged read that may hide one) and when it was last read; if not, when a
-    pass pays off (None: the schedule). A busy room: two reads per judging cycle at most, a
-    first and the confirming one PAIR_GAP later. Any other room: a read every `interval`,
-    judged before the next (one that proves a drift makes the room busy)."""
-    if len(waiting) >= 2 or (waiting and not busy):
+    """Whether to read a room now, given its reads waiting to be judged, how often its reads
+    pay (`need`: QUIET, BUSY or HUNTING) and when it was last read; if not, when a pass pays
+    off (None: the schedule). Reads of a busy or hunting room come PAIR_GAP apart; a quiet
+    room's read is judged before the next (one that proves a drift makes it hunt): a drift
+    waiting for agreement is where reads pay most, since in a busy room each read proves what
+    the gifts around it do not hide, and the more reads, the less that is."""
+    if len(waiting) >= WAITING_AT_MOST[need]:
         return False, None
     if waiting:
-        t1 = waiting[0]["t1"]
+        t1 = waiting[-1]["t1"]
         return (True, None) if now - t1 >= PAIR_GAP else (False, t1 + PAIR_GAP)
-    if busy or read_at is None or now - read_at >= interval:
+    if need != QUIET or read_at is None or now - read_at >= interval:
         return True, None
     return False, read_at + interval
 

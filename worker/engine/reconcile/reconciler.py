@@ -72,7 +72,7 @@ class Reconciler:
         updates: dict[str, str] = {}
         fixes: dict[str, int] = {}
         judged = drifted = dropped = 0
-        busy: dict[str, bool] = {}  # room → its reads pay often (judge.read_wanted)
+        need: dict[str, int] = {}  # room → how often its reads pay (cadence.read_wanted)
         heal: dict[str, float] = {}  # room → seconds from its drift's first proof to its fix
         based: list[str] = []
         unbased: list[str] = []
@@ -105,8 +105,9 @@ class Reconciler:
             (unbased if j.base is None else based).append(f"{self.battle.battle_id}|{room}")
             if j.ambiguous is not None:
                 updates[f"wide:{room}"] = "1" if j.ambiguous else "0"
-            busy[room] = j.base is None or j.last is not None or (
-                recon.get(f"wide:{room}", "1") == "1" if j.ambiguous is None else j.ambiguous)
+            wide = recon.get(f"wide:{room}", "1") == "1" if j.ambiguous is None else j.ambiguous
+            need[room] = (cadence.HUNTING if j.last is not None else
+                          cadence.BUSY if j.base is None or wide else cadence.QUIET)
             updates[f"obs:{room}"] = json.dumps(j.waiting)
             judged += j.judged + j.base_taken
             drifted += j.drifted
@@ -133,14 +134,14 @@ class Reconciler:
         pipe.execute()
         if fixes:
             self.correct(fixes)
-        readable = self._readable(updates, recon, busy, mark, now)
+        readable = self._readable(updates, recon, need, mark, now)
         self.observe(updates, recon, readable)
         # Every room waits on a read: a pass before the first can be judged is wasted.
         self.all_waiting = all(_reads(updates, recon, r)
                                for r, owner in self.battle.rooms.items() if owner)
         return fixes
 
-    def _readable(self, updates: dict[str, str], recon: dict[str, str], busy: dict[str, bool],
+    def _readable(self, updates: dict[str, str], recon: dict[str, str], need: dict[str, int],
                   mark: float, now: float) -> dict[str, str]:
         """Rooms whose fresh read could be judged (see reconcile/judge.py) → their owner."""
         if cadence.reads_blocked(mark, now):
@@ -168,7 +169,7 @@ class Reconciler:
                 continue
             read_at = recon.get(f"read_at:{room}")
             wanted, sooner = cadence.read_wanted(
-                _reads(updates, recon, room), now, busy.get(room, True),
+                _reads(updates, recon, room), now, need.get(room, cadence.BUSY),
                 None if read_at is None else float(read_at), self.rt.settings.reconcile_interval)
             if wanted:
                 rooms[room] = owner
