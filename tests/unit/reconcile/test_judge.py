@@ -17,10 +17,13 @@ import pytest
 from worker.engine.reconcile import cadence, judge
 from worker.engine.reconcile.band import DEFAULT_BAND, Band, Read
 from worker.engine.reconcile.cadence import (
+    BUSY,
     FINAL_WINDOW,
+    HUNTING,
     JUDGE_DELAY,
     MAX_OBSERVATIONS,
     PAIR_GAP,
+    QUIET,
     READ_LAG,
     TYPICAL_LAG,
 )
@@ -197,28 +200,34 @@ def test_decide(fixes: dict[str, int], ended: bool, decided: dict[str, int],
 
 INTERVAL = 15.0
 
-# (id, reads waiting, now (from T), busy, last read (from T), read?, sooner)
-READ_CASES: list[tuple[str, list[Read], float, bool, float | None, bool, float | None]] = [
-    ("a room never read is read", [], 50.5, False, None, True, None),
-    ("a quiet room: once an interval", [], 50.5, False, 40.0, False, T + 40.0 + INTERVAL),
-    ("... and then", [], 55.0, False, 40.0, True, None),
-    ("a quiet room's read is judged before the next", [read(49, 100)], 70.0, False, 49.2,
+# (id, reads waiting, now (from T), need, last read (from T), read?, sooner)
+READ_CASES: list[tuple[str, list[Read], float, int, float | None, bool, float | None]] = [
+    ("a room never read is read", [], 50.5, QUIET, None, True, None),
+    ("a quiet room: once an interval", [], 50.5, QUIET, 40.0, False, T + 40.0 + INTERVAL),
+    ("... and then", [], 55.0, QUIET, 40.0, True, None),
+    ("a quiet room's read is judged before the next", [read(49, 100)], 70.0, QUIET, 49.2,
      False, None),
-    ("a busy room is read whenever nothing waits", [], 50.5, True, 50.0, True, None),
+    ("a busy room is read whenever nothing waits", [], 50.5, BUSY, 50.0, True, None),
     ("its confirming read PAIR_GAP after the first", [read(49, 100)], 49.2 + PAIR_GAP + 0.1,
-     True, 49.2, True, None),
-    ("not before", [read(49, 100)], 49.5, True, 49.2, False, read(49, 100)["t1"] + PAIR_GAP),
-    ("two reads waiting: no third", [read(40, 100), read(41, 100)], 50.5, True, 41.2, False,
+     BUSY, 49.2, True, None),
+    ("not before", [read(49, 100)], 49.5, BUSY, 49.2, False, read(49, 100)["t1"] + PAIR_GAP),
+    ("two reads waiting: no third", [read(40, 100), read(41, 100)], 50.5, BUSY, 41.2, False,
      None),
+    ("a drift waiting for agreement: a read every PAIR_GAP",
+     [read(40, 100), read(41, 100)], 42.3, HUNTING, 41.2, True, None),
+    ("... after the newest", [read(40, 100), read(41, 100)], 41.5, HUNTING, 41.2, False,
+     read(41, 100)["t1"] + PAIR_GAP),
+    ("... up to MAX_OBSERVATIONS waiting", [read(40 + i, 100) for i in range(MAX_OBSERVATIONS)],
+     60.0, HUNTING, 45.2, False, None),
 ]
 
 
-@pytest.mark.parametrize(("waiting", "now", "busy", "read_at", "wanted", "sooner"),
+@pytest.mark.parametrize(("waiting", "now", "need", "read_at", "wanted", "sooner"),
                          [c[1:] for c in READ_CASES], ids=[c[0] for c in READ_CASES])
-def test_read_wanted(waiting: list[Read], now: float, busy: bool, read_at: float | None,
+def test_read_wanted(waiting: list[Read], now: float, need: int, read_at: float | None,
                      wanted: bool, sooner: float | None) -> None:
     at = None if read_at is None else T + read_at
-    assert cadence.read_wanted(waiting, T + now, busy, at, INTERVAL) == (wanted, sooner)
+    assert cadence.read_wanted(waiting, T + now, need, at, INTERVAL) == (wanted, sooner)
 
 
 def test_a_read_with_gifts_it_may_not_have_counted_is_ambiguous() -> None:
@@ -259,16 +268,20 @@ def test_watermark_lag_is_at_least_a_tick() -> None:
     assert cadence.watermark_lag(NOW - 7, NOW) == 7
 
 
-def test_a_first_read_wants_its_confirming_read_a_later_one_its_judging() -> None:
-    reads, sooner = cadence.add_read([], read(10, 100), 0.3)
+def test_a_fresh_read_wants_the_next_read_its_room_pays_for_else_its_judging() -> None:
+    reads, sooner = cadence.add_read([], read(10, 100), 0.3, BUSY)
     assert reads == [read(10, 100)] and sooner == read(10, 100)["t1"] + PAIR_GAP
-    reads, sooner = cadence.add_read(reads, read(11, 100), 0.3)
+    reads, sooner = cadence.add_read(reads, read(11, 100), 0.3, BUSY)
     assert len(reads) == 2 and sooner == read(11, 100)["t1"] + LATE + TYPICAL_LAG
+    _, sooner = cadence.add_read([], read(10, 100), 0.3, QUIET)
+    assert sooner == read(10, 100)["t1"] + LATE + TYPICAL_LAG  # judged before the next
+    _, sooner = cadence.add_read(reads, read(12, 100), 0.3, HUNTING)
+    assert sooner == read(12, 100)["t1"] + PAIR_GAP
 
 
 def test_reads_kept_are_bounded() -> None:
     reads = [read(i, i) for i in range(MAX_OBSERVATIONS)]
-    kept, _ = cadence.add_read(reads, read(99, 99), 0.3)
+    kept, _ = cadence.add_read(reads, read(99, 99), 0.3, HUNTING)
     assert kept == [*reads[1:], read(99, 99)]
 
 

@@ -85,14 +85,15 @@ def read_wanted(waiting: list[Read], now: float, need: int, read_at: float | Non
     return False, read_at + interval
 
 
-def add_read(reads: list[Read], read: Read, lag: float,
+def add_read(reads: list[Read], read: Read, lag: float, need: int,
              band: Band = DEFAULT_BAND) -> tuple[list[Read], float]:
     """Store a fresh read: the room's reads (the newest MAX_OBSERVATIONS) and when a pass pays
-    off (the read judgeable, or the confirming read due PAIR_GAP after a first)."""
+    off (the read judgeable, or the room's next read due PAIR_GAP on, when its `need` wants
+    one before the judging)."""
     reads = [*reads, read]
     t1 = read["t1"]
     sooner = judgeable_at(t1, t1, lag, band)
-    if len(reads) == 1:
+    if len(reads) < WAITING_AT_MOST[need]:
         sooner = min(sooner, t1 + PAIR_GAP)
     return reads[-MAX_OBSERVATIONS:], sooner
 

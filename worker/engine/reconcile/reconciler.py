@@ -58,6 +58,7 @@ class Reconciler:
         self.bk = BattleKeys(battle.battle_id)
         self.lock = lock
         self.band = Band.from_settings(rt.settings)
+        self.need: dict[str, int] = {}
 
     def run(self) -> dict[str, int]:
         """Judge stored reads, hand confirmed drift to the flush path, take new reads; returns
@@ -72,7 +73,7 @@ class Reconciler:
         updates: dict[str, str] = {}
         fixes: dict[str, int] = {}
         judged = drifted = dropped = 0
-        need: dict[str, int] = {}  # room → how often its reads pay (cadence.read_wanted)
+        need = self.need  # room → how often its reads pay (cadence.read_wanted)
         heal: dict[str, float] = {}  # room → seconds from its drift's first proof to its fix
         based: list[str] = []
         unbased: list[str] = []
@@ -233,7 +234,7 @@ class Reconciler:
                 reads, sooner = cadence.add_read(
                     _reads(updates, recon, room),
                     {"t0": t0, "t1": t1, "R": count.TotalCoins, "lo": t0 + lo, "hi": t1 + hi},
-                    self.lag, self.band)
+                    self.lag, self.need.get(room, cadence.BUSY), self.band)
                 self._soon(sooner)
                 updates[f"obs:{room}"] = json.dumps(reads)
                 updates[f"read_at:{room}"] = repr(t1)
