@@ -48,7 +48,6 @@ MEASURED = {
     "endgame.round_max": 200,
     "reconcile.safety": 1.0, "reconcile.clock_margin": 0.5,
     "reconcile.final_window": 12.0, "reconcile.last_read_lead": 0.5,
-    "reconcile.rebase_within": 4.0,
     "reconcile.yield_reserve": 10, "reconcile.typical_lag": 0.6,
     "reconcile.pair_gap": 1.0, "reconcile.slot_wait": 0.5, "reconcile.judge_delay": 3.5,
     "reconcile.read_lag": 5.0,

@@ -214,12 +214,6 @@ class ReconcileTimers:
     crowded ending: 10 battles in about a second): a read costs the control plane's CPU what a
     write costs, and in the finale reads of the battles ending next ran at 100-150/s while the
     ones ending then needed their last writes."""
-    rebase_within: float = 4.0
-    """A narrower read replaces a room's baseline until this long after the battle's start
-    (while nothing is corrected): its width stays in every later read's. The chaos run's first
-    baseline read held a 536-coin gift it may or may not have counted, so a 1-coin lost webhook
-    could never be proved; the next read, 1.3 s later, held 2. Drift between the two is
-    absorbed, as before the first (the referee requires none healed before start + 3 s)."""
     last_read_lead: float = 0.5
     """No read whose judging (the webhooks' delay and a tick after it) would leave less than this
     before the battle's end: its correction could not be flushed in time, and the end's

@@ -15,8 +15,7 @@ the state, passes the time in, and stores what this module returns. The rule (do
   lag widens the upper bound of K and not its lower one.
 - K = R - (surely counted) lies in [R - sure - A, R - sure]: the room's total before the
   battle plus the drift so far (lost webhooks add, approved-but-never-counted gifts
-  subtract). The first judged K is the baseline [Blo, Bhi] (it absorbs any drift before it;
-  a narrower read in the first REBASE_WITHIN s replaces it while nothing is corrected);
+  subtract). The first judged K is the baseline [Blo, Bhi] (it absorbs any drift before it);
   later, drift - corrections lies in [Klo - Bhi - C, Khi - Blo - C].
 - A read's sure drift is the end of that interval nearest zero when zero is outside it, else 0.
   A correction needs two judged reads proving drift of the same sign, with no read proving
@@ -46,10 +45,6 @@ from dataclasses import dataclass, field
 
 from worker.engine.reconcile.band import DEFAULT_BAND, Band, Read, moment
 from worker.engine.reconcile.cadence import PAIR_GAP, judgeable_at, sooner, watermark_lag
-from worker.engine.timers import TIMERS
-
-#: A narrower read replaces the baseline until this long after the start (ReconcileTimers).
-REBASE_WITHIN = TIMERS.reconcile.rebase_within
 
 
 def room_ledger(secs: Mapping[str, int], room: str) -> dict[int, int]:
@@ -150,12 +145,8 @@ def judge_room(reads: list[Read], ledger: Mapping[int, int], base: tuple[int, in
             continue
         k = evidence(read, ledger, band)
         out.ambiguous = k[0] != k[1]
-        if out.base is None or (k[1] - k[0] < out.base[1] - out.base[0] and not corrected + out.fix
-                                and moment(read, band)[1] <= window[0] + REBASE_WITHIN):
-            # The first read, or a narrower one early on with nothing corrected yet: the
-            # baseline's width stays in every later read's, so take the narrowest of the first
-            # seconds (what drifted between the two is absorbed, as before the first).
-            out.base, out.base_taken, out.last = k, True, None
+        if out.base is None:
+            out.base, out.base_taken = k, True
             continue
         d = sure_drift(k, out.base, corrected + out.fix)
         out.judged += 1
