@@ -95,18 +95,6 @@ def test_rooms_without_a_baseline_and_the_time_to_heal_are_recorded(frt: Runtime
     assert frt.redis.zcard(keys.RECON_UNBASED) == 0
 
 
-def test_a_narrower_baseline_early_on_drops_the_drift_proved_against_the_old(
-        frt: Runtime) -> None:
-    start(frt, at=T0 - 3, seconds=400)  # started 3 s ago: a narrower read may still rebase
-    frt.redis.hset(BK.recon, mapping={"base:r1": "90,100", "last:r1": "7@0"})
-    frt.redis.hset(BK.recon, "obs:r1", json.dumps([{"t0": T0 - 1.2, "t1": T0 - 1.0, "R": 100,
-                                                    "lo": T0 - 1.2, "hi": T0 - 1.0}]))
-    frt.redis.hset(keys.INGEST_WATERMARK, "w", T0 + 100)
-    assert reconcile_battle(frt, "b1") == "ok"
-    assert frt.redis.hget(BK.recon, "base:r1") == "100,100"
-    assert frt.redis.hget(BK.recon, "last:r1") == ""
-
-
 def test_a_drift_confirmed_after_the_end_is_only_reported(frt: Runtime) -> None:
     running(frt, T0 + 294, base_r1="100",
             obs_r1=[a_read(T0 + 280, 110), a_read(T0 + 285, 110)])

@@ -95,7 +95,7 @@ class Reconciler:
                 fixes[room] = j.fix
             if j.base_taken and j.base is not None:
                 updates[f"base:{room}"] = judge.format_base(j.base)
-            if j.judged or j.base_taken:  # (a new baseline drops the drift proved against the old)
+            if j.judged:
                 updates[f"last:{room}"] = judge.format_last(j.last, done + j.fix)
                 # When the drift waiting was first proved: its correction's time to heal.
                 proved = recon.get(f"proved:{room}") or ""
