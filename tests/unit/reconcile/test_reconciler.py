@@ -9,7 +9,7 @@ import respx
 
 from tests.unit.conftest import T0
 from tests.unit.flush.answers import BATTLE_INFO, GIFT_COUNT, answer, info, ints, sent, start
-from worker.engine.battles import registry
+from worker.engine.battles import ending, registry
 from worker.engine.battles.records import Battle
 from worker.engine.flush.inflight import LockLost
 from worker.engine.reconcile import reconciler
@@ -92,6 +92,17 @@ def test_rooms_without_a_baseline_and_the_time_to_heal_are_recorded(frt: Runtime
     assert read(frt.redis)["reconcile_heal_ms"] == 3000
     frt.clock = lambda: T0 + 301  # ended: the pass after its end forgets the battle's rooms
     reconcile_battle(frt, "b1")
+    assert frt.redis.zcard(keys.RECON_UNBASED) == 0
+
+
+def test_a_battle_finalized_before_its_last_pass_leaves_no_room_without_a_baseline(
+        frt: Runtime) -> None:
+    running(frt, LAGGING)
+    frt.clock = lambda: T0 - 5
+    reconcile_battle(frt, "b1")  # no read yet: both rooms without a baseline
+    assert frt.redis.zcard(keys.RECON_UNBASED) == 2
+    frt.clock = lambda: T0 + 320
+    ending.finalize(frt, ["b1"])  # (ended early, or its passes held back)
     assert frt.redis.zcard(keys.RECON_UNBASED) == 0
 
 

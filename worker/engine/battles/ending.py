@@ -129,4 +129,6 @@ def _close(rt: Runtime, battle_id: str, meta: dict[str, str], applied: dict[str,
     for zkey in (keys.ACTIVE, keys.FLUSH_DUE, keys.ENDGAME_DUE, keys.RECONCILE_DUE,
                  keys.UNRESOLVED, keys.AUDIT_DUE, keys.FINAL_DUE):
         pipe.zrem(zkey, battle_id)
+    if battle is not None and battle.rooms:  # (reconcile's last pass may not come)
+        pipe.zrem(keys.RECON_UNBASED, *(f"{battle_id}|{room}" for room in battle.rooms))
     pipe.execute()

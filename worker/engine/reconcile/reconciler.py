@@ -64,11 +64,13 @@ class Reconciler:
         """Judge stored reads, hand confirmed drift to the flush path, take new reads; returns
         the drift decided."""
         rt, bk = self.rt, self.bk
+        # The watermark before the ledger: a webhook it counts as in is then in the ledger read
+        # after it (read the other way round, one ingested in between would read as lost).
+        mark = watermark.current(rt)
+        now = rt.clock()
         recon = rt.redis.hgetall(bk.recon)
         secs = {k: int(v) for k, v in rt.redis.hgetall(bk.secs).items()}
         corr = {k: int(v) for k, v in rt.redis.hgetall(bk.corr).items()}
-        mark = watermark.current(rt)
-        now = rt.clock()
         self.lag = cadence.watermark_lag(mark, now)
         updates: dict[str, str] = {}
         fixes: dict[str, int] = {}
@@ -128,6 +130,8 @@ class Reconciler:
             pipe.zadd(keys.RECON_UNBASED, dict.fromkeys(unbased, self.battle.start), nx=True)
         if based:
             pipe.zrem(keys.RECON_UNBASED, *based)
+        # (a safety net: a battle finalized by a path that did not forget its rooms)
+        pipe.zremrangebyscore(keys.RECON_UNBASED, "-inf", now - battles.KEEP_AFTER_END)
         for name, n in (("reconcile_reads_judged", judged), ("reconcile_reads_drifted", drifted),
                         ("reconcile_reads_dropped", dropped),
                         ("reconcile_heal_ms", int(1000 * sum(heal.get(r, 0.0) for r in fixes)))):
