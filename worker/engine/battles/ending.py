@@ -131,4 +131,6 @@ def _close(rt: Runtime, battle_id: str, meta: dict[str, str], applied: dict[str,
         pipe.zrem(zkey, battle_id)
     if battle is not None and battle.rooms:  # (reconcile's last pass may not come)
         pipe.zrem(keys.RECON_UNBASED, *(f"{battle_id}|{room}" for room in battle.rooms))
+    # A safety net for rooms whose battle ended by a path that forgot them: a day on, gone.
+    pipe.zremrangebyscore(keys.RECON_UNBASED, "-inf", rt.clock() - KEEP_AFTER_END)
     pipe.execute()

@@ -58,6 +58,7 @@ class Reconciler:
         self.bk = BattleKeys(battle.battle_id)
         self.lock = lock
         self.band = Band.from_settings(rt.settings)
+        #: Room → how often its reads pay (cadence.read_wanted), as this pass judged it.
         self.need: dict[str, int] = {}
 
     def run(self) -> dict[str, int]:
@@ -75,7 +76,6 @@ class Reconciler:
         updates: dict[str, str] = {}
         fixes: dict[str, int] = {}
         judged = drifted = dropped = 0
-        need = self.need  # room → how often its reads pay (cadence.read_wanted)
         heal: dict[str, float] = {}  # room → seconds from its drift's first proof to its fix
         based: list[str] = []
         unbased: list[str] = []
@@ -105,12 +105,13 @@ class Reconciler:
                     heal[room] = now - float(proved or now)
                 updates[f"proved:{room}"] = "" if j.last is None else (
                     repr(now) if j.fix or not proved else proved)
-            (unbased if j.base is None else based).append(f"{self.battle.battle_id}|{room}")
+            if j.base is None or j.base_taken:  # (a room with a baseline is left alone)
+                (unbased if j.base is None else based).append(f"{self.battle.battle_id}|{room}")
             if j.ambiguous is not None:
                 updates[f"wide:{room}"] = "1" if j.ambiguous else "0"
             wide = recon.get(f"wide:{room}", "1") == "1" if j.ambiguous is None else j.ambiguous
-            need[room] = (cadence.HUNTING if j.last is not None else
-                          cadence.BUSY if j.base is None or wide else cadence.QUIET)
+            self.need[room] = (cadence.HUNTING if j.last is not None else
+                               cadence.BUSY if j.base is None or wide else cadence.QUIET)
             updates[f"obs:{room}"] = json.dumps(j.waiting)
             judged += j.judged + j.base_taken
             drifted += j.drifted
@@ -130,8 +131,6 @@ class Reconciler:
             pipe.zadd(keys.RECON_UNBASED, dict.fromkeys(unbased, self.battle.start), nx=True)
         if based:
             pipe.zrem(keys.RECON_UNBASED, *based)
-        # (a safety net: a battle finalized by a path that did not forget its rooms)
-        pipe.zremrangebyscore(keys.RECON_UNBASED, "-inf", now - battles.KEEP_AFTER_END)
         for name, n in (("reconcile_reads_judged", judged), ("reconcile_reads_drifted", drifted),
                         ("reconcile_reads_dropped", dropped),
                         ("reconcile_heal_ms", int(1000 * sum(heal.get(r, 0.0) for r in fixes)))):
@@ -139,15 +138,15 @@ class Reconciler:
         pipe.execute()
         if fixes:
             self.correct(fixes)
-        readable = self._readable(updates, recon, need, mark, now)
+        readable = self._readable(updates, recon, mark, now)
         self.observe(updates, recon, readable)
         # Every room waits on a read: a pass before the first can be judged is wasted.
         self.all_waiting = all(_reads(updates, recon, r)
                                for r, owner in self.battle.rooms.items() if owner)
         return fixes
 
-    def _readable(self, updates: dict[str, str], recon: dict[str, str], need: dict[str, int],
-                  mark: float, now: float) -> dict[str, str]:
+    def _readable(self, updates: dict[str, str], recon: dict[str, str], mark: float,
+                  now: float) -> dict[str, str]:
         """Rooms whose fresh read could be judged (see reconcile/judge.py) → their owner."""
         if cadence.reads_blocked(mark, now):
             return {}
@@ -174,7 +173,7 @@ class Reconciler:
                 continue
             read_at = recon.get(f"read_at:{room}")
             wanted, sooner = cadence.read_wanted(
-                _reads(updates, recon, room), now, need.get(room, cadence.BUSY),
+                _reads(updates, recon, room), now, self.need.get(room, cadence.BUSY),
                 None if read_at is None else float(read_at), self.rt.settings.reconcile_interval)
             if wanted:
                 rooms[room] = owner
@@ -215,8 +214,8 @@ class Reconciler:
         """Take a fresh read of `rooms` (room → owner; while the battle runs), until one finds
         no call slot in time, and store the updates."""
         rt = self.rt
+        read_n = 0
         if rt.clock() < self.battle.end:
-            read_n = 0
             for room, owner in rooms.items():
                 t0 = rt.clock()
                 try:
@@ -243,9 +242,11 @@ class Reconciler:
                 updates[f"obs:{room}"] = json.dumps(reads)
                 updates[f"read_at:{room}"] = repr(t1)
                 read_n += 1
-            bump(rt.redis, "reconcile_reads", read_n)
+        pipe = pipeline(rt.redis)
         if updates:
-            rt.redis.hset(self.bk.recon, mapping=updates)
+            pipe.hset(self.bk.recon, mapping=updates)
+        bump(pipe, "reconcile_reads", read_n)
+        pipe.execute()
 
 
 def next_due(rt: Runtime, battle: Battle) -> float | None:
