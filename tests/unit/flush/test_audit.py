@@ -91,12 +91,21 @@ def test_no_audit_while_a_batch_is_in_flight_or_the_lock_is_held_or_the_read_fai
 
 def test_an_ended_battle_is_not_audited(frt: Runtime, respx_mock: respx.MockRouter) -> None:
     written(frt, r1=10)
-    respx_mock.post(BATTLE_INFO).mock(return_value=info("b1", {"r1": 99}, status=2))
-    assert audit.audit_battle(frt, "b1") == "ended"  # Tencent says so: no write can land
+    respx_mock.post(BATTLE_INFO).mock(return_value=info("b1", {"r1": 99}, end=T0 - 1))
+    assert audit.audit_battle(frt, "b1") == "ended"  # its EndTime has passed: no write lands
     frt.clock = lambda: T0 + 51  # surely past its end: not even read
     assert audit.audit_battle(frt, "b1") == "ended"
     assert frt.redis.zscore(keys.AUDIT_DUE, "b1") is None
     assert audit.audit_battle(frt, "unknown") == "ended"
+
+
+def test_status_is_no_proof_of_an_end(frt: Runtime, respx_mock: respx.MockRouter) -> None:
+    # Status's values are undocumented; the referee's Tencent answers 2 while a battle runs.
+    written(frt, r1=10)
+    respx_mock.post(BATTLE_INFO).mock(return_value=info("b1", {"r1": 99}, status=2))
+    route = respx_mock.post(SET_SCORE).mock(return_value=scored())
+    assert audit.audit_battle(frt, "b1") == "corrected"
+    assert [scores_of(b) for b in sent(route)] == [{"r1": 10}]  # corrected: it runs
 
 
 def test_a_settled_ambiguity_is_audited_after_a_late_landing_and_written_last_before_the_end(

@@ -116,7 +116,7 @@ def test_after_the_end_the_read_alone_settles_it_and_nothing_is_written(
     inf.settle_at = T0 + 3600  # it might still land, but the battle has ended (its end webhook)
     frt.redis.hset(BK.meta, "ended_at", T0)
     respx_mock.post(BATTLE_INFO).mock(
-        return_value=info("b1", {"r1": 15, "r2": 3}, status=2))
+        return_value=info("b1", {"r1": 15, "r2": 3}, end=T0 - 1))
     assert settle.resolve(claim, inf) == "ok"
     assert ints(frt, BK.applied) == {"r1": 15, "r2": 3}
     assert ints(frt, BK.unapplied) == {"r2": 2}

@@ -149,7 +149,7 @@ def _audit_locked(rt: Runtime, battle: Battle, lock: RedisLock) -> str:
     except TencentError as err:
         log.warning("audit read of %s failed: %s", battle.battle_id, err)
         return "failed"
-    if info.Status == 2 or rt.tclock.earliest() >= info.EndTime > 0:
+    if rt.tclock.earliest() >= info.EndTime > 0:  # never `Status`: its values are undocumented
         return "ended"  # no write can land: finalize compares the end scores
     applied = read_applied(rt, battle.battle_id)
     held = {r.RoomId: r.Score for r in info.rooms}

@@ -66,7 +66,9 @@ def resolve(claim: Claim, inf: Inflight) -> str:
     target = totals(applied, inf.scores, set(inf.scores))
     verdicts = {room: verdict(held.get(room), applied.get(room, 0), target[room])
                 for room in inf.scores}
-    ended = rt.tclock.earliest() >= info.EndTime > 0 or info.Status == 2
+    # Over by EndTime on Tencent's earliest clock only: `Status`'s values are undocumented
+    # (the referee's Tencent answers 2 while a battle runs).
+    ended = rt.tclock.earliest() >= info.EndTime > 0
     if all(v in ("applied", "absent") for v in verdicts.values()) or ended:
         ok = moved(target, applied, [r for r in inf.scores if verdicts[r] == "applied"])
         rest = {r: d for r, d in inf.scores.items() if verdicts[r] != "applied"}
