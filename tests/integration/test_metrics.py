@@ -102,6 +102,8 @@ def populate(r: redis.Redis) -> float:
     record_call(r, "set_battle_score", "retryable", 0.3)
     r.set(keys.TICK_AT, now - 4)
     record_beat_publish(r, now - 1)
+    # A host 1.2 s ahead of Redis's clock, as its RedisClock records it (offset: Redis - host).
+    r.hset(keys.CLOCK_HOSTS, "host-ahead", f"-1.2,{now}")
     return now
 
 
@@ -132,6 +134,7 @@ def test_metrics_process_reports_the_cluster(rt, settings):
     assert value(s, "scorer_pending_value") == 5
     assert value(s, "scorer_battles_active") == 1 and value(s, "scorer_battles_due") == 2
     assert value(s, "scorer_redis_up", redis="state") == 1
+    assert value(s, "scorer_host_clock_offset_seconds", host="host-ahead") == 1.2
     assert value(s, "scorer_ratelimit_wait_seconds_total", api="set_battle_score") == 0.2
     assert value(s, "scorer_tencent_calls_total", api="set_battle_score",
                  outcome="retryable") == 1

@@ -28,6 +28,8 @@ MEASURED = {
     "tencent.connect": 2.0, "tencent.read": 5.0, "tencent.write": 5.0, "tencent.pool": 5.0,
     "tencent.sig_lifetime": 86400, "tencent.renew_fraction": 0.25,
     "clock.default_spread": 0.5, "clock.drift": 1e-4, "clock.cache_seconds": 0.5,
+    "clock.redis_refresh": 5.0, "clock.redis_step": 0.05, "clock.redis_warn": 0.25,
+    "clock.redis_warn_every": 600.0, "clock.redis_record_ttl": 3600.0,
     "ingest.outage_retry": 60.0, "ingest.stuck": 10.0,
     "drain.threshold": 8, "drain.batch": 500, "drain.min_batch": 16, "drain.pause": 0.02,
     "drain.max_slots": 4, "drain.slot_lease": 30.0, "drain.claim_lease": 10.0,
@@ -190,7 +192,7 @@ def test_an_ordering_check_can_fail():
 NOT_TIMERS = {
     "MAX_DEAD_BODY", "MAX_DEAD_LETTERS", "MAX_ID", "MAX_VALUE", "MAX_RECEIVERS", "MAX_ROOMS",
     "MAX_OBSERVATIONS", "MAX_SCORE", "SIG_EXPIRED", "BATTLE_NOT_RUNNING", "INVALID_PARAMETER",
-    "RATE_LIMITED", "SENTINEL_PORT", "ADMITTED", "BUCKETS",
+    "RATE_LIMITED", "SENTINEL_PORT", "ADMITTED", "BUCKETS", "SAMPLES",
 }
 #: Modules whose constants read TIMERS (beside the engine and tasks/).
 DOORS = [ROOT / "worker" / "doors" / name for name in ("control_pool.py", "celeryconfig.py")]

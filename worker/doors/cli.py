@@ -20,14 +20,41 @@ if TYPE_CHECKING:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Print the effective settings (secret masked) and the resolved API base URL."""
+    """Print the effective settings (secret masked), the resolved API base URL and this host's
+    clock against Redis's; non-zero if that clock is off by more than redisclock.WARN."""
     s = load_settings()
     width = max(len(k) for k in s.masked())
     for name, value in s.masked().items():
         print(f"{name:<{width}}  {value}")
     print(f"{'API base URL':<{width}}  {s.api_base_url}")
+    rc = _clock(s, width)
     if args.probe:
-        return _probe(s)
+        return _probe(s) or rc
+    return rc
+
+
+def _clock(settings: Settings, width: int) -> int:
+    """This host's clock against the broker Redis's (worker/engine/state/redisclock.py)."""
+    import redis
+
+    from worker.engine.runtime import connect
+    from worker.engine.state import redisclock
+
+    label = f"{'host clock':<{width}}  "
+    try:
+        client = connect(settings.redis_url, settings.sentinel_master,
+                         settings.sentinel_secret, quick=2.0)
+        offset, rtt = redisclock.measure(client)
+    except (redis.RedisError, OSError) as err:
+        print(f"{label}not measured: the broker Redis did not answer ({type(err).__name__})")
+        return 0
+    ahead = -offset
+    print(f"{label}{ahead:+.3f} s against Redis's (round trip {rtt * 1000:.1f} ms)")
+    if abs(ahead) > redisclock.WARN:
+        print(f"this host's clock is {ahead:+.3f} s off Redis's (more than "
+              f"{redisclock.WARN:g} s): fix its NTP; scoring uses Redis's clock and is not "
+              "affected", file=sys.stderr)
+        return 1
     return 0
 
 

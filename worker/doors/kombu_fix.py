@@ -27,11 +27,19 @@
    ConnectionError, one of the transport's connection errors) instead, only in that state.
    Celery then logs "Couldn't ack" and goes on with its new connection; the message stays in
    the `unacked` hash and the visibility-timeout sweep redelivers it (idempotent, as in 1).
+
+3. Unacknowledged messages stamped on the consumer host's clock (issue 27). kombu scores each
+   message it delivers in `unacked_index` with the consuming host's `time()`, and the ingest
+   watermark and `give_back_stuck` judge those scores against Redis's TIME: a consumer whose
+   clock ran 1.2 s ahead hid a message it still held from the watermark for 1.2 s. Fix: the
+   module's `time` reads Redis's clock (the runtime's, worker/engine/state/redisclock.py), as
+   every other time another host compares does; its visibility sweep then judges on it too.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 from kombu.transport import redis as kombu_redis
@@ -45,9 +53,28 @@ class BrokerConnectionReleased(redis.exceptions.ConnectionError):
 
 
 def install() -> None:
-    """Patch kombu's Redis QoS.restore_unacked and Channel._connparams once per process."""
+    """Patch kombu's Redis QoS.restore_unacked, Channel._connparams and its clock once per
+    process."""
     _patch_restore_unacked()
     _patch_connparams()
+    _patch_clock()
+
+
+def _redis_time() -> float:
+    """Redis's clock as this process's runtime reads it (the host's clock if it cannot)."""
+    from worker.engine.runtime import get_runtime  # late: the runtime needs the settings
+
+    try:
+        return get_runtime().clock()
+    except Exception:
+        return time.time()
+
+
+def _patch_clock() -> None:
+    if getattr(kombu_redis.time, _PATCHED, False):
+        return
+    setattr(_redis_time, _PATCHED, True)
+    kombu_redis.time = _redis_time  # the patch (item 3)
 
 
 def _patch_restore_unacked() -> None:

@@ -22,7 +22,7 @@ from prometheus_client.core import (
 )
 
 from worker.engine.settings import Settings
-from worker.engine.state import counters, keys
+from worker.engine.state import counters, keys, redisclock
 from worker.engine.state.counters import BUCKETS
 from worker.engine.state.pipeline import pipeline
 from worker.engine.tencent.errors import Outcome
@@ -104,7 +104,7 @@ class ScorerCollector:
 
     def collect(self):
         """All families; those of a Redis that does not answer are left out."""
-        now = time.time()
+        now = self._now()
         up: dict[str, int] = {}
         for name, part in (("state", self._state), ("broker", self._queues)):
             if name == "broker" and self.broker is self.redis and not up["state"]:
@@ -125,6 +125,14 @@ class ScorerCollector:
             g.add_metric([name], value)
         yield g
 
+    def _now(self) -> float:
+        """Redis's clock, on which the stamps read here were taken (this host's if it is down)."""
+        try:
+            secs, usecs = self.broker.time()
+        except redis_lib.RedisError:
+            return time.time()
+        return secs + usecs / 1e6
+
     def _queues(self, now: float):
         names = queue_names(self.queue)
         pipe = pipeline(self.broker)
@@ -137,6 +145,12 @@ class ScorerCollector:
                               labels=["queue", "role"])
         for i, (role, q) in enumerate(names.items()):
             g.add_metric([q, role], sum(_num(v) for v in res[10 * i:10 * i + 10]))
+        yield g
+        g = GaugeMetricFamily("scorer_host_clock_offset_seconds",
+                              "A worker host's clock minus Redis's, as it last measured it",
+                              labels=["host"])
+        for host, offset in sorted(redisclock.offsets(self.broker, now).items()):
+            g.add_metric([host], offset)
         yield g
 
     def _state(self, now: float):

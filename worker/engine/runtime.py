@@ -18,6 +18,7 @@ from worker.engine import redis_urls
 from worker.engine.settings import Settings, get_settings
 from worker.engine.state import scripts
 from worker.engine.state.counters import record_call
+from worker.engine.state.redisclock import RedisClock
 from worker.engine.tencent import TencentClient
 from worker.engine.tencent.clock import TencentClock
 from worker.engine.tencent.limiter import RedisRateLimiter
@@ -108,8 +109,10 @@ class Runtime:
         return scripts.load(self.broker if broker else self.redis, name)
 
 
-def build_runtime(settings: Settings, clock: Callable[[], float] = time.time) -> Runtime:
-    """A runtime for `settings`: state Redis, shared limiter, Tencent client."""
+def build_runtime(settings: Settings, clock: Callable[[], float] | None = None) -> Runtime:
+    """A runtime for `settings`: state Redis, shared limiter, Tencent client, and its clock:
+    Redis's clock read on this host unless `clock` is given (worker/engine/state/redisclock.py:
+    every time that another host may compare is taken on it)."""
     r = connect(settings.state_url, settings.sentinel_master, settings.sentinel_secret)
     limiter = RedisRateLimiter(r, settings.api_rate)
     client = TencentClient(settings, limiter)
@@ -121,7 +124,9 @@ def build_runtime(settings: Settings, clock: Callable[[], float] = time.time) ->
             pass
 
     client.on_call = on_call
-    rt = Runtime(settings=settings, redis=r, client=client, clock=clock)
+    rt = Runtime(settings=settings, redis=r, client=client)
+    rt.clock = clock if clock is not None else RedisClock(rt.broker)
+    client.clock = rt.clock
     client.on_answer = rt.tclock.observe_date
     return rt
 

@@ -59,6 +59,16 @@ class ClockTimers:
     """Widening per second of age: clocks drift and NTP slews (100 ppm is generous)."""
     cache_seconds: float = 0.5
     """A process re-reads the shared bounds this often."""
+    redis_refresh: float = 5.0
+    """A process measures its offset to Redis's clock this often (state/redisclock.py)."""
+    redis_step: float = 0.05
+    """A host clock that moved this much against the monotonic clock has stepped: measure again."""
+    redis_warn: float = 0.25
+    """A host this far off Redis's clock is reported (log, gauge, check-config)."""
+    redis_warn_every: float = 600.0
+    """A process warns of its host's offset at most this often."""
+    redis_record_ttl: float = 3600.0
+    """A host's recorded offset (bs:clock:hosts) is forgotten after this long."""
 
 
 @dataclass(frozen=True)

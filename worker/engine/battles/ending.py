@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 from worker.engine.battles.records import Battle
 from worker.engine.battles.registry import KEEP_AFTER_END, register
@@ -110,7 +109,7 @@ def _close(rt: Runtime, battle_id: str, meta: dict[str, str], applied: dict[str,
     bk = BattleKeys(battle_id)
     battle = Battle.from_meta(battle_id, meta)
     end_scores = json.loads(meta.get("end_scores") or "null")
-    mapping = {"status": "finished", "finished_at": time.time(),
+    mapping = {"status": "finished", "finished_at": rt.clock(),
                "final_applied": json.dumps(applied)}
     if end_scores is not None and battle is not None:
         diff = {r: (applied.get(r, 0), s) for r, s in end_scores.items()

@@ -85,6 +85,8 @@ DEAD_LETTERS_BYTES = f"{{{DEAD_LETTERS}}}:bytes"
 STATS = f"{PREFIX}:stats"
 #: hash lo, hi, at: bounds on Tencent's clock minus ours (worker/engine/tencent/clock.py).
 CLOCK = f"{PREFIX}:clock"
+#: hash: host → "offset,at": its clock minus Redis's as last measured (state/redisclock.py).
+CLOCK_HOSTS = f"{PREFIX}:clock:hosts"
 #: string: lock of the one end-game runner (worker/engine/flush/endgame.py).
 ENDGAME_LOCK = f"{PREFIX}:endgame:lock"
 #: string: pid of the dedicated end-game process, renewed while it runs

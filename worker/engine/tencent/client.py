@@ -80,8 +80,10 @@ class TencentClient:
         self._http_mu = threading.Lock()
         #: metrics hook: (api, outcome, seconds, seconds waited for the limiter)
         self.on_call: Callable[[str, str, float, float], None] | None = None
-        #: clock hook: (the answer's Date header, wall time sent, wall time answered)
+        #: clock hook: (the answer's Date header, time sent, time answered), both on `clock`
         self.on_answer: Callable[[str, float, float], None] | None = None
+        #: the clock the send and answer times are read on (the runtime's: Redis's clock)
+        self.clock: Callable[[], float] = time.time
 
     def __repr__(self) -> str:
         return f"TencentClient(base_url={self.base_url!r}, sdkappid={self.sdkappid})"
@@ -134,9 +136,9 @@ class TencentClient:
         waited = 0.0 if max_wait == ADMITTED else self.limiter.acquire(api, max_wait, lane)
         if on_send is not None:
             on_send()
-        departure = Departure(self.limiter, api)  # the send log, as the request leaves
+        departure = Departure(self.limiter, api, self.clock)  # the send log, as it leaves
         started = time.monotonic()
-        sent_at = time.time()  # until the trace hook says when it left (a mock never does)
+        sent_at = self.clock()  # until the trace hook says when it left (a mock never does)
         try:
             timeout = self.timeout if read_timeout is None else httpx.Timeout(
                 connect=self.timeout.connect, read=read_timeout, write=self.timeout.write,
@@ -153,7 +155,7 @@ class TencentClient:
         date = resp.headers.get("date")
         if date and self.on_answer is not None:
             try:
-                self.on_answer(date, departure.at or sent_at, time.time())
+                self.on_answer(date, departure.at or sent_at, self.clock())
             except Exception:  # the clock estimate never fails a call
                 log.debug("clock sample dropped", exc_info=True)
         outcome = classify_status(resp.status_code)

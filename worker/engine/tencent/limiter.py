@@ -192,11 +192,13 @@ class Departure:
     EVENTS = frozenset({"http11.send_request_headers.started",
                         "http2.send_request_headers.started"})
 
-    def __init__(self, limiter: SendLog, api: str) -> None:
+    def __init__(self, limiter: SendLog, api: str,
+                 clock: Callable[[], float] = time.time) -> None:
         self.limiter = limiter
         self.api = api
+        self.clock = clock
         self.held = 0.0  # seconds the send log held it
-        self.at: float | None = None  # wall time it left (None: no socket, or a mock transport)
+        self.at: float | None = None  # when it left, on `clock` (None: no socket, or a mock)
 
     def trace(self, event: str, info: dict) -> None:
         """httpcore's trace callback. A proxy tunnel's CONNECT carries the same extensions
@@ -205,4 +207,4 @@ class Departure:
         close racing a write does; holds are rare and 0.25 s at most.)"""
         if event in self.EVENTS and getattr(info.get("request"), "method", b"") != b"CONNECT":
             self.held += self.limiter.leave(self.api)
-            self.at = time.time()
+            self.at = self.clock()
