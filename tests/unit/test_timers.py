@@ -55,6 +55,7 @@ MEASURED = {
     "reconcile.read_lag": 5.0,
     "audit.interval": 30.0, "audit.after_ambiguity": 10.0, "audit.end_lead": 3.0,
     "audit.retry": 0.5, "audit.slot_wait": 0.5,
+    "tick.standby_after": 2.0, "tick.standby_poll": 0.1,
     "tick.max_dispatch": 2000, "tick.safety_sweep": 5.0, "tick.batch": 20, "tick.threads": 8,
     "tick.max_span": 1.0, "tick.plan_from": 2.0, "tick.round_ttl_ms": 5000,
     "tick.round_read": 1.0,

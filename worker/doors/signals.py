@@ -1,4 +1,5 @@
-"""Celery signal hooks: log format and redaction, and the beat's record of its tick publishes."""
+"""Celery signal hooks: log format and redaction, the beat's record of its tick publishes, and
+the workers' tick standby."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from celery.signals import (
     after_setup_task_logger,
     after_task_publish,
     beat_init,
+    worker_ready,
 )
 
 log = logging.getLogger("scorer.beat")
@@ -39,6 +41,19 @@ def _setup_logging(logger: logging.Logger, *args, **kwargs) -> None:
     # which at thousands of events per second costs more than the events themselves.
     for name in ("celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@worker_ready.connect
+def _stand_by_for_beat(sender=None, **kwargs) -> None:
+    # Every process consuming the control queue keeps a tick alive when beat's is late
+    # (worker/doors/standby.py); a worker whose control pool serves that queue leaves it to
+    # the pool's workers.
+    from worker.doors import standby
+    from worker.engine.state import keys
+
+    app = getattr(sender, "app", None)
+    if app is not None and keys.CONTROL_QUEUE in app.amqp.queues.consume_from:
+        standby.start(app)
 
 
 @beat_init.connect

@@ -280,6 +280,10 @@ class TickTimers:
     """The round the tick publishes for ingest expires this long after it (ticks stopped)."""
     round_read: float = 1.0
     """Ingest reads the published round this often per process (it changes slowly)."""
+    standby_after: float = 2.0
+    """No tick for this long (beat dead or frozen): a worker ticks instead (doors/standby.py)."""
+    standby_poll: float = 0.1
+    """A worker's tick standby looks this often."""
 
 
 @dataclass(frozen=True)
