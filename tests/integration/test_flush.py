@@ -157,6 +157,9 @@ class _Lock:
     def __init__(self, lost: bool = False) -> None:
         self.lost = lost
 
+    def fresh(self) -> bool:
+        return not self.lost
+
 
 class _Client:
     def __init__(self, error=None) -> None:
@@ -196,7 +199,9 @@ def test_the_one_optype_2_writer():
     assert res is not None and res.split(["a", "b"]) == (["a"], ["b"])
     ((bid, op, scores, kw),) = client.calls
     assert (bid, op, scores) == ("b1", OpType.OVERWRITE, {"a": 3, "b": 4})
+    fence = kw.pop("fence")
     assert kw == {"max_wait": ADMITTED, "max_attempts": 1, "read_timeout": None}
+    assert fence() is True  # the lock's lease, asked as the request leaves
     seen = []
     for outcome in (Outcome.ambiguous, Outcome.final):
         failing = _Client(TencentError("set_battle_score", outcome, "boom"))

@@ -23,6 +23,7 @@ SOURCE = Path(timers.__file__)
 #: The defaults as measured so far (bench/RESULTS.md, bench.chaos): a change here is a change of
 #: behaviour, to be measured first.
 MEASURED = {
+    "state.lease_margin": 1.0,
     "state.lock_ttl_ms": 6000, "state.headroom": 0.9, "state.window_ms": 1000,
     "state.margin_ms": 0, "state.send_wait": 0.25,
     "tencent.connect": 2.0, "tencent.read": 5.0, "tencent.write": 5.0, "tencent.pool": 5.0,
@@ -42,6 +43,7 @@ MEASURED = {
     "flush.retry_soon": 0.2, "flush.refused_retry": 5.0, "flush.start_skew": 5.0,
     "flush.landing_window": 6.0, "flush.after_error": 1.0, "flush.near_end_after": 0.3,
     "flush.read_back_retry": 5.0, "flush.give_up_after_end": 600.0,
+    "endgame.lock_ttl_ms": 600,
     "endgame.end_margin": 0.05, "endgame.near_end": 8.0, "endgame.near_end_read": 1.5,
     "endgame.settle_lead": 0.6, "endgame.near_end_read_min": 0.5,
     "endgame.final_lead": 0.35, "endgame.final_window": 1.5, "endgame.poll": 0.02,

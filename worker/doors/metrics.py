@@ -52,9 +52,16 @@ INF = float("inf")
 DEFAULT_QUEUE: str = Settings.model_fields["queue"].default
 
 
+def redis_now(redis) -> float:
+    """Redis's clock (TIME): the one every host's stamps are compared on."""
+    secs, usecs = redis.time()
+    return secs + usecs / 1e6
+
+
 def record_beat_publish(redis, now: float | None = None) -> None:
-    """Record that the beat just published a tick (one SET with an expiry)."""
-    redis.set(BEAT_PUBLISHED, repr(time.time() if now is None else now), ex=BEAT_PUBLISHED_TTL)
+    """Record that the beat just published a tick (one SET with an expiry), on Redis's clock."""
+    redis.set(BEAT_PUBLISHED, repr(redis_now(redis) if now is None else now),
+              ex=BEAT_PUBLISHED_TTL)
 
 
 def age_of(raw, now: float) -> float:
@@ -67,7 +74,7 @@ def age_of(raw, now: float) -> float:
 
 def beat_publish_age(redis, now: float | None = None) -> float:
     """Seconds since the beat last published a tick; +Inf with no record."""
-    return age_of(redis.get(BEAT_PUBLISHED), time.time() if now is None else now)
+    return age_of(redis.get(BEAT_PUBLISHED), redis_now(redis) if now is None else now)
 
 
 def queue_names(input_queue: str) -> dict[str, str]:
@@ -128,10 +135,9 @@ class ScorerCollector:
     def _now(self) -> float:
         """Redis's clock, on which the stamps read here were taken (this host's if it is down)."""
         try:
-            secs, usecs = self.broker.time()
+            return redis_now(self.broker)
         except redis_lib.RedisError:
             return time.time()
-        return secs + usecs / 1e6
 
     def _queues(self, now: float):
         names = queue_names(self.queue)

@@ -81,7 +81,7 @@ def record_tick_publish(sender=None, headers=None, **kwargs) -> None:
 
             s = _settings()  # quick: this runs inside beat's scheduling loop
             _client = connect(s.state_url, s.sentinel_master, s.sentinel_secret, quick=1.0)
-        metrics.record_beat_publish(_client, now)
+        metrics.record_beat_publish(_client)  # on Redis's clock, as every cross-host stamp
     except Exception as err:
         # Anything at all: a hook that raises would break the beat's publish loop.
         _skip_until = time.time() + RECORD_BACKOFF

@@ -20,6 +20,8 @@ class StateTimers:
 
     lock_ttl_ms: int = 6_000
     """A lock's ttl: renewed every third of it, it expires only with its holder dead or frozen."""
+    lease_margin: float = 1.0
+    """A write leaves only while its lock's lease has this long left (lock.py, `fresh`)."""
     headroom: float = 0.9
     """Share of SCORER_API_RATE admitted (at 100 %, 100012 in 3,000 calls: tencent/limiter.py)."""
     window_ms: int = 1000
@@ -196,6 +198,8 @@ class EndGameTimers:
     """Battles ending within this many seconds past the window count toward the reserve."""
     dedicated_ttl_ms: int = 2000
     """A dedicated end-game process (doors/endgame_main.py) renews its key with this ttl."""
+    lock_ttl_ms: int = 600
+    """bs:endgame:lock's ttl: a frozen runner holds every ending no longer (failover)."""
     coalesce: float = 0.03
     """Value waits this long for more of the same moment before an end-game flush."""
     decisive: float = 0.8

@@ -159,7 +159,11 @@ def _run(rt: Runtime, flush: Flush) -> None:
 def _hold_and_run(rt: Runtime, flush: Flush, go: Callable[[], bool]) -> None:
     """Take `bs:endgame:lock` if it is free and run rounds while we hold it and `go()`."""
     try:
-        with RedisLock(rt.redis, keys.ENDGAME_LOCK, ttl_ms=3000) as lock:
+        # A short lease: a runner frozen (SIGSTOP, a VM pause) holds every ending for no
+        # longer than it, and the next host's waiting runner takes over within 50 ms of its
+        # expiry. Losing it under load is harmless: two runners for a moment flush the same
+        # battles under their battles' locks, on one shared budget.
+        with RedisLock(rt.redis, keys.ENDGAME_LOCK, ttl_ms=TIMERS.endgame.lock_ttl_ms) as lock:
             if lock.held:
                 run_while(rt, flush, lambda: not lock.lost and go())
     except Exception:  # Redis away: try again; the tick keeps flushing meanwhile

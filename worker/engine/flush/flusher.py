@@ -39,6 +39,7 @@ from worker.engine.state.keys import BattleKeys
 from worker.engine.state.lock import RedisLock
 from worker.engine.tencent.errors import (
     BATTLE_NOT_RUNNING,
+    Fenced,
     Outcome,
     RateLimitTimeout,
     TencentError,
@@ -120,7 +121,10 @@ class Flusher(Claim):
             # here with the lock held.
             res = self.rt.client.set_battle_score(
                 self.battle_id, op, body, on_send=leaving, max_wait=self.max_wait(),
-                max_attempts=1, read_timeout=read_timeout(self.rt, self.battle))
+                max_attempts=1, read_timeout=read_timeout(self.rt, self.battle),
+                fence=self.lock.fresh)
+        except Fenced:  # never sent, but marked sending: the next owner reads it back
+            raise LockLost(self.battle_id) from None
         except RateLimitTimeout:
             self.mark("unsent")
             return "rate_limited"
@@ -210,8 +214,11 @@ def flush_battle(rt: Runtime, battle_id: str, lane: str = LOW, admitted: bool = 
                     outcome = Flusher(rt, battle_id, lock, admitted=need == "call",
                                       battle=battle).run()
                 except LockLost:
-                    log.error("lost the lock of %s mid-flush; its next owner resumes",
-                              battle_id)
+                    # Frozen or cut off past the lease: a write of ours may still land after
+                    # the next owner's, which its read-back cannot see: audit the battle.
+                    log.error("lost the lock of %s mid-flush; its next owner resumes, and the "
+                              "battle is audited", battle_id)
+                    audit.after_ambiguity(rt, battle, battle_id)
                     return "lock_lost"
                 break
         if time.monotonic() >= deadline:

@@ -11,7 +11,7 @@ from worker.engine.flush.near_end import read_timeout
 from worker.engine.runtime import Runtime
 from worker.engine.state.lock import RedisLock
 from worker.engine.tencent.client import ADMITTED
-from worker.engine.tencent.errors import Outcome, TencentError
+from worker.engine.tencent.errors import Fenced, Outcome, TencentError
 from worker.engine.tencent.models import OpType, SetBattleScoreResult
 
 
@@ -36,12 +36,15 @@ def overwrite(rt: Runtime, battle_id: str, battle: Battle | None, lock: RedisLoc
     answer, or None when the call failed (logged to `log` as "`what` of ... failed";
     `on_ambiguous()` when it may still land). Raises LockLost, before any call, when the
     lock was lost: the battle may have another writer now."""
-    if lock.lost:  # frozen past the ttl: the next owner settles the battle
+    if not lock.fresh():  # frozen past the lease: the next owner settles the battle
         raise LockLost(battle_id)
     try:
         return rt.client.set_battle_score(battle_id, OpType.OVERWRITE, target,
                                           max_wait=max_wait, max_attempts=1,
-                                          read_timeout=read_timeout(rt, battle))
+                                          read_timeout=read_timeout(rt, battle),
+                                          fence=lock.fresh)
+    except Fenced:  # stopped before it left: as above
+        raise LockLost(battle_id) from None
     except TencentError as err:
         log.warning("%s of %s failed: %s", what, battle_id, err)
         if on_ambiguous is not None and err.outcome is Outcome.ambiguous:

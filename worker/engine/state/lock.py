@@ -40,6 +40,8 @@ from worker.engine.timers import TIMERS
 
 #: A lock's ttl (renewed every third of it: see the module docstring).
 DEFAULT_TTL_MS = TIMERS.state.lock_ttl_ms
+#: A write leaves only while its lock's lease has this long left (`RedisLock.fresh`).
+LEASE_MARGIN = TIMERS.state.lease_margin
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 _PID_NS = "/proc/self/ns/pid"
 
@@ -119,8 +121,9 @@ class _Heartbeat:
                 if time.monotonic() - lock.renewed < lock.ttl_ms / 3000:
                     continue
                 try:
+                    asked = time.monotonic()  # the ttl runs from no earlier than this
                     if lock._renew(keys=[lock.key], args=[lock.token, lock.ttl_ms]):
-                        lock.renewed = time.monotonic()
+                        lock.renewed = asked
                     else:
                         lock.lost = True
                         self.remove(lock)
@@ -148,6 +151,7 @@ class RedisLock:
         self._release: Script = scripts.load(redis, "LOCK_RELEASE")
 
     def __enter__(self) -> RedisLock:
+        asked = time.monotonic()  # the ttl runs from no earlier than this
         self.held = bool(self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
         if not self.held:
             holder = cast("str | None", self.redis.get(self.key))  # decode_responses
@@ -157,9 +161,17 @@ class RedisLock:
                 self.held = bool(self.redis.set(self.key, self.token, nx=True,
                                                 px=self.ttl_ms))
         if self.held:
-            self.renewed = time.monotonic()
+            self.renewed = asked
             _HEARTBEAT.add(self)
         return self
+
+    def fresh(self, margin: float = LEASE_MARGIN) -> bool:
+        """Whether the lease surely runs `margin` s more: held, not found lost, and renewed
+        (asked, by this process's monotonic clock) less than ttl - margin ago. Checked right
+        before a write leaves (the fence): a process frozen past its lease, or whose heartbeat
+        is stuck, stops its own writes without asking Redis."""
+        return (self.held and not self.lost
+                and time.monotonic() - self.renewed < self.ttl_ms / 1000 - margin)
 
     def __exit__(self, *exc: object) -> None:
         _HEARTBEAT.remove(self)

@@ -129,14 +129,15 @@ class TencentClient:
     def _send_once(self, api: str, body: dict[str, Any],
                    on_send: Callable[[], None] | None = None,
                    max_wait: float | None = None, lane: str = "high",
-                   read_timeout: float | None = None) -> dict[str, Any]:
+                   read_timeout: float | None = None,
+                   fence: Callable[[], bool] | None = None) -> dict[str, Any]:
         """One HTTP exchange; returns Tencent's JSON or raises a classified TencentError.
         `on_send` runs once the limiter has admitted the call, just before it leaves;
         `max_wait` ADMITTED: the caller holds the slot; else how long to wait for one."""
         waited = 0.0 if max_wait == ADMITTED else self.limiter.acquire(api, max_wait, lane)
         if on_send is not None:
             on_send()
-        departure = Departure(self.limiter, api, self.clock)  # the send log, as it leaves
+        departure = Departure(self.limiter, api, self.clock, fence)  # as it leaves
         started = time.monotonic()
         sent_at = self.clock()  # until the trace hook says when it left (a mock never does)
         try:
@@ -187,20 +188,23 @@ class TencentClient:
 
     def call(self, api: str, body: dict[str, Any], *, max_attempts: int | None = None,
              on_send: Callable[[], None] | None = None, max_wait: float | None = None,
-             lane: str = "high", read_timeout: float | None = None) -> dict[str, Any]:
+             lane: str = "high", read_timeout: float | None = None,
+             fence: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Call `api`, retrying only what is certainly not applied; raise TencentError else.
 
         A 70001 (UserSig expired) is retried once with a fresh sig; retryable outcomes back
         off exponentially with jitter. Ambiguous and final outcomes raise at once: only the
         caller knows a path that cannot double-count. `max_wait` bounds each wait for the
         limiter (ADMITTED: the first attempt's slot is already held; later ones do not wait).
+        `fence()` is asked as each attempt starts out to the socket; False stops it unsent
+        (Fenced, never retried here).
         """
         attempts = max_attempts or self.max_attempts
         renewed = False
         for attempt in range(1, attempts + 1):
             try:
                 wait = max_wait if attempt == 1 or max_wait != ADMITTED else 0.0
-                return self._send_once(api, body, on_send, wait, lane, read_timeout)
+                return self._send_once(api, body, on_send, wait, lane, read_timeout, fence)
             except RateLimitTimeout:
                 raise  # never sent; how much longer to wait is the caller's choice, not a retry
             except TencentError as err:
@@ -224,15 +228,17 @@ class TencentClient:
                          max_attempts: int | None = None,
                          on_send: Callable[[], None] | None = None,
                          max_wait: float | None = None, lane: str = "high",
-                         read_timeout: float | None = None) -> SetBattleScoreResult:
+                         read_timeout: float | None = None,
+                         fence: Callable[[], bool] | None = None) -> SetBattleScoreResult:
         """OpType 1 adds `scores` to each room, 2 overwrites; returns per-room ResultCodes.
-        `read_timeout`: how long to wait for the answer (default: the client's 5 s)."""
+        `read_timeout`: how long to wait for the answer (default: the client's 5 s); `fence`:
+        see `call` (a writer passes its lock's lease)."""
         req = SetBattleScoreRequest(
             BattleId=battle_id, OpType=op_type,
             ScoreList=[ScoreItem(RoomId=r, Score=s) for r, s in scores.items()])
         data = self.call("set_battle_score", req.model_dump(), max_attempts=max_attempts,
                          on_send=on_send, max_wait=max_wait, lane=lane,
-                         read_timeout=read_timeout)
+                         read_timeout=read_timeout, fence=fence)
         resp = _parse(api="set_battle_score", model=SetBattleScoreResult, data=data)
         resp.RequestId = data.get("RequestId")
         return resp

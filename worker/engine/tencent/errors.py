@@ -55,6 +55,15 @@ class RateLimitTimeout(TencentError):
         super().__init__(api, Outcome.retryable, f"no call slot within {waited:.1f}s")
 
 
+class Fenced(Exception):
+    """A write stopped before its first byte left: the caller's fence (its lock's lease) said
+    it could land after another process took the battle over. Never sent."""
+
+    def __init__(self, api: str) -> None:
+        super().__init__(f"{api}: stopped before it left: the lock's lease ran short")
+        self.api = api
+
+
 #: UserSig invalid, key mismatch, identifier mismatch: our configuration, mid key rotation
 #: perhaps: refused, not final (tencent-api.md §5).
 CONFIG_CODES = frozenset({70003, 70009, 70013})

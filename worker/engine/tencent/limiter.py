@@ -36,6 +36,7 @@ import redis
 from worker.engine.state import keys, scripts
 
 # Re-exported: RateLimitTimeout is a Tencent error now, raised here.
+from worker.engine.tencent.errors import Fenced
 from worker.engine.tencent.errors import RateLimitTimeout as RateLimitTimeout
 from worker.engine.timers import TIMERS
 
@@ -193,10 +194,12 @@ class Departure:
                         "http2.send_request_headers.started"})
 
     def __init__(self, limiter: SendLog, api: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 fence: Callable[[], bool] | None = None) -> None:
         self.limiter = limiter
         self.api = api
         self.clock = clock
+        self.fence = fence  # checked as the request starts out: False stops it (Fenced)
         self.held = 0.0  # seconds the send log held it
         self.at: float | None = None  # when it left, on `clock` (None: no socket, or a mock)
 
@@ -206,5 +209,11 @@ class Departure:
         idle connection usable: one closed meanwhile fails the call as ambiguous, as any
         close racing a write does; holds are rare and 0.25 s at most.)"""
         if event in self.EVENTS and getattr(info.get("request"), "method", b"") != b"CONNECT":
+            # The fence, as close to the socket as the client lets us: after the connection
+            # pool's wait and the connect, before a byte of the request is written.
+            if self.fence is not None and not self.fence():
+                raise Fenced(self.api)
             self.held += self.limiter.leave(self.api)
+            if self.fence is not None and not self.fence():  # the send log may have held it
+                raise Fenced(self.api)
             self.at = self.clock()
