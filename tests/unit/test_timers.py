@@ -30,7 +30,7 @@ MEASURED = {
     "tencent.sig_lifetime": 86400, "tencent.renew_fraction": 0.25,
     "clock.default_spread": 0.5, "clock.drift": 1e-4, "clock.cache_seconds": 0.5,
     "clock.redis_refresh": 5.0, "clock.redis_step": 0.05, "clock.redis_warn": 0.25,
-    "clock.redis_warn_every": 600.0, "clock.redis_record_ttl": 3600.0,
+    "clock.redis_quick": 0.25, "clock.redis_warn_every": 600.0, "clock.redis_record_ttl": 3600.0,
     "ingest.outage_retry": 60.0, "ingest.stuck": 10.0,
     "drain.threshold": 8, "drain.batch": 500, "drain.min_batch": 16, "drain.pause": 0.02,
     "drain.max_slots": 4, "drain.slot_lease": 30.0, "drain.claim_lease": 10.0,

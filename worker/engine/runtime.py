@@ -22,6 +22,7 @@ from worker.engine.state.redisclock import RedisClock
 from worker.engine.tencent import TencentClient
 from worker.engine.tencent.clock import TencentClock
 from worker.engine.tencent.limiter import RedisRateLimiter
+from worker.engine.timers import TIMERS
 
 
 def connect(url: str, sentinel_master: str | None = None,
@@ -125,7 +126,11 @@ def build_runtime(settings: Settings, clock: Callable[[], float] | None = None) 
 
     client.on_call = on_call
     rt = Runtime(settings=settings, redis=r, client=client)
-    rt.clock = clock if clock is not None else RedisClock(rt.broker)
+    # The clock measures on a quick client of the broker's Redis: a measure that cannot be
+    # made must not hold a caller of rt.clock() for a normal client's timeouts and retries.
+    rt.clock = clock if clock is not None else RedisClock(
+        connect(settings.redis_url, settings.sentinel_master, settings.sentinel_secret,
+                quick=TIMERS.clock.redis_quick))
     client.clock = rt.clock
     client.on_answer = rt.tclock.observe_date
     return rt

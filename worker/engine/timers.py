@@ -67,6 +67,8 @@ class ClockTimers:
     """A host clock that moved this much against the monotonic clock has stepped: measure again."""
     redis_warn: float = 0.25
     """A host this far off Redis's clock is reported (log, gauge, check-config)."""
+    redis_quick: float = 0.25
+    """The timeout of a measure of Redis's clock (a quick client: rt.clock() never waits long)."""
     redis_warn_every: float = 600.0
     """A process warns of its host's offset at most this often."""
     redis_record_ttl: float = 3600.0
