@@ -236,3 +236,20 @@ def test_a_lock_not_taken_is_never_renewed(fake_redis: fakeredis.FakeRedis,
     fake_redis.set(KEY, "other|1|x", px=60_000)
     with RedisLock(fake_redis, KEY):
         assert hb._locks == {}
+
+
+def test_the_lease_is_fresh_until_ttl_less_the_margin_since_the_renewal_was_asked(
+        fake_redis: fakeredis.FakeRedis,
+        beat: tuple[lockmod._Heartbeat, _BeatTime]) -> None:
+    hb, clock = beat
+    with RedisLock(fake_redis, KEY, ttl_ms=3000) as lock:
+        assert lock.fresh(margin=1.0)
+        clock.mono += 1.9  # a freeze: no renewal, 1.9 s of the 3 s lease gone
+        assert lock.fresh(margin=1.0)
+        clock.mono += 0.2  # under 1 s left: a write must not leave
+        assert not lock.fresh(margin=1.0)
+        _pass(hb)  # the heartbeat renews it (still ours)
+        assert lock.fresh(margin=1.0)
+        lock.lost = True
+        assert not lock.fresh(margin=0.0)
+    assert not RedisLock(fake_redis, KEY).fresh()  # never taken

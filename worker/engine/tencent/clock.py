@@ -1,6 +1,8 @@
 """Tencent's clock as ours plus an offset, known within bounds learned from Tencent's answers.
 
-A battle ends on Tencent's clock, so the end game is planned on it. Every answer from Tencent
+"Ours" is the runtime's clock, Redis's clock read on this host (worker/engine/state/
+redisclock.py), so every host's samples and bounds mean the same. A battle ends on Tencent's
+clock, so the end game is planned on it. Every answer from Tencent
 carries an HTTP `Date` header (1-s resolution): an answer stamped D, sent at our s and received
 at our r, was made while Tencent's clock read in [D, D + 1), so the offset lies in
 [D - r, D + 1 - s]. Intersecting the samples of all processes (in Redis) narrows the bounds to
