@@ -86,6 +86,52 @@ def test_a_redis_that_lost_its_last_second_is_audited_and_healed(rt, ctl):
     assert not audit.check_restart(rt)  # the same server: nothing to do
 
 
+def test_a_late_write_meeting_a_redis_loss_is_audited_after_it_lands(rt, ctl):
+    """Issue 27's 202 coins: Tencent holds a write 8 s; Redis then loses its last second, with
+    the record that the write may still land. The batch is pending again, sent again, and the
+    audit of the restart (now) sees Tencent equal to the ledger; then the held write lands, a
+    double count. Every battle active at a restart is audited again once a write sent before
+    the crash can have landed (AFTER_AMBIGUITY), and one ending before that gets the last
+    absolute write just before its end. On main the next audit came 30 s later, or 3 s before
+    the end, and none after a landing in between."""
+    bid = _started(rt, ctl)
+    bk = BattleKeys(bid)
+    send(rt, ctl, "room_a", 7, "w1")
+    assert flush_battle(rt, bid) == "ok"
+    send(rt, ctl, "room_a", 5, "w2")
+    before = {k: rt.redis.dump(k) for k in bk.all() if rt.redis.exists(k)}
+    ctl.inject("late_landing", api="set_battle_score")
+    sent = time.monotonic()
+    assert flush_battle(rt, bid) == "unresolved"  # timed out: the write may still land
+    for k in bk.all():  # Redis comes back without the last second: 5 pending again
+        rt.redis.delete(k)
+        if k in before:
+            rt.redis.restore(k, 0, before[k])
+    rt.redis.set(keys.REDIS_RUN, "a-run-before-the-crash")
+    restarted = rt.clock()
+    assert audit.check_restart(rt)
+    assert flush_battle(rt, bid) == "ok"  # sent again: Tencent 12 = the ledger
+    assert audit.audit_battle(rt, bid) == "ok"
+    due = rt.redis.zscore(keys.AUDIT_DUE, bid)
+    assert due is not None and due <= restarted + audit.AFTER_AMBIGUITY + 0.5, \
+        (due - restarted)  # audited again once the write sent before the crash has landed
+    wait_for(lambda: ctl.scores(bid)["room_a"] == 17, timeout=12, what="the late landing")
+    assert time.monotonic() - sent >= 7.5
+    _later(rt, due - rt.clock())
+    assert audit.audit_battle(rt, bid) == "corrected"
+    assert ctl.scores(bid)["room_a"] == 12
+
+
+def test_a_restart_gives_a_battle_ending_within_the_landing_window_its_last_write(rt, ctl):
+    bid = _started(rt, ctl, duration_ms=8_000)
+    send(rt, ctl, "room_a", 3, "e1")
+    assert flush_battle(rt, bid) == "ok"
+    rt.redis.set(keys.REDIS_RUN, "a-run-before-the-crash")
+    assert audit.check_restart(rt)
+    end = float(rt.redis.hget(BattleKeys(bid).meta, "end"))
+    assert rt.redis.zscore(keys.FINAL_DUE, bid) == pytest.approx(end - audit.FINAL_LEAD)
+
+
 def test_an_audit_takes_no_lock_while_a_batch_is_in_flight(rt, ctl):
     bid = _started(rt, ctl)
     bk = BattleKeys(bid)

@@ -75,20 +75,30 @@ def after_ambiguity(rt: Runtime, battle: Battle | None, battle_id: str) -> None:
 
 
 def check_restart(rt: Runtime) -> bool:
-    """True (and every active battle due for an audit now) when the Redis server restarted
-    since the tick last looked: under `appendfsync everysec` its last second may be gone,
-    with claims and commits of writes that Tencent did apply."""
+    """True when the Redis server restarted since the tick last looked: under `appendfsync
+    everysec` its last second may be gone, with claims and commits of writes that Tencent did
+    apply, and with the records of writes that may still land (held by Tencent past their
+    client's timeout). So every active battle is audited now, again once such a write can have
+    landed (AFTER_AMBIGUITY after the restart was seen: `_next` keeps that audit), and a
+    battle ending before then gets the last absolute write just before its end (FINAL_DUE),
+    as after any ambiguity."""
     run_id = rt.redis.info("server").get("run_id")
     last = rt.redis.getset(keys.REDIS_RUN, run_id)
     if last is None or last == run_id:
         return False
-    active = rt.redis.zrange(keys.ACTIVE, 0, -1)
+    now = rt.clock()
+    rt.redis.set(keys.REDIS_RESTART_SEEN, repr(now), ex=int(TIMERS.audit.interval * 4))
+    active = rt.redis.zrange(keys.ACTIVE, 0, -1, withscores=True)
     if active:
         pipe = pipeline(rt.redis)
-        schedule(rt, active, rt.clock(), pipe)
-        pipe.sadd(keys.AUDIT_FORCED, *active)
+        schedule(rt, [b for b, _ in active], now, pipe)
+        pipe.sadd(keys.AUDIT_FORCED, *[b for b, _ in active])
         pipe.expire(keys.AUDIT_FORCED, int(TIMERS.audit.interval * 4))
         pipe.execute()
+        for battle_id, _ in active:  # the last write where no audit can follow the landing
+            battle = Battle.load(rt, battle_id)
+            if battle is not None and battle.end and battle.end - END_LEAD < now + AFTER_AMBIGUITY:
+                rt.redis.zadd(keys.FINAL_DUE, {battle_id: battle.end - FINAL_LEAD}, nx=True)
     log.warning("Redis restarted (run_id changed): auditing %d active battles", len(active))
     return True
 
@@ -132,6 +142,10 @@ def audit_battle(rt: Runtime, battle_id: str, forced: bool = False) -> str:
 def _next(rt: Runtime, battle: Battle) -> None:
     """Due again TIMERS.audit.interval from now, once more just before the end, or no more."""
     at = rt.clock() + TIMERS.audit.interval
+    seen = rt.redis.get(keys.REDIS_RESTART_SEEN)
+    if seen is not None and float(seen) + AFTER_AMBIGUITY > rt.clock():
+        # once more when a write held across the restart (its record lost) can have landed
+        at = min(at, float(seen) + AFTER_AMBIGUITY)
     if battle.end - END_LEAD > rt.clock():
         at = min(at, battle.end - END_LEAD)  # one more just before the buzzer
     elif battle.end:

@@ -103,6 +103,8 @@ AUDIT_DUE = f"{PREFIX}:due:audit"
 AUDIT_FORCED = f"{PREFIX}:audit:forced"
 #: string: the run_id of the Redis server the tick last saw (a change: state may be lost).
 REDIS_RUN = f"{PREFIX}:redis:run_id"
+#: string: when the tick last saw Redis restarted (rt.clock): audits follow the landing window.
+REDIS_RESTART_SEEN = f"{PREFIX}:redis:restart_seen"
 #: zset per API of recent call stamps: the shared sliding-window rate limiter.
 
 
