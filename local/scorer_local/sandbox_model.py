@@ -196,7 +196,10 @@ class SandboxState:
                  for r in b["rooms"]]
         return {"BattleId": bid, "Duration": b["duration_ms"], "StartTime": int(b["start"]),
                 "EndTime": int(b["end"]),
-                "Status": 0 if now < b["start"] else 1 if now < b["end"] else 2,
+                # Undocumented values; this is one plausible reading (the acceptance
+                # referee's): 1 before the start, 2 while it runs, 3 after. The worker never
+                # reads it (an end is EndTime on Tencent's clock).
+                "Status": 1 if now < b["start"] else 2 if now < b["end"] else 3,
                 "FromRoomInfo": rooms[0], "ToRoomList": rooms[1:]}
 
     def _api_create_battle(self, body: dict) -> dict:

@@ -29,6 +29,20 @@ def _later(rt, seconds: float) -> None:
     rt.clock = lambda: real() + seconds
 
 
+def _snapshot(rt, bid: str) -> dict[str, bytes]:
+    """The battle's keys as they are (DUMP), for `_lose_last_second`."""
+    return {k: rt.redis.dump(k) for k in BattleKeys(bid).all() if rt.redis.exists(k)}
+
+
+def _lose_last_second(rt, bid: str, before: dict[str, bytes]) -> None:
+    """Redis comes back (another run_id) with the battle's keys as `before` had them."""
+    for k in BattleKeys(bid).all():
+        rt.redis.delete(k)
+        if k in before:
+            rt.redis.restore(k, 0, before[k])
+    rt.redis.set(keys.REDIS_RUN, "a-run-before-the-crash")
+
+
 def _call_log(ctl) -> list[dict]:
     """The sandbox's call log (a call is logged once it is answered or has landed)."""
     return ctl.http.get("/sandbox/calls").json()["calls"]
@@ -66,17 +80,12 @@ def test_a_redis_that_lost_its_last_second_is_audited_and_healed(rt, ctl):
     in-flight record, so it is sent again. The restart is seen by the tick, every active battle
     is audited, and the double count is overwritten with the ledger."""
     bid = _started(rt, ctl)
-    bk = BattleKeys(bid)
     send(rt, ctl, "room_a", 5, "g1")
     assert flush_battle(rt, bid) == "ok"
     send(rt, ctl, "room_a", 4, "g2")
-    before = {k: rt.redis.dump(k) for k in bk.all() if rt.redis.exists(k)}
+    before = _snapshot(rt, bid)
     assert flush_battle(rt, bid) == "ok"  # Tencent: 9 ...
-    for k in bk.all():  # ... then Redis comes back without that second: pending 4 again
-        rt.redis.delete(k)
-        if k in before:
-            rt.redis.restore(k, 0, before[k])
-    rt.redis.set(keys.REDIS_RUN, "a-run-before-the-crash")
+    _lose_last_second(rt, bid, before)  # ... then Redis comes back without it: 4 pending again
     assert audit.check_restart(rt)
     assert rt.redis.zscore(keys.AUDIT_DUE, bid) <= rt.clock()
     assert flush_battle(rt, bid) == "ok"  # sent again: Tencent 13, ledger 9
@@ -95,19 +104,14 @@ def test_a_late_write_meeting_a_redis_loss_is_audited_after_it_lands(rt, ctl):
     absolute write just before its end. On main the next audit came 30 s later, or 3 s before
     the end, and none after a landing in between."""
     bid = _started(rt, ctl)
-    bk = BattleKeys(bid)
     send(rt, ctl, "room_a", 7, "w1")
     assert flush_battle(rt, bid) == "ok"
     send(rt, ctl, "room_a", 5, "w2")
-    before = {k: rt.redis.dump(k) for k in bk.all() if rt.redis.exists(k)}
+    before = _snapshot(rt, bid)
     ctl.inject("late_landing", api="set_battle_score")
     sent = time.monotonic()
     assert flush_battle(rt, bid) == "unresolved"  # timed out: the write may still land
-    for k in bk.all():  # Redis comes back without the last second: 5 pending again
-        rt.redis.delete(k)
-        if k in before:
-            rt.redis.restore(k, 0, before[k])
-    rt.redis.set(keys.REDIS_RUN, "a-run-before-the-crash")
+    _lose_last_second(rt, bid, before)  # and its record with it: 5 pending again
     restarted = rt.clock()
     assert audit.check_restart(rt)
     assert flush_battle(rt, bid) == "ok"  # sent again: Tencent 12 = the ledger

@@ -36,7 +36,7 @@ def test_optypes_rooms_and_results(env):
     info = client.get_battle_info(bid)
     assert [(r.RoomId, r.Score, r.Owner_Account) for r in info.rooms] == \
         [("a", 10, "oa"), ("b", 40, "ob")]
-    assert info.Status == 1 and info.Duration == 60_000
+    assert info.Status == 2 and info.Duration == 60_000  # running (the referee's reading)
 
 
 def test_not_started_and_ended_battles_answer_100006(env):
