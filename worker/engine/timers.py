@@ -68,7 +68,11 @@ class ClockTimers:
     redis_warn: float = 0.25
     """A host this far off Redis's clock is reported (log, gauge, check-config)."""
     redis_quick: float = 0.25
-    """The timeout of a measure of Redis's clock (a quick client: rt.clock() never waits long)."""
+    """The timeout of a measure of Redis's clock (its client is a quick one)."""
+    redis_max_rtt: float = 0.02
+    """A measure slower than this is not kept while a quicker one is recent (redisclock.py)."""
+    redis_keep_quick: float = 60.0
+    """How long a quicker measure stays recent."""
     redis_warn_every: float = 600.0
     """A process warns of its host's offset at most this often."""
     redis_record_ttl: float = 3600.0
@@ -200,7 +204,7 @@ class EndGameTimers:
     """Battles ending within this many seconds past the window count toward the reserve."""
     dedicated_ttl_ms: int = 2000
     """A dedicated end-game process (doors/endgame_main.py) renews its key with this ttl."""
-    lock_ttl_ms: int = 600
+    lock_ttl_ms: int = 800
     """bs:endgame:lock's ttl: a frozen runner holds every ending no longer (failover)."""
     coalesce: float = 0.03
     """Value waits this long for more of the same moment before an end-game flush."""

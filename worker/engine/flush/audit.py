@@ -134,18 +134,27 @@ def audit_battle(rt: Runtime, battle_id: str, forced: bool = False) -> str:
         rt.redis.zadd(keys.AUDIT_DUE, {battle_id: rt.clock() + RETRY}, xx=True)
     else:
         _next(rt, battle)
-        if forced:
+        if forced and not _restart_follow_up(rt):
             rt.redis.srem(keys.AUDIT_FORCED, battle_id)
     return outcome
+
+
+def _restart_follow_up(rt: Runtime) -> float | None:
+    """When the audit after a restart's landing window is due (check_restart), None if past."""
+    seen = rt.redis.get(keys.REDIS_RESTART_SEEN)
+    if seen is None or float(seen) + AFTER_AMBIGUITY <= rt.clock():
+        return None
+    return float(seen) + AFTER_AMBIGUITY
 
 
 def _next(rt: Runtime, battle: Battle) -> None:
     """Due again TIMERS.audit.interval from now, once more just before the end, or no more."""
     at = rt.clock() + TIMERS.audit.interval
-    seen = rt.redis.get(keys.REDIS_RESTART_SEEN)
-    if seen is not None and float(seen) + AFTER_AMBIGUITY > rt.clock():
-        # once more when a write held across the restart (its record lost) can have landed
-        at = min(at, float(seen) + AFTER_AMBIGUITY)
+    follow_up = _restart_follow_up(rt)
+    if follow_up is not None:
+        # once more when a write held across the restart (its record lost) can have landed;
+        # forced (AUDIT_FORCED stays until then): the lost second may have held the only commit
+        at = min(at, follow_up)
     if battle.end - END_LEAD > rt.clock():
         at = min(at, battle.end - END_LEAD)  # one more just before the buzzer
     elif battle.end:

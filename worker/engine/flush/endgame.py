@@ -165,7 +165,9 @@ def _hold_and_run(rt: Runtime, flush: Flush, go: Callable[[], bool]) -> None:
         # battles under their battles' locks, on one shared budget.
         with RedisLock(rt.redis, keys.ENDGAME_LOCK, ttl_ms=TIMERS.endgame.lock_ttl_ms) as lock:
             if lock.held:
-                run_while(rt, flush, lambda: not lock.lost and go())
+                # On while the lease is surely ours (a renewal late past it, or one that
+                # failed, stops the rounds until the lock is held again).
+                run_while(rt, flush, lambda: lock.fresh(0.0) and go())
     except Exception:  # Redis away: try again; the tick keeps flushing meanwhile
         log.exception("end-game runner failed")
 

@@ -12,7 +12,9 @@ itself) and the Tencent-clock samples are then all on Redis's clock, within half
 - A measure: Redis answered T between our s and r, so the offset lies in [T - r, T - s]; of
   SAMPLES exchanges the one with the shortest round trip is kept, its midpoint taken.
 - It is measured again every REFRESH seconds, and at once when this host's clock steps (its
-  wall clock and its monotonic clock part by more than STEP since the last measure).
+  wall clock and its monotonic clock part by more than STEP since the last measure), by a
+  thread of the clock's own: reading the clock is arithmetic, never a wait on Redis.
+- A measure whose round trip exceeds MAX_RTT is not kept while a quicker one is recent.
 - A failed measure keeps the last offset (0 before the first) and is tried again a second later:
   with Redis down there is no work to stamp anyway.
 - Each measure is recorded per host in bs:clock:hosts (`offsets`), which the metrics, the
@@ -23,9 +25,11 @@ itself) and the Tencent-clock samples are then all on Redis's clock, within half
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import cast
 
@@ -42,6 +46,10 @@ REFRESH = TIMERS.clock.redis_refresh
 STEP = TIMERS.clock.redis_step
 #: Exchanges per measure (the shortest round trip is kept).
 SAMPLES = 3
+#: A measure whose round trip took longer is not kept while a quicker one is KEEP_QUICK s old
+#: or less.
+MAX_RTT = TIMERS.clock.redis_max_rtt
+KEEP_QUICK = TIMERS.clock.redis_keep_quick
 #: A host this far off Redis's clock is reported (log, gauge, check-config).
 WARN = TIMERS.clock.redis_warn
 #: A process warns of its host's offset at most this often (seconds).
@@ -72,7 +80,11 @@ def host_name() -> str:
 
 
 class RedisClock:
-    """A callable like time.time that reads Redis's clock (see the module docstring)."""
+    """A callable like time.time that reads Redis's clock (see the module docstring).
+
+    A call is arithmetic only: the measures run in a thread of the clock's own (started by
+    the first call in a process, ended once the clock is dropped), so no caller ever waits on
+    Redis for the time, however slow or gone Redis is."""
 
     def __init__(self, client: redis.Redis, local: Callable[[], float] = time.time,
                  mono: Callable[[], float] = time.monotonic) -> None:
@@ -81,37 +93,53 @@ class RedisClock:
         self.mono = mono
         self.offset = 0.0
         self.rtt: float | None = None  # None: never measured
-        self._wall_at = 0.0  # local wall and monotonic times of the last attempt
-        self._mono_at = -1e9
-        self._next = -1e9  # monotonic time of the next measure
+        self._accepted = -1e9  # monotonic time of the last measure kept
+        self._step_ref = (0.0, 0.0)  # (local wall, monotonic) as the last measure began
         self._warned = -1e9  # monotonic time of the last warning
+        self._wake = threading.Event()
+        self._pid = 0
         self._mu = threading.Lock()
 
     def __call__(self) -> float:
-        wall, mono = self.local(), self.mono()
-        if mono >= self._next or abs((wall - self._wall_at) - (mono - self._mono_at)) > STEP:
-            self._refresh(wall, mono)
-            wall = self.local()
+        if self._pid != os.getpid():
+            self._start()
+        wall = self.local()
+        ref_wall, ref_mono = self._step_ref
+        if abs((wall - ref_wall) - (self.mono() - ref_mono)) > STEP:
+            self._wake.set()  # this host's clock stepped: measure again now
         return wall + self.offset
 
-    def _refresh(self, wall: float, mono: float) -> None:
-        if not self._mu.acquire(blocking=False):
-            return  # another thread measures: the last offset serves meanwhile
-        try:
-            self._wall_at, self._mono_at = wall, mono
-            try:
-                offset, rtt = measure(self.client, self.local)
-            except (redis.RedisError, OSError):
-                self._next = mono + 1.0
+    def _start(self) -> None:
+        """The first call in this process: one measure now (a fresh process has no offset
+        yet), then the measuring thread."""
+        with self._mu:
+            if self._pid == os.getpid():
                 return
-            self.offset, self.rtt, self._next = offset, rtt, mono + REFRESH
-            if abs(offset) > WARN and mono - self._warned >= WARN_EVERY:
-                self._warned = mono
-                log.warning("this host's clock is %+.3f s off Redis's: fix its NTP (times are "
-                            "taken on Redis's clock, so scoring is not affected)", -offset)
-            self._record(offset)
-        finally:
-            self._mu.release()
+            self.measure_once()
+            self._pid = os.getpid()
+            ref = weakref.ref(self)
+            threading.Thread(target=_measuring, args=(ref, self._wake), daemon=True,
+                             name="redis-clock").start()
+
+    def measure_once(self) -> bool:
+        """Measure the offset; keep it unless its round trip was slow and a quicker one is
+        recent (a process starved of CPU reads a reply late: its midpoint is off by half the
+        round trip). True if it was kept."""
+        mono = self.mono()
+        self._step_ref = (self.local(), mono)
+        try:
+            offset, rtt = measure(self.client, self.local)
+        except (redis.RedisError, OSError):
+            return False
+        if rtt > MAX_RTT and self.rtt is not None and mono - self._accepted < KEEP_QUICK:
+            return False
+        self.offset, self.rtt, self._accepted = offset, rtt, mono
+        if abs(offset) > WARN and mono - self._warned >= WARN_EVERY:
+            self._warned = mono
+            log.warning("this host's clock is %+.3f s off Redis's: fix its NTP (times are "
+                        "taken on Redis's clock, so scoring is not affected)", -offset)
+        self._record(offset)
+        return True
 
     def _record(self, offset: float) -> None:
         """Note this host's offset where the metrics read it."""
@@ -137,3 +165,16 @@ def offsets(client: redis.Redis, now: float) -> dict[str, float]:
         if now - at <= RECORD_TTL:
             out[host] = -offset
     return out
+
+
+def _measuring(ref: weakref.ref[RedisClock], wake: threading.Event) -> None:
+    """A clock's measuring thread: every REFRESH s, or at once when woken (a clock step); a
+    failed measure is tried again a second later. Ends once the clock is gone."""
+    while True:
+        clock = ref()
+        if clock is None:
+            return
+        kept = clock.measure_once()
+        del clock  # hold no reference while waiting: the clock may be dropped meanwhile
+        wake.wait(REFRESH if kept else 1.0)
+        wake.clear()
