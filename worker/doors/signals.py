@@ -12,6 +12,7 @@ from celery.signals import (
     after_task_publish,
     beat_init,
     worker_ready,
+    worker_shutdown,
 )
 
 log = logging.getLogger("scorer.beat")
@@ -54,6 +55,27 @@ def _stand_by_for_beat(sender=None, **kwargs) -> None:
     app = getattr(sender, "app", None)
     if app is not None and keys.CONTROL_QUEUE in app.amqp.queues.consume_from:
         standby.start(app)
+
+
+@worker_ready.connect
+def _check_in_as_consumer(sender=None, **kwargs) -> None:
+    # A process that consumes the ingest queue checks in, so that the watermark never passes a
+    # message it popped and has not recorded yet (worker/engine/ingest/consumers.py).
+    from worker.engine.ingest import consumers
+    from worker.engine.runtime import get_runtime
+
+    app = getattr(sender, "app", None)
+    if app is not None and app.conf.task_default_queue in app.amqp.queues.consume_from:
+        consumers.start(get_runtime)
+
+
+@worker_shutdown.connect
+def _leave_as_consumer(**kwargs) -> None:
+    from worker.engine.ingest import consumers
+    from worker.engine.runtime import get_runtime
+
+    if consumers._member is not None:  # (only a process that checked in)
+        consumers.leave(get_runtime())
 
 
 @beat_init.connect

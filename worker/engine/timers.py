@@ -87,6 +87,12 @@ class IngestTimers:
     """An ingest retries a Redis outage this long (under the task time limit), then requeues."""
     stuck: float = 10.0
     """An ingest message unacknowledged this long has lost its consumer (given back by the tick)."""
+    check_in: float = 0.25
+    """An ingest consumer checks in this often (ingest/consumers.py)."""
+    check_in_margin: float = 0.05
+    """The watermark waits for every live consumer's check-in this long after a pop."""
+    consumer_dead_after: float = 30.0
+    """A consumer silent this long is dead (a frozen one is waited for until then)."""
 
 
 @dataclass(frozen=True)

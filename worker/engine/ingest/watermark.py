@@ -7,8 +7,10 @@ set while a process works on them, in drain claims, and in retries. The tick adv
 
 1. A checkpoint notes the newest queued message at time cp. The queue is FIFO, so once that
    message has left it, every message queued before cp has been taken (noticed at time p).
-2. Once no ingest message delivered before p is unacknowledged and no drain claim taken before
-   p is held, everything queued before cp has been ingested: W = cp. Then a new checkpoint.
+2. Once no ingest message delivered before p is unacknowledged, no drain claim taken before
+   p is held, and every live ingest consumer has checked in since p (a frozen one may hold a
+   popped message kombu has not recorded yet: consumers.py), everything queued before cp has
+   been ingested: W = cp. Then a new checkpoint.
 
 Under a steady flow W trails the present by one to two ticks; under a backlog it stops, so
 reconcile reads nothing it could not judge. Times are Redis's clock (kombu stamps unacked
@@ -39,6 +41,7 @@ from typing import cast
 
 import redis
 
+from worker.engine.ingest import consumers
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
 from worker.engine.timers import TIMERS
@@ -65,10 +68,11 @@ class Watermark:
 
 def advance(rt: Runtime) -> Watermark:
     """Move the watermark forward as far as the queue, unacked messages and claims allow."""
+    consumers.forget_dead(rt, rt.clock())
     w, now, n = rt.script("WATERMARK", broker=True)(
         keys=[rt.settings.queue, keys.KOMBU_UNACKED_INDEX, keys.KOMBU_UNACKED,
-              keys.DRAIN_CLAIMS, keys.INGEST_WATERMARK],
-        args=[rt.settings.queue])
+              keys.DRAIN_CLAIMS, keys.INGEST_WATERMARK, keys.INGEST_CONSUMERS],
+        args=[rt.settings.queue, consumers.DEAD_AFTER, consumers.MARGIN])
     return Watermark(float(w), float(now), int(n))
 
 

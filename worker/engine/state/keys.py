@@ -162,6 +162,9 @@ DRAIN_CLAIMS = f"{PREFIX}:drain:claims"
 DRAIN_SLOTS = f"{PREFIX}:drain:slots"
 #: hash: the ingest watermark and its checkpoint (worker/engine/ingest/watermark.py).
 INGEST_WATERMARK = f"{PREFIX}:ingest:watermark"
+#: zset (broker Redis): ingest consumer → when it last checked in (Redis's clock): the watermark
+#: moves past a pop only once every live consumer has checked in after it (ingest/consumers.py).
+INGEST_CONSUMERS = f"{PREFIX}:ingest:consumers"
 #: kombu's Redis transport: delivered, unacknowledged messages (hash) and their times (zset).
 KOMBU_UNACKED = "unacked"
 KOMBU_UNACKED_INDEX = "unacked_index"

@@ -7,7 +7,11 @@ from __future__ import annotations
 # the queue (FIFO: so has everything older), everything enqueued before cp_at has been taken
 # (at `popped_at`). Once no ingest message delivered before popped_at is still unacknowledged
 # and no drain claim taken before it is still held, W = cp_at. Then a new checkpoint.
-# KEYS: queue, unacked_index, unacked, claims, watermark   ARGV: ingest queue name
+# A consumer pops a message (BRPOP) before it records it as unacknowledged, and a frozen one may
+# hold a popped reply in its socket: so W also waits until every live consumer (checked in
+# within ARGV[2] s) has checked in more than ARGV[3] s after popped_at (ingest/consumers.py).
+# KEYS: queue, unacked_index, unacked, claims, watermark, consumers
+# ARGV: ingest queue name, a consumer's silence after which it is dead (s), check-in margin (s)
 # Returns {W, now, queue length} as strings (Redis time, seconds).
 WATERMARK = """
 local t = redis.call('TIME')
@@ -33,6 +37,10 @@ if popped_at and now - popped_at > 0.05 then
   end
   if not busy and #redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', popped_at, 'LIMIT', 0, 1) > 0 then
     busy = true  -- a drain batch taken before popped_at is still being ingested
+  end
+  if not busy and #redis.call('ZRANGEBYSCORE', KEYS[6], now - tonumber(ARGV[2]),
+                              '(' .. (popped_at + tonumber(ARGV[3])), 'LIMIT', 0, 1) > 0 then
+    busy = true  -- a live consumer has not checked in since: it may hold a popped message
   end
   if not busy then
     w = math.max(w, popped_through)
