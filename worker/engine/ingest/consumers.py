@@ -73,6 +73,8 @@ def start(get_runtime: Callable[[], Runtime]) -> None:
                 check_in(get_runtime())
             except (redis.RedisError, OSError):
                 pass  # Redis away: W waits for the next check-in, as it should
+            except Exception:  # the thread never dies of one bad check-in (W would wait 30 s)
+                log.exception("ingest check-in failed")
 
     threading.Thread(target=run, daemon=True, name="ingest-check-in").start()
 
