@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 import redis
 
@@ -94,7 +95,7 @@ def _run(app) -> None:
 
     standby = Standby(get_runtime(), tick, TICK_SECONDS)
     while True:
-        threading.Event().wait(TIMERS.tick.standby_poll)
+        time.sleep(TIMERS.tick.standby_poll)
         try:
             standby.rt = get_runtime()
             standby.step()
