@@ -22,11 +22,7 @@ from tests.conftest import worker_env
 from tests.helpers import gift_body, wait_for
 from worker.engine.ingest import consumers, watermark
 from worker.engine.state import keys
-
-
-def _redis_now(r: redis.Redis) -> float:
-    secs, usecs = r.time()
-    return secs + usecs / 1e6
+from worker.engine.state.redisclock import redis_now
 
 
 def test_the_watermark_waits_for_a_frozen_consumer_holding_a_popped_message(
@@ -45,7 +41,7 @@ def test_the_watermark_waits_for_a_frozen_consumer_holding_a_popped_message(
         for attempt in range(5):  # until the frozen consumer's pending BRPOP takes it
             os.kill(pid, signal.SIGSTOP)
             time.sleep(0.3)
-            sent = _redis_now(r)
+            sent = redis_now(r)
             producer.send_task("scorer.webhook", kwargs={
                 "body": gift_body("frozen_room", "frozen_owner", 5, t=time.time()),
                 "event_id": f"frozen-{attempt}"})

@@ -73,8 +73,7 @@ def test_a_clock_off_redis_is_measured_recorded_and_followed_when_it_steps(redis
     clock = RedisClock(r, local=lambda: time.time() + skew[0])
 
     def redis_now() -> float:
-        secs, usecs = r.time()
-        return secs + usecs / 1e6
+        return redisclock.redis_now(r)
 
     assert abs(clock() - redis_now()) < 0.05  # the first read measures
     assert abs(redisclock.offsets(r, redis_now())[redisclock.host_name()] - AHEAD) < 0.05

@@ -25,6 +25,7 @@ from worker.engine.settings import Settings
 from worker.engine.state import counters, keys, redisclock
 from worker.engine.state.counters import BUCKETS
 from worker.engine.state.pipeline import pipeline
+from worker.engine.state.redisclock import redis_now
 from worker.engine.tencent.errors import Outcome
 
 log = logging.getLogger("scorer.metrics")
@@ -50,12 +51,6 @@ EXTRA_EVENTS = ("audit_corrections", "given_up", "late_drift", "reconcile_heal_m
 INF = float("inf")
 #: SCORER_QUEUE's default, which is Celery's own default queue (`celery`).
 DEFAULT_QUEUE: str = Settings.model_fields["queue"].default
-
-
-def redis_now(redis) -> float:
-    """Redis's clock (TIME): the one every host's stamps are compared on."""
-    secs, usecs = redis.time()
-    return secs + usecs / 1e6
 
 
 def record_beat_publish(redis, now: float | None = None) -> None:

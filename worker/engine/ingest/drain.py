@@ -34,6 +34,7 @@ from worker.engine.ingest import watermark
 from worker.engine.ingest.gifts import bulk_pairs, handle_durably
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
+from worker.engine.state.redisclock import redis_now
 from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.drain")
@@ -172,7 +173,7 @@ def take_slot(rt: Runtime) -> str:
     """A slot token for a successor drain, whatever the queue length: it replaces the slot
     its predecessor has just released, so drains stay within MAX_SLOTS."""
     token = uuid.uuid4().hex
-    rt.broker.zadd(keys.DRAIN_SLOTS, {token: _redis_now(rt) + SLOT_LEASE})
+    rt.broker.zadd(keys.DRAIN_SLOTS, {token: redis_now(rt.broker) + SLOT_LEASE})
     return token
 
 
@@ -184,11 +185,6 @@ def recover(rt: Runtime, max_claims: int = 20) -> int:
         watermark.restart(rt)  # they are older than the checkpoint's message
         log.warning("gave %d messages of stale drain claims back to the ingest queue", moved)
     return moved
-
-
-def _redis_now(rt: Runtime) -> float:
-    secs, usecs = rt.broker.time()
-    return secs + usecs / 1e6
 
 
 def drain(rt: Runtime, token: str, known: Callable[[str], bool],

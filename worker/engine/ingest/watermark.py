@@ -44,6 +44,7 @@ import redis
 from worker.engine.ingest import consumers
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
+from worker.engine.state.redisclock import redis_now
 from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.watermark")
@@ -98,10 +99,9 @@ def give_back_stuck(rt: Runtime, limit: int = 1000) -> int:
     idempotent, but wasteful.
     """
     broker = rt.broker
-    secs, usecs = broker.time()
     # delivery tags, as str (decode_responses; no scores asked)
     tags = cast("list[str]", broker.zrangebyscore(keys.KOMBU_UNACKED_INDEX, "-inf",
-                                                  secs + usecs / 1e6 - STUCK_SECONDS,
+                                                  redis_now(broker) - STUCK_SECONDS,
                                                   start=0, num=limit))
     moved = 0
     for tag in tags:

@@ -74,6 +74,12 @@ def measure(client: redis.Redis, local: Callable[[], float] = time.time,
     return best
 
 
+def redis_now(client: redis.Redis) -> float:
+    """Redis's clock as the server reads it (one TIME round trip)."""
+    secs, usecs = client.time()
+    return secs + usecs / 1e6
+
+
 def host_name() -> str:
     """This process's host, as it names itself in bs:clock:hosts."""
     return socket.gethostname()
