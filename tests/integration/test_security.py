@@ -16,30 +16,32 @@ def test_task_events_show_summaries_and_logs_hold_no_secret(settings, tmp_path, 
     procs.worker("sec", concurrency=1)
     app = Celery(broker=redis_url)
     seen: list[dict] = []
-    stop = threading.Event()
+    live = threading.Event()
 
-    def listen() -> None:
-        with app.connection() as conn:
-            recv = app.events.Receiver(conn, handlers={"task-received": seen.append})
-            while not stop.is_set():
-                try:
-                    recv.capture(limit=None, timeout=0.5, wakeup=True)
-                except Exception:  # capture's timeout ends each round
-                    pass
+    def on_event(event: dict) -> None:
+        live.set()  # any event (a heartbeat) proves the subscription is live
+        if event.get("type") == "task-received":
+            seen.append(event)
 
-    listener = threading.Thread(target=listen, daemon=True)
-    listener.start()
-    try:
-        wait_for(lambda: app.control.ping(timeout=0.5), timeout=30, what="worker up")
-        body = gift_body("sec-room", "sec-owner", 5)
-        body["Secret"] = "body-only-text"
-        app.send_task("scorer.webhook", kwargs={"body": body, "event_id": "sec-1"})
-        app.send_task("scorer.webhooks", kwargs={"items": [{"body": body, "event_id": "s2"}]})
-        app.send_task("scorer.webhook", kwargs={"body": {"CallbackCommand": 7}})  # invalid
-        wait_for(lambda: len(seen) >= 3, timeout=30, what="task events")
-    finally:
-        stop.set()
-        procs.stop()
+    # One capture for the whole test: a capture that ends (on its timeout) unsubscribes, and
+    # events sent before the next one subscribes are gone (fanout is Redis PUBLISH).
+    with app.connection() as conn:
+        recv = app.events.Receiver(conn, handlers={"*": on_event})
+        listener = threading.Thread(target=recv.capture, kwargs={"wakeup": True}, daemon=True)
+        listener.start()
+        try:
+            wait_for(lambda: app.control.ping(timeout=0.5), timeout=30, what="worker up")
+            wait_for(live.is_set, timeout=30, what="the event subscription")
+            body = gift_body("sec-room", "sec-owner", 5)
+            body["Secret"] = "body-only-text"
+            app.send_task("scorer.webhook", kwargs={"body": body, "event_id": "sec-1"})
+            app.send_task("scorer.webhooks", kwargs={"items": [{"body": body, "event_id": "s2"}]})
+            app.send_task("scorer.webhook", kwargs={"body": {"CallbackCommand": 7}})  # invalid
+            wait_for(lambda: len(seen) >= 3, timeout=30, what="task events")
+        finally:
+            recv.should_stop = True  # the capture sees it within its 1 s drain
+            procs.stop()
+            listener.join(timeout=5)
     by_name = {e["name"]: e for e in reversed(seen)}  # the first of each name
     assert "sec-1" in by_name["scorer.webhook"]["kwargs"]
     assert "sec-room" in by_name["scorer.webhook"]["kwargs"]
