@@ -17,6 +17,11 @@ the state, passes the time in, and stores what this module returns. The rule (do
   battle plus the drift so far (lost webhooks add, approved-but-never-counted gifts
   subtract). The first judged K is the baseline [Blo, Bhi] (it absorbs any drift before it);
   later, drift - corrections lies in [Klo - Bhi - C, Khi - Blo - C].
+- A narrower K that lies inside the baseline replaces it (`rebases`), while the room has no
+  correction and no drift waiting: the drift it absorbs since the baseline lies within the
+  baseline's width, and an exact read could never have proved it against the old baseline
+  (that needs K outside it). A baseline taken among busy seconds is then narrowed by the
+  first quieter read, and a small drift after it becomes provable.
 - A read's sure drift is the end of that interval nearest zero when zero is outside it, else 0.
   A correction needs two judged reads proving drift of the same sign, with no read proving
   the other sign in between (a read proving nothing, its interval holding zero, leaves the
@@ -83,6 +88,12 @@ def sure_drift(k: tuple[int, int], base: tuple[int, int], corrected: int) -> int
     return lo if lo > 0 else hi if hi < 0 else 0
 
 
+def rebases(k: tuple[int, int], base: tuple[int, int]) -> bool:
+    """True when the read's [Klo, Khi] is a narrower baseline than `base` and lies inside it
+    (module docstring)."""
+    return base[0] <= k[0] and k[1] <= base[1] and k[1] - k[0] < base[1] - base[0]
+
+
 def inside(read: Read, start: float, end: float, band: Band) -> bool:
     """True when the read's moment lies inside the battle, `band.edge` after its start (module
     docstring)."""
@@ -111,7 +122,7 @@ class RoomJudgement:
     last: int | None = None
     #: Drift confirmed by two agreeing reads: to decide (add to corrections and pending).
     fix: int = 0
-    #: The baseline was taken in this pass (store `base`).
+    #: The baseline was taken (or narrowed) in this pass (store `base`).
     base_taken: bool = False
     #: Reads judged against the baseline (store `last`).
     judged: int = 0
@@ -145,7 +156,8 @@ def judge_room(reads: list[Read], ledger: Mapping[int, int], base: tuple[int, in
             continue
         k = evidence(read, ledger, band)
         out.ambiguous = k[0] != k[1]
-        if out.base is None:
+        if out.base is None or (rebases(k, out.base) and out.last is None
+                                and not corrected + out.fix):
             out.base, out.base_taken = k, True
             continue
         d = sure_drift(k, out.base, corrected + out.fix)
