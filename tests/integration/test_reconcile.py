@@ -39,13 +39,22 @@ def _ingest_caught_up(rt, ahead: float = 100.0) -> None:
     rt.broker.hset(keys.INGEST_WATERMARK, "w", time.time() + ahead)
 
 
-def test_no_read_while_ingest_lags(rt, ctl, battle):
+def test_while_ingest_lags_only_each_rooms_baseline_read_is_taken(rt, ctl, battle):
+    """A read taken in a backlog waits to be judged; the baseline's cannot wait to be taken
+    (a drift before it is absorbed), the others can: one read a room, then none."""
     assert watermark.current(rt) == 0.0  # never advanced: nothing can be judged
     assert reconcile_battle(rt, battle) == "ok"
-    assert _reads(ctl) == 0
+    assert _reads(ctl) == 2  # one per room: the baselines
+    real = rt.clock
+    rt.clock = lambda: real() + PAIR_GAP
     rt.broker.hset(keys.INGEST_WATERMARK, "w", time.time() - 30)  # a 30 s backlog
+    for _ in range(3):
+        reconcile_battle(rt, battle)
+    assert _reads(ctl) == 2  # waiting to be judged: no more
+    rt.redis.hset(BattleKeys(battle).recon, mapping={"base:room_a": "0,0", "obs:room_a": "[]",
+                                                     "base:room_b": "0,0", "obs:room_b": "[]"})
     reconcile_battle(rt, battle)
-    assert _reads(ctl) == 0
+    assert _reads(ctl) == 2  # rooms with a baseline: no read in a backlog
 
 
 def test_two_reads_per_room_until_they_are_judged(rt, ctl, battle):

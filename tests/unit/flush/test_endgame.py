@@ -89,6 +89,23 @@ def test_the_runner_runs_only_while_it_holds_the_end_game_lock(frt: Runtime) -> 
     assert not frt.redis.exists(keys.ENDGAME_LOCK)  # and it let the lock go
 
 
+def test_a_thread_runner_outlives_redis_going_away(
+        frt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis restart made the look for a dedicated process raise, which ended the thread
+    and with it the process's fallback end game (bench.chaos: "Exception in thread
+    endgame")."""
+    import redis
+
+    def away(*args: object, **kwargs: object) -> bool:
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(frt.redis, "exists", away)
+    endgame._stand_by(frt, no_flush, lambda: False)  # does not raise
+    monkeypatch.undo()
+    frt.redis.set(keys.ENDGAME_DEDICATED, 1)
+    endgame._stand_by(frt, no_flush, lambda: False)  # a dedicated process beats: stands by
+
+
 def test_the_runner_thread_is_started_once_per_process(
         frt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     started: list[str] = []

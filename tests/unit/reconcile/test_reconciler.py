@@ -164,8 +164,10 @@ def test_a_read_waits_briefly_for_a_slot_and_a_pass_without_one_comes_back_soon(
     assert frt.redis.zscore(keys.RECONCILE_DUE, "b1") == T0 + PAIR_GAP
 
 
-def test_no_read_while_ingest_lags(frt: Runtime) -> None:
-    running(frt, T0 - 10)  # a backlog: a read now could not be judged (no route is mocked)
+def test_no_read_of_a_room_with_a_baseline_while_ingest_lags(frt: Runtime) -> None:
+    # A backlog: a read now could not be judged (no route is mocked; a room's baseline read
+    # would be taken: tests/integration/test_reconcile.py).
+    running(frt, T0 - 10, base_r1="100", base_r2="100")
     assert reconcile_battle(frt, "b1") == "ok"
     assert frt.redis.zscore(keys.RECONCILE_DUE, "b1") == T0 + frt.settings.reconcile_interval
 

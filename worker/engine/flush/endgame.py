@@ -151,9 +151,19 @@ def _run(rt: Runtime, flush: Flush) -> None:
         return not _dedicated_alive(rt)
 
     while True:
-        if not _dedicated_alive(rt):
-            _hold_and_run(rt, flush, no_dedicated)
+        _stand_by(rt, flush, no_dedicated)
         time.sleep(0.5)
+
+
+def _stand_by(rt: Runtime, flush: Flush, go: Callable[[], bool]) -> None:
+    """One look of a thread runner: run rounds unless a dedicated process beats. Never
+    raises: an exception here (Redis away during a restart) ended the thread for good, and
+    with it the process's fallback end game."""
+    try:
+        if not _dedicated_alive(rt):
+            _hold_and_run(rt, flush, go)
+    except Exception:
+        log.debug("end-game runner: Redis away", exc_info=True)
 
 
 def _hold_and_run(rt: Runtime, flush: Flush, go: Callable[[], bool]) -> None:

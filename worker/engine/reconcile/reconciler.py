@@ -148,8 +148,11 @@ class Reconciler:
     def _readable(self, updates: dict[str, str], recon: dict[str, str], mark: float,
                   now: float) -> dict[str, str]:
         """Rooms whose fresh read could be judged (see reconcile/judge.py) → their owner."""
-        if cadence.reads_blocked(mark, now):
-            return {}
+        # While the watermark lags (a backlog, a frozen consumer), only a room's baseline read
+        # is taken: its moment cannot wait (a drift before it is absorbed: a lost webhook
+        # 6 s into a battle whose first read a 6 s freeze held back went unhealed), its judging
+        # can. One read a room at most, so a backlog does not grow the reads.
+        blocked = cadence.reads_blocked(mark, now)
         tclock, edge = self.rt.tclock, self.band.edge
         early = self.battle.starts_in(tclock.earliest() - edge)
         if early:
@@ -170,6 +173,10 @@ class Reconciler:
         rooms: dict[str, str] = {}
         for room, owner in self.battle.rooms.items():
             if not owner:
+                continue
+            if blocked and (_reads(updates, recon, room)
+                            or judge.parse_base(updates.get(f"base:{room}",
+                                                            recon.get(f"base:{room}")))):
                 continue
             read_at = recon.get(f"read_at:{room}")
             wanted, sooner = cadence.read_wanted(
