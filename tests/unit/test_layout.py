@@ -15,7 +15,7 @@ SOURCES = {"worker": ROOT / "worker", "tasks": ROOT / "tasks",
 ENGINE_MAX_LINES = 300
 #: The one table of timers (worker/engine/timers.py) is a list of fields, each with its reason:
 #: split, "every number in one place" would be two places. It gets a table's allowance.
-ENGINE_MAX_LINES_OF = {"worker.engine.timers": 360}
+ENGINE_MAX_LINES_OF = {"worker.engine.timers": 370}
 TASKS_MAX_LINES = 150
 
 

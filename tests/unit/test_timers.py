@@ -56,7 +56,7 @@ MEASURED = {
     "reconcile.final_window": 12.0, "reconcile.last_read_lead": 0.5,
     "reconcile.yield_reserve": 10, "reconcile.typical_lag": 0.6,
     "reconcile.pair_gap": 1.0, "reconcile.slot_wait": 0.5, "reconcile.judge_delay": 3.5,
-    "reconcile.read_lag": 5.0,
+    "reconcile.read_lag": 5.0, "reconcile.lock_ttl_ms": 2_000,
     "audit.interval": 30.0, "audit.after_ambiguity": 10.0, "audit.end_lead": 3.0,
     "audit.retry": 0.5, "audit.slot_wait": 0.5,
     "tick.standby_after": 2.0, "tick.standby_poll": 0.1,

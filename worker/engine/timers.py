@@ -256,6 +256,12 @@ class ReconcileTimers:
     (the webhooks' delay and its margin, then a tick), so a pass sooner would find nothing."""
     read_lag: float = 5.0
     """No read while the watermark trails the present by more than this: it can't be judged."""
+    lock_ttl_ms: int = 2_000
+    """The lease of a battle's reconcile lock (`rlock`; renewed every third of it). A pass
+    frozen with it holds the battle's reads for this long: at 6 s (the battle lock's), a
+    worker frozen at a battle's start held its first reads from 1.8 s to 8 s in, and a lost
+    webhook 6 s in went into the baseline (bench.chaos). Its one write, CORRECT, checks the
+    token."""
 
 
 @dataclass(frozen=True)

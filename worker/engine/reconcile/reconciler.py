@@ -264,7 +264,7 @@ def next_due(rt: Runtime, battle: Battle) -> float | None:
 def reconcile_battle(rt: Runtime, battle_id: str) -> str:
     """Reconcile one battle (or learn it with get_battle_info first); returns an outcome."""
     bk = BattleKeys(battle_id)
-    with RedisLock(rt.redis, bk.rlock) as lock:
+    with RedisLock(rt.redis, bk.rlock, ttl_ms=TIMERS.reconcile.lock_ttl_ms) as lock:
         if not lock.held:
             return "busy"
         meta = rt.redis.hgetall(bk.meta)
