@@ -10,6 +10,7 @@ consumer to check in after a pop (worker/engine/ingest/consumers.py).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -79,7 +80,22 @@ def test_a_consumer_that_left_or_died_is_not_waited_for(rt):
         f"{consumers.member().rsplit('|', 2)[0]}|999999999|gone": now - 2,  # no such pid here
         consumers.member(): now - 2,  # this process: alive, only quiet
     })
-    assert consumers.forget_dead(rt, now) == 2
+    assert consumers.forget_dead(rt, now) == (2, now - 2)  # (and when the dead one was seen)
     assert rt.broker.zrange(keys.INGEST_CONSUMERS, 0, -1) == [consumers.member()]
     consumers.leave(rt)
     assert rt.broker.zcard(keys.INGEST_CONSUMERS) == 0
+
+
+def test_what_a_consumer_dead_here_had_taken_goes_back_at_once(rt):
+    """A worker SIGKILLed just after it took a burst held the watermark, and every reconcile
+    read, for STUCK_SECONDS (bench.chaos: reads stopped from 14 s to 28 s into its battles);
+    its death is known at once (its pid is gone here), and so is what it may hold."""
+    now = rt.clock()
+    msg = {"body": "b", "headers": {"task": "scorer.webhook"}, "properties": {}}
+    rt.broker.hset(keys.KOMBU_UNACKED, "held", json.dumps([msg, "", rt.settings.queue]))
+    rt.broker.zadd(keys.KOMBU_UNACKED_INDEX, {"held": now - 3})  # taken 3 s ago, < STUCK
+    here = consumers.member().rsplit("|", 2)[0]
+    rt.broker.zadd(keys.INGEST_CONSUMERS, {f"{here}|999999999|gone": now - 2.5})
+    watermark.advance(rt)
+    assert json.loads(rt.broker.rpop(rt.settings.queue)) == msg
+    assert not rt.broker.hexists(keys.KOMBU_UNACKED, "held")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import uuid
 from collections.abc import Callable
 from typing import cast
 
@@ -31,7 +30,7 @@ import redis
 
 from worker.engine.runtime import Runtime
 from worker.engine.state import keys
-from worker.engine.state.lock import _holder_is_dead_here, _token_host
+from worker.engine.state.lock import holder_is_dead_here, process_token
 from worker.engine.timers import TIMERS
 
 log = logging.getLogger("scorer.consumers")
@@ -53,7 +52,7 @@ def member() -> str:
     uuid), so that a dead pid of this host is recognised."""
     global _member, _pid
     if _member is None or _pid != os.getpid():
-        _member, _pid = f"{_token_host()}|{os.getpid()}|{uuid.uuid4().hex}", os.getpid()
+        _member, _pid = process_token(), os.getpid()
     return _member
 
 
@@ -88,13 +87,16 @@ def leave(rt: Runtime) -> None:
         pass
 
 
-def forget_dead(rt: Runtime, now: float) -> int:
+def forget_dead(rt: Runtime, now: float) -> tuple[int, float | None]:
     """Drop consumers silent past DEAD_AFTER and those whose pid is gone on this host (one
-    silent for a second or more); returns how many."""
+    silent for a second or more); returns how many, and the newest last check-in of those
+    whose pid is gone (None: none): what such a consumer had popped by then may still sit in
+    kombu's unacked set, and can go back to the queue at once (watermark.advance)."""
     broker = rt.broker
     gone = int(broker.zremrangebyscore(keys.INGEST_CONSUMERS, "-inf", now - DEAD_AFTER))
-    quiet = cast("list[str]", broker.zrangebyscore(keys.INGEST_CONSUMERS, "-inf", now - 1.0))
-    dead = [m for m in quiet if _holder_is_dead_here(m)]
+    quiet = cast("list[tuple[str, float]]", broker.zrangebyscore(
+        keys.INGEST_CONSUMERS, "-inf", now - 1.0, withscores=True))
+    dead = [(m, seen) for m, seen in quiet if holder_is_dead_here(m)]
     if dead:
-        gone += int(broker.zrem(keys.INGEST_CONSUMERS, *dead))
-    return gone
+        gone += int(broker.zrem(keys.INGEST_CONSUMERS, *(m for m, _ in dead)))
+    return gone, max((seen for _, seen in dead), default=None)

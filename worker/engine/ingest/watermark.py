@@ -22,7 +22,9 @@ every 100 s: a gift could come back minutes late, after its battle, and the wate
 stand still all that time. Ingest tasks take milliseconds, so an ingest message unacknowledged
 for STUCK_SECONDS has lost its consumer: the tick gives it back to the queue's consuming end
 (`give_back_stuck`), where it is taken next. If its consumer was only slow, it runs twice:
-harmless, ingest is idempotent by event id.
+harmless, ingest is idempotent by event id. A consumer known dead sooner (its pid gone on the
+host that advances W: consumers.forget_dead) has what it took before its last check-in given
+back at once.
 
 Limits: kombu's own restores (its visibility-timeout sweep, a channel closed with messages
 held) put a message back at the consuming end but, unlike `give_back_stuck` and the drain's
@@ -69,7 +71,12 @@ class Watermark:
 
 def advance(rt: Runtime) -> Watermark:
     """Move the watermark forward as far as the queue, unacked messages and claims allow."""
-    consumers.forget_dead(rt, rt.clock())
+    _, dead_seen = consumers.forget_dead(rt, rt.clock())
+    if dead_seen is not None:
+        # A consumer died on this host: what it had popped goes back now, not STUCK_SECONDS
+        # on (a worker SIGKILLed just after a burst held W, and every read, for 10 s:
+        # bench.chaos). A message of a live consumer taken meanwhile may run twice: harmless.
+        give_back_stuck(rt, before=dead_seen + consumers.CHECK_IN + consumers.MARGIN)
     w, now, n = rt.script("WATERMARK", broker=True)(
         keys=[rt.settings.queue, keys.KOMBU_UNACKED_INDEX, keys.KOMBU_UNACKED,
               keys.DRAIN_CLAIMS, keys.INGEST_WATERMARK, keys.INGEST_CONSUMERS],
@@ -91,8 +98,9 @@ def restart(rt: Runtime) -> None:
     rt.broker.hdel(keys.INGEST_WATERMARK, "cp_at", "cp_msg", "popped_at", "popped_through")
 
 
-def give_back_stuck(rt: Runtime, limit: int = 1000) -> int:
-    """Put ingest messages held past STUCK_SECONDS back at the queue's consuming end.
+def give_back_stuck(rt: Runtime, limit: int = 1000, before: float | None = None) -> int:
+    """Put ingest messages held past STUCK_SECONDS (or taken before `before`, Redis's clock)
+    back at the queue's consuming end.
 
     Warning: an ingest message sent with an ETA (producers have no reason to) is held by Celery
     until then, and would be given back every STUCK_SECONDS meanwhile: harmless, ingest is
@@ -101,7 +109,8 @@ def give_back_stuck(rt: Runtime, limit: int = 1000) -> int:
     broker = rt.broker
     # delivery tags, as str (decode_responses; no scores asked)
     tags = cast("list[str]", broker.zrangebyscore(keys.KOMBU_UNACKED_INDEX, "-inf",
-                                                  redis_now(broker) - STUCK_SECONDS,
+                                                  redis_now(broker) - STUCK_SECONDS
+                                                  if before is None else before,
                                                   start=0, num=limit))
     moved = 0
     for tag in tags:

@@ -75,7 +75,13 @@ def _token_host() -> str:
     return HOST if HOST is not None else f"{_clean(socket.gethostname())}/?"
 
 
-def _holder_is_dead_here(token: str) -> bool:
+def process_token() -> str:
+    """A fresh token naming this process: "host identity|pid|uuid" (holder_is_dead_here reads
+    it)."""
+    return f"{_token_host()}|{os.getpid()}|{uuid.uuid4().hex}"
+
+
+def holder_is_dead_here(token: str) -> bool:
     """True when `token` was made by a process of our own PID namespace (same kernel boot, same
     namespace) that no longer exists. False whenever that is not certain."""
     host, _, rest = token.rpartition("|")[0].partition("|")
@@ -143,7 +149,7 @@ class RedisLock:
         self.redis = redis
         self.key = key
         self.ttl_ms = ttl_ms
-        self.token = f"{_token_host()}|{os.getpid()}|{uuid.uuid4().hex}"
+        self.token = process_token()
         self.held = False
         self.lost = False
         self.renewed = 0.0  # monotonic time of the last renewal (or of taking it)
@@ -155,7 +161,7 @@ class RedisLock:
         self.held = bool(self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
         if not self.held:
             holder = cast("str | None", self.redis.get(self.key))  # decode_responses
-            if holder and _holder_is_dead_here(holder):
+            if holder and holder_is_dead_here(holder):
                 # Compare-and-delete, then try once more: two stealers cannot both win.
                 self._release(keys=[self.key], args=[holder])
                 self.held = bool(self.redis.set(self.key, self.token, nx=True,
