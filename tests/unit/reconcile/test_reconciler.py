@@ -197,6 +197,21 @@ def test_a_pass_that_lost_its_lock_decides_nothing(frt: Runtime) -> None:
     assert not frt.redis.exists(BK.pending) and not frt.redis.exists(BK.corr)
 
 
+def test_a_pass_woken_past_its_lease_stores_nothing(frt: Runtime,
+                                                    respx_mock: respx.MockRouter) -> None:
+    """A pass frozen with the lock and woken after others ran wrote back what it saw before the
+    freeze: the reads taken meanwhile were erased (bench.chaos)."""
+    running(frt, KEEPING_UP, obs_r1=[a_read(T0 - 1, 100)])  # a read another pass took
+    respx_mock.post(GIFT_COUNT).mock(return_value=answer({"TotalCoins": 120}))
+    battle = Battle.load(frt, "b1")
+    assert battle is not None
+    frt.redis.set(BK.rlock, "the-pass-since")
+    stale = RedisLock(frt.redis, BK.rlock)  # its lease lapsed; another pass holds it
+    with pytest.raises(LockLost):
+        Reconciler(frt, battle, stale).run()
+    assert json.loads(frt.redis.hget(BK.recon, "obs:r1")) == [a_read(T0 - 1, 100)]
+
+
 def test_passes_come_every_interval_then_every_judge_delay_near_the_end(frt: Runtime) -> None:
     battle = start(frt, at=T0 - 100, seconds=400)  # ends at T0 + 300
     interval = frt.settings.reconcile_interval

@@ -249,11 +249,13 @@ class Reconciler:
                 updates[f"obs:{room}"] = json.dumps(reads)
                 updates[f"read_at:{room}"] = repr(t1)
                 read_n += 1
-        pipe = pipeline(rt.redis)
+        bump(rt.redis, "reconcile_reads", read_n)
         if updates:
-            pipe.hset(self.bk.recon, mapping=updates)
-        bump(pipe, "reconcile_reads", read_n)
-        pipe.execute()
+            args: list[str] = [self.lock.token]
+            for k, v in updates.items():
+                args += [k, v]
+            if rt.script("RECON_STORE")(keys=[self.bk.recon, self.bk.rlock], args=args) == -1:
+                raise LockLost(self.battle.battle_id)  # frozen past the lease: the next pass
 
 
 def next_due(rt: Runtime, battle: Battle) -> float | None:

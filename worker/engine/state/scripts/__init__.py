@@ -19,7 +19,12 @@ from worker.engine.state.scripts.flush import ADOPT, CLAIM, COMMIT, MARK
 from worker.engine.state.scripts.ingest import COUNT_OUTSIDE, INDEX_BATTLE, INGEST, ROUTE_OR_HOLD
 from worker.engine.state.scripts.lock import LOCK_RELEASE, LOCK_RENEW
 from worker.engine.state.scripts.rate import RATE, SENT
-from worker.engine.state.scripts.reconcile import CORRECT, GIVE_UP, UNRESOLVED_SINCE
+from worker.engine.state.scripts.reconcile import (
+    CORRECT,
+    GIVE_UP,
+    RECON_STORE,
+    UNRESOLVED_SINCE,
+)
 from worker.engine.state.scripts.watermark import WATERMARK
 
 #: Every script by its name: what `load` (and Runtime.script) accept.
@@ -33,6 +38,7 @@ SOURCES: dict[str, str] = {
     "MARK": MARK,
     "ADOPT": ADOPT,
     "CORRECT": CORRECT,
+    "RECON_STORE": RECON_STORE,
     "GIVE_UP": GIVE_UP,
     "UNRESOLVED_SINCE": UNRESOLVED_SINCE,
     "LOCK_RENEW": LOCK_RENEW,

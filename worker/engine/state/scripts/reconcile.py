@@ -18,6 +18,17 @@ end
 return 1
 """
 
+# Store a pass's reconcile state (baselines, reads waiting, drift waiting) while the pass still
+# holds its lock: a pass frozen past its lease and woken would otherwise write back what it saw
+# before the freeze over what the passes since stored (bench.chaos: the reads taken while a
+# worker was frozen at a battle's start were erased, and a later read became the baseline).
+# KEYS: recon, rlock   ARGV: lock token, then field, value pairs
+RECON_STORE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+for j = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 1]) end
+return 1
+"""
+
 # -- reconcile: a battle that never started ----------------------------------------------
 
 #: KEYS: every key of the battle, its meta hash first (one slot). ARGV: now, reason, keep (s).
