@@ -5,7 +5,9 @@ sandbox with faults on (502, a proxy's 429, 100001, latency, applied-but-respons
 that land 8 s late), and during the run: SIGKILL of worker processes and pool children at
 random moments, a Redis restart, two Redis SIGKILLs under appendfsync everysec, a beat
 restart, duplicate / reordered / lost webhooks, gifts approved but never counted, start
-webhooks that arrive late, a declined battle and a poison value. At the end every battle's
+webhooks that arrive late, a declined battle and a poison value; two workers frozen whole
+(SIGSTOP of the process group) in turn and beat frozen, and the last worker on a host whose
+wall clock runs ahead (--skew, a sitecustomize shifting `time.time()`). At the end every battle's
 final score on the sandbox is checked against the truth. Bounded in time; prints a table and
 exits non-zero unless all is exact.
 """
@@ -30,7 +32,7 @@ from celery import Celery
 from scorer_local.bodies import gift_body, start_body
 from scorer_local.sandbox import Sandbox
 from scorer_local.sandbox_control import SandboxControl
-from scorer_local.stack import Processes, RedisServer, children_map, scorer_env
+from scorer_local.stack import Processes, RedisServer, children_map, scorer_env, skewed_env
 
 SDKAPPID = 1400000000
 FLUSH = 0.5
@@ -49,6 +51,10 @@ TTL_SLACK = 120
 #: before the end, Tencent's clock as the worker knows it), cannot be followed by any write.
 #: A mismatch in a battle with such a landing is reported apart, not as a worker's error.
 BUZZER = 1.0
+#: Freezes (SIGSTOP ... SIGCONT of a whole process group) end this long before the battles' end
+#: at the latest: a freeze over a battle's last seconds may cost it its last write
+#: (docs/reliability.md states that bound); this bench checks the freezes before it.
+FREEZE_CLEAR = 18.0
 
 
 @dataclass
@@ -80,8 +86,10 @@ class ChaosResult:
 
 
 def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate: float = 0.03,
-        seed: int = 1, log=print) -> ChaosResult:
-    """One chaos run; returns its result (see ChaosResult.ok)."""
+        seed: int = 1, freeze: float = 6.0, skew: float = 1.2, log=print) -> ChaosResult:
+    """One chaos run; returns its result (see ChaosResult.ok). `freeze`: seconds each of two
+    workers and beat are frozen (0: none); `skew`: how far the last worker's wall clock runs
+    ahead."""
     rng = random.Random(seed)
     key = secrets.token_hex(16)
     logdir = tempfile.mkdtemp(prefix="bs-chaos-")
@@ -89,15 +97,19 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
     r = redis.Redis.from_url(rs.url, decode_responses=True)
     sandbox = Sandbox(SDKAPPID, key).start()
     ctl = SandboxControl(sandbox.url)
-    procs = Processes(scorer_env(SDKAPPID, key, sandbox.url, rs.url, flush_interval=FLUSH,
-                                 reconcile_interval=RECONCILE), logdir)
+    env = scorer_env(SDKAPPID, key, sandbox.url, rs.url, flush_interval=FLUSH,
+                     reconcile_interval=RECONCILE)
+    procs = Processes(env, logdir)
+    # The last worker runs on the host whose clock is off: its own Processes, its own env.
+    ahead = Processes(skewed_env(env, skew, os.path.join(logdir, "skew")), logdir)
     producer = Celery(broker=rs.url)
     res = ChaosResult(battles=n_battles)
     expected_dead: set[int] = set()
     log(f"chaos: logs in {logdir}")
     try:
         for i in range(workers):
-            procs.worker(f"worker{i}", concurrency=2)
+            host = ahead if skew and i == workers - 1 else procs
+            host.worker(f"worker{i}", concurrency=2)
             _started[f"worker{i}"] = time.monotonic()
         procs.beat()
         while not producer.control.ping(timeout=0.5):
@@ -137,13 +149,13 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
         # Bursts with quiet gaps between them, so reconcile can judge its reads and heal.
         bursts = [6.0, 16.0, 26.0] + ([duration - 5.0] if duration >= 34 else [])
         last_gift = end - 2 * FLUSH - 0.5
-        actions = _plan_actions(rng, start, end)
+        actions = _plan_actions(rng, start, end, freeze)
         done_bursts: set[float] = set()
         while time.time() < end + 6:
             now = time.time()
             for at, action in [a for a in actions if a[0] <= now]:
                 actions.remove((at, action))
-                _act(action, procs, rs, rng, res, expected_dead, log)
+                _act(action, (procs, ahead), rs, rng, res, expected_dead, log)
             for b in bursts:
                 if b in done_bursts or now < start + b or now > last_gift:
                     continue
@@ -195,7 +207,7 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
                     res.actions[f"late{i}"] = 1
                     bid, rooms = battles[i]
                     send(start_body(bid, start, int(duration * 1000), rooms))
-            for name, proc in procs.procs.items():
+            for name, proc in (procs.procs | ahead.procs).items():
                 if proc.poll() is not None and proc.pid not in expected_dead:
                     res.unexpected_exits.append(f"{name} (exit {proc.returncode})")
                     expected_dead.add(proc.pid)
@@ -230,6 +242,10 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
                                         if h["battle"] == bid and h["room"] == room]))
                         log(json.dumps(r.lrange(bk.flushes, 0, -1)))
                         log("PLAN " + json.dumps([g for g in plan if g["room"] == room]))
+                        log("READS " + json.dumps([
+                            (round(c["t"] - start, 2), c.get("fault"), c.get("error_code"))
+                            for c in sandbox.state.calls if c.get("api") == "get_gift_count"
+                            and (c.get("body") or {}).get("RoomId") == room]))
                         log(json.dumps([{k: c.get(k) for k in ("t", "api", "fault",
                                                                  "error_code", "t_landed")}
                                         | {"scores": (c.get("body") or {}).get("ScoreList"),
@@ -250,7 +266,9 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
         res.key_problems = _key_problems(r, end)
         return res
     finally:
-        procs.stop()
+        for host in (procs, ahead):
+            _thaw(host)
+            host.stop()
         ctl.close()
         sandbox.stop()
         rs.cleanup()
@@ -279,9 +297,19 @@ def _key_problems(r: redis.Redis, end: float) -> list[str]:
     return bad
 
 
-def _plan_actions(rng: random.Random, start: float, end: float) -> list[tuple[float, str]]:
+def _plan_actions(rng: random.Random, start: float, end: float,
+                  freeze: float = 0.0) -> list[tuple[float, str]]:
     span = end - start
-    acts = [(start + span * 0.3, "restart_redis"), (start + span * 0.55, "restart_beat"),
+    acts: list[tuple[float, str]] = []
+    if freeze:
+        # Each worker in turn, then beat, frozen whole, every freeze over FREEZE_CLEAR s
+        # before the end (a run too short for them has none).
+        last = end - FREEZE_CLEAR - freeze
+        for k, what in enumerate(("worker0", "beat", "worker1")):
+            at = start + 2.0 + k * (freeze + 1.0)
+            if at <= last:
+                acts += [(at, f"freeze {what}"), (at + freeze, f"thaw {what}")]
+    acts += [(start + span * 0.3, "restart_redis"), (start + span * 0.55, "restart_beat"),
             (start + span * 0.4, "kill_worker"),
             # SIGKILL under appendfsync everysec: the last second of state is gone, while
             # Tencent keeps what was sent in it.
@@ -293,9 +321,38 @@ def _plan_actions(rng: random.Random, start: float, end: float) -> list[tuple[fl
     return sorted(acts)
 
 
-def _act(action: str, procs: Processes, rs: RedisServer, rng: random.Random,
+def _owner(hosts: tuple[Processes, ...], name: str) -> Processes:
+    """The Processes (host) that runs `name`."""
+    return next(h for h in hosts if name in h.procs)
+
+
+def _signal_group(proc, sig: int) -> bool:
+    """Send `sig` to `proc`'s process group; False when it is gone."""
+    try:
+        os.killpg(proc.pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _thaw(host: Processes) -> None:
+    """SIGCONT every process group of `host` (a frozen one cannot stop)."""
+    for proc in host.procs.values():
+        _signal_group(proc, signal.SIGCONT)
+
+
+def _act(action: str, hosts: tuple[Processes, ...], rs: RedisServer, rng: random.Random,
          res: ChaosResult, expected_dead: set[int], log) -> None:
-    workers = [n for n in procs.procs if n.startswith("worker")]
+    workers = [n for h in hosts for n in h.procs if n.startswith("worker")]
+    if action.startswith(("freeze ", "thaw ")):
+        verb, name = action.split()
+        frozen = verb == "freeze"
+        # A worker killed and started again while frozen runs already: SIGCONT is harmless.
+        if _signal_group(_owner(hosts, name).procs[name], signal.SIGSTOP if frozen
+                         else signal.SIGCONT) and frozen:
+            res.actions[f"{name.rstrip('0123456789')} frozen"] += 1
+        log(f"  {verb} {name}")
+        return
     if action == "kill_child":
         name = rng.choice(workers)
         # Not while that worker starts: Celery exits when a pool child dies before the pool
@@ -303,21 +360,19 @@ def _act(action: str, procs: Processes, rs: RedisServer, rng: random.Random,
         # starts it again, as after a SIGKILL of the worker (docs/reliability.md).
         if time.monotonic() - _started.get(name, 0.0) < STARTUP:
             return
-        kids = children_map().get(procs.procs[name].pid, [])
+        kids = children_map().get(_owner(hosts, name).procs[name].pid, [])
         if kids:
             os.kill(rng.choice(kids), signal.SIGKILL)
             res.actions["SIGKILL pool child"] += 1
             log(f"  SIGKILL a pool child of {name}")
     elif action == "kill_worker":
         name = rng.choice(workers)
-        proc = procs.procs[name]
+        host = _owner(hosts, name)
+        proc = host.procs[name]
         expected_dead.add(proc.pid)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:  # it had already exited: counted as unexpected
-            pass
+        _signal_group(proc, signal.SIGKILL)  # (one already gone is counted as unexpected)
         proc.wait(10)
-        procs.worker(name, concurrency=2)
+        host.worker(name, concurrency=2)
         _started[name] = time.monotonic()
         res.actions["SIGKILL worker"] += 1
         res.restarts += 1
@@ -335,11 +390,13 @@ def _act(action: str, procs: Processes, rs: RedisServer, rng: random.Random,
         res.actions["Redis SIGKILL"] += 1
         log("  Redis killed (SIGKILL, appendfsync everysec) and started again")
     elif action == "restart_beat":
-        proc = procs.procs["beat"]
+        host = _owner(hosts, "beat")
+        proc = host.procs["beat"]
         expected_dead.add(proc.pid)
-        os.killpg(proc.pid, signal.SIGTERM)
+        _signal_group(proc, signal.SIGCONT)  # a frozen beat would not see the SIGTERM
+        _signal_group(proc, signal.SIGTERM)
         proc.wait(10)
-        procs.beat()
+        host.beat()
         res.actions["beat restart"] += 1
         res.restarts += 1
         log("  beat restarted")
@@ -374,8 +431,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--fault-rate", type=float, default=0.03)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--freeze", type=float, default=6.0,
+                   help="seconds two workers and beat are frozen, in turn (0: no freeze)")
+    p.add_argument("--skew", type=float, default=1.2,
+                   help="seconds the last worker's wall clock runs ahead (0: none)")
     args = p.parse_args(argv)
-    res = run(args.battles, args.duration, args.workers, args.fault_rate, args.seed)
+    res = run(args.battles, args.duration, args.workers, args.fault_rate, args.seed,
+              args.freeze, args.skew)
     print(report(res))
     print("RESULT: " + ("every battle exact, nothing lost" if res.ok else "FAILED"))
     return 0 if res.ok else 1

