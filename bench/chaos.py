@@ -44,6 +44,8 @@ FAULTS = ("http502", "http429", "error100001", "latency", "lost_response", "late
 #: A worker's pool children are not SIGKILLed this long after the worker (re)started.
 STARTUP = 8.0
 _started: dict[str, float] = {}
+#: Processes frozen now: not killed meanwhile (a kill would end the freeze early, unseen).
+_frozen: set[str] = set()
 #: A battle's keys may outlive its end by a day (battles.KEEP_AFTER_END), plus this slack.
 TTL_SLACK = 120
 #: The documented limit (docs/reliability.md): a write Tencent held past its client's timeout
@@ -91,6 +93,7 @@ def run(n_battles: int = 8, duration: float = 40.0, workers: int = 3, fault_rate
     workers and beat are frozen (0: none); `skew`: how far the last worker's wall clock runs
     ahead."""
     rng = random.Random(seed)
+    _frozen.clear()
     key = secrets.token_hex(16)
     logdir = tempfile.mkdtemp(prefix="bs-chaos-")
     rs = RedisServer(appendonly=True).start()
@@ -343,15 +346,19 @@ def _thaw(host: Processes) -> None:
 
 def _act(action: str, hosts: tuple[Processes, ...], rs: RedisServer, rng: random.Random,
          res: ChaosResult, expected_dead: set[int], log) -> None:
-    workers = [n for h in hosts for n in h.procs if n.startswith("worker")]
+    workers = [n for h in hosts for n in h.procs if n.startswith("worker") and n not in _frozen]
     if action.startswith(("freeze ", "thaw ")):
         verb, name = action.split()
+        if not any(name in h.procs for h in hosts):
+            return  # (fewer workers than the plan's)
         frozen = verb == "freeze"
-        # A worker killed and started again while frozen runs already: SIGCONT is harmless.
+        (_frozen.add if frozen else _frozen.discard)(name)
         if _signal_group(_owner(hosts, name).procs[name], signal.SIGSTOP if frozen
                          else signal.SIGCONT) and frozen:
             res.actions[f"{name.rstrip('0123456789')} frozen"] += 1
         log(f"  {verb} {name}")
+        return
+    if action in ("kill_child", "kill_worker") and not workers:
         return
     if action == "kill_child":
         name = rng.choice(workers)
@@ -389,7 +396,7 @@ def _act(action: str, hosts: tuple[Processes, ...], rs: RedisServer, rng: random
         rs.start()
         res.actions["Redis SIGKILL"] += 1
         log("  Redis killed (SIGKILL, appendfsync everysec) and started again")
-    elif action == "restart_beat":
+    elif action == "restart_beat" and "beat" not in _frozen:
         host = _owner(hosts, "beat")
         proc = host.procs["beat"]
         expected_dead.add(proc.pid)

@@ -94,8 +94,12 @@ def test_what_a_consumer_dead_here_had_taken_goes_back_at_once(rt):
     msg = {"body": "b", "headers": {"task": "scorer.webhook"}, "properties": {}}
     rt.broker.hset(keys.KOMBU_UNACKED, "held", json.dumps([msg, "", rt.settings.queue]))
     rt.broker.zadd(keys.KOMBU_UNACKED_INDEX, {"held": now - 3})  # taken 3 s ago, < STUCK
+    # Taken by a live consumer after the dead one's last check-in: not its, it stays.
+    rt.broker.hset(keys.KOMBU_UNACKED, "live", json.dumps([msg, "", rt.settings.queue]))
+    rt.broker.zadd(keys.KOMBU_UNACKED_INDEX, {"live": now - 1.5})
     here = consumers.member().rsplit("|", 2)[0]
     rt.broker.zadd(keys.INGEST_CONSUMERS, {f"{here}|999999999|gone": now - 2.5})
     watermark.advance(rt)
     assert json.loads(rt.broker.rpop(rt.settings.queue)) == msg
-    assert not rt.broker.hexists(keys.KOMBU_UNACKED, "held")
+    assert rt.broker.llen(rt.settings.queue) == 0
+    assert rt.broker.hkeys(keys.KOMBU_UNACKED) == ["live"]

@@ -260,8 +260,8 @@ class ReconcileTimers:
     """The lease of a battle's reconcile lock (`rlock`; renewed every third of it). A pass
     frozen with it holds the battle's reads for this long: at 6 s (the battle lock's), a
     worker frozen at a battle's start held its first reads from 1.8 s to 8 s in, and a lost
-    webhook 6 s in went into the baseline (bench.chaos). Its one write, CORRECT, checks the
-    token."""
+    webhook 6 s in went into the baseline (bench.chaos). Its writes (CORRECT, RECON_STORE)
+    check the token."""
 
 
 @dataclass(frozen=True)

@@ -102,8 +102,13 @@ def test_a_thread_runner_outlives_redis_going_away(
     monkeypatch.setattr(frt.redis, "exists", away)
     endgame._stand_by(frt, no_flush, lambda: False)  # does not raise
     monkeypatch.undo()
-    frt.redis.set(keys.ENDGAME_DEDICATED, 1)
-    endgame._stand_by(frt, no_flush, lambda: False)  # a dedicated process beats: stands by
+    frt.redis.set(keys.ENDGAME_LOCK, "another-runner")  # once Redis is back: it looks again
+    asked: list[bool] = []
+    endgame._stand_by(frt, no_flush, lambda: asked.append(True) or False)
+    assert asked == []  # another runner holds the lock: stood by, no round
+    frt.redis.delete(keys.ENDGAME_LOCK)
+    endgame._stand_by(frt, no_flush, lambda: asked.append(True) or False)
+    assert asked == [True] and not frt.redis.exists(keys.ENDGAME_LOCK)  # took it, let it go
 
 
 def test_the_runner_thread_is_started_once_per_process(

@@ -114,14 +114,21 @@ JUDGE_CASES: list[tuple[str, list[Read], dict[int, int], tuple[int, int] | None,
     ("the baseline and a first drift in one pass",
      [read(10, 100), read(11, 120)], {}, None, None, 0, PAST,
      dict(base=(100, 100), base_taken=True, last=20, judged=1, fix=0)),
-    ("a narrower read inside the baseline narrows it: the drift it absorbs is one the wider "
-     "baseline could not prove",
+    ("a narrower read inside the baseline proposes it as the baseline, and wants a second",
      [read(10, 103)], {}, (100, 105), None, 0, PAST,
-     dict(base=(103, 103), base_taken=True, judged=0, fix=0)),
+     dict(base=(100, 105), base_taken=False, rebase=(103, 103), judged=0,
+          sooner=NOW + PAIR_GAP)),
+    ("... a second read agreeing narrows it: the drift it absorbs is one the wider baseline "
+     "could not prove",
+     [read(10, 103), read(11, 103)], {}, (100, 105), None, 0, PAST,
+     dict(base=(103, 103), base_taken=True, rebase=None, fix=0)),
     ("... and a 1-coin gift never counted after it is then proved and taken back (the wide "
      "baseline proves nothing of it)",
-     [read(10, 103), read(30, 103), read(31, 103)], ledger(s20=1), (100, 105), None, 0, PAST,
-     dict(base=(103, 103), fix=-1)),
+     [read(10, 103), read(11, 103), read(30, 103), read(31, 103)], ledger(s20=1), (100, 105),
+     None, 0, PAST, dict(base=(103, 103), fix=-1)),
+    ("a read contradicting the proposal drops it",
+     [read(10, 103), read(11, 108)], {}, (100, 105), None, 0, PAST,
+     dict(base=(100, 105), rebase=None, last=3)),
     ("a narrower read outside the baseline is drift, not a baseline",
      [read(10, 108)], {}, (100, 105), None, 0, PAST,
      dict(base=(100, 105), base_taken=False, last=3)),
@@ -144,6 +151,21 @@ def test_judge_room(reads: list[Read], secs: dict[int, int], base: tuple[int, in
                     expected: dict[str, Any]) -> None:
     out = judge.judge_room(reads, secs, base, last, corrected, mark, NOW, WINDOW)
     assert {k: getattr(out, k) for k in expected} == expected
+
+
+def test_a_read_that_missed_a_straggling_webhook_is_not_taken_for_a_baseline() -> None:
+    """One read judged before a 1-coin webhook was ingested (a straggler past the watermark)
+    reads 1 coin high; had it become the baseline, every correct read after would prove -1 and
+    take back a gift Tencent counted (a second reader's example). A second read must agree."""
+    first = judge.judge_room([read(10, 104)], {}, (100, 105), None, 0, PAST, NOW, WINDOW)
+    assert first.rebase == (104, 104) and first.base == (100, 105)
+    ingested = ledger(s8=1)  # the straggler is in
+    second = judge.judge_room([read(11, 104)], ingested, first.base, first.last, 0, PAST, NOW,
+                              WINDOW, rebase=first.rebase)
+    assert second.base == (100, 105) and second.rebase == (103, 103)
+    third = judge.judge_room([read(12, 104)], ingested, second.base, second.last, 0, PAST, NOW,
+                             WINDOW, rebase=second.rebase)
+    assert third.base == (103, 103) and third.fix == 0  # two correct reads agree
 
 
 @pytest.mark.parametrize(("window", "dropped"), [

@@ -86,7 +86,8 @@ def test_a_correction_never_passes_the_truth(stream: tuple[list[Gift], float, fl
     gifts, off, err, width = stream
     # Reads in time order; some just after a whole second of Tencent's clock.
     moments = sorted(math.floor(at) + 0.01 if aligned else at for at, aligned, _ in reads)
-    state: dict[str, object] = {"base": None, "last": None, "corrected": 0, "base_at": None}
+    state: dict[str, object] = {"base": None, "last": None, "corrected": 0, "base_at": None,
+                                "rebase": None}
     for at, (_, _, took) in zip(moments, reads, strict=False):
         t0 = at - off  # our clock when it left; Tencent answered at `at`
         t1 = t0 + took
@@ -101,14 +102,15 @@ def test_a_correction_never_passes_the_truth(stream: tuple[list[Gift], float, fl
             if g.battle and g.w is not None and g.w <= now:
                 ledger[g.sec] = ledger.get(g.sec, 0) + g.value
         j = judge.judge_room([read], ledger, state["base"], state["last"],  # type: ignore[arg-type]
-                             state["corrected"], now - 0.3, now, (START, END))  # type: ignore[arg-type]
+                             state["corrected"], now - 0.3, now, (START, END),  # type: ignore[arg-type]
+                             rebase=state["rebase"])  # type: ignore[arg-type]
         assert not j.waiting
         if j.base_taken:
             state["base_at"] = at
         if j.fix:
             left = drift(gifts, at) - drift(gifts, state["base_at"]) - state["corrected"]  # type: ignore[arg-type,operator]
             assert (j.fix > 0) == (left > 0) and abs(j.fix) <= abs(left), (j.fix, left)
-        state.update(base=j.base, last=j.last,
+        state.update(base=j.base, last=j.last, rebase=j.rebase,
                      corrected=state["corrected"] + j.fix)  # type: ignore[operator]
 
 

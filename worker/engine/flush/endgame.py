@@ -30,6 +30,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import redis
+
 from worker.engine.battles.final_window import (  # noqa: F401 (re-exported)
     FINAL_WINDOW,
     in_window,
@@ -162,8 +164,10 @@ def _stand_by(rt: Runtime, flush: Flush, go: Callable[[], bool]) -> None:
     try:
         if not _dedicated_alive(rt):
             _hold_and_run(rt, flush, go)
-    except Exception:
+    except (redis.RedisError, OSError):
         log.debug("end-game runner: Redis away", exc_info=True)
+    except Exception:  # a bug must not end the fallback end game either: say it loudly
+        log.exception("end-game runner failed")
 
 
 def _hold_and_run(rt: Runtime, flush: Flush, go: Callable[[], bool]) -> None:

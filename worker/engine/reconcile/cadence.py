@@ -1,11 +1,11 @@
 """When reconcile reads a room and when its next pass comes: the reads' cadence, pure.
 
 Reads are taken only when they can be judged and pay (worker/engine/reconcile/judge.py judges
-them): not while the ingest watermark lags, not when their judging would come too near the
-battle's end to correct anything; a busy room (gifts around its last read may hide a drift)
-a pair per judging cycle, a room whose drift waits for a read to agree one a second, a quiet
-one once a reconcile interval. Reads stay bounded (two per room waiting, six for a room hunting
-a drift) whatever the load.
+them): not while the ingest watermark lags (but a room's baseline read), not when their judging
+would come too near the battle's end to correct anything; a busy room (gifts around its last
+read may hide a drift) a pair per judging cycle, a room whose drift waits for a read to agree
+one a second, a quiet one once a reconcile interval. Reads stay bounded (two per room waiting,
+six for a room hunting a drift) whatever the load.
 """
 
 from __future__ import annotations

@@ -17,11 +17,13 @@ the state, passes the time in, and stores what this module returns. The rule (do
   battle plus the drift so far (lost webhooks add, approved-but-never-counted gifts
   subtract). The first judged K is the baseline [Blo, Bhi] (it absorbs any drift before it);
   later, drift - corrections lies in [Klo - Bhi - C, Khi - Blo - C].
-- A narrower K that lies inside the baseline replaces it (`rebases`), while the room has no
-  correction and no drift waiting: the drift it absorbs since the baseline lies within the
-  baseline's width, and an exact read could never have proved it against the old baseline
-  (that needs K outside it). A baseline taken among busy seconds is then narrowed by the
-  first quieter read, and a small drift after it becomes provable.
+- A narrower K that lies inside the baseline replaces it (`rebases`) once a second judged
+  read gives the same K (a read that missed a straggling webhook is not taken for a
+  baseline: the same two-read rule as a correction), while the room has no correction and
+  no drift waiting: the drift it absorbs since the baseline lies within the baseline's width,
+  and an exact read could never have proved it against the old baseline (that needs K
+  outside it). A baseline taken among busy seconds is then narrowed by quieter reads, and a
+  small drift after it becomes provable.
 - A read's sure drift is the end of that interval nearest zero when zero is outside it, else 0.
   A correction needs two judged reads proving drift of the same sign, with no read proving
   the other sign in between (a read proving nothing, its interval holding zero, leaves the
@@ -122,6 +124,9 @@ class RoomJudgement:
     last: int | None = None
     #: Drift confirmed by two agreeing reads: to decide (add to corrections and pending).
     fix: int = 0
+    #: A narrower baseline proposed by one read, waiting for a second to give the same K
+    #: (store `rebase`; None: none).
+    rebase: tuple[int, int] | None = None
     #: The baseline was taken (or narrowed) in this pass (store `base`).
     base_taken: bool = False
     #: Reads judged against the baseline (store `last`).
@@ -140,11 +145,13 @@ class RoomJudgement:
 
 def judge_room(reads: list[Read], ledger: Mapping[int, int], base: tuple[int, int] | None,
                last: int | None, corrected: int, mark: float, now: float,
-               window: tuple[float, float], band: Band = DEFAULT_BAND) -> RoomJudgement:
+               window: tuple[float, float], band: Band = DEFAULT_BAND,
+               rebase: tuple[int, int] | None = None) -> RoomJudgement:
     """Judge a room's stored `reads` in order, given its `ledger`, its baseline `base`, the
     unconfirmed sure drift `last`, the corrections decided so far, the watermark `mark`, the
-    time `now` and the battle's (start, end) `window` on Tencent's clock."""
-    out = RoomJudgement(base=base, last=last)
+    time `now`, the battle's (start, end) `window` on Tencent's clock and the narrower
+    baseline one read proposed (`rebase`)."""
+    out = RoomJudgement(base=base, last=last, rebase=rebase)
     lag = watermark_lag(mark, now)
     for read in reads:
         if not judgeable(read, mark, band):
@@ -156,10 +163,18 @@ def judge_room(reads: list[Read], ledger: Mapping[int, int], base: tuple[int, in
             continue
         k = evidence(read, ledger, band)
         out.ambiguous = k[0] != k[1]
-        if out.base is None or (rebases(k, out.base) and out.last is None
-                                and not corrected + out.fix):
+        if out.base is None:
             out.base, out.base_taken = k, True
             continue
+        if rebases(k, out.base) and out.last is None and not corrected + out.fix:
+            if k == out.rebase:  # a second read agrees: the narrower baseline
+                out.base, out.base_taken, out.rebase = k, True, None
+            else:
+                out.rebase = k
+                out.sooner = sooner(out.sooner, now + PAIR_GAP)  # wants its second read
+            continue
+        if out.rebase is not None and not (k[0] <= out.rebase[0] and out.rebase[1] <= k[1]):
+            out.rebase = None  # a read that contradicts it (or a drift) drops the proposal
         d = sure_drift(k, out.base, corrected + out.fix)
         out.judged += 1
         out.drifted += d != 0

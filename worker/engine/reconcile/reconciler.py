@@ -91,12 +91,15 @@ class Reconciler:
             j = judge.judge_room(_reads({}, recon, room), ledgers[room],
                                  judge.parse_base(recon.get(f"base:{room}")),
                                  judge.parse_last(recon.get(f"last:{room}"), done), done, mark, now,
-                                 (self.battle.start, self.battle.end), self.band)
+                                 (self.battle.start, self.battle.end), self.band,
+                                 judge.parse_base(recon.get(f"rebase:{room}")))
             self._soon(j.sooner)
             if j.fix:
                 fixes[room] = j.fix
             if j.base_taken and j.base is not None:
                 updates[f"base:{room}"] = judge.format_base(j.base)
+            if j.rebase is not None or recon.get(f"rebase:{room}"):
+                updates[f"rebase:{room}"] = "" if j.rebase is None else judge.format_base(j.rebase)
             if j.judged:
                 updates[f"last:{room}"] = judge.format_last(j.last, done + j.fix)
                 # When the drift waiting was first proved: its correction's time to heal.
@@ -111,7 +114,8 @@ class Reconciler:
                 updates[f"wide:{room}"] = "1" if j.ambiguous else "0"
             wide = recon.get(f"wide:{room}", "1") == "1" if j.ambiguous is None else j.ambiguous
             self.need[room] = (cadence.HUNTING if j.last is not None else
-                               cadence.BUSY if j.base is None or wide else cadence.QUIET)
+                               cadence.BUSY if j.base is None or wide or j.rebase is not None
+                               else cadence.QUIET)
             updates[f"obs:{room}"] = json.dumps(j.waiting)
             judged += j.judged + j.base_taken
             drifted += j.drifted
@@ -153,6 +157,9 @@ class Reconciler:
         # 6 s into a battle whose first read a 6 s freeze held back went unhealed), its judging
         # can. One read a room at most, so a backlog does not grow the reads.
         blocked = cadence.reads_blocked(mark, now)
+        if blocked and all(_reads(updates, recon, room) or self._based(updates, recon, room)
+                           for room, owner in self.battle.rooms.items() if owner):
+            return {}
         tclock, edge = self.rt.tclock, self.band.edge
         early = self.battle.starts_in(tclock.earliest() - edge)
         if early:
@@ -174,9 +181,7 @@ class Reconciler:
         for room, owner in self.battle.rooms.items():
             if not owner:
                 continue
-            if blocked and (_reads(updates, recon, room)
-                            or judge.parse_base(updates.get(f"base:{room}",
-                                                            recon.get(f"base:{room}")))):
+            if blocked and (_reads(updates, recon, room) or self._based(updates, recon, room)):
                 continue
             read_at = recon.get(f"read_at:{room}")
             wanted, sooner = cadence.read_wanted(
@@ -186,6 +191,11 @@ class Reconciler:
                 rooms[room] = owner
             self._soon(sooner)
         return rooms
+
+    @staticmethod
+    def _based(updates: dict[str, str], recon: dict[str, str], room: str) -> bool:
+        """Whether the room has a baseline (taken in this pass or before)."""
+        return judge.parse_base(updates.get(f"base:{room}", recon.get(f"base:{room}"))) is not None
 
     def _soon(self, t: float | None) -> None:
         """Bring the next pass forward to `t` (None: no change)."""
