@@ -96,6 +96,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
@@ -443,6 +444,8 @@ class Maintenance:
             try:
                 run_tick(self.rt, self._dispatch)
             except Exception as err:  # counted and shown: the tick goes on, as beat's would
+                if not self.errors[type(err).__name__]:  # the first of each kind, in full
+                    traceback.print_exc()
                 self.errors[type(err).__name__] += 1
             self.ticks += 1
             self.tick_max = max(self.tick_max, time.monotonic() - t)
