@@ -16,6 +16,7 @@ import pytest
 
 from worker.engine.reconcile import cadence, judge
 from worker.engine.reconcile.band import DEFAULT_BAND, Band, Read
+from worker.engine.reconcile.judge import REBASE_SETTLE
 from worker.engine.reconcile.cadence import (
     BUSY,
     FINAL_WINDOW,
@@ -114,18 +115,17 @@ JUDGE_CASES: list[tuple[str, list[Read], dict[int, int], tuple[int, int] | None,
     ("the baseline and a first drift in one pass",
      [read(10, 100), read(11, 120)], {}, None, None, 0, PAST,
      dict(base=(100, 100), base_taken=True, last=20, judged=1, fix=0)),
-    ("a narrower read inside the baseline proposes it as the baseline, and wants a second",
+    ("a narrower read inside the baseline proposes it as the baseline, judged again later",
      [read(10, 103)], {}, (100, 105), None, 0, PAST,
-     dict(base=(100, 105), base_taken=False, rebase=(103, 103), judged=0,
-          sooner=NOW + PAIR_GAP)),
-    ("... a second read agreeing narrows it: the drift it absorbs is one the wider baseline "
-     "could not prove",
-     [read(10, 103), read(11, 103)], {}, (100, 105), None, 0, PAST,
-     dict(base=(103, 103), base_taken=True, rebase=None, fix=0)),
-    ("... and a 1-coin gift never counted after it is then proved and taken back (the wide "
-     "baseline proves nothing of it)",
-     [read(10, 103), read(11, 103), read(30, 103), read(31, 103)], ledger(s20=1), (100, 105),
-     None, 0, PAST, dict(base=(103, 103), fix=-1)),
+     dict(base=(100, 105), base_taken=False, rebase=judge.Rebase(read(10, 103), (103, 103), PAST),
+          judged=0, sooner=NOW + REBASE_SETTLE)),
+    ("... a later read no narrower leaves the proposal as it is (and proves nothing)",
+     [read(10, 103), read(11, 103)], ledger(s10=1), (100, 105), None, 0, PAST,
+     dict(base=(100, 105), base_taken=False,
+          rebase=judge.Rebase(read(10, 103), (102, 103), PAST), judged=1, last=None)),
+    ("... a narrower one replaces it",
+     [read(10, 103), read(13, 103)], ledger(s10=1), (100, 105), None, 0, PAST,
+     dict(rebase=judge.Rebase(read(13, 103), (102, 102), PAST), judged=0)),
     ("a read contradicting the proposal drops it",
      [read(10, 103), read(11, 108)], {}, (100, 105), None, 0, PAST,
      dict(base=(100, 105), rebase=None, last=3)),
@@ -153,19 +153,74 @@ def test_judge_room(reads: list[Read], secs: dict[int, int], base: tuple[int, in
     assert {k: getattr(out, k) for k in expected} == expected
 
 
+def _pass(reads: list[Read], secs: dict[int, int], prev: judge.RoomJudgement,
+          mark: float, corrected: int = 0) -> judge.RoomJudgement:
+    """One pass over a room at the watermark `mark`, carrying over what the one before stored."""
+    return judge.judge_room(reads, secs, prev.base, prev.last, corrected, mark, mark, WINDOW,
+                            rebase=prev.rebase)
+
+
+def test_a_proposed_baseline_is_taken_when_judged_again_with_the_same_k() -> None:
+    """The drift it absorbs is one the wider baseline could not prove; a 1-coin gift never
+    counted after it is then proved and taken back (the wide baseline proves nothing of it)."""
+    first = _pass([read(10, 103)], {}, judge.RoomJudgement(base=(100, 105)), PAST)
+    early = _pass([], {}, first, PAST + REBASE_SETTLE - 0.1)
+    assert early.base == (100, 105) and early.rebase == first.rebase
+    assert early.sooner == pytest.approx(PAST + REBASE_SETTLE)
+    taken = _pass([], {}, early, PAST + REBASE_SETTLE)
+    assert taken.base == (103, 103) and taken.base_taken and taken.rebase is None
+    phantom = ledger(s20=1)
+    healed = _pass([read(30, 103), read(31, 103)], phantom, taken, PAST + 10)
+    assert healed.fix == -1
+    wide = _pass([read(30, 103), read(31, 103)], phantom, judge.RoomJudgement(base=(100, 105)),
+                 PAST + 10)
+    assert wide.fix == 0  # against the wide baseline, nothing is proved
+
+
+def test_a_busy_room_narrows_its_baseline_from_reads_that_never_agree() -> None:
+    """Two reads giving the same K, the rule before, come rarely in a busy room: a gift in
+    either's ambiguous seconds makes them differ. A proposal judged again needs no second."""
+    busy = ledger(s9=4, s11=3)
+    reads = [read(10, 104), read(11, 104), read(14, 107)]
+    ks = {judge.evidence(r, busy, DEFAULT_BAND) for r in reads}
+    assert len(ks) == 3  # no two agree
+    first = _pass(reads, busy, judge.RoomJudgement(base=(90, 110)), PAST)
+    assert first.rebase is not None and first.base == (90, 110)
+    taken = _pass([], busy, first, PAST + REBASE_SETTLE)
+    assert taken.base_taken and taken.base == first.rebase.k
+
+
 def test_a_read_that_missed_a_straggling_webhook_is_not_taken_for_a_baseline() -> None:
     """One read judged before a 1-coin webhook was ingested (a straggler past the watermark)
     reads 1 coin high; had it become the baseline, every correct read after would prove -1 and
-    take back a gift Tencent counted (a second reader's example). A second read must agree."""
-    first = judge.judge_room([read(10, 104)], {}, (100, 105), None, 0, PAST, NOW, WINDOW)
-    assert first.rebase == (104, 104) and first.base == (100, 105)
-    ingested = ledger(s8=1)  # the straggler is in
-    second = judge.judge_room([read(11, 104)], ingested, first.base, first.last, 0, PAST, NOW,
-                              WINDOW, rebase=first.rebase)
-    assert second.base == (100, 105) and second.rebase == (103, 103)
-    third = judge.judge_room([read(12, 104)], ingested, second.base, second.last, 0, PAST, NOW,
-                             WINDOW, rebase=second.rebase)
-    assert third.base == (103, 103) and third.fix == 0  # two correct reads agree
+    take back a gift Tencent counted (a second reader's example). Judged again once the
+    straggler is in, it gives another K: proposed afresh, and taken only when it holds."""
+    first = _pass([read(10, 104)], {}, judge.RoomJudgement(base=(100, 105)), PAST)
+    assert first.rebase is not None and first.rebase.k == (104, 104)
+    ingested = ledger(s6=1)  # the straggler is in
+    second = _pass([], ingested, first, PAST + REBASE_SETTLE)
+    assert second.base == (100, 105) and second.rebase is not None
+    assert second.rebase.k == (103, 103)
+    third = _pass([read(12, 104)], ingested, second, PAST + 2 * REBASE_SETTLE)
+    assert third.base == (103, 103) and third.fix == 0 and third.last is None
+
+
+def test_a_drift_or_a_correction_before_the_proposal_is_taken_drops_it() -> None:
+    first = _pass([read(10, 103)], {}, judge.RoomJudgement(base=(100, 105)), PAST)
+    drifting = _pass([read(11, 110)], {}, first, PAST + 0.5)
+    assert drifting.last == 5 and drifting.rebase is None
+    corrected = _pass([], {}, first, PAST + REBASE_SETTLE, corrected=2)
+    assert corrected.base == (100, 105) and corrected.rebase is None
+
+
+@pytest.mark.parametrize("raw", [None, "", "103,103", "{}", '{"read": 1}'])
+def test_a_proposal_stored_in_another_form_is_none(raw: str | None) -> None:
+    assert judge.Rebase.loads(raw) is None
+
+
+def test_a_proposal_round_trips() -> None:
+    prop = judge.Rebase(read(10, 103), (101, 103), PAST)
+    assert judge.Rebase.loads(prop.dumps()) == prop
 
 
 @pytest.mark.parametrize(("window", "dropped"), [

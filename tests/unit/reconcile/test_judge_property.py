@@ -105,7 +105,9 @@ def test_a_correction_never_passes_the_truth(stream: tuple[list[Gift], float, fl
                              state["corrected"], now - 0.3, now, (START, END),  # type: ignore[arg-type]
                              rebase=state["rebase"])  # type: ignore[arg-type]
         assert not j.waiting
-        if j.base_taken:
+        if j.base_taken and state["base"] is not None:  # the proposal judged again: its read
+            state["base_at"] = state["rebase"].read["t0"] + off  # type: ignore[attr-defined]
+        elif j.base_taken:
             state["base_at"] = at
         if j.fix:
             left = drift(gifts, at) - drift(gifts, state["base_at"]) - state["corrected"]  # type: ignore[arg-type,operator]

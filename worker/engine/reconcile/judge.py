@@ -17,13 +17,15 @@ the state, passes the time in, and stores what this module returns. The rule (do
   battle plus the drift so far (lost webhooks add, approved-but-never-counted gifts
   subtract). The first judged K is the baseline [Blo, Bhi] (it absorbs any drift before it);
   later, drift - corrections lies in [Klo - Bhi - C, Khi - Blo - C].
-- A narrower K that lies inside the baseline replaces it (`rebases`) once a second judged
-  read gives the same K (a read that missed a straggling webhook is not taken for a
-  baseline: the same two-read rule as a correction), while the room has no correction and
-  no drift waiting: the drift it absorbs since the baseline lies within the baseline's width,
-  and an exact read could never have proved it against the old baseline (that needs K
-  outside it). A baseline taken among busy seconds is then narrowed by quieter reads, and a
-  small drift after it becomes provable.
+- A narrower K that lies inside the baseline replaces it (`rebases`) while the room has no
+  correction and no drift waiting: the drift it absorbs since the baseline lies within the
+  baseline's width, and an exact read could never have proved it against the old baseline
+  (that needs K outside it). A baseline taken among busy seconds is then narrowed by quieter
+  reads, and a small drift after it becomes provable. The read proposes it (`Rebase`), and a
+  later pass judges the same read again once the watermark has moved on by `rebase_settle`:
+  only if the ledger around it gave the same K (no webhook straggled in since) does it become
+  the baseline. A read judged before a straggling webhook was ingested reads high, and as a
+  baseline would make every correct read after it prove a drift that is not there.
 - A read's sure drift is the end of that interval nearest zero when zero is outside it, else 0.
   A correction needs two judged reads proving drift of the same sign, with no read proving
   the other sign in between (a read proving nothing, its interval holding zero, leaves the
@@ -47,11 +49,16 @@ the state, passes the time in, and stores what this module returns. The rule (do
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from worker.engine.reconcile.band import DEFAULT_BAND, Band, Read, moment
 from worker.engine.reconcile.cadence import PAIR_GAP, judgeable_at, sooner, watermark_lag
+from worker.engine.timers import TIMERS
+
+#: A proposed narrower baseline is judged again once the watermark has moved this much further.
+REBASE_SETTLE = TIMERS.reconcile.rebase_settle
 
 
 def room_ledger(secs: Mapping[str, int], room: str) -> dict[int, int]:
@@ -96,6 +103,30 @@ def rebases(k: tuple[int, int], base: tuple[int, int]) -> bool:
     return base[0] <= k[0] and k[1] <= base[1] and k[1] - k[0] < base[1] - base[0]
 
 
+@dataclass(frozen=True)
+class Rebase:
+    """A narrower baseline one read proposed: the read, the K it gave, and the watermark it
+    was judged at. It becomes the baseline when the read, judged again once the watermark has
+    moved on by REBASE_SETTLE, gives the same K."""
+
+    read: Read
+    k: tuple[int, int]
+    mark: float
+
+    def dumps(self) -> str:
+        """The stored form (`rebase:<room>`; `Rebase.loads` reads it)."""
+        return json.dumps({"read": self.read, "k": list(self.k), "mark": self.mark})
+
+    @classmethod
+    def loads(cls, raw: str | None) -> Rebase | None:
+        """A stored proposal (None: none, or one stored in an older form)."""
+        try:
+            d = json.loads(raw or "")
+            return cls(d["read"], (int(d["k"][0]), int(d["k"][1])), float(d["mark"]))
+        except (ValueError, TypeError, KeyError, IndexError):
+            return None
+
+
 def inside(read: Read, start: float, end: float, band: Band) -> bool:
     """True when the read's moment lies inside the battle, `band.edge` after its start (module
     docstring)."""
@@ -124,9 +155,9 @@ class RoomJudgement:
     last: int | None = None
     #: Drift confirmed by two agreeing reads: to decide (add to corrections and pending).
     fix: int = 0
-    #: A narrower baseline proposed by one read, waiting for a second to give the same K
-    #: (store `rebase`; None: none).
-    rebase: tuple[int, int] | None = None
+    #: A narrower baseline proposed by one read, waiting to be judged again (store `rebase`;
+    #: None: none).
+    rebase: Rebase | None = None
     #: The baseline was taken (or narrowed) in this pass (store `base`).
     base_taken: bool = False
     #: Reads judged against the baseline (store `last`).
@@ -146,13 +177,15 @@ class RoomJudgement:
 def judge_room(reads: list[Read], ledger: Mapping[int, int], base: tuple[int, int] | None,
                last: int | None, corrected: int, mark: float, now: float,
                window: tuple[float, float], band: Band = DEFAULT_BAND,
-               rebase: tuple[int, int] | None = None) -> RoomJudgement:
+               rebase: Rebase | None = None) -> RoomJudgement:
     """Judge a room's stored `reads` in order, given its `ledger`, its baseline `base`, the
     unconfirmed sure drift `last`, the corrections decided so far, the watermark `mark`, the
     time `now`, the battle's (start, end) `window` on Tencent's clock and the narrower
     baseline one read proposed (`rebase`)."""
     out = RoomJudgement(base=base, last=last, rebase=rebase)
     lag = watermark_lag(mark, now)
+    if rebase is not None:
+        _settle(out, ledger, corrected, mark, now, band)
     for read in reads:
         if not judgeable(read, mark, band):
             out.waiting.append(read)
@@ -166,14 +199,12 @@ def judge_room(reads: list[Read], ledger: Mapping[int, int], base: tuple[int, in
         if out.base is None:
             out.base, out.base_taken = k, True
             continue
-        if rebases(k, out.base) and out.last is None and not corrected + out.fix:
-            if k == out.rebase:  # a second read agrees: the narrower baseline
-                out.base, out.base_taken, out.rebase = k, True, None
-            else:
-                out.rebase = k
-                out.sooner = sooner(out.sooner, now + PAIR_GAP)  # wants its second read
+        if (rebases(k, out.base) and out.last is None and not corrected + out.fix
+                and (out.rebase is None or _width(k) < _width(out.rebase.k))):
+            out.rebase = Rebase(read, k, mark)  # judged again once the watermark moves on
+            out.sooner = sooner(out.sooner, now + REBASE_SETTLE)
             continue
-        if out.rebase is not None and not (k[0] <= out.rebase[0] and out.rebase[1] <= k[1]):
+        if out.rebase is not None and not (k[0] <= out.rebase.k[0] and out.rebase.k[1] <= k[1]):
             out.rebase = None  # a read that contradicts it (or a drift) drops the proposal
         d = sure_drift(k, out.base, corrected + out.fix)
         out.judged += 1
@@ -188,6 +219,33 @@ def judge_room(reads: list[Read], ledger: Mapping[int, int], base: tuple[int, in
         if d:  # an unconfirmed drift wants its second read soon
             out.sooner = sooner(out.sooner, now + PAIR_GAP)
     return out
+
+
+def _width(k: tuple[int, int]) -> int:
+    return k[1] - k[0]
+
+
+def _settle(out: RoomJudgement, ledger: Mapping[int, int], corrected: int, mark: float,
+            now: float, band: Band) -> None:
+    """Judge the proposed baseline's read again, once the watermark has moved on by
+    REBASE_SETTLE: the same K makes it the baseline; a K the later ledger changed (a webhook
+    straggled in) is proposed afresh, if it still narrows the baseline."""
+    prop = out.rebase
+    assert prop is not None and out.base is not None
+    if out.last is not None or corrected:
+        out.rebase = None  # a drift or a correction came first: the baseline stays
+        return
+    if mark < prop.mark + REBASE_SETTLE:
+        out.sooner = sooner(out.sooner, now + prop.mark + REBASE_SETTLE - mark)
+        return
+    k = evidence(prop.read, ledger, band)
+    if k == prop.k:
+        out.base, out.base_taken, out.rebase = k, True, None
+    elif rebases(k, out.base):
+        out.rebase = Rebase(prop.read, k, mark)
+        out.sooner = sooner(out.sooner, now + REBASE_SETTLE)
+    else:
+        out.rebase = None
 
 
 def decide(fixes: Mapping[str, int], ended: bool) -> tuple[dict[str, int], dict[str, int]]:

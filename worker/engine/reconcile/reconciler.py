@@ -92,14 +92,14 @@ class Reconciler:
                                  judge.parse_base(recon.get(f"base:{room}")),
                                  judge.parse_last(recon.get(f"last:{room}"), done), done, mark, now,
                                  (self.battle.start, self.battle.end), self.band,
-                                 judge.parse_base(recon.get(f"rebase:{room}")))
+                                 judge.Rebase.loads(recon.get(f"rebase:{room}")))
             self._soon(j.sooner)
             if j.fix:
                 fixes[room] = j.fix
             if j.base_taken and j.base is not None:
                 updates[f"base:{room}"] = judge.format_base(j.base)
             if j.rebase is not None or recon.get(f"rebase:{room}"):
-                updates[f"rebase:{room}"] = "" if j.rebase is None else judge.format_base(j.rebase)
+                updates[f"rebase:{room}"] = "" if j.rebase is None else j.rebase.dumps()
             if j.judged:
                 updates[f"last:{room}"] = judge.format_last(j.last, done + j.fix)
                 # When the drift waiting was first proved: its correction's time to heal.
