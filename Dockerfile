@@ -14,7 +14,11 @@ WORKDIR /app
 COPY pyproject.toml README.md constraints.txt ./
 COPY worker ./worker
 COPY tasks ./tasks
+# compileall: processes import worker/ and tasks/ from /app (Celery puts the working directory
+# first on the path), where PYTHONDONTWRITEBYTECODE and a read-only /app would otherwise have
+# every process start compile them from source again (bench/RESULTS.md, fourteenth session).
 RUN pip install --no-cache-dir -c constraints.txt ".${EXTRAS:+[$EXTRAS]}" \
+    && python -m compileall -q worker tasks \
     && useradd --create-home --uid 10001 scorer
 USER scorer
 CMD ["celery", "-A", "worker", "worker", "--loglevel=INFO"]

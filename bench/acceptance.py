@@ -165,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no referee at {REFEREE}", file=sys.stderr)
         return 2
     python = str(ROOT / ".venv" / "bin" / "python")
+    # The project's bytecode first, as an image has it (Dockerfile): with PYTHONDONTWRITEBYTECODE
+    # set, every process the referee starts compiled each module changed since its last .pyc
+    # from source, CPU the control plane's ms/call counted (0.1 ms a call in the finale).
+    subprocess.run([python, "-m", "compileall", "-q", "worker", "tasks"], cwd=ROOT, check=True)
     rows = []
     head = (f"{'scenario':8} {'mode':6} {'seed':>4} {'edge':>4} {'fair':>8} {'exact':>5} "
             f"{'over':>7} {'under':>8} {'p99 s':>6} {'end min/s':>9} {'100006':>6} "

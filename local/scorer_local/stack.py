@@ -281,7 +281,9 @@ class RedisCluster:
 class SandboxProcess:
     """The Tencent sandbox as its own process on a free loopback port (benchmarks)."""
 
-    def __init__(self, sdkappid: int, secret_key: str, logdir: str | Path) -> None:
+    def __init__(self, sdkappid: int, secret_key: str, logdir: str | Path,
+                 rate: int = 200) -> None:
+        """`rate`: the calls a second per API it serves (Tencent's 200)."""
         from scorer_local.sandbox_control import SandboxControl
 
         port = free_port()
@@ -289,7 +291,8 @@ class SandboxProcess:
                "PYTHONPATH": str(ROOT)}
         with open(Path(logdir) / "sandbox.log", "w") as log:  # the child keeps its own copy
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.doors.cli", "sandbox", "--port", str(port)],
+                [sys.executable, "-m", "worker.doors.cli", "sandbox", "--port", str(port),
+                 "--rate", str(rate)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{port}"
         self.ctl = SandboxControl(self.url)

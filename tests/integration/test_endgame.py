@@ -37,6 +37,18 @@ def test_deadlines_compete_soonest_end_first(rt):
     assert rt.redis.zrange(keys.ENDGAME_DUE, 0, -1) == ["late"]  # "idle" took no slot
 
 
+def test_peek_reads_what_the_rounds_and_the_last_writes_would_in_one_round_trip(rt):
+    now = rt.clock()
+    assert endgame.peek(rt) == ([], [])
+    rt.redis.zadd(keys.ENDGAME_DUE, {"ready": now - 1, "coalescing": now})
+    rt.redis.zadd(keys.FINAL_DUE, {"last": now - 1, "later": now + 60})
+    assert endgame.peek(rt) == (["ready"], ["last"])
+    rt.redis.zadd(keys.ACTIVE, {"ready": now + 1.0})
+    rt.redis.hset(BattleKeys("ready").pending, "room", 5)
+    calls = []
+    assert endgame.run_round(rt, lambda *a, **k: calls.append(a) or "ok", ["ready"]) == 1
+
+
 def test_value_waits_to_coalesce_then_goes_at_once(rt):
     now = rt.clock()
     rt.redis.zadd(keys.ACTIVE, {"b": now + 1.0})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import fakeredis
@@ -15,6 +16,7 @@ from worker.engine.runtime import Runtime, build_runtime, connect, get_runtime, 
 from worker.engine.settings import Settings
 from worker.engine.state import keys, scripts
 from worker.engine.tencent.limiter import RedisRateLimiter
+from worker.engine.timers import TIMERS
 
 
 def _kwargs(client: redis.Redis) -> dict[str, Any]:
@@ -109,14 +111,22 @@ def test_build_runtime_wires_the_limiter_metrics_and_the_clock(
         assert rt.client.limiter.rate == 180  # SCORER_API_RATE 200, with the headroom
         assert rt.client.on_answer == rt.tclock.observe_date
         assert rt.client.on_call is not None
+        assert rt.calls is not None and rt.calls.every == TIMERS.state.call_metrics_every
+        rt.calls.every = 0.05
         rt.client.on_call("get_gift_count", "success", 0.02, 0.0)
-        assert fake_redis.hgetall(keys.METRICS_CALLS) == {"get_gift_count|success": "1"}
+        rt.client.on_call("get_gift_count", "success", 0.03, 0.0)
+        # Written added up, without waiting for another call.
+        deadline = time.monotonic() + 5
+        while not fake_redis.hgetall(keys.METRICS_CALLS) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fake_redis.hgetall(keys.METRICS_CALLS) == {"get_gift_count|success": "2"}
 
-        def down(*args: Any) -> None:
+        def down(*args: Any, **kwargs: Any) -> None:
             raise redis.ConnectionError("gone")
 
-        monkeypatch.setattr(runtime, "record_call", down)
+        monkeypatch.setattr(fake_redis, "pipeline", down)
         rt.client.on_call("get_gift_count", "success", 0.02, 0.0)  # metrics never fail a call
+        rt.calls._due()  # and their timer swallows a Redis outage
     finally:
         rt.client.close()
 

@@ -17,7 +17,7 @@ from redis.retry import Retry
 from worker.engine import redis_urls
 from worker.engine.settings import Settings, get_settings
 from worker.engine.state import scripts
-from worker.engine.state.counters import record_call
+from worker.engine.state.counters import CallTally
 from worker.engine.state.redisclock import RedisClock
 from worker.engine.tencent import TencentClient
 from worker.engine.tencent.clock import TencentClock
@@ -87,6 +87,8 @@ class Runtime:
     clock: Callable[[], float] = time.time
     #: Tencent's clock, made from `redis` and `clock` (see __post_init__).
     tclock: TencentClock = field(init=False)
+    #: The Tencent calls' metrics, written every TIMERS.state.call_metrics_every (None: none).
+    calls: CallTally | None = field(default=None, repr=False)
     _broker: Redis | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -118,14 +120,9 @@ def build_runtime(settings: Settings, clock: Callable[[], float] | None = None) 
     limiter = RedisRateLimiter(r, settings.api_rate)
     client = TencentClient(settings, limiter)
 
-    def on_call(api: str, outcome: str, seconds: float, waited: float) -> None:
-        try:
-            record_call(r, api, outcome, seconds, waited)
-        except redis.RedisError:  # metrics never fail a call
-            pass
-
-    client.on_call = on_call
-    rt = Runtime(settings=settings, redis=r, client=client)
+    calls = CallTally(r)  # written in one round trip at most every half second
+    client.on_call = calls.record
+    rt = Runtime(settings=settings, redis=r, client=client, calls=calls)
     # The clock measures on a quick client of the broker's Redis: a measure that cannot be
     # made must not hold a caller of rt.clock() for a normal client's timeouts and retries.
     rt.clock = clock if clock is not None else RedisClock(

@@ -30,6 +30,9 @@ class StateTimers:
     """The margin the window is widened by (none: the headroom absorbs the jitter)."""
     send_wait: float = 0.25
     """A request holding its slot waits at most this long for the send log (tencent/limiter.py)."""
+    call_metrics_every: float = 0.5
+    """A process writes its Tencent calls' metrics this often, added up (counters.CallTally):
+    a round trip per call was 0.12 ms of CPU a call, 3 % of the control plane's in the finale."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ import pytest
 
 from worker.engine.reconcile import cadence, judge
 from worker.engine.reconcile.band import DEFAULT_BAND, Band, Read
-from worker.engine.reconcile.judge import REBASE_SETTLE
 from worker.engine.reconcile.cadence import (
     BUSY,
     FINAL_WINDOW,
@@ -28,6 +27,7 @@ from worker.engine.reconcile.cadence import (
     READ_LAG,
     TYPICAL_LAG,
 )
+from worker.engine.reconcile.judge import REBASE_SETTLE
 
 T = 1_700_000_000
 #: The watermark far past every read: all of them judgeable.

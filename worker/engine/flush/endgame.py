@@ -50,6 +50,7 @@ from worker.engine.flush.rounds import (  # noqa: F401 (re-exported: the rounds)
     DECISIVE,
     Flush,
     decided,
+    peek,
     run_finals,
     run_round,
 )
@@ -220,6 +221,10 @@ def run_while(rt: Runtime, flush: Flush, go: Callable[[], bool]) -> int:
         if time.monotonic() - planned >= TIMERS.endgame.plan_every:
             plan(rt, rt.clock())
             planned = time.monotonic()
-        started += run_round(rt, flush) + run_finals(rt, flush)
+        rounds_due, finals_due = peek(rt)
+        if rounds_due:
+            started += run_round(rt, flush, rounds_due)
+        if finals_due:
+            started += run_finals(rt, flush, finals_due)
         time.sleep(TIMERS.endgame.poll)
     return started

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 from worker.engine.battles import final_window, unstarted
 from worker.engine.battles import registry as battles
@@ -28,7 +29,7 @@ from worker.engine.state import keys
 from worker.engine.state.counters import bump
 from worker.engine.state.keys import BattleKeys
 from worker.engine.state.lock import RedisLock
-from worker.engine.state.pipeline import pipeline
+from worker.engine.state.pipeline import Batch, pipeline
 from worker.engine.tencent.errors import RateLimitTimeout, TencentError
 from worker.engine.timers import TIMERS
 
@@ -69,9 +70,12 @@ class Reconciler:
         # after it (read the other way round, one ingested in between would read as lost).
         mark = watermark.current(rt)
         now = rt.clock()
-        recon = rt.redis.hgetall(bk.recon)
-        secs = {k: int(v) for k, v in rt.redis.hgetall(bk.secs).items()}
-        corr = {k: int(v) for k, v in rt.redis.hgetall(bk.corr).items()}
+        pipe = pipeline(rt.redis)
+        for key in (bk.recon, bk.secs, bk.corr):
+            pipe.hgetall(key)
+        recon, secs_raw, corr_raw = pipe.execute()
+        secs = {k: int(v) for k, v in secs_raw.items()}
+        corr = {k: int(v) for k, v in corr_raw.items()}
         self.lag = cadence.watermark_lag(mark, now)
         updates: dict[str, str] = {}
         fixes: dict[str, int] = {}
@@ -130,20 +134,23 @@ class Reconciler:
                         self.battle.battle_id, late,
                         extra={"battle_id": self.battle.battle_id})
             bump(rt.redis, "late_drift", len(late))
-        pipe = pipeline(rt.redis)
-        if unbased:
-            pipe.zadd(keys.RECON_UNBASED, dict.fromkeys(unbased, self.battle.start), nx=True)
-        if based:
-            pipe.zrem(keys.RECON_UNBASED, *based)
-        for name, n in (("reconcile_reads_judged", judged), ("reconcile_reads_drifted", drifted),
-                        ("reconcile_reads_dropped", dropped),
-                        ("reconcile_heal_ms", int(1000 * sum(heal.get(r, 0.0) for r in fixes)))):
-            bump(pipe, name, n)
-        pipe.execute()
+
+        def tally(pipe: Batch) -> None:  # written once the pass has stored what it judged
+            if unbased:
+                pipe.zadd(keys.RECON_UNBASED, dict.fromkeys(unbased, self.battle.start), nx=True)
+            if based:
+                pipe.zrem(keys.RECON_UNBASED, *based)
+            for name, n in (("reconcile_reads_judged", judged),
+                            ("reconcile_reads_drifted", drifted),
+                            ("reconcile_reads_dropped", dropped),
+                            ("reconcile_heal_ms",
+                             int(1000 * sum(heal.get(r, 0.0) for r in fixes)))):
+                bump(pipe, name, n)
+
         if fixes:
             self.correct(fixes)
         readable = self._readable(updates, recon, mark, now)
-        self.observe(updates, recon, readable)
+        self.observe(updates, recon, readable, tally)
         # Every room waits on a read: a pass before the first can be judged is wasted.
         self.all_waiting = all(_reads(updates, recon, r)
                                for r, owner in self.battle.rooms.items() if owner)
@@ -157,8 +164,11 @@ class Reconciler:
         # 6 s into a battle whose first read a 6 s freeze held back went unhealed), its judging
         # can. One read a room at most, so a backlog does not grow the reads.
         blocked = cadence.reads_blocked(mark, now)
-        if blocked and all(_reads(updates, recon, room) or self._based(updates, recon, room)
-                           for room, owner in self.battle.rooms.items() if owner):
+        #: Rooms whose baseline read is taken or waits: none of their reads while blocked.
+        owned = [room for room, owner in self.battle.rooms.items() if owner]
+        served = {room for room in owned if blocked and (
+            _reads(updates, recon, room) or self._based(updates, recon, room))}
+        if blocked and served.issuperset(owned):
             return {}
         tclock, edge = self.rt.tclock, self.band.edge
         early = self.battle.starts_in(tclock.earliest() - edge)
@@ -181,7 +191,7 @@ class Reconciler:
         for room, owner in self.battle.rooms.items():
             if not owner:
                 continue
-            if blocked and (_reads(updates, recon, room) or self._based(updates, recon, room)):
+            if room in served:
                 continue
             read_at = recon.get(f"read_at:{room}")
             wanted, sooner = cadence.read_wanted(
@@ -227,9 +237,10 @@ class Reconciler:
                     extra={"battle_id": self.battle.battle_id})
 
     def observe(self, updates: dict[str, str], recon: dict[str, str],
-                rooms: dict[str, str]) -> None:
+                rooms: dict[str, str], tally: Callable[[Batch], None]) -> None:
         """Take a fresh read of `rooms` (room → owner; while the battle runs), until one finds
-        no call slot in time, and store the updates."""
+        no call slot in time, store the updates, then the pass's counters (`tally`): a pass
+        that lost its lock counts nothing, and the next one judges the same reads again."""
         rt = self.rt
         read_n = 0
         if rt.clock() < self.battle.end:
@@ -259,13 +270,16 @@ class Reconciler:
                 updates[f"obs:{room}"] = json.dumps(reads)
                 updates[f"read_at:{room}"] = repr(t1)
                 read_n += 1
-        bump(rt.redis, "reconcile_reads", read_n)
         if updates:
             args: list[str] = [self.lock.token]
             for k, v in updates.items():
                 args += [k, v]
             if rt.script("RECON_STORE")(keys=[self.bk.recon, self.bk.rlock], args=args) == -1:
                 raise LockLost(self.battle.battle_id)  # frozen past the lease: the next pass
+        pipe = pipeline(rt.redis)
+        bump(pipe, "reconcile_reads", read_n)
+        tally(pipe)
+        pipe.execute()
 
 
 def next_due(rt: Runtime, battle: Battle) -> float | None:

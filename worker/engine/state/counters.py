@@ -3,12 +3,18 @@ process adds to the same (the metrics exporter, worker/doors/metrics.py, reads t
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections import Counter, defaultdict
 from typing import cast
 
 import redis
 
 from worker.engine.state import keys
 from worker.engine.state.pipeline import Batch, pipeline
+from worker.engine.timers import TIMERS
+
+log = logging.getLogger("scorer.metrics")
 
 #: The counters `battle-scorer stats` and the metrics endpoint report.
 FIELDS = ("received", "ingested", "duplicate", "held", "outside", "not_to_owner",
@@ -55,11 +61,73 @@ def with_dropped(stats: dict[str, str], dropped: str | None) -> dict[str, str]:
 def record_call(redis: redis.Redis, api: str, outcome: str, seconds: float,
                 waited: float = 0.0) -> None:
     """Count one Tencent call, its latency bucket and any rate-limiter wait (one round trip)."""
-    le = next((b for b in BUCKETS if seconds <= b), "+Inf")
-    pipe = pipeline(redis)
-    pipe.hincrby(keys.METRICS_CALLS, f"{api}|{outcome}", 1)
-    pipe.hincrbyfloat(keys.METRICS_LATENCY_SUM, api, seconds)
-    pipe.hincrby(keys.METRICS_LATENCY_BUCKETS, f"{api}|{le}", 1)
-    if waited:
-        pipe.hincrbyfloat(keys.METRICS_LIMITER_WAIT, api, waited)
-    pipe.execute()
+    tally = CallTally(redis)
+    tally.add(api, outcome, seconds, waited)
+    tally.write()
+
+
+class CallTally:
+    """The Tencent calls' metrics of one process, added up in memory and written in one round
+    trip at most every `every` s (a timer writes what a call left, so none waits for the
+    next call). A process that dies loses at most that much of its metrics, never a score."""
+
+    def __init__(self, redis: redis.Redis, every: float = TIMERS.state.call_metrics_every
+                 ) -> None:
+        self.redis = redis
+        self.every = every
+        self._mu = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._calls: Counter[str] = Counter()
+        self._buckets: Counter[str] = Counter()
+        self._latency: defaultdict[str, float] = defaultdict(float)
+        self._waited: defaultdict[str, float] = defaultdict(float)
+
+    def add(self, api: str, outcome: str, seconds: float, waited: float = 0.0) -> None:
+        """Count one call, its latency bucket and any rate-limiter wait."""
+        le = next((b for b in BUCKETS if seconds <= b), "+Inf")
+        with self._mu:
+            self._calls[f"{api}|{outcome}"] += 1
+            self._buckets[f"{api}|{le}"] += 1
+            self._latency[api] += seconds
+            if waited:
+                self._waited[api] += waited
+
+    def record(self, api: str, outcome: str, seconds: float, waited: float = 0.0) -> None:
+        """`add`, and have it written within `every` s."""
+        self.add(api, outcome, seconds, waited)
+        with self._mu:
+            if self._timer is not None:
+                return
+            self._timer = threading.Timer(self.every, self._due)
+            self._timer.daemon = True
+        self._timer.start()
+
+    def _due(self) -> None:
+        with self._mu:
+            self._timer = None
+        try:
+            self.write()
+        except redis.RedisError as err:  # metrics never fail a call; these are lost
+            log.debug("call metrics not written: %s", type(err).__name__)
+
+    def write(self) -> None:
+        """Write what was added since the last write, in one round trip."""
+        with self._mu:
+            calls, buckets, latency, waited = (self._calls, self._buckets, self._latency,
+                                               self._waited)
+            self._reset()
+        if not calls:
+            return
+        pipe = pipeline(self.redis)
+        for f, n in calls.items():
+            pipe.hincrby(keys.METRICS_CALLS, f, n)
+        for api, s in latency.items():
+            pipe.hincrbyfloat(keys.METRICS_LATENCY_SUM, api, s)
+        for f, n in buckets.items():
+            pipe.hincrby(keys.METRICS_LATENCY_BUCKETS, f, n)
+        for api, s in waited.items():
+            pipe.hincrbyfloat(keys.METRICS_LIMITER_WAIT, api, s)
+        pipe.execute()
