@@ -25,7 +25,7 @@ SOURCE = Path(timers.__file__)
 MEASURED = {
     "state.lease_margin": 1.0,
     "state.lock_ttl_ms": 6000, "state.headroom": 0.9, "state.window_ms": 1000,
-    "state.margin_ms": 0, "state.send_wait": 0.25,
+    "state.margin_ms": 0, "state.send_wait": 0.25, "state.call_metrics_every": 0.5,
     "tencent.connect": 2.0, "tencent.read": 5.0, "tencent.write": 5.0, "tencent.pool": 5.0,
     "tencent.sig_lifetime": 86400, "tencent.renew_fraction": 0.25,
     "clock.default_spread": 0.5, "clock.drift": 1e-4, "clock.cache_seconds": 0.5,
@@ -56,7 +56,7 @@ MEASURED = {
     "reconcile.final_window": 12.0, "reconcile.last_read_lead": 0.5,
     "reconcile.yield_reserve": 10, "reconcile.typical_lag": 0.6,
     "reconcile.pair_gap": 1.0, "reconcile.slot_wait": 0.5, "reconcile.judge_delay": 3.5,
-    "reconcile.read_lag": 5.0, "reconcile.lock_ttl_ms": 2_000,
+    "reconcile.read_lag": 5.0, "reconcile.lock_ttl_ms": 2_000, "reconcile.rebase_settle": 2.0,
     "audit.interval": 30.0, "audit.after_ambiguity": 10.0, "audit.end_lead": 3.0,
     "audit.retry": 0.5, "audit.slot_wait": 0.5,
     "tick.standby_after": 2.0, "tick.standby_poll": 0.1,
