@@ -59,6 +59,7 @@ def test_metrics_report_events_calls_and_battles(rt, sandbox):
     handle(rt, [(start_body(bid, time.time() - 1, 60_000, {"m1": "o1"}), None),
                 (gift_body("m1", "o1", 5), "m-1"), ({"bad": 1}, None)])
     flush_battle(rt, bid)
+    rt.calls.close()  # the call metrics are written every half second: now
     server, _thread = metrics_http.start("127.0.0.1", 0, rt.redis)
     text = "\n".join(
         f"{s.name} {s.labels} {s.value}"

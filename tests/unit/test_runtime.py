@@ -112,14 +112,19 @@ def test_build_runtime_wires_the_limiter_metrics_and_the_clock(
         assert rt.client.on_answer == rt.tclock.observe_date
         assert rt.client.on_call is not None
         assert rt.calls is not None and rt.calls.every == TIMERS.state.call_metrics_every
-        rt.calls.every = 0.05
         rt.client.on_call("get_gift_count", "success", 0.02, 0.0)
         rt.client.on_call("get_gift_count", "success", 0.03, 0.0)
-        # Written added up, without waiting for another call.
-        deadline = time.monotonic() + 5
-        while not fake_redis.hgetall(keys.METRICS_CALLS) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert fake_redis.hgetall(keys.METRICS_CALLS) == {}  # added up, not written yet
+        rt.calls.close()
         assert fake_redis.hgetall(keys.METRICS_CALLS) == {"get_gift_count|success": "2"}
+        # ... and written by the timer without waiting for another call.
+        rt.calls.every = 0.05
+        rt.client.on_call("get_gift_count", "success", 0.02, 0.0)
+        deadline = time.monotonic() + 5
+        while (fake_redis.hget(keys.METRICS_CALLS, "get_gift_count|success") != "3"
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+        assert fake_redis.hgetall(keys.METRICS_CALLS) == {"get_gift_count|success": "3"}
 
         def down(*args: Any, **kwargs: Any) -> None:
             raise redis.ConnectionError("gone")

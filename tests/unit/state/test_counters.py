@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+
 import fakeredis
 import pytest
 
 from worker.engine.state import keys
-from worker.engine.state.counters import BUCKETS, FIELDS, bump, bump_many, read, record_call
+from worker.engine.state.counters import (
+    BUCKETS,
+    FIELDS,
+    CallTally,
+    bump,
+    bump_many,
+    read,
+    record_call,
+)
 from worker.engine.state.pipeline import pipeline
 
 
@@ -69,3 +79,29 @@ def test_record_call_counts_outcomes_sums_latency_and_limiter_waits(
 def test_no_limiter_wait_writes_nothing(fake_redis: fakeredis.FakeRedis) -> None:
     record_call(fake_redis, "get_battle_info", "final", 0.01)
     assert not fake_redis.exists(keys.METRICS_LIMITER_WAIT)
+
+
+def test_call_tally_adds_up_and_writes_once(fake_redis: fakeredis.FakeRedis) -> None:
+    tally = CallTally(fake_redis, every=60.0)
+    tally.record("set_battle_score", "success", 0.25)
+    tally.record("set_battle_score", "success", 0.25, waited=0.5)
+    assert fake_redis.hgetall(keys.METRICS_CALLS) == {}
+    tally.close()
+    assert fake_redis.hgetall(keys.METRICS_CALLS) == {"set_battle_score|success": "2"}
+    assert fake_redis.hget(keys.METRICS_LIMITER_WAIT, "set_battle_score") == "0.5"
+    tally.close()  # nothing left: nothing written twice
+    assert fake_redis.hgetall(keys.METRICS_CALLS) == {"set_battle_score|success": "2"}
+
+
+def test_call_tally_without_a_thread_writes_at_once(fake_redis: fakeredis.FakeRedis,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call has landed when its metrics are recorded: no thread to be had must neither raise
+    nor stop the metrics for good."""
+    def no_thread(self: threading.Timer) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Timer, "start", no_thread)
+    tally = CallTally(fake_redis)
+    tally.record("get_gift_count", "success", 0.01)
+    tally.record("get_gift_count", "success", 0.01)
+    assert fake_redis.hgetall(keys.METRICS_CALLS) == {"get_gift_count|success": "2"}

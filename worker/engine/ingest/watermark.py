@@ -30,8 +30,9 @@ Limits: kombu's own restores (its visibility-timeout sweep, a channel closed wit
 held) put a message back at the consuming end but, unlike `give_back_stuck` and the drain's
 recovery, do not restart the checkpoint, so W may pass it before it is ingested; a rejected
 task is requeued at the newest end, newer than its gift (tests/integration/
-test_kombu_contract.py pins where each lands). Reconcile's second agreeing read is what
-keeps such a rare straggler from becoming a correction.
+test_kombu_contract.py pins where each lands). Reconcile's rules for such a rare straggler:
+a correction needs a second agreeing read, and a narrower baseline is judged again once the
+watermark has moved on 2 s (worker/engine/reconcile/judge.py).
 """
 
 from __future__ import annotations

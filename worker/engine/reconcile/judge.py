@@ -114,7 +114,7 @@ class Rebase:
     mark: float
 
     def dumps(self) -> str:
-        """The stored form (`rebase:<room>`; `Rebase.loads` reads it)."""
+        """The stored form (`proposal:<room>`; `Rebase.loads` reads it)."""
         return json.dumps({"read": self.read, "k": list(self.k), "mark": self.mark})
 
     @classmethod

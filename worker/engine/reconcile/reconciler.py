@@ -96,14 +96,16 @@ class Reconciler:
                                  judge.parse_base(recon.get(f"base:{room}")),
                                  judge.parse_last(recon.get(f"last:{room}"), done), done, mark, now,
                                  (self.battle.start, self.battle.end), self.band,
-                                 judge.Rebase.loads(recon.get(f"rebase:{room}")))
+                                 judge.Rebase.loads(recon.get(f"proposal:{room}")))
             self._soon(j.sooner)
             if j.fix:
                 fixes[room] = j.fix
             if j.base_taken and j.base is not None:
                 updates[f"base:{room}"] = judge.format_base(j.base)
-            if j.rebase is not None or recon.get(f"rebase:{room}"):
-                updates[f"rebase:{room}"] = "" if j.rebase is None else j.rebase.dumps()
+            # (`proposal:`, not the `rebase:` of the two-read rule: a worker of that version
+            # reads `rebase:` as "lo,hi" and would fail on this form during an upgrade.)
+            if j.rebase is not None or recon.get(f"proposal:{room}"):
+                updates[f"proposal:{room}"] = "" if j.rebase is None else j.rebase.dumps()
             if j.judged:
                 updates[f"last:{room}"] = judge.format_last(j.last, done + j.fix)
                 # When the drift waiting was first proved: its correction's time to heal.
@@ -142,13 +144,11 @@ class Reconciler:
                 pipe.zrem(keys.RECON_UNBASED, *based)
             for name, n in (("reconcile_reads_judged", judged),
                             ("reconcile_reads_drifted", drifted),
-                            ("reconcile_reads_dropped", dropped),
-                            ("reconcile_heal_ms",
-                             int(1000 * sum(heal.get(r, 0.0) for r in fixes)))):
+                            ("reconcile_reads_dropped", dropped)):
                 bump(pipe, name, n)
 
         if fixes:
-            self.correct(fixes)
+            self.correct(fixes, int(1000 * sum(heal.get(r, 0.0) for r in fixes)))
         readable = self._readable(updates, recon, mark, now)
         self.observe(updates, recon, readable, tally)
         # Every room waits on a read: a pass before the first can be judged is wasted.
@@ -212,7 +212,7 @@ class Reconciler:
         if t is not None:
             self.sooner = t if self.sooner is None else min(self.sooner, t)
 
-    def correct(self, fixes: dict[str, int]) -> None:
+    def correct(self, fixes: dict[str, int], heal_ms: int = 0) -> None:
         """Decide confirmed drift: add it to the rooms' corrections and to their pending value,
         in one step. The flush path then delivers it exactly once, like a gift (a batch with a
         negative delta goes as OpType 2 of the totals), with its retries, its settling of
@@ -232,6 +232,7 @@ class Reconciler:
         if final_window.in_window(self.battle.end, rt.tclock.latest()):
             final_window.mark(pipe, [self.battle.battle_id], now)
         bump(pipe, "reconcile_corrections", len(fixes))
+        bump(pipe, "reconcile_heal_ms", heal_ms)  # with it: no later pass decides it again
         pipe.execute()
         log.warning("reconcile corrects %s of %s", fixes, self.battle.battle_id,
                     extra={"battle_id": self.battle.battle_id})

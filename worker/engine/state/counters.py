@@ -96,14 +96,26 @@ class CallTally:
                 self._waited[api] += waited
 
     def record(self, api: str, outcome: str, seconds: float, waited: float = 0.0) -> None:
-        """`add`, and have it written within `every` s."""
+        """`add`, and have it written within `every` s. Never raises: it runs after Tencent
+        answered, and a call that landed must not look failed."""
         self.add(api, outcome, seconds, waited)
         with self._mu:
             if self._timer is not None:
                 return
-            self._timer = threading.Timer(self.every, self._due)
-            self._timer.daemon = True
-        self._timer.start()
+            timer = self._timer = threading.Timer(self.every, self._due)
+            timer.daemon = True
+        try:
+            timer.start()
+        except RuntimeError:  # no thread to be had: write now rather than never again
+            self._due()
+
+    def close(self) -> None:
+        """Write what is left now, and stop the timer (a process or a test ending)."""
+        with self._mu:
+            timer = self._timer
+        if timer is not None:
+            timer.cancel()
+        self._due()
 
     def _due(self) -> None:
         with self._mu:
@@ -112,6 +124,8 @@ class CallTally:
             self.write()
         except redis.RedisError as err:  # metrics never fail a call; these are lost
             log.debug("call metrics not written: %s", type(err).__name__)
+        except Exception:  # a bug here must not stop the timer for good, nor reach a call
+            log.exception("call metrics not written")
 
     def write(self) -> None:
         """Write what was added since the last write, in one round trip."""
