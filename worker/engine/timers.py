@@ -31,8 +31,7 @@ class StateTimers:
     send_wait: float = 0.25
     """A request holding its slot waits at most this long for the send log (tencent/limiter.py)."""
     call_metrics_every: float = 0.5
-    """A process writes its Tencent calls' metrics this often, added up (counters.CallTally):
-    a round trip per call was 0.12 ms of CPU a call, 3 % of the control plane's in the finale."""
+    """A process writes its Tencent calls' metrics this often, added up (counters.CallTally)."""
 
 
 @dataclass(frozen=True)
@@ -254,12 +253,7 @@ class ReconcileTimers:
     slot_wait: float = 0.5
     """A read waits this long for a slot (not the limiter's 5 s: a control thread flushes need)."""
     rebase_settle: float = 2.0
-    """A narrower baseline one read proposed is judged again once the watermark has moved this
-    much further, and taken only if its K is the same: a webhook straggling in up to this long
-    past the band's `late` is then in the ledger (a read judged without it reads high, and as
-    a baseline would prove a drift that is not there). Two reads giving the same K, the rule
-    before, came rarely in a busy room: any gift in either's ambiguous seconds made them
-    differ (the busy scenario 17/20 against 19-20/20 with one read)."""
+    """A narrower baseline's read is judged again this much watermark later: same K, taken."""
 
     judge_delay: float = 3.5
     """Reconcile's period in a battle's last stretch: a read is judged ~3 s after it is taken

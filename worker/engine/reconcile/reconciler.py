@@ -21,7 +21,7 @@ from worker.engine.battles.unstarted import GIVEN_UP, give_up, give_up_after, re
 from worker.engine.flush import endgame
 from worker.engine.flush.inflight import LockLost
 from worker.engine.ingest import watermark
-from worker.engine.reconcile import cadence, judge
+from worker.engine.reconcile import cadence, judge, record
 from worker.engine.reconcile.band import Band, Read
 from worker.engine.reconcile.cadence import FINAL_WINDOW, JUDGE_DELAY, PAIR_GAP
 from worker.engine.runtime import Runtime
@@ -100,29 +100,12 @@ class Reconciler:
             self._soon(j.sooner)
             if j.fix:
                 fixes[room] = j.fix
-            if j.base_taken and j.base is not None:
-                updates[f"base:{room}"] = judge.format_base(j.base)
-            # (`proposal:`, not the `rebase:` of the two-read rule: a worker of that version
-            # reads `rebase:` as "lo,hi" and would fail on this form during an upgrade.)
-            if j.rebase is not None or recon.get(f"proposal:{room}"):
-                updates[f"proposal:{room}"] = "" if j.rebase is None else j.rebase.dumps()
-            if j.judged:
-                updates[f"last:{room}"] = judge.format_last(j.last, done + j.fix)
-                # When the drift waiting was first proved: its correction's time to heal.
-                proved = recon.get(f"proved:{room}") or ""
-                if j.fix:
-                    heal[room] = now - float(proved or now)
-                updates[f"proved:{room}"] = "" if j.last is None else (
-                    repr(now) if j.fix or not proved else proved)
+            fields, healed, self.need[room] = record.room_fields(room, j, recon, done, now)
+            updates.update(fields)
+            if healed is not None:
+                heal[room] = healed
             if j.base is None or j.base_taken:  # (a room with a baseline is left alone)
                 (unbased if j.base is None else based).append(f"{self.battle.battle_id}|{room}")
-            if j.ambiguous is not None:
-                updates[f"wide:{room}"] = "1" if j.ambiguous else "0"
-            wide = recon.get(f"wide:{room}", "1") == "1" if j.ambiguous is None else j.ambiguous
-            self.need[room] = (cadence.HUNTING if j.last is not None else
-                               cadence.BUSY if j.base is None or wide or j.rebase is not None
-                               else cadence.QUIET)
-            updates[f"obs:{room}"] = json.dumps(j.waiting)
             judged += j.judged + j.base_taken
             drifted += j.drifted
             dropped += j.dropped
