@@ -66,10 +66,9 @@ def run(n_battles: int, duration: float, rate: float, live: bool, console: Conso
     try:
         procs.worker(concurrency=2)
         procs.beat()
+        console.print(f"[dim]redis {redis_server.url} · sandbox {sandbox.url} · logs {logdir}")
         while not producer.control.ping(timeout=0.5):
             time.sleep(0.2)
-        # Once the worker answers: the battles start now (a test interrupts them on this line).
-        console.print(f"[dim]redis {redis_server.url} · sandbox {sandbox.url} · logs {logdir}")
 
         def send(body, eid=None):
             producer.send_task("scorer.webhook", kwargs={"body": body, "event_id": eid})
