@@ -21,7 +21,7 @@ from worker.doors import metrics, signals
 from worker.doors.metrics import PRIORITY_SEP, record_beat_publish
 from worker.doors.metrics_http import connect
 from worker.engine.state import keys
-from worker.engine.state.counters import record_call
+from worker.engine.state.counters import CallTally
 
 MONITORING = Path(ROOT) / "monitoring"
 ALERTS = MONITORING / "prometheus" / "alerts.yml"
@@ -98,8 +98,10 @@ def populate(r: redis.Redis) -> float:
     r.rpush(keys.DEAD_LETTERS, json.dumps({"reason": "test"}))
     # Rooms without a reconcile baseline: one 30 s after its start (counted), one 2 s after.
     r.zadd(keys.RECON_UNBASED, {"b-old|r1": now - 30, "b-new|r1": now - 2})
-    record_call(r, "set_battle_score", "success", 0.03, waited=0.2)
-    record_call(r, "set_battle_score", "retryable", 0.3)
+    calls = CallTally(r)
+    calls.add("set_battle_score", "success", 0.03, waited=0.2)
+    calls.add("set_battle_score", "retryable", 0.3)
+    calls.write()
     r.set(keys.TICK_AT, now - 4)
     record_beat_publish(r, now - 1)
     # A host 1.2 s ahead of Redis's clock, as its RedisClock records it (offset: Redis - host).

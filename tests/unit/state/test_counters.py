@@ -15,9 +15,16 @@ from worker.engine.state.counters import (
     bump,
     bump_many,
     read,
-    record_call,
 )
 from worker.engine.state.pipeline import pipeline
+
+
+def record(redis: fakeredis.FakeRedis, *calls: tuple) -> None:
+    """Count `calls` ((api, outcome, seconds[, waited]) each) and write them in one round trip."""
+    tally = CallTally(redis)
+    for call in calls:
+        tally.add(*call)
+    tally.write()
 
 
 def test_read_reports_every_counter_zero_before_any_bump(
@@ -59,17 +66,16 @@ def test_bump_many_skips_zeros_and_keeps_unknown_counters(
                                             (1.0, "1.0"), (10.0, "10.0"), (10.5, "+Inf")])
 def test_a_call_is_counted_in_the_first_bucket_that_holds_its_latency(
         fake_redis: fakeredis.FakeRedis, seconds: float, bucket: str) -> None:
-    record_call(fake_redis, "get_gift_count", "success", seconds)
+    record(fake_redis, ("get_gift_count", "success", seconds))
     assert fake_redis.hgetall(keys.METRICS_LATENCY_BUCKETS) == {
         f"get_gift_count|{bucket}": "1"}
     assert list(BUCKETS) == sorted(BUCKETS)
 
 
-def test_record_call_counts_outcomes_sums_latency_and_limiter_waits(
+def test_call_metrics_count_outcomes_sum_latency_and_limiter_waits(
         fake_redis: fakeredis.FakeRedis) -> None:
-    record_call(fake_redis, "set_battle_score", "success", 0.25)
-    record_call(fake_redis, "set_battle_score", "retryable", 0.5, waited=0.125)
-    record_call(fake_redis, "set_battle_score", "success", 0.25)
+    record(fake_redis, ("set_battle_score", "success", 0.25),
+           ("set_battle_score", "retryable", 0.5, 0.125), ("set_battle_score", "success", 0.25))
     assert fake_redis.hgetall(keys.METRICS_CALLS) == {"set_battle_score|success": "2",
                                                       "set_battle_score|retryable": "1"}
     assert float(fake_redis.hget(keys.METRICS_LATENCY_SUM, "set_battle_score")) == 1.0
@@ -77,7 +83,7 @@ def test_record_call_counts_outcomes_sums_latency_and_limiter_waits(
 
 
 def test_no_limiter_wait_writes_nothing(fake_redis: fakeredis.FakeRedis) -> None:
-    record_call(fake_redis, "get_battle_info", "final", 0.01)
+    record(fake_redis, ("get_battle_info", "final", 0.01))
     assert not fake_redis.exists(keys.METRICS_LIMITER_WAIT)
 
 

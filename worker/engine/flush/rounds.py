@@ -7,6 +7,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from worker.engine.flush.due import holding_value
 from worker.engine.flush.near_end import END_MARGIN
@@ -49,12 +50,23 @@ def peek(rt: Runtime) -> tuple[list[str], list[str]]:
     first, in one round trip. The runner asks 50 times a second, and mostly both are empty:
     two round trips each time were a third of the end-game process's CPU outside its ends."""
     pipe = pipeline(rt.redis)
-    pipe.zrangebyscore(keys.ENDGAME_DUE, "-inf", rt.clock() - COALESCE, start=0,
-                       num=TIMERS.endgame.round_max)
-    pipe.zrangebyscore(keys.FINAL_DUE, "-inf", rt.tclock.latest(), start=0,
-                       num=TIMERS.endgame.round_max)
+    _rounds_due(pipe, rt.clock())
+    _finals_due(rt, pipe)
     rounds, finals = pipe.execute()
     return rounds, finals
+
+
+def _rounds_due(r: Any, now: float) -> Any:
+    """End-game flushes whose value has coalesced, soonest due first (on `r`: the state Redis
+    or a batch of it)."""
+    return r.zrangebyscore(keys.ENDGAME_DUE, "-inf", now - COALESCE, start=0,
+                           num=TIMERS.endgame.round_max)
+
+
+def _finals_due(rt: Runtime, r: Any) -> Any:
+    """Last absolute writes due by the latest Tencent's clock may read (on `r`, as above)."""
+    return r.zrangebyscore(keys.FINAL_DUE, "-inf", rt.tclock.latest(), start=0,
+                           num=TIMERS.endgame.round_max)
 
 
 def run_finals(rt: Runtime, flush: Flush, due: list[str] | None = None) -> int:
@@ -62,8 +74,7 @@ def run_finals(rt: Runtime, flush: Flush, due: list[str] | None = None) -> int:
     read them); returns how many. One whose battle is surely over is dropped: it could only
     be refused (100006)."""
     if due is None:
-        due = rt.redis.zrangebyscore(keys.FINAL_DUE, "-inf", rt.tclock.latest(), start=0,
-                                     num=TIMERS.endgame.round_max)
+        due = _finals_due(rt, rt.redis)
     if not due:
         return 0
     over = rt.tclock.earliest() - END_MARGIN
@@ -87,8 +98,7 @@ def run_round(rt: Runtime, flush: Flush, due: list[str] | None = None) -> int:
     returns how many flushes started."""
     now = rt.clock()
     if due is None:
-        due = rt.redis.zrangebyscore(keys.ENDGAME_DUE, "-inf", now - COALESCE, start=0,
-                                     num=TIMERS.endgame.round_max)
+        due = _rounds_due(rt.redis, now)
     if not due:
         return 0
     pipe = pipeline(rt.redis)

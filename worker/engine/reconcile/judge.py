@@ -97,10 +97,14 @@ def sure_drift(k: tuple[int, int], base: tuple[int, int], corrected: int) -> int
     return lo if lo > 0 else hi if hi < 0 else 0
 
 
+def _width(k: tuple[int, int]) -> int:
+    return k[1] - k[0]
+
+
 def rebases(k: tuple[int, int], base: tuple[int, int]) -> bool:
     """True when the read's [Klo, Khi] is a narrower baseline than `base` and lies inside it
     (module docstring)."""
-    return base[0] <= k[0] and k[1] <= base[1] and k[1] - k[0] < base[1] - base[0]
+    return base[0] <= k[0] and k[1] <= base[1] and _width(k) < _width(base)
 
 
 @dataclass(frozen=True)
@@ -155,8 +159,8 @@ class RoomJudgement:
     last: int | None = None
     #: Drift confirmed by two agreeing reads: to decide (add to corrections and pending).
     fix: int = 0
-    #: A narrower baseline proposed by one read, waiting to be judged again (store `rebase`;
-    #: None: none).
+    #: A narrower baseline proposed by one read, waiting to be judged again (store it as
+    #: `proposal:<room>`; None: none).
     rebase: Rebase | None = None
     #: The baseline was taken (or narrowed) in this pass (store `base`).
     base_taken: bool = False
@@ -219,10 +223,6 @@ def judge_room(reads: list[Read], ledger: Mapping[int, int], base: tuple[int, in
         if d:  # an unconfirmed drift wants its second read soon
             out.sooner = sooner(out.sooner, now + PAIR_GAP)
     return out
-
-
-def _width(k: tuple[int, int]) -> int:
-    return k[1] - k[0]
 
 
 def _settle(out: RoomJudgement, ledger: Mapping[int, int], corrected: int, mark: float,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 
 from worker.engine.battles import final_window, unstarted
 from worker.engine.battles import registry as battles
@@ -29,7 +28,7 @@ from worker.engine.state import keys
 from worker.engine.state.counters import bump
 from worker.engine.state.keys import BattleKeys
 from worker.engine.state.lock import RedisLock
-from worker.engine.state.pipeline import Batch, pipeline
+from worker.engine.state.pipeline import pipeline
 from worker.engine.tencent.errors import RateLimitTimeout, TencentError
 from worker.engine.timers import TIMERS
 
@@ -119,21 +118,21 @@ class Reconciler:
                         self.battle.battle_id, late,
                         extra={"battle_id": self.battle.battle_id})
             bump(rt.redis, "late_drift", len(late))
-
-        def tally(pipe: Batch) -> None:  # written once the pass has stored what it judged
-            if unbased:
-                pipe.zadd(keys.RECON_UNBASED, dict.fromkeys(unbased, self.battle.start), nx=True)
-            if based:
-                pipe.zrem(keys.RECON_UNBASED, *based)
-            for name, n in (("reconcile_reads_judged", judged),
-                            ("reconcile_reads_drifted", drifted),
-                            ("reconcile_reads_dropped", dropped)):
-                bump(pipe, name, n)
-
         if fixes:
             self.correct(fixes, int(1000 * sum(heal.get(r, 0.0) for r in fixes)))
         readable = self._readable(updates, recon, mark, now)
-        self.observe(updates, recon, readable, tally)
+        taken = self.observe(updates, recon, readable)
+        # The pass's counters, once it has stored what it judged (one that lost its lock
+        # counts nothing: the next pass judges the same reads again).
+        pipe = pipeline(rt.redis)
+        if unbased:
+            pipe.zadd(keys.RECON_UNBASED, dict.fromkeys(unbased, self.battle.start), nx=True)
+        if based:
+            pipe.zrem(keys.RECON_UNBASED, *based)
+        for name, n in (("reconcile_reads", taken), ("reconcile_reads_judged", judged),
+                        ("reconcile_reads_drifted", drifted), ("reconcile_reads_dropped", dropped)):
+            bump(pipe, name, n)
+        pipe.execute()
         # Every room waits on a read: a pass before the first can be judged is wasted.
         self.all_waiting = all(_reads(updates, recon, r)
                                for r, owner in self.battle.rooms.items() if owner)
@@ -221,10 +220,9 @@ class Reconciler:
                     extra={"battle_id": self.battle.battle_id})
 
     def observe(self, updates: dict[str, str], recon: dict[str, str],
-                rooms: dict[str, str], tally: Callable[[Batch], None]) -> None:
+                rooms: dict[str, str]) -> int:
         """Take a fresh read of `rooms` (room → owner; while the battle runs), until one finds
-        no call slot in time, store the updates, then the pass's counters (`tally`): a pass
-        that lost its lock counts nothing, and the next one judges the same reads again."""
+        no call slot in time, and store the updates; returns how many reads it took."""
         rt = self.rt
         read_n = 0
         if rt.clock() < self.battle.end:
@@ -260,10 +258,7 @@ class Reconciler:
                 args += [k, v]
             if rt.script("RECON_STORE")(keys=[self.bk.recon, self.bk.rlock], args=args) == -1:
                 raise LockLost(self.battle.battle_id)  # frozen past the lease: the next pass
-        pipe = pipeline(rt.redis)
-        bump(pipe, "reconcile_reads", read_n)
-        tally(pipe)
-        pipe.execute()
+        return read_n
 
 
 def next_due(rt: Runtime, battle: Battle) -> float | None:

@@ -58,14 +58,6 @@ def with_dropped(stats: dict[str, str], dropped: str | None) -> dict[str, str]:
     return {**stats, "dead_letters_dropped": dropped or "0"}
 
 
-def record_call(redis: redis.Redis, api: str, outcome: str, seconds: float,
-                waited: float = 0.0) -> None:
-    """Count one Tencent call, its latency bucket and any rate-limiter wait (one round trip)."""
-    tally = CallTally(redis)
-    tally.add(api, outcome, seconds, waited)
-    tally.write()
-
-
 class CallTally:
     """The Tencent calls' metrics of one process, added up in memory and written in one round
     trip at most every `every` s (a timer writes what a call left, so none waits for the
